@@ -97,7 +97,7 @@ func (d *Dir) Enqueue(m Meta, body []byte, now time.Time) (Name, error) {
 // Claim moves a ready message to in flight. Of two runners racing for one file exactly one succeeds;
 // the other gets ErrGone.
 func (d *Dir) Claim(n Name) error {
-	err := os.Rename(filepath.Join(d.Path, n.Base+SuffixReady), filepath.Join(d.Path, n.Base+SuffixInFlight))
+	err := rename(filepath.Join(d.Path, n.Base+SuffixReady), filepath.Join(d.Path, n.Base+SuffixInFlight))
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("claim %s: %w", n.Base, ErrGone)
 	}
@@ -109,18 +109,57 @@ func (d *Dir) Claim(n Name) error {
 
 // ReadInFlight reads a claimed message's raw bytes.
 func (d *Dir) ReadInFlight(n Name) ([]byte, error) {
-	data, err := os.ReadFile(filepath.Join(d.Path, n.Base+SuffixInFlight))
+	return d.ReadInFlightInto(n, nil)
+}
+
+// ReadInFlightInto is ReadInFlight reading into buf's spare capacity (reused between messages by the
+// runner: one open, reads and a close, no stat).
+func (d *Dir) ReadInFlightInto(n Name, buf []byte) ([]byte, error) {
+	path := filepath.Join(d.Path, n.Base+SuffixInFlight)
+	// Plain syscalls: os.Open would register the descriptor with the network poller, which costs
+	// more than the read itself for a small regular file.
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", filepath.Join(d.Path, n.Base+SuffixInFlight), err)
+		return nil, fmt.Errorf("read %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
-	return data, nil
+	defer syscall.Close(fd)
+	buf = buf[:0]
+	if cap(buf) < 512 {
+		buf = make([]byte, 0, 4096)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		k, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, &os.PathError{Op: "read", Path: path, Err: err})
+		}
+		if k == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+k]
+	}
+}
+
+// rename is rename(2) without os.Rename's extra lstat of the target (which only serves to refuse
+// renaming over a directory; qslice's targets are never directories). One syscall per state change.
+func rename(from, to string) error {
+	if err := syscall.Rename(from, to); err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
 }
 
 // Finish removes a claimed message after its handler succeeded. This is the only way qslice deletes
 // a message.
 func (d *Dir) Finish(n Name) error {
-	if err := os.Remove(filepath.Join(d.Path, n.Base+SuffixInFlight)); err != nil {
-		return fmt.Errorf("finish %s: %w", filepath.Join(d.Path, n.Base+SuffixInFlight), err)
+	path := filepath.Join(d.Path, n.Base+SuffixInFlight)
+	if err := syscall.Unlink(path); err != nil {
+		return fmt.Errorf("finish %s: %w", path, &os.PathError{Op: "unlink", Path: path, Err: err})
 	}
 	return nil
 }
@@ -128,7 +167,7 @@ func (d *Dir) Finish(n Name) error {
 // Release returns a claimed message to ready without counting an attempt (the runner gave it back
 // on purpose: its slice moved away, or it waits for a retry). The content is left as it is.
 func (d *Dir) Release(n Name) error {
-	err := os.Rename(filepath.Join(d.Path, n.Base+SuffixInFlight), filepath.Join(d.Path, n.Base+SuffixReady))
+	err := rename(filepath.Join(d.Path, n.Base+SuffixInFlight), filepath.Join(d.Path, n.Base+SuffixReady))
 	if err != nil {
 		return fmt.Errorf("release %s: %w", filepath.Join(d.Path, n.Base+SuffixInFlight), err)
 	}

@@ -1,0 +1,123 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+)
+
+// ExitRetry is the exit status with which an exec handler asks to be retried later (EX_TEMPFAIL
+// from sysexits.h, as mail software uses it).
+const ExitRetry = 75
+
+// ExecHandler runs one command per message: the payload body on stdin, the metadata in environment
+// variables (see Env). Exit 0 means done, exit 75 retry later, anything else shunts the message with
+// the exit status and the tail of stderr. When the handler's context ends (timeout, lost lease,
+// shutdown) the command's whole process group is killed.
+type ExecHandler struct {
+	Command []string // program and arguments
+	Dir     string   // working directory; empty: the runner's
+	Env     []string // extra environment, KEY=VALUE, on top of the runner's own
+}
+
+// Handle implements Handler.
+func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
+	if len(h.Command) == 0 {
+		return errors.New("exec handler: no command configured")
+	}
+	cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
+	cmd.Dir = h.Dir
+	cmd.Env = append(append(os.Environ(), h.Env...), Env(ctx, m)...)
+	cmd.Stdin = bytes.NewReader(m.Body)
+	var stderr tailBuffer
+	cmd.Stdout = nil
+	cmd.Stderr = &stderr
+	// Its own process group, so that a timeout kills whatever the command started too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: killed: %w", h.Command[0], context.Cause(ctx))
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		msg := strings.TrimSpace(stderr.String())
+		if ee.ExitCode() == ExitRetry {
+			return fmt.Errorf("%w: %s exited %d: %s", ErrRetry, h.Command[0], ExitRetry, msg)
+		}
+		return fmt.Errorf("%s: %s: %s", h.Command[0], ee.ProcessState.String(), msg)
+	}
+	return fmt.Errorf("run %s: %w", h.Command[0], err)
+}
+
+// Env returns the environment an exec handler sees for m:
+//
+//	QSLICE_QUEUE, QSLICE_SLICE, QSLICE_SLICES, QSLICE_MESSAGE_ID (the file's base name),
+//	QSLICE_ENQUEUED (RFC 3339), QSLICE_ATTEMPTS (crash recoveries so far), QSLICE_RETRY (retries
+//	asked so far), QSLICE_LOCK, TRACEPARENT (the span of this handling, W3C format), and
+//	QSLICE_META_<KEY> for each extra metadata key (upper-cased, non-alphanumerics as '_').
+func Env(ctx context.Context, m *Message) []string {
+	env := []string{
+		"QSLICE_QUEUE=" + m.Queue,
+		"QSLICE_SLICE=" + strconv.Itoa(m.Slice),
+		"QSLICE_SLICES=" + strconv.Itoa(m.Slices),
+		"QSLICE_MESSAGE_ID=" + m.Name.Base,
+		"QSLICE_ENQUEUED=" + m.Meta.Enqueued.UTC().Format(time.RFC3339Nano),
+		"QSLICE_ATTEMPTS=" + strconv.Itoa(m.Meta.Attempts),
+		"QSLICE_RETRY=" + strconv.Itoa(m.Retry),
+		"QSLICE_LOCK=" + m.Meta.Lock,
+	}
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, carrier)
+	if tp := carrier.Get("traceparent"); tp != "" {
+		env = append(env, "TRACEPARENT="+tp)
+	}
+	keys := make([]string, 0, len(m.Meta.Extra))
+	for k := range m.Meta.Extra {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, "QSLICE_META_"+envKey(k)+"="+m.Meta.Extra[k])
+	}
+	return env
+}
+
+func envKey(k string) string {
+	b := []byte(strings.ToUpper(k))
+	for i, c := range b {
+		if !('A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+// tailBuffer keeps the last 4 KiB written to it: enough of stderr to say why a handler failed.
+type tailBuffer struct{ b []byte }
+
+const tailMax = 4096
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > tailMax {
+		t.b = append(t.b[:0], t.b[len(t.b)-tailMax:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return string(t.b) }

@@ -1,0 +1,126 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	oteltrace "go.opentelemetry.io/otel/trace"
+
+	"github.com/qslice/qslice/runner/queue"
+)
+
+func execMsg() *Message {
+	return &Message{Queue: "out", Slice: 3, Slices: 8, Name: queue.Name{Base: "1700000000.5+" + strings.Repeat("c", 40)},
+		Meta: queue.Meta{Lock: "l.lck", Attempts: 1, Enqueued: time.Unix(1_700_000_000, 0), Extra: map[string]string{"list-id": "a.example.org"}},
+		Body: []byte("payload\n")}
+}
+
+func TestExecHandlerExitCodes(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	cases := []struct {
+		name    string
+		script  string
+		wantErr string // "" none, "retry", or a substring
+	}{
+		{"success sees stdin and env", `cat > "$OUT"; env | grep -E '^(QSLICE_|TRACEPARENT)' | sort >> "$OUT"`, ""},
+		{"exit 75 retries", `echo busy >&2; exit 75`, "retry"},
+		{"other exit shunts with stderr", `echo 'no such list' >&2; exit 3`, "no such list"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := &ExecHandler{Command: []string{"sh", "-c", c.script}, Env: []string{"OUT=" + out}}
+			err := h.Handle(context.Background(), execMsg())
+			switch {
+			case c.wantErr == "" && err != nil:
+				t.Fatalf("err = %v", err)
+			case c.wantErr == "retry" && !errors.Is(err, ErrRetry):
+				t.Fatalf("err = %v, want ErrRetry", err)
+			case c.wantErr != "" && c.wantErr != "retry" && (err == nil || errors.Is(err, ErrRetry) || !strings.Contains(err.Error(), c.wantErr) || !strings.Contains(err.Error(), "exit status 3")):
+				t.Fatalf("err = %v, want a failure naming %q and the exit status", err, c.wantErr)
+			}
+		})
+	}
+	got, _ := os.ReadFile(out)
+	for _, want := range []string{"payload\n", "QSLICE_QUEUE=out", "QSLICE_SLICE=3", "QSLICE_SLICES=8", "QSLICE_ATTEMPTS=1",
+		"QSLICE_LOCK=l.lck", "QSLICE_META_LIST_ID=a.example.org", "QSLICE_MESSAGE_ID=1700000000.5+"} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("handler saw %q, missing %q", got, want)
+		}
+	}
+}
+
+func TestExecHandlerTimeoutKillsProcessGroup(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	// The handler starts a grandchild that would outlive a plain kill of the shell.
+	h := &ExecHandler{Command: []string{"sh", "-c", `sleep 300 & echo $! > "$PIDF"; wait`}, Env: []string{"PIDF=" + pidFile}}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := h.Handle(ctx, execMsg())
+	if err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("err = %v, want killed", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("Handle returned after %s", d)
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	waitFor(t, "grandchild gone", 5*time.Second, func() bool { return syscall.Kill(pid, 0) != nil })
+}
+
+func TestConsumerSpanPerMessageLinkedToEnqueuer(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := trace.NewTracerProvider(trace.WithSpanProcessor(rec))
+	d := newTestDir(t)
+	parent := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	if _, err := d.Enqueue(queue.Meta{Traceparent: parent}, []byte("x"), time.Unix(1_700_000_000, 0)); err != nil {
+		t.Fatal(err)
+	}
+	var sawTrace string
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		for _, kv := range Env(ctx, m) {
+			if strings.HasPrefix(kv, "TRACEPARENT=") {
+				sawTrace = kv
+			}
+		}
+		return nil
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 4, Handler: h, Tracer: tp, Logger: testLogger(t), PollInterval: 10 * time.Millisecond})
+	r.SetSlices(allSlices(4))
+	startRunner(t, r)
+	waitFor(t, "span ended", 10*time.Second, func() bool { return len(rec.Ended()) == 1 })
+	s := rec.Ended()[0]
+	if s.SpanKind() != oteltrace.SpanKindConsumer || s.Name() != "process in" {
+		t.Errorf("span %q kind %v", s.Name(), s.SpanKind())
+	}
+	attrs := map[string]string{}
+	for _, a := range s.Attributes() {
+		attrs[string(a.Key)] = a.Value.Emit()
+	}
+	for k, v := range map[string]string{"messaging.system": "qslice", "messaging.destination.name": "in", "messaging.operation.type": "process"} {
+		if attrs[k] != v {
+			t.Errorf("attribute %s = %q, want %q", k, attrs[k], v)
+		}
+	}
+	if attrs["messaging.destination.partition.id"] == "" || !strings.Contains(attrs["messaging.message.id"], "+") {
+		t.Errorf("attributes %v lack partition or message id", attrs)
+	}
+	if len(s.Links()) != 1 || s.Links()[0].SpanContext.TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Errorf("links = %v, want the enqueuer's trace", s.Links())
+	}
+	if !strings.Contains(sawTrace, s.SpanContext().TraceID().String()) {
+		t.Errorf("handler saw %q, want the span's own trace id %s", sawTrace, s.SpanContext().TraceID())
+	}
+}

@@ -1,0 +1,52 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/qslice/qslice/runner/queue"
+)
+
+// Message is one claimed message handed to a Handler.
+type Message struct {
+	Queue  string     // queue name from the config
+	Slice  int        // slice of the message's digest
+	Slices int        // slice count of the queue
+	Name   queue.Name // file name; Name.Base identifies the message
+	Meta   queue.Meta // metadata from the payload
+	Body   []byte     // payload body; valid only during Handle
+	Retry  int        // how many times a handler asked to retry this message in this runner
+}
+
+// Handler processes one message. Returning nil means done: the file is removed. Returning an error
+// that wraps ErrRetry asks for another try later, with exponential backoff. Any other error moves the
+// message to the shunt queue with the error recorded. ctx is cancelled when the handler times out,
+// when this node's lease on the slice can no longer be confirmed, or at shutdown.
+type Handler interface {
+	Handle(ctx context.Context, m *Message) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, m *Message) error
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, m *Message) error { return f(ctx, m) }
+
+// ErrRetry, wrapped in a handler's error, asks the runner to try the message again later.
+var ErrRetry = errors.New("retry later")
+
+// Lease tells until when this node may process its slices. The runner claims a message only while
+// now < ValidUntil(), and cancels every running handler once that instant has passed. The returned
+// time should carry a monotonic clock reading.
+type Lease interface {
+	ValidUntil() time.Time
+}
+
+// ForeverLease is the lease of a standalone node: it never ends.
+type ForeverLease struct{}
+
+// ValidUntil returns a time far in the future.
+func (ForeverLease) ValidUntil() time.Time { return farFuture }
+
+var farFuture = time.Now().Add(100 * 365 * 24 * time.Hour)

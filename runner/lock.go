@@ -1,0 +1,45 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/qslice/qslice/runner/lockfile"
+)
+
+// acquireLock takes the message's lock file, waiting at most LockTimeout, and records the wait. A
+// timeout turns into a retry of the message, not a failure: the lock's holder is alive and busy.
+func (r *Runner) acquireLock(ctx context.Context, msg *Message, path string) (release func(), err error) {
+	l, err := lockfile.New(path, lockfile.Options{Lifetime: r.cfg.LockLifetime, Host: r.cfg.Hostname})
+	if err != nil {
+		return nil, fmt.Errorf("lock for message %s: %w", msg.Name.Base, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.LockTimeout)
+	defer cancel()
+	start := r.cfg.Now()
+	_, span := r.tracer.Start(ctx, "lock wait")
+	got, err := l.Lock(wctx)
+	span.End()
+	waited := r.cfg.Now().Sub(start)
+	switch {
+	case err == nil && got.Broke:
+		r.cfg.Observer.LockWait(r.cfg.Queue, msg.Slice, waited, LockBroke)
+		r.log.Warn("broke an expired lock", "lock", path, "file", msg.Name.Base)
+	case err == nil:
+		r.cfg.Observer.LockWait(r.cfg.Queue, msg.Slice, waited, LockAcquired)
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("wait for lock %s: %w", path, context.Cause(ctx))
+	default:
+		r.cfg.Observer.LockWait(r.cfg.Queue, msg.Slice, waited, LockTimeout)
+		if errors.Is(err, lockfile.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w: %w", ErrRetry, err)
+		}
+		return nil, fmt.Errorf("take lock %s: %w", path, err)
+	}
+	return func() {
+		if err := l.Unlock(); err != nil {
+			r.log.Error("could not release lock", "lock", path, "err", err)
+		}
+	}, nil
+}

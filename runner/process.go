@@ -1,0 +1,305 @@
+package runner
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/qslice/qslice/runner/queue"
+)
+
+// process claims and handles one message (or the retry of one already in flight here).
+// buf is the worker's read buffer; the one to reuse next time is returned.
+func (r *Runner) process(shutdownCtx context.Context, it item, buf []byte) []byte {
+	n, slice := it.name, it.slice
+	var lease *leaseGen
+	if it.retry == nil {
+		r.mu.Lock()
+		if !r.owned[slice] || !r.leaseValid() {
+			r.mu.Unlock()
+			return buf
+		}
+		if _, dup := r.inflight[n.Base]; dup {
+			r.mu.Unlock()
+			return buf
+		}
+		r.inflight[n.Base] = slice
+		r.count[slice]++
+		lease = r.lease
+		r.mu.Unlock()
+		if err := r.cfg.Dir.Claim(n); err != nil {
+			r.done(n.Base, slice)
+			if !errors.Is(err, queue.ErrGone) {
+				r.log.Error("claim failed; the file is left in place", "file", filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixReady)), "err", err)
+			}
+			return buf
+		}
+	} else {
+		r.mu.Lock()
+		owned, valid := r.owned[slice], r.leaseValid()
+		lease = r.lease
+		r.mu.Unlock()
+		if !owned || !valid {
+			if err := r.cfg.Dir.Release(n); err != nil {
+				r.log.Error("could not release a message waiting for retry; it is recovered when its slice is next widened", "file", n.Base, "err", err)
+			}
+			r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, 0)
+			r.done(n.Base, slice)
+			return buf
+		}
+	}
+	settled, buf := r.handle(shutdownCtx, lease, it, buf)
+	if settled {
+		r.done(n.Base, slice)
+	}
+	return buf
+}
+
+// handle runs the handler on a claimed message and settles the file. It returns false when the
+// message stays in flight here (waiting for a retry).
+func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, buf []byte) (settled bool, _ []byte) {
+	n, slice := it.name, it.slice
+	start := r.cfg.Now()
+	path := filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixInFlight))
+	data, err := r.cfg.Dir.ReadInFlightInto(n, buf)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			r.log.Error("claimed file vanished before it could be read (removed by hand?)", "file", path)
+			return true, buf
+		}
+		r.moveToBad(n, slice, "cannot read: "+err.Error(), 0)
+		return true, buf
+	}
+	buf = data
+	meta, body, err := queue.Decode(data)
+	if err != nil {
+		r.moveToBad(n, slice, "unreadable payload: "+err.Error(), 0)
+		return true, buf
+	}
+	msg := &Message{Queue: r.cfg.Queue, Slice: slice, Slices: r.cfg.Slices, Name: n, Meta: meta, Body: body}
+	if it.retry != nil {
+		msg.Retry = it.retry.retries
+	}
+
+	// The handler's context dies with the lease generation it was claimed under, at shutdown (after
+	// the grace period), and at the handler timeout.
+	hctx, hcancel := context.WithCancelCause(lease.ctx)
+	defer hcancel(nil)
+	stop := context.AfterFunc(shutdownCtx, func() { hcancel(context.Cause(shutdownCtx)) })
+	defer stop()
+	if r.cfg.HandlerTimeout > 0 {
+		var c context.CancelFunc
+		hctx, c = context.WithTimeoutCause(hctx, r.cfg.HandlerTimeout, fmt.Errorf("handler timed out after %s", r.cfg.HandlerTimeout))
+		defer c()
+	}
+	hctx, span := r.startSpan(hctx, msg)
+	defer span.End()
+
+	herr := r.withLock(hctx, msg, func() error { return r.cfg.Handler.Handle(hctx, msg) })
+	took := r.cfg.Now().Sub(start)
+	if herr == nil {
+		if err := r.cfg.Dir.Finish(n); err != nil {
+			// The handler succeeded but the file is still there: it will be handled again after a
+			// recovery. Say so loudly; that is the at-least-once edge.
+			r.log.Error("handler succeeded but the file could not be removed; it may be handled again", "file", path, "err", err)
+		}
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeDone, took)
+		return true, buf
+	}
+	span.RecordError(herr)
+	span.SetStatus(codes.Error, herr.Error())
+
+	switch cause := context.Cause(hctx); {
+	case errors.Is(cause, errLeaseLost):
+		// Fenced off: the next owner recovers the file. Touching it now could race with that owner.
+		r.log.Warn("handler cancelled: lease lapsed; the message is left in flight for the next owner", "file", n.Base, "slice", slice)
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
+		return true, buf
+	case errors.Is(cause, errShutdown):
+		if err := r.cfg.Dir.Release(n); err != nil {
+			r.log.Error("could not release a message at shutdown; it is recovered at the next start", "file", n.Base, "err", err)
+		}
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
+		return true, buf
+	}
+	if errors.Is(herr, ErrRetry) {
+		return r.scheduleRetry(it, msg, herr, took), buf
+	}
+	r.shunt(n, slice, meta, body, herr, took)
+	return true, buf
+}
+
+func (r *Runner) shunt(n queue.Name, slice int, meta queue.Meta, body []byte, cause error, took time.Duration) {
+	if err := r.cfg.Dir.Shunt(n, meta, body, cause, r.cfg.Now()); err != nil {
+		r.log.Error("handler failed and the message could not be shunted; it stays in flight and is recovered later", "file", n.Base, "handler_error", cause, "err", err)
+		return
+	}
+	r.log.Warn("handler failed; message moved to the shunt queue (requeue it with `qslice queue requeue`)", "file", n.Base, "slice", slice, "err", cause, "shunt_dir", r.cfg.Dir.ShuntDir)
+	r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeShunted, took)
+}
+
+func (r *Runner) moveToBad(n queue.Name, slice int, reason string, attempts int) {
+	if err := r.cfg.Dir.MoveToBad(n, queue.SuffixInFlight, reason, attempts, r.cfg.Now()); err != nil {
+		r.log.Error("could not move a bad message aside; it stays in flight", "file", n.Base, "reason", reason, "err", err)
+		return
+	}
+	r.log.Warn("message moved to bad/", "file", n.Base, "slice", slice, "reason", reason, "bad_dir", r.cfg.Dir.BadDir)
+	r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeBad, 0)
+}
+
+// withLock runs fn while holding the message's lock file, when it names one.
+func (r *Runner) withLock(ctx context.Context, msg *Message, fn func() error) error {
+	key := msg.Meta.Lock
+	if key == "" {
+		return fn()
+	}
+	if r.cfg.LockDir == "" {
+		return fmt.Errorf("message names lock %q but the queue has no lock_dir configured", key)
+	}
+	if err := validLockKey(key); err != nil {
+		return err
+	}
+	release, err := r.acquireLock(ctx, msg, filepath.Join(r.cfg.LockDir, key))
+	if err != nil {
+		return err
+	}
+	held := r.cfg.Now()
+	defer func() {
+		release()
+		r.cfg.Observer.LockHold(r.cfg.Queue, msg.Slice, r.cfg.Now().Sub(held))
+	}()
+	return fn()
+}
+
+func validLockKey(key string) error {
+	if strings.Contains(key, "/") || key == "." || key == ".." || strings.ContainsAny(key, "|\x00") {
+		return fmt.Errorf("lock key %q: must be a plain file name (no '/', '|' or NUL)", key)
+	}
+	return nil
+}
+
+// startSpan opens the CONSUMER span of one message, linked to the trace context stored at enqueue.
+func (r *Runner) startSpan(ctx context.Context, msg *Message) (context.Context, trace.Span) {
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			semconv.MessagingSystemKey.String("qslice"),
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingOperationName("process"),
+			semconv.MessagingDestinationName(msg.Queue),
+			semconv.MessagingDestinationPartitionID(strconv.Itoa(msg.Slice)),
+			semconv.MessagingMessageID(msg.Name.Base),
+			attribute.Int("qslice.attempts", msg.Meta.Attempts),
+			attribute.Int("qslice.retry", msg.Retry),
+		),
+	}
+	if msg.Meta.Traceparent != "" {
+		pctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": msg.Meta.Traceparent})
+		if sc := trace.SpanContextFromContext(pctx); sc.IsValid() {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+		}
+	}
+	return r.tracer.Start(ctx, "process "+msg.Queue, opts...)
+}
+
+// retryEntry is a message held in flight here until its retry time.
+type retryEntry struct {
+	name    queue.Name
+	slice   int
+	due     time.Time
+	retries int
+	bo      *backoff.ExponentialBackOff
+	timer   *time.Timer
+	index   int
+}
+
+type retryHeap []*retryEntry
+
+func (h retryHeap) Len() int           { return len(h) }
+func (h retryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h retryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].index = i; h[j].index = j }
+func (h *retryHeap) Push(x any)        { e := x.(*retryEntry); e.index = len(*h); *h = append(*h, e) }
+func (h *retryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+type nowClock func() time.Time
+
+func (c nowClock) Now() time.Time { return c() }
+
+// scheduleRetry keeps the message in flight and hands it out again after an exponential backoff;
+// once the backoff's total time is used up, the message is shunted.
+func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Duration) bool {
+	e := it.retry
+	if e == nil {
+		bo := backoff.NewExponentialBackOff()
+		bo.InitialInterval = r.cfg.Retry.Initial
+		bo.MaxInterval = r.cfg.Retry.Max
+		bo.MaxElapsedTime = r.cfg.Retry.MaxElapsed
+		bo.Clock = nowClock(r.cfg.Now)
+		bo.Reset()
+		e = &retryEntry{name: it.name, slice: it.slice, bo: bo}
+	}
+	d := e.bo.NextBackOff()
+	if d == backoff.Stop {
+		r.shunt(it.name, it.slice, msg.Meta, msg.Body, fmt.Errorf("gave up after %d retries over %s: %w", e.retries, r.cfg.Retry.MaxElapsed, herr), took)
+		return true
+	}
+	e.retries++
+	e.due = r.cfg.Now().Add(d)
+	r.mu.Lock()
+	heap.Push(&r.retries, e)
+	r.mu.Unlock()
+	e.timer = time.AfterFunc(d, r.poke)
+	r.log.Info("handler asked to retry later", "file", it.name.Base, "slice", it.slice, "retry", e.retries, "in", d.Round(time.Millisecond), "err", herr)
+	r.cfg.Observer.Handled(r.cfg.Queue, it.slice, OutcomeRetry, took)
+	return false
+}
+
+// dueRetries pops the retries whose time has come.
+func (r *Runner) dueRetries() []*retryEntry {
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*retryEntry
+	for len(r.retries) > 0 && !r.retries[0].due.After(now) {
+		out = append(out, heap.Pop(&r.retries).(*retryEntry))
+	}
+	return out
+}
+
+// requeueRetry puts a popped retry back (dispatch stopped before handing it out).
+func (r *Runner) requeueRetry(e *retryEntry) {
+	r.mu.Lock()
+	heap.Push(&r.retries, e)
+	r.mu.Unlock()
+}
+
+// untilNextRetry returns how long to sleep: at most limit, less when a retry falls due sooner.
+func (r *Runner) untilNextRetry(limit time.Duration) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.retries) == 0 {
+		return limit
+	}
+	if d := r.retries[0].due.Sub(r.cfg.Now()); d < limit {
+		return max(d, time.Millisecond)
+	}
+	return limit
+}

@@ -1,0 +1,665 @@
+package runner
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/qslice/qslice/runner/queue"
+)
+
+// Config configures a Runner for one queue directory. Zero values select the defaults in
+// DefaultConfig.
+type Config struct {
+	Queue       string     // queue name: a metric label and part of log lines
+	Dir         *queue.Dir // the queue directory with its shunt and bad directories
+	Slices      int        // slice count of the queue (every node of the cluster must agree)
+	Concurrency int        // handlers running at once
+	// BatchSize bounds how many of the oldest ready files one directory scan keeps. One scan costs a
+	// listing of the whole directory, so a larger batch amortises it over more messages; memory is
+	// O(BatchSize), never O(files in the queue).
+	BatchSize int
+	// PollInterval is how long the runner waits before scanning an empty queue again.
+	PollInterval time.Duration
+
+	Handler        Handler
+	HandlerTimeout time.Duration // 0: no timeout
+
+	// LockDir is where lock files named by messages live (Meta.Lock is relative to it).
+	LockDir      string
+	LockTimeout  time.Duration // give up waiting for a message's lock after this; the message is retried later
+	LockLifetime time.Duration // expiry written into the lock file; must exceed HandlerTimeout
+
+	Retry RetryPolicy
+
+	// ShutdownGrace is how long running handlers may go on after Run's context is cancelled before
+	// they are cancelled too; their messages are then released back to ready.
+	ShutdownGrace time.Duration
+
+	Lease    Lease // nil: ForeverLease (standalone)
+	Observer Observer
+	Tracer   trace.TracerProvider
+	Logger   *slog.Logger
+	Now      func() time.Time
+	Hostname string // for lock files; default os.Hostname
+}
+
+// RetryPolicy is the exponential backoff for messages whose handler asked to retry later.
+type RetryPolicy struct {
+	Initial    time.Duration
+	Max        time.Duration
+	MaxElapsed time.Duration // after this the message is shunted
+}
+
+// DefaultConfig holds the defaults that Config's zero values stand for.
+var DefaultConfig = Config{
+	Concurrency:    2,
+	BatchSize:      8192,
+	PollInterval:   time.Second,
+	HandlerTimeout: 5 * time.Minute,
+	LockTimeout:    30 * time.Second,
+	Retry:          RetryPolicy{Initial: time.Second, Max: 5 * time.Minute, MaxElapsed: time.Hour},
+	ShutdownGrace:  30 * time.Second,
+}
+
+// Validate reports the first field that makes c unusable.
+func (c *Config) Validate() error {
+	if c.Dir == nil || c.Dir.Path == "" {
+		return fmt.Errorf("queue %q: dir: must be set", c.Queue)
+	}
+	if err := queue.ValidateSlices(c.Slices); err != nil {
+		return fmt.Errorf("queue %q: slices: %w", c.Queue, err)
+	}
+	if c.Handler == nil {
+		return fmt.Errorf("queue %q: handler: must be set", c.Queue)
+	}
+	if c.Concurrency < 0 || c.BatchSize < 0 {
+		return fmt.Errorf("queue %q: concurrency and batch size must not be negative", c.Queue)
+	}
+	if c.HandlerTimeout > 0 && c.LockLifetime > 0 && c.LockLifetime <= c.HandlerTimeout {
+		return fmt.Errorf("queue %q: lock_lifetime (%s) must exceed handler_timeout (%s), or a lock could expire under a running handler", c.Queue, c.LockLifetime, c.HandlerTimeout)
+	}
+	return nil
+}
+
+func (c *Config) applyDefaults() {
+	d := DefaultConfig
+	if c.Concurrency == 0 {
+		c.Concurrency = d.Concurrency
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = d.BatchSize
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = d.PollInterval
+	}
+	if c.LockTimeout == 0 {
+		c.LockTimeout = d.LockTimeout
+	}
+	if c.LockLifetime == 0 {
+		c.LockLifetime = c.HandlerTimeout + 30*time.Second
+		if c.HandlerTimeout == 0 {
+			c.LockLifetime = 15 * time.Minute
+		}
+	}
+	if c.Retry.Initial == 0 {
+		c.Retry.Initial = d.Retry.Initial
+	}
+	if c.Retry.Max == 0 {
+		c.Retry.Max = d.Retry.Max
+	}
+	if c.Retry.MaxElapsed == 0 {
+		c.Retry.MaxElapsed = d.Retry.MaxElapsed
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = d.ShutdownGrace
+	}
+	if c.Lease == nil {
+		c.Lease = ForeverLease{}
+	}
+	if c.Observer == nil {
+		c.Observer = NopObserver{}
+	}
+	if c.Tracer == nil {
+		c.Tracer = noop.NewTracerProvider()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Hostname == "" {
+		c.Hostname, _ = os.Hostname()
+	}
+}
+
+// Runner processes the messages of the slices it owns in one queue directory, oldest first.
+//
+// Invariants:
+//   - A file is claimed only for a slice in the owned set, while the lease is valid, and after that
+//     slice's in-flight files left by others were recovered (widening).
+//   - Every claimed file is in inflight until it is finished, moved aside, released, or its handler
+//     was cancelled by a lapsed lease (then it is left for the next owner's recovery, untouched).
+//   - A narrowed slice is reported released only when no file of it is in flight here.
+type Runner struct {
+	cfg    Config
+	log    *slog.Logger
+	tracer trace.Tracer
+
+	mu       sync.Mutex
+	owned    []bool         // by slice: claim from it
+	pending  map[int]bool   // widened, waiting for recovery of in-flight files
+	inflight map[string]int // base name -> slice, for every file this runner holds in flight
+	count    []int          // by slice: files in flight
+	waiters  []*releaseWaiter
+	retries  retryHeap
+	lease    *leaseGen // current lease generation; handlers started under it die with it
+	skipped  map[string]bool
+	wake     chan struct{}
+}
+
+type releaseWaiter struct {
+	slices []int
+	ch     chan struct{}
+}
+
+type leaseGen struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+var (
+	errLeaseLost = errors.New("lease lapsed: this node can no longer prove it owns the slice")
+	errShutdown  = errors.New("runner shutting down")
+)
+
+// New returns a Runner; it owns no slice until SetSlices is called.
+func New(cfg Config) (*Runner, error) {
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Runner{
+		cfg:      cfg,
+		log:      cfg.Logger.With("queue", cfg.Queue),
+		tracer:   cfg.Tracer.Tracer("github.com/qslice/qslice/runner"),
+		owned:    make([]bool, cfg.Slices),
+		pending:  map[int]bool{},
+		inflight: map[string]int{},
+		count:    make([]int, cfg.Slices),
+		skipped:  map[string]bool{},
+		wake:     make(chan struct{}, 1),
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	r.lease = &leaseGen{ctx: ctx, cancel: cancel}
+	return r, nil
+}
+
+// Queue returns the runner's queue name.
+func (r *Runner) Queue() string { return r.cfg.Queue }
+
+// Slices returns the slice count of the runner's queue.
+func (r *Runner) Slices() int { return r.cfg.Slices }
+
+// Owned returns the slices the runner currently claims from (recovered and active), in order.
+func (r *Runner) Owned() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []int
+	for s, ok := range r.owned {
+		if ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// InFlight returns how many messages of each slice are in flight here.
+func (r *Runner) InFlight() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.count)
+}
+
+// SetSlices replaces the owned slice set. Widening: the new slices' in-flight files (left by a
+// crashed or fenced-off owner) are recovered first, then their messages are claimed. Narrowing: no
+// new claim from the removed slices from now on; messages waiting for a retry are released at once;
+// the returned channel is closed when no message of a removed slice is in flight here any more.
+// Slices out of range are ignored with a log line.
+func (r *Runner) SetSlices(want []int) <-chan struct{} {
+	set := make([]bool, r.cfg.Slices)
+	for _, s := range want {
+		if s < 0 || s >= r.cfg.Slices {
+			r.log.Error("ignoring slice out of range", "slice", s, "slices", r.cfg.Slices)
+			continue
+		}
+		set[s] = true
+	}
+	r.mu.Lock()
+	var removed []int
+	for s := range set {
+		switch {
+		case set[s] && !r.owned[s] && !r.pending[s]:
+			r.pending[s] = true
+		case !set[s] && (r.owned[s] || r.pending[s]):
+			r.owned[s] = false
+			delete(r.pending, s)
+			removed = append(removed, s)
+		}
+	}
+	// Retry-waiting messages of removed slices go back to ready now rather than at their retry time.
+	var giveBack []*retryEntry
+	kept := r.retries[:0]
+	for _, e := range r.retries {
+		if !set[e.slice] {
+			giveBack = append(giveBack, e)
+		} else {
+			kept = append(kept, e)
+		}
+	}
+	r.retries = kept
+	heap.Init(&r.retries)
+	w := &releaseWaiter{slices: removed, ch: make(chan struct{})}
+	r.waiters = append(r.waiters, w)
+	r.mu.Unlock()
+
+	for _, e := range giveBack {
+		e.timer.Stop()
+		if err := r.cfg.Dir.Release(e.name); err != nil {
+			r.log.Error("could not release a message waiting for retry; it stays in flight and is recovered when its slice is next widened", "file", e.name.Base, "err", err)
+		}
+		r.cfg.Observer.Handled(r.cfg.Queue, e.slice, OutcomeReleased, 0)
+		r.done(e.name.Base, e.slice)
+	}
+	r.mu.Lock()
+	r.notifyWaitersLocked()
+	r.mu.Unlock()
+	r.poke()
+	return w.ch
+}
+
+func (r *Runner) notifyWaitersLocked() {
+	kept := r.waiters[:0]
+	for _, w := range r.waiters {
+		busy := false
+		for _, s := range w.slices {
+			if r.count[s] > 0 && !r.owned[s] && !r.pending[s] {
+				busy = true
+				break
+			}
+		}
+		if busy {
+			kept = append(kept, w)
+		} else {
+			close(w.ch)
+		}
+	}
+	r.waiters = kept
+}
+
+func (r *Runner) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Runner) leaseValid() bool {
+	return r.cfg.Now().Before(r.cfg.Lease.ValidUntil())
+}
+
+// Run processes messages until ctx is cancelled. Then it stops claiming, lets running handlers finish
+// for up to ShutdownGrace, cancels the rest and releases their messages, and returns nil.
+func (r *Runner) Run(ctx context.Context) error {
+	shutdownCtx, cancelShutdown := context.WithCancelCause(context.WithoutCancel(ctx))
+	stopGrace := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(r.cfg.ShutdownGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelShutdown(errShutdown)
+		case <-shutdownCtx.Done():
+		}
+	})
+	defer stopGrace()
+	defer cancelShutdown(errShutdown)
+
+	// A small buffer keeps workers busy while the dispatcher moves on; items are re-checked against
+	// the owned set and the lease when a worker takes them, so a buffer never outlives a narrowing.
+	work := make(chan item, r.cfg.Concurrency)
+	g, gctx := errgroup.WithContext(ctx)
+	var workers sync.WaitGroup
+	for i := 0; i < r.cfg.Concurrency; i++ {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			var buf []byte // reused for every message this worker reads
+			for it := range work {
+				buf = r.process(shutdownCtx, it, buf)
+			}
+		}()
+	}
+	g.Go(func() error { return r.watchLease(gctx) })
+	g.Go(func() error {
+		defer close(work)
+		return r.dispatch(gctx, work)
+	})
+	err := g.Wait()
+	workers.Wait()
+	cancelShutdown(errShutdown)
+	r.releaseRetries()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// releaseRetries returns every message waiting for a retry to ready (at shutdown).
+func (r *Runner) releaseRetries() {
+	r.mu.Lock()
+	entries := slices.Clone(r.retries)
+	r.retries = r.retries[:0]
+	r.mu.Unlock()
+	for _, e := range entries {
+		e.timer.Stop()
+		if err := r.cfg.Dir.Release(e.name); err != nil {
+			r.log.Error("could not release a message waiting for retry at shutdown; it is recovered at the next start", "file", e.name.Base, "err", err)
+		}
+		r.done(e.name.Base, e.slice)
+	}
+}
+
+// watchLease cancels the current lease generation, and so every handler started under it, as soon
+// as the lease lapses, and starts a new generation when it is valid again.
+func (r *Runner) watchLease(ctx context.Context) error {
+	const tick = 50 * time.Millisecond
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	lapsed := false
+	for {
+		valid := r.leaseValid()
+		switch {
+		case !valid && !lapsed:
+			lapsed = true
+			r.mu.Lock()
+			r.lease.cancel(errLeaseLost)
+			n := len(r.inflight)
+			r.mu.Unlock()
+			r.log.Warn("lease lapsed: stopped claiming and cancelled running handlers; their files stay in flight for the next owner to recover", "in_flight", n)
+		case valid && lapsed:
+			lapsed = false
+			c, cancel := context.WithCancelCause(context.Background())
+			r.mu.Lock()
+			r.lease = &leaseGen{ctx: c, cancel: cancel}
+			r.mu.Unlock()
+			r.log.Info("lease valid again: claiming resumes")
+			r.poke()
+		}
+		select {
+		case <-ctx.Done():
+			r.mu.Lock()
+			r.lease.cancel(errShutdown)
+			r.mu.Unlock()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+type item struct {
+	name  queue.Name
+	slice int
+	retry *retryEntry // set when this is a retry of a message already in flight here
+}
+
+// dispatch scans the directory for the oldest ready files of owned slices and feeds them to the
+// workers; between batches it recovers widened slices and hands out due retries.
+func (r *Runner) dispatch(ctx context.Context, work chan<- item) error {
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !r.leaseValid() {
+			if !r.sleep(ctx, 100*time.Millisecond) {
+				return nil
+			}
+			continue
+		}
+		r.recoverPending(ctx)
+		for _, e := range r.dueRetries() {
+			select {
+			case work <- item{name: e.name, slice: e.slice, retry: e}:
+			case <-ctx.Done():
+				r.requeueRetry(e)
+				return nil
+			}
+		}
+		batch, err := r.scan()
+		if err != nil {
+			r.log.Error("scanning the queue directory failed; retrying", "dir", r.cfg.Dir.Path, "err", err)
+		}
+		if len(batch) == 0 {
+			if !r.sleep(ctx, r.untilNextRetry(r.cfg.PollInterval)) {
+				return nil
+			}
+			continue
+		}
+	batch:
+		for _, n := range batch {
+			select {
+			case <-r.wake:
+				// Slices changed or a retry is due: start over from the top of the loop, which
+				// recovers widened slices and hands out due retries before scanning again.
+				break batch
+			default:
+			}
+			select {
+			case work <- item{name: n, slice: queue.SliceOf(n.Digest, r.cfg.Slices)}:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+func (r *Runner) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-r.wake:
+		return true
+	case <-t.C:
+		return true
+	}
+}
+
+// scan lists the directory once and returns the oldest BatchSize ready files of owned slices, oldest
+// first. Memory is O(BatchSize) whatever the directory holds.
+func (r *Runner) scan() ([]queue.Name, error) {
+	r.mu.Lock()
+	owned := slices.Clone(r.owned)
+	r.mu.Unlock()
+	if !slices.Contains(owned, true) {
+		return nil, nil
+	}
+	h := &nameHeap{}
+	limit := r.cfg.BatchSize
+	err := queue.ScanNames(r.cfg.Dir.Path, func(file string) error {
+		if !strings.HasSuffix(file, queue.SuffixReady) {
+			if !isExpectedOther(file) {
+				r.noteSkipped(file, "foreign file name")
+			}
+			return nil
+		}
+		n, err := queue.ParseName(file)
+		if err != nil {
+			r.noteSkipped(file, err.Error())
+			return nil
+		}
+		if !owned[queue.SliceOf(n.Digest, r.cfg.Slices)] {
+			return nil
+		}
+		if h.Len() < limit {
+			heap.Push(h, n)
+		} else if older(n, (*h)[0]) {
+			(*h)[0] = n
+			heap.Fix(h, 0)
+		}
+		return nil
+	})
+	out := make([]queue.Name, h.Len())
+	for i := len(out) - 1; i >= 0; i-- {
+		out[i] = heap.Pop(h).(queue.Name)
+	}
+	return out, err
+}
+
+// isExpectedOther reports names that are a normal part of a queue directory's life: files being
+// written, in flight, and their temporaries.
+func isExpectedOther(file string) bool {
+	return strings.HasSuffix(file, queue.SuffixInFlight) || strings.HasSuffix(file, ".tmp")
+}
+
+// noteSkipped logs and counts a file the runner will not touch, once per name (bounded memory).
+func (r *Runner) noteSkipped(file, why string) {
+	r.mu.Lock()
+	seen := r.skipped[file]
+	if !seen && len(r.skipped) < 10000 {
+		r.skipped[file] = true
+	}
+	r.mu.Unlock()
+	if seen {
+		return
+	}
+	r.log.Warn("skipping a file that is not a queue message; it is left in place", "file", filepath.Join(r.cfg.Dir.Path, file), "reason", why)
+	reason := "foreign"
+	if strings.HasSuffix(file, queue.SuffixReady) {
+		reason = "malformed"
+	}
+	r.cfg.Observer.Skipped(r.cfg.Queue, reason)
+}
+
+func older(a, b queue.Name) bool {
+	if a.When != b.When {
+		return a.When < b.When
+	}
+	return a.Base < b.Base
+}
+
+// nameHeap is a max-heap on age order: its root is the youngest of the kept names.
+type nameHeap []queue.Name
+
+func (h nameHeap) Len() int           { return len(h) }
+func (h nameHeap) Less(i, j int) bool { return older(h[j], h[i]) }
+func (h nameHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *nameHeap) Push(x any)        { *h = append(*h, x.(queue.Name)) }
+func (h *nameHeap) Pop() any {
+	old := *h
+	n := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return n
+}
+
+// recoverPending recovers the in-flight files of widened slices and then starts claiming from them.
+// Files this runner itself holds in flight are left alone.
+func (r *Runner) recoverPending(ctx context.Context) {
+	r.mu.Lock()
+	if len(r.pending) == 0 {
+		r.mu.Unlock()
+		return
+	}
+	pend := make([]bool, r.cfg.Slices)
+	var list []int
+	for s := range r.pending {
+		pend[s] = true
+		list = append(list, s)
+	}
+	r.mu.Unlock()
+	slices.Sort(list)
+
+	var found []queue.Name
+	err := queue.ScanNames(r.cfg.Dir.Path, func(file string) error {
+		if !strings.HasSuffix(file, queue.SuffixInFlight) {
+			return nil
+		}
+		n, err := queue.ParseName(file)
+		if err != nil {
+			r.noteSkipped(file, err.Error())
+			return nil
+		}
+		if pend[queue.SliceOf(n.Digest, r.cfg.Slices)] {
+			found = append(found, n)
+		}
+		return nil
+	})
+	if err != nil {
+		// Not promoting the slices keeps them safe: nothing is claimed until recovery succeeded.
+		r.log.Error("recovering in-flight files of new slices failed; will retry before claiming from them", "dir", r.cfg.Dir.Path, "slices", list, "err", err)
+		return
+	}
+	now := r.cfg.Now()
+	for _, n := range found {
+		if ctx.Err() != nil || !r.leaseValid() {
+			return
+		}
+		s := queue.SliceOf(n.Digest, r.cfg.Slices)
+		r.mu.Lock()
+		_, mine := r.inflight[n.Base]
+		stillPending := r.pending[s]
+		r.mu.Unlock()
+		if mine || !stillPending {
+			continue
+		}
+		res, err := r.cfg.Dir.Recover(n, now)
+		switch {
+		case errors.Is(err, queue.ErrGone):
+		case err != nil:
+			r.log.Error("could not recover an in-flight file; it stays where it is", "file", filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixInFlight)), "slice", s, "err", err)
+		case res == queue.MovedBad:
+			r.log.Warn("moved an in-flight file to bad: attempts exhausted or unreadable", "file", n.Base, "slice", s, "bad_dir", r.cfg.Dir.BadDir)
+			r.cfg.Observer.Recovered(r.cfg.Queue, s, "bad")
+		default:
+			r.log.Info("recovered an in-flight file left by a crashed or fenced-off runner", "file", n.Base, "slice", s)
+			r.cfg.Observer.Recovered(r.cfg.Queue, s, "requeued")
+		}
+	}
+	r.mu.Lock()
+	var promoted []int
+	for _, s := range list {
+		if r.pending[s] {
+			delete(r.pending, s)
+			r.owned[s] = true
+			promoted = append(promoted, s)
+		}
+	}
+	r.mu.Unlock()
+	if len(promoted) > 0 {
+		r.log.Info("slices active", "slices", promoted, "recovered", len(found))
+	}
+}
+
+// done forgets an in-flight file and wakes release waiters.
+func (r *Runner) done(base string, slice int) {
+	r.mu.Lock()
+	if _, ok := r.inflight[base]; ok {
+		delete(r.inflight, base)
+		r.count[slice]--
+	}
+	r.notifyWaitersLocked()
+	r.mu.Unlock()
+}
