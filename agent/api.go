@@ -1,0 +1,140 @@
+package agent
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/probes"
+)
+
+// Status is the node's view of the cluster, served at /api/status and printed by `qslice status`.
+type Status struct {
+	Node                  string            `json:"node"`
+	Mode                  string            `json:"mode"` // standalone or consul
+	Draining              bool              `json:"draining"`
+	LeaseValid            bool              `json:"lease_valid"`
+	LeaseRemainingSeconds float64           `json:"lease_remaining_seconds"`
+	ConsulError           string            `json:"consul_error,omitempty"`
+	Slices                []SliceView       `json:"slices"`
+	Locks                 []probes.LockView `json:"locks"`
+	Problems              []string          `json:"problems"` // unowned or unhealthy slices, failed scans: non-empty makes `status` exit 3
+	GeneratedAt           time.Time         `json:"generated_at"`
+}
+
+// SliceView is one slice in the status.
+type SliceView struct {
+	Queue            string  `json:"queue"`
+	Slice            int     `json:"slice"`
+	Owner            string  `json:"owner"` // "" when unowned
+	Home             string  `json:"home,omitempty"`
+	State            string  `json:"state"`
+	Ready            int     `json:"ready"`
+	InFlight         int     `json:"in_flight"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	Health           string  `json:"health,omitempty"` // for slices this node owns
+	HealthOutput     string  `json:"health_output,omitempty"`
+	LeaseLeftSeconds float64 `json:"lease_left_seconds,omitempty"` // for slices this node owns
+}
+
+// Status builds the node's current status.
+func (a *Agent) Status() Status {
+	cs := a.coord.Status()
+	st := Status{Node: a.cfg.Node, Mode: cs.Mode, Draining: cs.Draining, LeaseValid: cs.LeaseValid,
+		LeaseRemainingSeconds: cs.LeaseRemaining.Seconds(), ConsulError: cs.ConsulError, GeneratedAt: time.Now().UTC(),
+		Slices: []SliceView{}, Locks: []probes.LockView{}, Problems: []string{}}
+	if st.ConsulError != "" {
+		st.Problems = append(st.Problems, "consul: "+st.ConsulError)
+	}
+	mine := map[failover.SliceID]bool{}
+	for _, o := range cs.Owned {
+		mine[o.Slice] = true
+	}
+	snap := a.probe.Latest()
+	perQueue := map[string]*probes.QueueSnapshot{}
+	if snap != nil {
+		for i := range snap.Queues {
+			q := &snap.Queues[i]
+			perQueue[q.Config.Name] = q
+			if !q.OK() {
+				st.Problems = append(st.Problems, fmt.Sprintf("queue %s: scan failed: %v", q.Config.Name, q.Err))
+			}
+		}
+		for i := range snap.Locks {
+			l := &snap.Locks[i]
+			for _, in := range l.Locks {
+				st.Locks = append(st.Locks, probes.NewLockView(in, l.At))
+			}
+			if !l.OK() {
+				st.Problems = append(st.Problems, fmt.Sprintf("lock dir %s: scan failed: %v", l.Config.Dir, l.Err))
+			}
+		}
+	}
+	for _, s := range cs.Slices {
+		v := SliceView{Queue: s.Slice.Queue, Slice: s.Slice.Index, Owner: s.Owner, Home: s.Home, State: s.State}
+		if q := perQueue[v.Queue]; q != nil && q.HasData && v.Slice < len(q.PerSlice) {
+			ps := q.PerSlice[v.Slice]
+			v.Ready, v.InFlight = ps.Ready, ps.InFlight
+			v.OldestAgeSeconds = ps.OldestReadyAge(q.At).Seconds()
+		}
+		if mine[s.Slice] {
+			h := a.SliceHealth(s.Slice)
+			v.Health, v.HealthOutput = h.Status, h.Output
+			v.LeaseLeftSeconds = cs.LeaseRemaining.Seconds()
+			if h.Status != failover.StatusPassing {
+				st.Problems = append(st.Problems, fmt.Sprintf("%s/%d: %s: %s", v.Queue, v.Slice, h.Status, h.Output))
+			}
+		}
+		if v.Owner == "" {
+			st.Problems = append(st.Problems, fmt.Sprintf("%s/%d: unowned: no live node holds it", v.Queue, v.Slice))
+		}
+		st.Slices = append(st.Slices, v)
+	}
+	sort.Slice(st.Slices, func(i, j int) bool {
+		if st.Slices[i].Queue != st.Slices[j].Queue {
+			return st.Slices[i].Queue < st.Slices[j].Queue
+		}
+		return st.Slices[i].Slice < st.Slices[j].Slice
+	})
+	return st
+}
+
+//go:embed status.html
+var statusPage []byte
+
+func (a *Agent) registerAPI() {
+	a.server.Handle("GET /api/status", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.Status())
+	}))
+	a.server.Handle("POST /api/drain", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.log.Info("drain requested over the API", "remote", r.RemoteAddr)
+		if err := a.coord.Drain(r.Context()); err != nil {
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "drained: this node holds no slice and takes none until undrained"})
+	}))
+	a.server.Handle("POST /api/undrain", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := a.coord.Undrain(r.Context()); err != nil {
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "undrained: this node takes slices again"})
+	}))
+	a.server.Handle("GET /{$}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Write(statusPage)
+	}))
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,156 @@
+// Command qslice runs Mailman-style file-queue workers on a cluster: slice-aware processing of
+// shared queue directories, slice ownership on Consul with automatic failover, and observation of
+// the shared disk for Prometheus, OpenTelemetry and Grafana.
+//
+// Exit codes: 0 success; 1 an operation failed; 2 bad usage or configuration; 3 `status` found a
+// slice unowned or unhealthy.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// Exit codes.
+const (
+	exitOK        = 0
+	exitFailure   = 1
+	exitUsage     = 2
+	exitUnhealthy = 3
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// exitError carries an exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErr(format string, args ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	logFormat string
+	logLevel  string
+	stdin     io.Reader
+	stdout    io.Writer
+	stderr    io.Writer
+}
+
+func (g *globals) logger() *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(g.logLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if g.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(g.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, opts))
+}
+
+// interactive reports whether w is a terminal: progress is shown only there.
+func interactive(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := newRootCmd(g)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil && ee.code != exitUnhealthy {
+			fmt.Fprintln(stderr, "qslice:", ee.err)
+		}
+		return ee.code
+	}
+	fmt.Fprintln(stderr, "qslice:", err)
+	if isUsage(err) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func newRootCmd(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "qslice",
+		Short: "Run Mailman-style queue workers on a cluster, with automatic slice failover",
+		Long: `qslice runs file-queue workers ("qrunners") over queue directories shared by several hosts.
+Each queue's SHA-1 hash space is cut into slices; each slice is worked by exactly one node, chosen
+through Consul, and moves to another node when its owner stops reporting.
+
+Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (status).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageErr("%v (see %s --help)", err, c.CommandPath())
+	})
+	root.AddCommand(
+		newRunCmd(g, false),
+		newRunCmd(g, true),
+		newStatusCmd(g),
+		newDrainCmd(g),
+		newQueueCmd(g),
+		newLocksCmd(),
+		newConfigCmd(g),
+		newVersionCmd(g),
+	)
+	return root
+}
+
+func isUsage(err error) bool {
+	s := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "accepts ", "requires at least", "required flag"} {
+		if strings.Contains(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func newVersionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print qslice's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "qslice", version)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/qslice/qslice/runner/queue"
+)
+
+func newQueueCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "queue",
+		Short: "Work with queue directories: enqueue, list, show, requeue, stats",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(newEnqueueCmd(g), newLsCmd(g), newShowCmd(g), newRequeueCmd(g), newQueueStatsCmd())
+	return cmd
+}
+
+func newEnqueueCmd(g *globals) *cobra.Command {
+	var lock, traceparent string
+	var meta []string
+	cmd := &cobra.Command{
+		Use:   "enqueue DIR",
+		Short: "Add a message to a queue directory, reading its payload from stdin",
+		Long: `Write the payload from standard input as a new message "<time>+<sha1>.pck" in DIR, through a
+.pck.tmp file, fsync and rename, so a runner never sees half a message. Prints the file name.`,
+		Example: `  echo hello | qslice queue enqueue ./var/queue/in --lock list-a --meta list=a@example.org`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := args[0]
+			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+				return usageErr("queue directory %s does not exist (create it, or check the path)", dir)
+			}
+			m := queue.Meta{Lock: lock, Traceparent: traceparent}
+			for _, kv := range meta {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return usageErr("--meta %q: want key=value", kv)
+				}
+				if m.Extra == nil {
+					m.Extra = map[string]string{}
+				}
+				m.Extra[k] = v
+			}
+			body, err := io.ReadAll(g.stdin)
+			if err != nil {
+				return fmt.Errorf("read payload from stdin: %w", err)
+			}
+			d := queue.NewDir(dir, "", "")
+			n, err := d.Enqueue(m, body, time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), n.FileName(queue.SuffixReady))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&lock, "lock", "", "lock file name (in the queue's lock_dir) to hold while handling")
+	cmd.Flags().StringArrayVar(&meta, "meta", nil, "extra metadata key=value (repeatable), passed to handlers as QSLICE_META_<KEY>")
+	cmd.Flags().StringVar(&traceparent, "traceparent", os.Getenv("TRACEPARENT"), "W3C traceparent to link the processing span to")
+	return cmd
+}
+
+type lsEntry struct {
+	Name       string  `json:"name"`
+	State      string  `json:"state"`
+	Slice      *int    `json:"slice,omitempty"`
+	AgeSeconds float64 `json:"age_seconds"`
+	Bytes      int64   `json:"bytes"`
+	Error      string  `json:"error,omitempty"`
+}
+
+var stateBySuffix = map[string]string{queue.SuffixReady: "ready", queue.SuffixInFlight: "in-flight", queue.SuffixBad: "bad"}
+
+func newLsCmd(g *globals) *cobra.Command {
+	var slices, limit int
+	var asJSON, why bool
+	cmd := &cobra.Command{
+		Use:   "ls DIR",
+		Short: "List the messages in a queue, shunt or bad directory, oldest first",
+		Args:  cobra.ExactArgs(1),
+		Example: `  qslice queue ls /var/lib/mailman3/queue/out --slices 4
+  qslice queue ls /var/lib/qslice/queue/shunt --why`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := args[0]
+			now := time.Now()
+			var out []lsEntry
+			err := queue.ScanNames(dir, func(f string) error {
+				n, err := queue.ParseName(f)
+				if err != nil {
+					return nil
+				}
+				e := lsEntry{Name: f, State: stateBySuffix[n.Suffix], AgeSeconds: n.Age(now).Seconds()}
+				if slices > 0 {
+					s := queue.SliceOf(n.Digest, slices)
+					e.Slice = &s
+				}
+				if st, err := os.Stat(filepath.Join(dir, f)); err == nil {
+					e.Bytes = st.Size()
+				}
+				if why {
+					e.Error = failureReason(dir, n)
+				}
+				out = append(out, e)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("%w (check the directory exists and is readable)", err)
+			}
+			sort.Slice(out, func(i, j int) bool { return out[i].AgeSeconds > out[j].AgeSeconds })
+			if limit > 0 && len(out) > limit {
+				out = out[:limit]
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if out == nil {
+					out = []lsEntry{}
+				}
+				return enc.Encode(out)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprint(tw, "NAME\tSTATE\tSLICE\tAGE\tBYTES")
+			if why {
+				fmt.Fprint(tw, "\tERROR")
+			}
+			fmt.Fprintln(tw)
+			for _, e := range out {
+				slice := "-"
+				if e.Slice != nil {
+					slice = fmt.Sprint(*e.Slice)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d", e.Name, e.State, slice, time.Duration(e.AgeSeconds*float64(time.Second)).Round(time.Second), e.Bytes)
+				if why {
+					fmt.Fprintf(tw, "\t%s", oneLine(e.Error, 80))
+				}
+				fmt.Fprintln(tw)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().IntVar(&slices, "slices", 0, "slice count, to show each message's slice")
+	cmd.Flags().IntVar(&limit, "limit", 0, "show at most this many (0: all)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&why, "why", false, "read each message's recorded failure (shunt and bad directories)")
+	return cmd
+}
+
+// failureReason returns what was recorded when a message was moved aside, or "".
+func failureReason(dir string, n queue.Name) string {
+	if n.Suffix == queue.SuffixBad {
+		var r queue.BadReason
+		if b, err := os.ReadFile(filepath.Join(dir, n.Base+queue.SuffixWhy)); err == nil && json.Unmarshal(b, &r) == nil {
+			return r.Reason
+		}
+		return ""
+	}
+	data, err := os.ReadFile(filepath.Join(dir, n.FileName(n.Suffix)))
+	if err != nil {
+		return ""
+	}
+	m, _, err := queue.Decode(data)
+	if err != nil {
+		return ""
+	}
+	return m.Error
+}
+
+func oneLine(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > max {
+		s = s[:max-1] + "…"
+	}
+	return s
+}
+
+func newShowCmd(g *globals) *cobra.Command {
+	var body bool
+	cmd := &cobra.Command{
+		Use:   "show FILE",
+		Short: "Show one message's metadata (and with --body its payload)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := args[0]
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			n, nerr := queue.ParseName(filepath.Base(path))
+			m, b, err := queue.Decode(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+			if body {
+				_, err := cmd.OutOrStdout().Write(b)
+				return err
+			}
+			out := map[string]any{"file": path, "meta": m, "body_bytes": len(b)}
+			if nerr == nil {
+				out["state"] = stateBySuffix[n.Suffix]
+				out["enqueued_by_name"] = n.Time().UTC()
+			}
+			if n.Suffix == queue.SuffixBad {
+				out["bad_reason"] = failureReason(filepath.Dir(path), n)
+			}
+			var buf bytes.Buffer
+			enc := json.NewEncoder(&buf)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(out); err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(buf.Bytes())
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&body, "body", false, "write the payload body to stdout instead")
+	return cmd
+}
+
+func newRequeueCmd(g *globals) *cobra.Command {
+	var to string
+	cmd := &cobra.Command{
+		Use:   "requeue DIR [FILE...]",
+		Short: "Move shunted or bad messages back to their queue (like Mailman's unshunt)",
+		Long: `Move messages from a shunt directory (.pck) or a bad directory (.psv) back to the queue they
+came from (recorded with them), or to --to DIR. The recorded error and attempt count are cleared.
+Without FILE arguments every message in DIR is requeued. Fix the cause first, or they fail again.`,
+		Example: `  qslice queue requeue /var/lib/qslice/queue/shunt
+  qslice queue requeue /var/lib/qslice/queue/bad 1700000000.5+3f...e1.psv --to /var/lib/qslice/queue/in`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, files := args[0], args[1:]
+			if len(files) == 0 {
+				err := queue.ScanNames(dir, func(f string) error {
+					if queue.Requeueable(f) {
+						files = append(files, f)
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				sort.Strings(files)
+			}
+			progress := interactive(g.stderr) && len(files) > 100
+			var failed int
+			for i, f := range files {
+				if _, err := queue.Requeue(dir, filepath.Base(f), to); err != nil {
+					fmt.Fprintln(g.stderr, "qslice:", err)
+					failed++
+				}
+				if progress && (i%100 == 0 || i == len(files)-1) {
+					fmt.Fprintf(g.stderr, "\rrequeued %d/%d", i+1-failed, len(files))
+				}
+			}
+			if progress {
+				fmt.Fprintln(g.stderr)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "requeued %d of %d messages\n", len(files)-failed, len(files))
+			if failed > 0 {
+				return &exitError{code: exitFailure, err: fmt.Errorf("%d messages could not be requeued (see above)", failed)}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "queue directory to move them to (default: the recorded queue of origin)")
+	return cmd
+}

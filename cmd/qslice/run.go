@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/qslice/qslice/agent"
+	"github.com/qslice/qslice/config"
+	"github.com/qslice/qslice/exporters"
+)
+
+// loadConfig reads and validates the config file, turning every problem into a usage error (exit 2).
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return nil, usageErr("--config FILE is required (start from examples/qslice.yaml)")
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, &exitError{code: exitUsage, err: fmt.Errorf("invalid configuration:\n%w", err)}
+	}
+	return cfg, nil
+}
+
+func newRunCmd(g *globals, sidecar bool) *cobra.Command {
+	var cfgPath, listen string
+	use, short, long := "run", "Run this node: runners plus agent (standalone when no Consul is configured)",
+		`Run this node's runners for every configured queue, plus the agent: probes of the shared disk,
+Prometheus metrics and the status page on the listen address, and slice ownership on Consul when
+consul: is configured (without it, this node owns every slice: the standalone mode).
+
+SIGINT or SIGTERM stops it cleanly: no new message is claimed, running handlers get
+shutdown_grace to finish, the rest are released back to their queue, and the node's slices are
+handed back to Consul.`
+	mode := agent.ModeRun
+	if sidecar {
+		use, short, long = "agent", "Run only the sidecar: probes, exporters, Consul ownership and worker supervision",
+			`Run the agent without qslice's own runners, for nodes whose workers are not qslice's: queues
+with supervise: get their per-slice workers started and stopped as slices move; queues with a
+handler: are only observed.`
+		mode = agent.ModeSidecar
+	}
+	cmd := &cobra.Command{
+		Use:     use + " --config FILE",
+		Short:   short,
+		Long:    long,
+		Example: "  qslice " + use + " --config /etc/qslice/qslice.yaml",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			if listen != "" {
+				cfg.Listen = listen
+			}
+			log := g.logger()
+			ctx := cmd.Context()
+			tp, shutdownTracing, err := exporters.NewTracerProvider(ctx, "qslice", version)
+			if err != nil {
+				return usageErr("tracing: %v (check the OTEL_* environment variables)", err)
+			}
+			defer func() {
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := shutdownTracing(sctx); err != nil {
+					log.Warn("flushing traces failed", "err", err)
+				}
+			}()
+			a, err := agent.New(cfg, agent.Options{Mode: mode, Version: version, Logger: log, Tracer: tp})
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			err = a.Run(ctx)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "configuration file (YAML)")
+	cmd.Flags().StringVar(&listen, "listen", "", "override the config's listen address (host:port)")
+	return cmd
+}

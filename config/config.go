@@ -1,0 +1,468 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/runner"
+	"github.com/qslice/qslice/runner/queue"
+	"github.com/qslice/qslice/runner/supervise"
+)
+
+// Config is the whole configuration of one qslice node.
+type Config struct {
+	Node      string  `yaml:"node"`       // node ID; default: the host name
+	Cluster   string  `yaml:"cluster"`    // Consul KV prefix qslice/<cluster>/
+	Listen    string  `yaml:"listen"`     // HTTP address for /metrics, /healthz, /readyz and the status page
+	WebConfig string  `yaml:"web_config"` // exporter-toolkit web config file (TLS, basic auth)
+	Consul    *Consul `yaml:"consul"`     // absent: standalone, this node owns every slice
+	Probes    Probes  `yaml:"probes"`
+	Queues    []Queue `yaml:"queues"`
+	Health    Health  `yaml:"health"`
+
+	path string // the file it was read from, for error messages
+}
+
+// Consul configures slice ownership on Consul. Address, token and TLS fall back to the standard
+// CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ... variables.
+type Consul struct {
+	Address      string        `yaml:"address"`
+	Token        string        `yaml:"token"`      // prefer CONSUL_HTTP_TOKEN or token_file
+	TokenFile    string        `yaml:"token_file"` // file holding the ACL token
+	CAFile       string        `yaml:"ca_file"`
+	CertFile     string        `yaml:"cert_file"`
+	KeyFile      string        `yaml:"key_file"`
+	ServerName   string        `yaml:"server_name"`
+	TTL          time.Duration `yaml:"ttl"`
+	LockDelay    time.Duration `yaml:"lock_delay"`
+	HoldDown     time.Duration `yaml:"hold_down"`
+	StuckHandoff bool          `yaml:"stuck_handoff"`
+	StuckAfter   time.Duration `yaml:"stuck_after"`
+}
+
+// Probes configures the read-only observers of the shared disk.
+type Probes struct {
+	Interval time.Duration `yaml:"interval"`  // rescan period
+	Budget   time.Duration `yaml:"budget"`    // time budget of one scan
+	LockDirs []string      `yaml:"lock_dirs"` // lock directories to observe (e.g. Mailman's locks/)
+}
+
+// Health sets when an owned slice is reported unhealthy.
+type Health struct {
+	MaxAge     time.Duration `yaml:"max_age"`     // warning when the oldest ready message is older
+	StallAfter time.Duration `yaml:"stall_after"` // warning when a non-empty backlog made no progress for this long
+}
+
+// Queue is one queue directory and how it is worked.
+type Queue struct {
+	Name          string           `yaml:"name"`
+	Dir           string           `yaml:"dir"`
+	Slices        int              `yaml:"slices"`
+	ShuntDir      string           `yaml:"shunt_dir"` // default: <dir>/../shunt, as Mailman
+	BadDir        string           `yaml:"bad_dir"`   // default: <dir>/../bad
+	Home          map[int][]string `yaml:"home"`      // optional explicit node ranking per slice
+	Concurrency   int              `yaml:"concurrency"`
+	BatchSize     int              `yaml:"batch_size"`
+	PollInterval  time.Duration    `yaml:"poll_interval"`
+	LockDir       string           `yaml:"lock_dir"`
+	LockTimeout   time.Duration    `yaml:"lock_timeout"`
+	Handler       *Handler         `yaml:"handler"`   // qslice runs each message through this
+	Supervise     *Supervise       `yaml:"supervise"` // or: qslice supervises external per-slice workers
+	Retry         Retry            `yaml:"retry"`
+	ShutdownGrace time.Duration    `yaml:"shutdown_grace"`
+}
+
+// Handler is the exec handler: one command per message.
+type Handler struct {
+	Exec    []string          `yaml:"exec"`
+	Dir     string            `yaml:"dir"`
+	Env     map[string]string `yaml:"env"`
+	Timeout time.Duration     `yaml:"timeout"`
+}
+
+// Retry is the backoff for messages whose handler exits 75.
+type Retry struct {
+	Initial    time.Duration `yaml:"initial"`
+	Max        time.Duration `yaml:"max"`
+	MaxElapsed time.Duration `yaml:"max_elapsed"`
+}
+
+// Supervise runs one external worker per owned slice (e.g. Mailman's runner).
+type Supervise struct {
+	Command     []string          `yaml:"command"` // placeholders {queue} {slice} {slices}
+	Env         map[string]string `yaml:"env"`
+	Dir         string            `yaml:"dir"`
+	User        string            `yaml:"user"`
+	Group       string            `yaml:"group"`
+	StopSignal  string            `yaml:"stop_signal"`
+	Grace       time.Duration     `yaml:"grace"`
+	CrashLoop   int               `yaml:"crash_loop_threshold"`
+	CrashWindow time.Duration     `yaml:"crash_loop_window"`
+}
+
+// Defaults returns the configuration that an empty file means.
+func Defaults() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Node:    host,
+		Cluster: "default",
+		Listen:  "127.0.0.1:9466",
+		Probes:  Probes{Interval: 15 * time.Second, Budget: 10 * time.Second},
+		Health:  Health{MaxAge: 15 * time.Minute, StallAfter: 5 * time.Minute},
+	}
+}
+
+// Load reads a configuration file over the defaults, rejecting unknown keys, and validates it.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w (pass an existing file with --config; see examples/qslice.yaml)", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load on bytes; path only names the source in errors and resolves relative paths.
+func Parse(path string, data []byte) (*Config, error) {
+	c := Defaults()
+	c.path = path
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %s", path, cleanYAMLError(err))
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(data, &root)
+	c.resolvePaths()
+	if err := c.validate(&root); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// cleanYAMLError turns yaml.v3's messages into ones that name the key as the file spells it.
+func cleanYAMLError(err error) string {
+	s := strings.TrimPrefix(err.Error(), "yaml: ")
+	s = strings.ReplaceAll(s, "unmarshal errors:\n  ", "")
+	s = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`).ReplaceAllString(s, "unknown key \"$1\" (in $2; check the spelling against examples/qslice.yaml)")
+	s = regexp.MustCompile(`cannot unmarshal !!(\w+) `+"`"+`([^`+"`"+`]*)`+"`"+` into (\S+)`).ReplaceAllString(s, "value \"$2\" ($1) is not a valid $3")
+	return s
+}
+
+// resolvePaths makes relative directories relative to the config file, so that a config works
+// from whatever directory qslice is started in.
+func (c *Config) resolvePaths() {
+	base := filepath.Dir(c.path)
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(base, p)
+	}
+	for i := range c.Queues {
+		q := &c.Queues[i]
+		q.Dir, q.ShuntDir, q.BadDir, q.LockDir = abs(q.Dir), abs(q.ShuntDir), abs(q.BadDir), abs(q.LockDir)
+		q.applyDefaults()
+	}
+	for i := range c.Probes.LockDirs {
+		c.Probes.LockDirs[i] = abs(c.Probes.LockDirs[i])
+	}
+	if c.WebConfig != "" {
+		c.WebConfig = abs(c.WebConfig)
+	}
+	if c.Consul != nil && c.Consul.TokenFile != "" {
+		c.Consul.TokenFile = abs(c.Consul.TokenFile)
+	}
+}
+
+// FieldError is one invalid field, named by its path in the file.
+type FieldError struct {
+	File  string
+	Line  int
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s: %s", e.File, e.Field, e.Msg)
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+// Validate checks every field and returns all problems at once.
+func (c *Config) Validate() error { return c.validate(nil) }
+
+func (c *Config) validate(root *yaml.Node) error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{File: c.path, Line: lineOf(root, field), Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if !nameRE.MatchString(c.Node) {
+		bad("node", "%q: must be 1-64 letters, digits, '.', '_' or '-'", c.Node)
+	}
+	if !nameRE.MatchString(c.Cluster) {
+		bad("cluster", "%q: must be 1-64 letters, digits, '.', '_' or '-'", c.Cluster)
+	}
+	if c.Listen != "" && !strings.Contains(c.Listen, ":") {
+		bad("listen", "%q: want host:port, e.g. 127.0.0.1:9466", c.Listen)
+	}
+	if c.Probes.Interval <= 0 {
+		bad("probes.interval", "must be positive")
+	}
+	if c.Probes.Budget <= 0 || c.Probes.Budget > c.Probes.Interval {
+		bad("probes.budget", "must be positive and at most probes.interval (%s)", c.Probes.Interval)
+	}
+	if len(c.Queues) == 0 {
+		bad("queues", "at least one queue is needed")
+	}
+	seen := map[string]bool{}
+	for i, q := range c.Queues {
+		p := fmt.Sprintf("queues[%d]", i)
+		if !nameRE.MatchString(q.Name) {
+			bad(p+".name", "%q: must be 1-64 letters, digits, '.', '_' or '-'", q.Name)
+		} else if seen[q.Name] {
+			bad(p+".name", "%q: used by two queues", q.Name)
+		}
+		seen[q.Name] = true
+		if q.Dir == "" {
+			bad(p+".dir", "must be set to the queue directory")
+		}
+		if err := queue.ValidateSlices(q.Slices); err != nil {
+			bad(p+".slices", "must be between 1 and %d (got %d)", queue.MaxSlices, q.Slices)
+		}
+		switch {
+		case q.Handler == nil && q.Supervise == nil:
+			bad(p, "needs either handler (qslice runs each message) or supervise (qslice runs per-slice workers)")
+		case q.Handler != nil && q.Supervise != nil:
+			bad(p, "has both handler and supervise; choose one")
+		case q.Handler != nil && len(q.Handler.Exec) == 0:
+			bad(p+".handler.exec", "must name a command, e.g. [\"/usr/local/bin/deliver\"]")
+		case q.Supervise != nil:
+			if _, err := q.SuperviseConfig(); err != nil {
+				bad(p+".supervise", "%v", err)
+			}
+		}
+		for s, nodes := range q.Home {
+			if s < 0 || s >= q.Slices {
+				bad(fmt.Sprintf("%s.home.%d", p, s), "slice out of range 0..%d", q.Slices-1)
+			}
+			if len(nodes) == 0 {
+				bad(fmt.Sprintf("%s.home.%d", p, s), "must list at least one node")
+			}
+		}
+		if q.Concurrency < 0 {
+			bad(p+".concurrency", "must not be negative")
+		}
+		if q.Handler != nil && q.Handler.Timeout < 0 {
+			bad(p+".handler.timeout", "must not be negative")
+		}
+	}
+	if c.Consul != nil {
+		if c.Consul.Token != "" && c.Consul.TokenFile != "" {
+			bad("consul.token", "set token or token_file, not both")
+		}
+		cc, err := c.FailoverConfig()
+		if err == nil {
+			err = cc.Validate()
+		}
+		if err != nil {
+			for _, e := range flatten(err) {
+				var fe *failover.FieldError
+				if errors.As(e, &fe) {
+					bad("consul."+strings.TrimPrefix(fe.Field, "consul."), "%s", fe.Problem)
+				} else {
+					bad("consul", "%v", e)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+// lineOf finds the line of a field path such as "queues[1].handler.exec" in the parsed document,
+// or of its nearest present ancestor; 0 when unknown.
+func lineOf(root *yaml.Node, path string) int {
+	if root == nil || len(root.Content) == 0 {
+		return 0
+	}
+	n := root.Content[0]
+	line := 0
+	for _, part := range strings.Split(path, ".") {
+		key, idx := part, -1
+		if b := strings.IndexByte(part, '['); b >= 0 && strings.HasSuffix(part, "]") {
+			key = part[:b]
+			idx, _ = strconv.Atoi(part[b+1 : len(part)-1])
+		}
+		next := (*yaml.Node)(nil)
+		if n.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == key {
+					line = n.Content[i].Line
+					next = n.Content[i+1]
+					break
+				}
+			}
+		}
+		if next == nil {
+			return line
+		}
+		if idx >= 0 {
+			if next.Kind != yaml.SequenceNode || idx >= len(next.Content) {
+				return line
+			}
+			next = next.Content[idx]
+			line = next.Line
+		}
+		n = next
+	}
+	return line
+}
+
+// applyDefaults fills in what an omitted queue field means, so that `config check` shows it.
+func (q *Queue) applyDefaults() {
+	d := runner.DefaultConfig
+	if q.Dir != "" && q.ShuntDir == "" {
+		q.ShuntDir = filepath.Join(filepath.Dir(q.Dir), "shunt")
+	}
+	if q.Dir != "" && q.BadDir == "" {
+		q.BadDir = filepath.Join(filepath.Dir(q.Dir), "bad")
+	}
+	if q.Supervise != nil {
+		return
+	}
+	if q.Concurrency == 0 {
+		q.Concurrency = d.Concurrency
+	}
+	if q.BatchSize == 0 {
+		q.BatchSize = d.BatchSize
+	}
+	if q.PollInterval == 0 {
+		q.PollInterval = d.PollInterval
+	}
+	if q.LockTimeout == 0 {
+		q.LockTimeout = d.LockTimeout
+	}
+	if q.ShutdownGrace == 0 {
+		q.ShutdownGrace = d.ShutdownGrace
+	}
+	if q.Retry == (Retry{}) {
+		q.Retry = Retry(d.Retry)
+	}
+	if q.Handler != nil && q.Handler.Timeout == 0 {
+		q.Handler.Timeout = d.HandlerTimeout
+	}
+}
+
+// RunnerConfig returns the runner settings of queue q (without handler, lease and observers, which
+// the agent adds).
+func (q Queue) RunnerConfig() runner.Config {
+	rc := runner.Config{
+		Queue:         q.Name,
+		Dir:           queue.NewDir(q.Dir, q.ShuntDir, q.BadDir),
+		Slices:        q.Slices,
+		Concurrency:   q.Concurrency,
+		BatchSize:     q.BatchSize,
+		PollInterval:  q.PollInterval,
+		LockDir:       q.LockDir,
+		LockTimeout:   q.LockTimeout,
+		Retry:         runner.RetryPolicy(q.Retry),
+		ShutdownGrace: q.ShutdownGrace,
+	}
+	if q.Handler != nil {
+		rc.HandlerTimeout = q.Handler.Timeout
+		if rc.HandlerTimeout == 0 {
+			rc.HandlerTimeout = runner.DefaultConfig.HandlerTimeout
+		}
+		env := make([]string, 0, len(q.Handler.Env))
+		for k, v := range q.Handler.Env {
+			env = append(env, k+"="+v)
+		}
+		rc.Handler = &runner.ExecHandler{Command: q.Handler.Exec, Dir: q.Handler.Dir, Env: env}
+	}
+	return rc
+}
+
+// SuperviseConfig returns the supervisor settings of queue q.
+func (q Queue) SuperviseConfig() (supervise.Config, error) {
+	s := q.Supervise
+	sc := supervise.Config{Command: s.Command, Env: s.Env, Dir: s.Dir, User: s.User, Group: s.Group,
+		Grace: s.Grace, CrashLoopThreshold: s.CrashLoop, CrashLoopWindow: s.CrashWindow}
+	if s.StopSignal != "" {
+		sig, err := supervise.ParseSignal(s.StopSignal)
+		if err != nil {
+			return sc, fmt.Errorf("stop_signal: %w", err)
+		}
+		sc.StopSignal = sig
+	}
+	sc = sc.WithDefaults()
+	return sc, sc.Validate()
+}
+
+// Standalone reports whether no Consul is configured: this node owns every slice.
+func (c *Config) Standalone() bool { return c.Consul == nil }
+
+// QueueSpecs lists the queues for the coordinator.
+func (c *Config) QueueSpecs() []failover.QueueSpec {
+	out := make([]failover.QueueSpec, len(c.Queues))
+	for i, q := range c.Queues {
+		out[i] = failover.QueueSpec{Name: q.Name, Slices: q.Slices, Home: q.Home}
+	}
+	return out
+}
+
+// FailoverConfig returns the Consul coordinator settings, reading the token file if one is named.
+func (c *Config) FailoverConfig() (failover.ConsulConfig, error) {
+	k := c.Consul
+	fc := failover.ConsulConfig{
+		Cluster: c.Cluster, NodeID: c.Node, Address: k.Address, Token: k.Token,
+		TLS: failover.TLSConfig{CAFile: k.CAFile, CertFile: k.CertFile, KeyFile: k.KeyFile, ServerName: k.ServerName},
+		TTL: k.TTL, LockDelay: k.LockDelay, HoldDown: k.HoldDown,
+		StuckHandoff: k.StuckHandoff, StuckAfter: k.StuckAfter,
+		Queues: c.QueueSpecs(),
+	}
+	if k.TokenFile != "" {
+		b, err := os.ReadFile(k.TokenFile)
+		if err != nil {
+			return fc, fmt.Errorf("consul.token_file: %w", err)
+		}
+		fc.Token = strings.TrimSpace(string(b))
+	}
+	return fc.WithDefaults(), nil
+}
+
+// Redacted returns the effective configuration as YAML with secrets replaced, for `config check`.
+func (c *Config) Redacted() ([]byte, error) {
+	cp := *c
+	if cp.Consul != nil {
+		k := *cp.Consul
+		if k.Token != "" {
+			k.Token = "<redacted>"
+		}
+		cp.Consul = &k
+	}
+	return yaml.Marshal(&cp)
+}

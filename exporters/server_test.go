@@ -1,0 +1,213 @@
+package exporters
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// startServer runs a Server on 127.0.0.1:0 until the test ends and returns its base URL.
+func startServer(t testing.TB, cfg ServerConfig, scheme string) (*Server, string) {
+	t.Helper()
+	cfg.ListenAddresses = []string{"127.0.0.1:0"}
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return s, scheme + "://" + s.Addrs()[0].String()
+}
+
+func get(t testing.TB, c *http.Client, url, user, pass string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestServerEndpoints(t *testing.T) {
+	p := fixture(t)
+	reg := NewRegistry("1.2.3")
+	reg.MustRegister(fixtureCollector(p))
+	if _, err := NewRunnerMetrics(reg, []string{"in"}); err != nil {
+		t.Fatal(err)
+	}
+	var agentReady atomic.Bool
+	s, base := startServer(t, ServerConfig{
+		Registry: reg,
+		Ready: func() error {
+			if err := p.Ready(); err != nil {
+				return err
+			}
+			if !agentReady.Load() {
+				return errors.New("slices not yet acquired")
+			}
+			return nil
+		},
+	}, "http")
+	s.Handle("GET /{$}", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "status page") }))
+	c := &http.Client{Timeout: 10 * time.Second}
+
+	code, body := get(t, c, base+"/metrics", "", "")
+	for _, want := range []string{
+		`qslice_queue_ready_messages{queue="in",slice="0"} 2`,
+		`qslice_build_info{goversion="go`, `version="1.2.3"} 1`,
+		"go_goroutines ", "process_cpu_seconds_total", "go_build_info",
+		`qslice_messages_handled_total{outcome="done",queue="in"} 0`,
+		"promhttp_metric_handler_requests_total",
+	} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("/metrics: %d, missing %q", code, want)
+		}
+	}
+	if code, body := get(t, c, base+"/healthz", "", ""); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := get(t, c, base+"/readyz", "", ""); code != 503 || !strings.Contains(body, "slices not yet acquired") {
+		t.Errorf("/readyz before ready: %d %q", code, body)
+	}
+	agentReady.Store(true)
+	if code, body := get(t, c, base+"/readyz", "", ""); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	if code, body := get(t, c, base+"/", "", ""); code != 200 || body != "status page" {
+		t.Errorf("/: %d %q", code, body)
+	}
+	if code, _ := get(t, c, base+"/nope", "", ""); code != 404 {
+		t.Errorf("/nope: %d", code)
+	}
+}
+
+// writeWebConfig writes a self-signed certificate for 127.0.0.1, and a web configuration with TLS
+// and one basic-auth user, into dir. It returns the config path and the certificate pool.
+func writeWebConfig(t *testing.T, dir, user, pass string) (string, *x509.CertPool) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "qslice test"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  " + user + ": " + string(hash) + "\n"
+	path := filepath.Join(dir, "web.yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return path, pool
+}
+
+func TestServerTLSAndBasicAuth(t *testing.T) {
+	webCfg, pool := writeWebConfig(t, t.TempDir(), "prometheus", "s3cret")
+	_, base := startServer(t, ServerConfig{Registry: NewRegistry("test"), WebConfigFile: webCfg}, "https")
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if code, _ := get(t, c, base+"/metrics", "", ""); code != 401 {
+		t.Errorf("/metrics without credentials: %d, want 401", code)
+	}
+	if code, _ := get(t, c, base+"/metrics", "prometheus", "wrong"); code != 401 {
+		t.Errorf("/metrics with a wrong password: %d, want 401", code)
+	}
+	if code, body := get(t, c, base+"/metrics", "prometheus", "s3cret"); code != 200 || !strings.Contains(body, "qslice_build_info") {
+		t.Errorf("/metrics with credentials: %d", code)
+	}
+	if code, _ := get(t, c, base+"/healthz", "prometheus", "s3cret"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	// Plain HTTP to the TLS port does not get the metrics.
+	plain := &http.Client{Timeout: 10 * time.Second}
+	if code, _ := get(t, plain, "http"+strings.TrimPrefix(base, "https")+"/metrics", "prometheus", "s3cret"); code == 200 {
+		t.Error("plain HTTP served metrics on the TLS listener")
+	}
+}
+
+func TestServerConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "web.yml")
+	os.WriteFile(bad, []byte("basic_auth_users:\n  u: not-a-bcrypt-hash\n"), 0o600)
+	for _, cfg := range []ServerConfig{
+		{Registry: NewRegistry("t"), ListenAddresses: []string{"127.0.0.1:0"}, WebConfigFile: bad},
+		{Registry: NewRegistry("t"), ListenAddresses: []string{"127.0.0.1:0"}, WebConfigFile: filepath.Join(dir, "missing.yml")},
+		{Registry: NewRegistry("t"), ListenAddresses: []string{"256.0.0.1:0"}},
+		{ListenAddresses: []string{"127.0.0.1:0"}},
+	} {
+		if s, err := NewServer(cfg); err == nil {
+			s.Close()
+			t.Errorf("NewServer(%+v) succeeded", cfg)
+		}
+	}
+	// A server that never runs releases its port on Close, and Close is idempotent.
+	s, err := NewServer(ServerConfig{Registry: NewRegistry("t"), ListenAddresses: []string{"127.0.0.1:0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := s.Addrs()[0].String()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("port not released: %v", err)
+	}
+	l.Close()
+}

@@ -1,0 +1,506 @@
+package failover
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/qslice/qslice/internal/consultest"
+)
+
+// Integration tests against a real Consul (internal/consultest). Timings: TTL 2 s, lock-delay
+// 1 s, hold-down 3 s; renew, request timeout and lease margin default to 200 ms each.
+
+func TestConsulAcquireAndRelease(t *testing.T) {
+	srv := consultest.Start(t)
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	cl := srv.Client("")
+
+	waitSplit(t, 15*time.Second, "a owns every slice", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	st := a.c.Status()
+	if !st.LeaseValid || st.LeaseRemaining <= 0 || st.LeaseRemaining > time.Second {
+		t.Errorf("lease valid %v remaining %s; want valid, at most min(TTL, lock-delay)", st.LeaseValid, st.LeaseRemaining)
+	}
+	if len(st.Owned) != totalTestSlices {
+		t.Fatalf("Status.Owned has %d slices", len(st.Owned))
+	}
+	session := a.c.sessionID()
+	for _, o := range st.Owned {
+		p, _, err := cl.KV().Get(a.c.sliceKey(o.Slice), nil)
+		if err != nil || p == nil {
+			t.Fatalf("get %s: %v %v", o.Slice, p, err)
+		}
+		if p.Session != session || parseLockValue(p.Value).Node != "a" {
+			t.Errorf("%s: session %q value %s; want our session and node a", o.Slice, p.Session, p.Value)
+		}
+		if o.FencingToken == 0 || o.FencingToken != p.ModifyIndex || o.LockIndex != p.LockIndex || !o.Processing {
+			t.Errorf("%s: fencing token %d lock index %d processing %v; KV has modify index %d lock index %d",
+				o.Slice, o.FencingToken, o.LockIndex, o.Processing, p.ModifyIndex, p.LockIndex)
+		}
+	}
+	// Registration: one instance, Meta with owned slices, alive check bound to the session.
+	consultest.WaitFor(t, 5*time.Second, "meta shows owned slices", func() error {
+		svcs, _, err := cl.Health().Service(ServiceName, "", false, nil)
+		if err != nil {
+			return err
+		}
+		if len(svcs) != 1 {
+			return fmt.Errorf("%d instances", len(svcs))
+		}
+		m := svcs[0].Service.Meta
+		if m["owned"] != "in:0-3 out:0-7" || m["queues"] != "out:8,in:4" || m["node"] != "a" || m["cluster"] != "test" || m["draining"] != "false" {
+			return fmt.Errorf("meta %v", m)
+		}
+		var ids []string
+		for _, ch := range svcs[0].Checks {
+			ids = append(ids, ch.CheckID+"="+ch.Status)
+		}
+		slices.Sort(ids)
+		want := []string{"qslice-test-a:alive=passing", "qslice-test-a:queue:in=passing", "qslice-test-a:queue:out=passing", "serfHealth=passing"}
+		if !slices.Equal(ids, want) {
+			return fmt.Errorf("checks %v, want %v", ids, want)
+		}
+		return nil
+	})
+	se, _, err := cl.Session().Info(session, nil)
+	if err != nil || se == nil {
+		t.Fatalf("session info: %v %v", se, err)
+	}
+	if se.Behavior != api.SessionBehaviorRelease || se.LockDelay != time.Second ||
+		!slices.Contains(se.NodeChecks, "serfHealth") || len(se.ServiceChecks) != 1 || se.ServiceChecks[0].ID != "qslice-test-a:alive" {
+		t.Errorf("session %+v: want release, 1s lock-delay, bound to serfHealth and the alive check", se)
+	}
+
+	if err := a.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := a.a.count(); n != 0 {
+		t.Errorf("after stop the assignee still has %d slices", n)
+	}
+	for _, s := range allTestSlices() {
+		p, _, err := cl.KV().Get(a.c.sliceKey(s), nil)
+		if err != nil || p == nil {
+			t.Fatalf("get %s: %v", s, err)
+		}
+		if v := parseLockValue(p.Value); p.Session != "" || v.Reason != ReasonReleased || v.Node != "a" {
+			t.Errorf("%s after stop: session %q value %s; want released by a", s, p.Session, p.Value)
+		}
+	}
+	if se, _, _ := cl.Session().Info(session, nil); se != nil {
+		t.Error("session still exists after stop")
+	}
+	if svcs, _, _ := cl.Health().Service(ServiceName, "", false, nil); len(svcs) != 0 {
+		t.Errorf("%d service instances after stop", len(svcs))
+	}
+	st = a.c.Status()
+	if st.OwnershipChanges[ReasonAcquired] != totalTestSlices || st.OwnershipChanges[ReasonReleased] != totalTestSlices {
+		t.Errorf("ownership changes %v; want %d acquired and released", st.OwnershipChanges, totalTestSlices)
+	}
+	if !a.c.ValidUntil().IsZero() {
+		t.Error("ValidUntil not cleared after stop")
+	}
+	if n := a.logs.count("slice ownership changed"); n != 2*totalTestSlices {
+		t.Errorf("%d ownership log lines, want %d", n, 2*totalTestSlices)
+	}
+	l.check(t)
+}
+
+func TestConsulTwoNodesSpreadAfterHoldDown(t *testing.T) {
+	srv := consultest.Start(t)
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	waitSettled(t, a)
+	b := startNode(t, srv, l, "b", nil)
+	want := rendezvousSplit(a, b)
+	if len(want[a]) == 0 || len(want[b]) == 0 {
+		t.Fatalf("test needs both nodes to have a share: %v", want)
+	}
+	waitSplit(t, 20*time.Second, "rendezvous split", want, a, b)
+	// b is new: a gives slices to it only after b has been live for the hold-down.
+	for _, s := range want[b] {
+		if first := l.firstStart(s, "b", b.started); first.Sub(b.started) < 3*time.Second {
+			t.Errorf("b got %s %s after starting: earlier than the hold-down", s, first.Sub(b.started))
+		}
+	}
+	sa, sb := a.c.Status(), b.c.Status()
+	if int(sa.OwnershipChanges[ReasonFailback]) != len(want[b]) || int(sb.OwnershipChanges[ReasonFailback]) != len(want[b]) {
+		t.Errorf("failback counts a=%d b=%d, want %d each", sa.OwnershipChanges[ReasonFailback], sb.OwnershipChanges[ReasonFailback], len(want[b]))
+	}
+	for _, ss := range sb.Slices {
+		if ss.Home == "" || (ss.State == SliceOwned) != (ss.Owner == "b") {
+			t.Errorf("b's view of %s: %+v", ss.Slice, ss)
+		}
+	}
+	l.check(t)
+}
+
+func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
+	srv := consultest.Start(t)
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	b := startNode(t, srv, l, "b", nil)
+	want := rendezvousSplit(a, b)
+	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
+	waitSettled(t, a)
+	waitSettled(t, b)
+
+	failedAt := time.Now()
+	a.h.set(errors.New("shared disk unreachable"))
+	waitSplit(t, 15*time.Second, "b takes over everything", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	for _, s := range want[a] {
+		// a passed its TTL at most one renew interval before failing: the check lapses no earlier
+		// than failedAt - renew + TTL, and lock-delay comes on top.
+		if d := l.firstStart(s, "b", failedAt).Sub(failedAt); d < 2*time.Second+time.Second-200*time.Millisecond {
+			t.Errorf("b took %s %s after a's check stopped passing: earlier than TTL + lock-delay", s, d)
+		}
+	}
+	if a.logs.count("node unhealthy") != 1 || a.logs.count("lease lapsed") != 1 {
+		t.Errorf("want one 'node unhealthy' and one 'lease lapsed' line on a:\n%s", a.logs.String())
+	}
+	if got := a.c.Status().OwnershipChanges[ReasonLeaseLost]; int(got) != len(want[a]) {
+		t.Errorf("a counted %d lease_lost, want %d", got, len(want[a]))
+	}
+	if got := b.c.Status().OwnershipChanges[ReasonFailover]; int(got) != len(want[a]) {
+		t.Errorf("b counted %d failover, want %d", got, len(want[a]))
+	}
+
+	healedAt := time.Now()
+	a.h.set(nil)
+	waitSplit(t, 20*time.Second, "fail-back to the rendezvous split", want, a, b)
+	for _, s := range want[a] {
+		if d := l.firstStart(s, "a", healedAt).Sub(healedAt); d < 3*time.Second {
+			t.Errorf("a got %s back %s after healing: earlier than the hold-down", s, d)
+		}
+	}
+	if got := b.c.Status().OwnershipChanges[ReasonFailback]; int(got) < len(want[a]) {
+		t.Errorf("b counted %d failback, want >= %d", got, len(want[a]))
+	}
+	l.check(t)
+}
+
+func TestConsulCrashFailoverHonoursLeaseAndLockDelay(t *testing.T) {
+	srv := consultest.Start(t)
+	cl := srv.Client("")
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	b := startNode(t, srv, l, "b", nil)
+	want := rendezvousSplit(a, b)
+	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
+	waitSettled(t, a)
+	waitSettled(t, b)
+	session := a.c.sessionID()
+
+	// a dies: it stops renewing; its handlers would be killed at its lease deadline.
+	crashAt := time.Now()
+	aValid := a.crash(t)
+	// Watch a's session from outside: lastAlive is a lower bound of its invalidation.
+	var lastAlive time.Time
+	consultest.WaitFor(t, 10*time.Second, "a's session invalidated", func() error {
+		before := time.Now()
+		se, _, err := cl.Session().Info(session, nil)
+		if err != nil {
+			return err
+		}
+		if se != nil {
+			lastAlive = before
+			return errors.New("still alive")
+		}
+		return nil
+	})
+	waitSplit(t, 10*time.Second, "b takes over", map[*testNode][]SliceID{b: allTestSlices()}, b)
+	for _, s := range want[a] {
+		start := l.firstStart(s, "b", crashAt)
+		if start.Before(lastAlive.Add(time.Second)) {
+			t.Errorf("b took %s %s after a's session was last seen alive: lock-delay (1s) not honoured",
+				s, start.Sub(lastAlive))
+		}
+		if !start.After(aValid) {
+			t.Errorf("b took %s at %s, before a's lease deadline %s", s, start.Format("15:04:05.000"), aValid.Format("15:04:05.000"))
+		}
+		t.Logf("%s: taken %s after a's lease ended, %s after its session was last seen", s, start.Sub(aValid).Round(time.Millisecond), start.Sub(lastAlive).Round(time.Millisecond))
+	}
+	l.check(t)
+}
+
+func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
+	srv := consultest.Start(t)
+	cl := srv.Client("")
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	b := startNode(t, srv, l, "b", nil)
+	want := rendezvousSplit(a, b)
+	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
+	waitSettled(t, a)
+	waitSettled(t, b)
+	session := a.c.sessionID()
+
+	destroyedAt := time.Now()
+	if _, err := cl.Session().Destroy(session, nil); err != nil {
+		t.Fatal(err)
+	}
+	consultest.WaitFor(t, 3*time.Second, "a stops processing", func() error {
+		if n := a.a.count(); n != 0 {
+			return fmt.Errorf("a still has %d slices", n)
+		}
+		return nil
+	})
+	if d := time.Since(destroyedAt); d > time.Second {
+		t.Errorf("a stopped %s after its session was destroyed: not before lock-delay ran out", d)
+	}
+	// Losing its session restarts a's hold-down: b takes a's slices, but only after lock-delay...
+	waitSplit(t, 10*time.Second, "b takes a's slices", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	for _, s := range want[a] {
+		if d := l.firstStart(s, "b", destroyedAt).Sub(destroyedAt); d < time.Second {
+			t.Errorf("b took %s %s after a's session was destroyed: lock-delay (1s) not honoured", s, d)
+		}
+	}
+	// ...and a gets them back once it has held its new session for a hold-down.
+	waitSplit(t, 10*time.Second, "fail-back to a", want, a, b)
+	for _, s := range want[a] {
+		if d := l.firstStart(s, "a", destroyedAt).Sub(destroyedAt); d < 3*time.Second {
+			t.Errorf("a re-took %s %s after losing its session: earlier than the hold-down", s, d)
+		}
+	}
+	if a.c.sessionID() == session {
+		t.Error("a still uses the destroyed session")
+	}
+	if got := a.c.Status().OwnershipChanges[ReasonLeaseLost]; int(got) != len(want[a]) {
+		t.Errorf("a counted %d lease_lost, want %d", got, len(want[a]))
+	}
+	if got := b.c.Status().OwnershipChanges[ReasonLeaseLost]; got != 0 {
+		t.Errorf("b lost %d slices", got)
+	}
+	l.check(t)
+}
+
+func TestConsulRestart(t *testing.T) {
+	srv := consultest.Start(t)
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]SliceID{a: allTestSlices()}, a)
+
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stoppedAt := time.Now()
+	consultest.WaitFor(t, 5*time.Second, "processing stops when the lease lapses", func() error {
+		if n := a.a.count(); n != 0 {
+			return fmt.Errorf("%d slices still processed", n)
+		}
+		return nil
+	})
+	if d := time.Since(stoppedAt); d > 1500*time.Millisecond {
+		t.Errorf("processing stopped %s after Consul went away; the lease is at most 1s", d)
+	}
+	if time.Now().Before(a.c.ValidUntil()) {
+		t.Error("ValidUntil still in the future with Consul down")
+	}
+	if st := a.c.Status(); st.ConsulError == "" || !strings.Contains(st.ConsulError, "consul at "+srv.HTTPAddr) {
+		t.Errorf("Status.ConsulError = %q", st.ConsulError)
+	}
+	select {
+	case err := <-a.done:
+		t.Fatalf("Run returned while Consul was down: %v", err)
+	default:
+	}
+
+	srv.Restart()
+	waitSplit(t, 20*time.Second, "processing resumes", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	if n := a.logs.count("lease lapsed"); n != 1 {
+		t.Errorf("%d 'lease lapsed' lines, want 1", n)
+	}
+	if n := a.logs.count("consul answers again"); n != 1 {
+		t.Errorf("%d 'consul answers again' lines, want 1", n)
+	}
+	if n := a.logs.count("consul request failing"); n < 1 || n > 4 {
+		t.Errorf("%d 'consul request failing' lines; want one per distinct problem, not one per retry", n)
+	}
+	if err := a.stop(t); err != nil {
+		t.Errorf("Run after restart: %v", err)
+	}
+	l.check(t)
+}
+
+// qsliceRules is the ACL policy docs/failover.md documents for a node of cluster "test".
+const qsliceRules = `
+service "qslice" { policy = "write" }
+node_prefix "" { policy = "read" }
+key_prefix "qslice/test/" { policy = "write" }
+session_prefix "" { policy = "write" }
+`
+
+func TestConsulACL(t *testing.T) {
+	srv := consultest.Start(t, consultest.WithACL())
+	l := newLedger()
+
+	t.Run("unknown token", func(t *testing.T) {
+		n := startNode(t, srv, l, "denied", func(c *ConsulConfig) { c.Token = "00000000-dead-beef-0000-000000000000" })
+		consultest.WaitFor(t, 5*time.Second, "clear error", func() error {
+			if !strings.Contains(n.logs.String(), "consul at "+srv.HTTPAddr+": permission denied: check the ACL token (CONSUL_HTTP_TOKEN or consul.token) (consul said: ACL not found)") {
+				return errors.New("no clear error logged yet")
+			}
+			return nil
+		})
+		st := n.c.Status()
+		if !strings.Contains(st.ConsulError, "consul at "+srv.HTTPAddr+": permission denied") || st.ConsulErrors["register"] == 0 {
+			t.Errorf("status: error %q counts %v", st.ConsulError, st.ConsulErrors)
+		}
+		if err := n.stop(t); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if calls := n.a.callCount(); calls != 0 {
+			t.Errorf("assignee called %d times without any lock", calls)
+		}
+		if c := n.logs.count("consul request failing"); c != 1 {
+			t.Errorf("%d error lines for one persistent problem, want 1", c)
+		}
+	})
+
+	t.Run("token without KV write", func(t *testing.T) {
+		tok := srv.Token("no-kv", `
+service "qslice" { policy = "write" }
+node_prefix "" { policy = "read" }
+key_prefix "qslice/test/" { policy = "read" }
+session_prefix "" { policy = "write" }
+`)
+		n := startNode(t, srv, l, "readonly", func(c *ConsulConfig) { c.Token = tok })
+		consultest.WaitFor(t, 10*time.Second, "clear error", func() error {
+			if !strings.Contains(n.logs.String(), "acquire slice lock: consul at "+srv.HTTPAddr+": permission denied: check the ACL token") {
+				return errors.New("no clear error logged yet")
+			}
+			return nil
+		})
+		if n.a.count() != 0 {
+			t.Error("slices assigned without locks")
+		}
+		if err := n.stop(t); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	t.Run("documented policy", func(t *testing.T) {
+		n := startNode(t, srv, l, "good", func(c *ConsulConfig) { c.Token = srv.Token("qslice-good", qsliceRules) })
+		waitSplit(t, 15*time.Second, "node with the documented policy owns everything", map[*testNode][]SliceID{n: allTestSlices()}, n)
+		if err := n.stop(t); err != nil {
+			t.Errorf("Run with the documented policy: %v", err)
+		}
+		if st := n.c.Status(); len(st.ConsulErrors) != 0 {
+			t.Errorf("consul errors with the documented policy: %v (%s)", st.ConsulErrors, st.ConsulError)
+		}
+	})
+	l.check(t)
+}
+
+func TestConsulDrainAndUndrain(t *testing.T) {
+	srv := consultest.Start(t)
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	b := startNode(t, srv, l, "b", nil)
+	want := rendezvousSplit(a, b)
+	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
+	waitSettled(t, a)
+	waitSettled(t, b)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	drainStart := time.Now()
+	if err := a.c.Drain(ctx); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	if n := a.a.count(); n != 0 || len(a.c.Status().Owned) != 0 {
+		t.Fatalf("after Drain a still processes %d slices / owns %d", n, len(a.c.Status().Owned))
+	}
+	t.Logf("drain took %s", time.Since(drainStart))
+	// Explicit release: no lock-delay, b takes over at once.
+	waitSplit(t, 2*time.Second, "b owns everything", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	if !a.c.Status().Draining {
+		t.Error("Status.Draining false after Drain")
+	}
+	if got := b.c.Status().OwnershipChanges[ReasonDrain]; int(got) != len(want[a]) {
+		t.Errorf("b counted %d drain acquisitions, want %d", got, len(want[a]))
+	}
+	// a stays empty while drained, even after a hold-down.
+	holdEnd := time.Now().Add(3500 * time.Millisecond)
+	consultest.WaitFor(t, 5*time.Second, "a stays drained past a hold-down", func() error {
+		if n := a.a.count(); n != 0 {
+			t.Fatalf("drained node took %d slices", n)
+		}
+		if time.Now().Before(holdEnd) {
+			return errors.New("waiting")
+		}
+		return nil
+	})
+	if err := a.c.Undrain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSplit(t, 10*time.Second, "a gets its share back", want, a, b)
+	l.check(t)
+}
+
+func TestConsulStuckSliceHandoff(t *testing.T) {
+	srv := consultest.Start(t)
+	l := newLedger()
+	stuck := func(c *ConsulConfig) { c.StuckHandoff, c.StuckAfter = true, 500*time.Millisecond }
+	a := startNode(t, srv, l, "a", stuck)
+	b := startNode(t, srv, l, "b", stuck)
+	want := rendezvousSplit(a, b)
+	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
+	waitSettled(t, a)
+	waitSettled(t, b)
+
+	s := want[a][0]
+	a.h.setSlice(s, Health{Status: StatusCritical, Output: "worker exits 1"})
+	consultest.WaitFor(t, 10*time.Second, "stuck slice moves to b", func() error {
+		if !slices.Contains(b.a.slices(), s) {
+			return fmt.Errorf("%s not on b", s)
+		}
+		return nil
+	})
+	p, _, err := srv.Client("").KV().Get(a.c.sliceKey(s), nil)
+	if err != nil || p == nil {
+		t.Fatal(err)
+	}
+	var v lockValue
+	if err := json.Unmarshal(p.Value, &v); err != nil || v.Node != "b" || len(v.Avoid) != 1 || v.Avoid[0].Node != "a" {
+		t.Errorf("lock value %s: want owner b avoiding a", p.Value)
+	}
+	if got := a.c.Status().OwnershipChanges[ReasonStuck]; got != 1 {
+		t.Errorf("a counted %d stuck hand-offs", got)
+	}
+	// b keeps it while the avoidance lasts (one hold-down), then it goes home.
+	a.h.setSlice(s, Health{Status: StatusPassing})
+	consultest.WaitFor(t, 10*time.Second, "slice goes home after the avoidance", func() error {
+		if !slices.Contains(a.a.slices(), s) {
+			return fmt.Errorf("%s not back on a", s)
+		}
+		return nil
+	})
+	l.check(t)
+}
+
+func TestNewConsulRejectsBadConfig(t *testing.T) {
+	_, err := NewConsul(ConsulConfig{Cluster: "c", NodeID: "n"}, newFakeAssignee("n", newLedger()), nil, nil, nil)
+	var fe *FieldError
+	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "queues: must list at least one queue") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestConsulDrainWithoutRun(t *testing.T) {
+	c, err := NewConsul(ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:1"},
+		newFakeAssignee("n", newLedger()), nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Drain(context.Background()); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Drain without Run: %v", err)
+	}
+}

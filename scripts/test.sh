@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs qslice's whole test suite on a fresh Debian machine, setting up what it needs first:
+#   - the Debian packages listed in .ci/apt-packages.txt (python3-flufl.lock for the lock
+#     interoperability tests, prometheus for promtool, mailman3 for the supervision test, chromium
+#     for the status page test), when running as root;
+#   - Consul 1.13.9, built once from the Go module proxy by scripts/build-consul.sh and cached.
+# Tests that need a missing part skip with a message saying what to install; CI has every part.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+while read -r pkg; do
+  [ -z "$pkg" ] && continue
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done < .ci/apt-packages.txt
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "not root: cannot install ${missing[*]}; the tests that need them will skip" >&2
+  fi
+fi
+
+QSLICE_CONSUL=${QSLICE_CONSUL:-$(scripts/build-consul.sh)}
+export QSLICE_CONSUL
+# Debian's python3 has the Debian packages (flufl.lock, mailman); a python3 earlier on PATH may not.
+export QSLICE_PYTHON3=${QSLICE_PYTHON3:-/usr/bin/python3}
+export QSLICE_PYTHON=${QSLICE_PYTHON:-$QSLICE_PYTHON3}
+
+go vet ./...
+go test -count=1 -timeout 40m ./... "$@"
