@@ -243,9 +243,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("qslice starting", "node", a.cfg.Node, "version", a.opts.Version, "mode", mode, "queues", len(a.cfg.Queues), "http", a.Addr())
 
-	// Workers stop after the coordinator: it narrows them to nothing on the way out, so that
-	// in-flight messages finish (or are released) before its locks go.
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	// Workers and the coordinator stop together: on cancel a runner stops claiming, gives running
+	// handlers shutdown_grace, then releases what is left; the coordinator narrows it to nothing
+	// and waits for exactly that before it lets the slice locks go.
+	workCtx, stopWork := context.WithCancel(ctx)
 	defer stopWork()
 	var wg errgroup.Group
 	for name, w := range a.workers {

@@ -80,7 +80,7 @@ func (h *healthTracker) slice(id failover.SliceID) failover.Health {
 	case st.Ready > 0 && h.cfg.StallAfter > 0 && stalledFor > h.cfg.StallAfter:
 		return failover.Health{Status: failover.StatusWarning, Output: fmt.Sprintf(
 			"stalled: %d messages ready and no progress for %s (health.stall_after %s); oldest is %s old. Check the worker's logs.",
-			st.Ready, stalledFor.Round(time.Second), h.cfg.StallAfter, age.Round(time.Second))}
+			st.Ready, stalledFor.Round(100*time.Millisecond), h.cfg.StallAfter, age.Round(100*time.Millisecond))}
 	case st.Ready > 0 && h.cfg.MaxAge > 0 && age > h.cfg.MaxAge:
 		return failover.Health{Status: failover.StatusWarning, Output: fmt.Sprintf(
 			"backlog old: oldest of %d ready messages is %s old (health.max_age %s)", st.Ready, age.Round(time.Second), h.cfg.MaxAge)}

@@ -682,7 +682,9 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 	}
 	c.syncAssignee(ctx, st, wg)
 	c.releaseDrained(ctx, st, now)
-	if st.leaseValid && !st.draining && !st.stopping && !now.Before(st.notBefore) && !now.Before(st.quarantine) {
+	// Acquire only with a valid lease and a first KV snapshot (it carries the previous holder,
+	// hence the reason, and the avoid list to carry over).
+	if st.leaseValid && st.kv != nil && !st.draining && !st.stopping && !now.Before(st.notBefore) && !now.Before(st.quarantine) {
 		c.acquire(ctx, st, now)
 		c.syncAssignee(ctx, st, wg)
 	}

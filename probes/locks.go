@@ -62,7 +62,7 @@ type LockDirSnapshot struct {
 func (l *LockDirSnapshot) OK() bool { return l.Err == nil }
 
 func (l *LockDirSnapshot) carry(prev *LockDirSnapshot) {
-	if prev == nil || !prev.HasData {
+	if l.Err == nil || prev == nil || !prev.HasData {
 		return
 	}
 	attempted, dur, err, errs, dropped := l.Attempted, l.Duration, l.Err, l.Errors, l.Dropped

@@ -104,6 +104,7 @@ func TestProbeRun(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
+			s := p.Latest(); if s != nil { t.Logf("%+v err=%v errs=%v", s.Queues[0].PerSlice, s.Queues[0].Err, s.Queues[0].Errors); t.Logf("ignored %v temp %d vanished %d at %v now %v dir %s", s.Queues[0].IgnoredSome, s.Queues[0].Temp, s.Queues[0].Vanished, s.At, time.Now(), dir); ents, _ := os.ReadDir(dir); t.Logf("entries %v", ents) }
 			t.Fatal("Run never rescanned")
 		}
 		time.Sleep(time.Millisecond) // polling interval, bounded by the deadline

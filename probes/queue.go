@@ -121,7 +121,7 @@ func (q *QueueSnapshot) Oldest() (ready, claim time.Time) {
 
 // carry keeps the data of prev (an earlier snapshot of the same queue) in q, whose scan failed.
 func (q *QueueSnapshot) carry(prev *QueueSnapshot) {
-	if prev == nil || !prev.HasData {
+	if q.Err == nil || prev == nil || !prev.HasData {
 		return
 	}
 	attempted, dur, err, errs, dropped := q.Attempted, q.Duration, q.Err, q.Errors, q.Dropped

@@ -101,7 +101,10 @@ func TestNarrowStopsWithStopSignal(t *testing.T) {
 	cfg := Config{
 		// The worker records the signal it got and exits 0; the grace is far
 		// longer than the test, so a release proves the signal stopped it.
-		Command:    sh(`trap 'echo usr1 > "$OUT/sig-{slice}"; exit 0' USR1; echo $$ > "$OUT/pid-{slice}"; sleep 300 & wait`),
+		// (The trap also kills the child: a child forked just as the signal
+		// arrives can catch it with the handler it inherited.)
+		Command: sh(`trap 'kill $! 2>/dev/null; echo usr1 > "$OUT/sig-{slice}"; exit 0' USR1; ` +
+			`echo $$ > "$OUT/pid-{slice}"; sleep 300 & wait`),
 		Env:        map[string]string{"OUT": dir},
 		StopSignal: syscall.SIGUSR1,
 		Grace:      5 * time.Minute,
@@ -362,9 +365,10 @@ func TestReaddWaitsForOldWorker(t *testing.T) {
 	cfg := Config{
 		// The worker takes a while to stop, so that re-adding the slice
 		// happens while the old worker is still there.
-		Command: sh(`trap 'sleep 0.3; echo "stop $$" >> "$OUT/events"; exit 0' TERM; echo "start $$" >> "$OUT/events"; sleep 300 & wait`),
-		Env:     map[string]string{"OUT": dir},
-		Grace:   time.Minute,
+		Command: sh(`trap 'kill $! 2>/dev/null; sleep 0.3; echo "stop $$" >> "$OUT/events"; exit 0' TERM; ` +
+			`echo "start $$" >> "$OUT/events"; sleep 300 & wait`),
+		Env:   map[string]string{"OUT": dir},
+		Grace: time.Minute,
 	}
 	s, _ := newTestSupervisor(t, 1, cfg)
 	startRun(t, s)
