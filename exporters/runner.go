@@ -2,6 +2,7 @@ package exporters
 
 import (
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,6 +39,7 @@ const (
 // multiply their series by up to 65536.
 type RunnerMetrics struct {
 	handled    *prometheus.CounterVec
+	perSlice   *prometheus.CounterVec
 	handleDur  *prometheus.HistogramVec
 	lockWait   *prometheus.HistogramVec
 	lockHold   *prometheus.HistogramVec
@@ -67,6 +69,10 @@ func NewRunnerMetrics(reg prometheus.Registerer, queues []string) (*RunnerMetric
 			Name: "qslice_messages_handled_total",
 			Help: "Messages whose handling ended, by outcome: done (processed), retry, shunted or bad (failed), released.",
 		}, []string{"queue", "outcome"}),
+		perSlice: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qslice_slice_messages_handled_total",
+			Help: "Messages whose handling ended, per slice, by outcome (as qslice_messages_handled_total). Series appear with a slice's first message; slices from DefaultMaxSliceLabels up are counted under slice=\"all\".",
+		}, []string{"queue", "slice", "outcome"}),
 		handleDur: prometheus.NewHistogramVec(native(prometheus.HistogramOpts{
 			Name:    "qslice_message_handle_duration_seconds",
 			Help:    "Time from claiming a message to the end of its handling, whatever the outcome.",
@@ -99,7 +105,7 @@ func NewRunnerMetrics(reg prometheus.Registerer, queues []string) (*RunnerMetric
 			Help: "Files the runner skipped while scanning its queue (foreign or malformed names), by reason.",
 		}, []string{"queue", "reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.handleDur, m.lockWait, m.lockHold, m.lockBreaks, m.lockTOs, m.recovered, m.skipped} {
+	for _, c := range []prometheus.Collector{m.handled, m.perSlice, m.handleDur, m.lockWait, m.lockHold, m.lockBreaks, m.lockTOs, m.recovered, m.skipped} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register runner metrics: %w", err)
 		}
@@ -132,9 +138,15 @@ func (m *RunnerMetrics) queue(q string) string {
 }
 
 // Handled records the end of one message's handling.
-func (m *RunnerMetrics) Handled(queue string, _ int, outcome runner.Outcome, took time.Duration) {
+func (m *RunnerMetrics) Handled(queue string, slice int, outcome runner.Outcome, took time.Duration) {
 	q := m.queue(queue)
-	m.handled.WithLabelValues(q, m.outcomes.value(string(outcome))).Inc()
+	o := m.outcomes.value(string(outcome))
+	m.handled.WithLabelValues(q, o).Inc()
+	sl := SliceAll
+	if slice >= 0 && slice < DefaultMaxSliceLabels {
+		sl = strconv.Itoa(slice)
+	}
+	m.perSlice.WithLabelValues(q, sl, o).Inc()
 	m.handleDur.WithLabelValues(q).Observe(took.Seconds())
 }
 

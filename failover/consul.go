@@ -1205,7 +1205,7 @@ func (e *ConsulError) Unwrap() []error {
 
 var opNames = map[string]string{
 	"register": "register service", "check_ttl": "update TTL check", "session_create": "create session",
-	"session_info": "confirm session", "session_destroy": "destroy session", "kv_watch": "watch slice locks",
+	"session_info": "confirm session", "session_destroy": "destroy session", "session_cleanup": "list stale sessions", "kv_watch": "watch slice locks",
 	"member_watch": "watch members", "acquire": "acquire slice lock", "release": "release slice lock",
 	"deregister": "deregister service",
 }

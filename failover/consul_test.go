@@ -230,6 +230,33 @@ func TestConsulCrashFailoverHonoursLeaseAndLockDelay(t *testing.T) {
 	l.check(t)
 }
 
+func TestConsulNodeRestartAfterCrash(t *testing.T) {
+	srv := consultest.Start(t)
+	cl := srv.Client("")
+	l := newLedger()
+	a := startNode(t, srv, l, "a", nil)
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	old := a.c.sessionID()
+	validUntil := a.crash(t)
+
+	// The same node comes back at once, before its old session could lapse: the new process
+	// passes the same alive check, so it must destroy the old session itself.
+	a2 := startNodeAs(t, srv, l, "a", "a-restarted", nil)
+	waitSplit(t, 15*time.Second, "the restarted node owns everything", map[*testNode][]SliceID{a2: allTestSlices()}, a2)
+	for _, s := range allTestSlices() {
+		if start := l.firstStart(s, "a-restarted", time.Time{}); !start.After(validUntil) {
+			t.Errorf("%s restarted at %s, before the crashed run's lease ended at %s", s, start.Format("15:04:05.000"), validUntil.Format("15:04:05.000"))
+		}
+	}
+	if se, _, err := cl.Session().Info(old, nil); err != nil || se != nil {
+		t.Errorf("old session still there: %v %v", se, err)
+	}
+	if a2.logs.count("destroying a session left by a previous run of this node") == 0 {
+		t.Error("no log line for the stale session")
+	}
+	l.check(t)
+}
+
 func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")

@@ -304,11 +304,18 @@ func testConfig(srv *consultest.Server, id string) ConsulConfig {
 
 func startNode(t *testing.T, srv *consultest.Server, l *ledger, id string, mutate func(*ConsulConfig)) *testNode {
 	t.Helper()
+	return startNodeAs(t, srv, l, id, id, mutate)
+}
+
+// startNodeAs starts a coordinator with NodeID id whose assignee appears in the ledger as
+// ledgerName (a restarted process of the same node is a different processor).
+func startNodeAs(t *testing.T, srv *consultest.Server, l *ledger, id, ledgerName string, mutate func(*ConsulConfig)) *testNode {
+	t.Helper()
 	cfg := testConfig(srv, id)
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	n := &testNode{id: id, a: newFakeAssignee(id, l), h: &fakeHealth{}, logs: &syncBuffer{}, done: make(chan error, 1)}
+	n := &testNode{id: id, a: newFakeAssignee(ledgerName, l), h: &fakeHealth{}, logs: &syncBuffer{}, done: make(chan error, 1)}
 	logger := slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c, err := NewConsul(cfg, n.a, n.h, logger, nil)
 	if err != nil {

@@ -177,10 +177,40 @@ func (k *keeper) round(ctx context.Context) error {
 		} else {
 			k.session, k.confirmSent = id, sent
 			c.log.Info("session created", "session", id, "lock_delay", c.cfg.LockDelay)
+			k.destroyStaleSessions(ctx, id)
 		}
 	}
 	k.publish()
 	return errors.Join(errs...)
+}
+
+// destroyStaleSessions removes sessions a previous run of this node left on its agent: the new
+// run passes the same alive check, so they would never end by themselves. Destroying one is
+// safe even if it still held locks: that is one more invalidation, covered by lock-delay.
+func (k *keeper) destroyStaleSessions(ctx context.Context, current string) {
+	c := k.c
+	var all []*api.SessionEntry
+	err := c.call(ctx, "session_cleanup", func(ctx context.Context) error {
+		se, _, err := c.client.Session().Info(current, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil || se == nil {
+			return err
+		}
+		all, _, err = c.client.Session().Node(se.Node, (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
+	if err != nil {
+		return // best effort; the KV reconciliation also destroys stale sessions holding locks
+	}
+	for _, se := range all {
+		if se.Name != c.sessionName || se.ID == current {
+			continue
+		}
+		c.log.Warn("destroying a session left by a previous run of this node", "session", se.ID)
+		_ = c.call(ctx, "session_destroy", func(ctx context.Context) error {
+			_, err := c.client.Session().Destroy(se.ID, (&api.WriteOptions{}).WithContext(ctx))
+			return err
+		})
+	}
 }
 
 func (k *keeper) publish() {

@@ -61,6 +61,7 @@ type LockDirSnapshot struct {
 // OK reports whether the last scan completed.
 func (l *LockDirSnapshot) OK() bool { return l.Err == nil }
 
+// carry keeps the data of prev in l when l's scan failed.
 func (l *LockDirSnapshot) carry(prev *LockDirSnapshot) {
 	if l.Err == nil || prev == nil || !prev.HasData {
 		return

@@ -82,8 +82,18 @@ func TestProbeScanOnceKeepsLastGoodData(t *testing.T) {
 		t.Error("the earlier snapshot was modified")
 	}
 	os.Rename(cfg.Dir+".moved", cfg.Dir)
-	if s3 := p.ScanOnce(context.Background()); !s3.Queues[0].OK() {
-		t.Errorf("no recovery: %v", s3.Queues[0].Err)
+	// A successful scan publishes its own data, not the carried one.
+	writeFile(t, cfg.Dir, "1699999990.0+"+digestIn(1, 4, 5)+".pck", 1)
+	claim := filepath.Join(locks, "x.lock|web9|99|1")
+	if err := os.WriteFile(claim, []byte(claim), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s3 := p.ScanOnce(context.Background())
+	if !s3.Queues[0].OK() || s3.Queues[0].Ready != 7 || s3.Queues[0].PerSlice[1].Ready != 2 {
+		t.Errorf("after recovery: err %v, ready %d, want 7", s3.Queues[0].Err, s3.Queues[0].Ready)
+	}
+	if len(s3.Locks[0].Locks) != 1 {
+		t.Errorf("lock dir rescan: %d locks, want 1", len(s3.Locks[0].Locks))
 	}
 }
 
@@ -104,7 +114,6 @@ func TestProbeRun(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			s := p.Latest(); if s != nil { t.Logf("%+v err=%v errs=%v", s.Queues[0].PerSlice, s.Queues[0].Err, s.Queues[0].Errors); t.Logf("ignored %v temp %d vanished %d at %v now %v dir %s", s.Queues[0].IgnoredSome, s.Queues[0].Temp, s.Queues[0].Vanished, s.At, time.Now(), dir); ents, _ := os.ReadDir(dir); t.Logf("entries %v", ents) }
 			t.Fatal("Run never rescanned")
 		}
 		time.Sleep(time.Millisecond) // polling interval, bounded by the deadline

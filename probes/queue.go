@@ -119,7 +119,7 @@ func (q *QueueSnapshot) Oldest() (ready, claim time.Time) {
 	return ready, claim
 }
 
-// carry keeps the data of prev (an earlier snapshot of the same queue) in q, whose scan failed.
+// carry keeps the data of prev (an earlier snapshot of the same queue) in q when q's scan failed.
 func (q *QueueSnapshot) carry(prev *QueueSnapshot) {
 	if q.Err == nil || prev == nil || !prev.HasData {
 		return

@@ -57,22 +57,6 @@ break it.`,
 	return cmd
 }
 
-// lockJSON is one element of the --json output. Field names are a stable interface.
-type lockJSON struct {
-	Path             string   `json:"path"`
-	Held             bool     `json:"held"`
-	HolderHost       string   `json:"holder_host"`
-	HolderPID        int      `json:"holder_pid"`
-	HeldSeconds      float64  `json:"held_seconds"`
-	ExpiresInSeconds *float64 `json:"expires_in_seconds"` // negative when past; null when not held
-	Expired          bool     `json:"expired"`            // past expiry plus the slop
-	Waiters          int      `json:"waiters"`
-	OrphanedClaims   int      `json:"orphaned_claims"`
-	HolderDead       bool     `json:"holder_dead"` // on this host, and its pid is gone
-	Naming           string   `json:"naming,omitempty"`
-	Anomaly          string   `json:"anomaly,omitempty"`
-}
-
 func runLocks(ctx context.Context, w io.Writer, dirs []string, o locksOptions) error {
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -103,26 +87,11 @@ func runLocks(ctx context.Context, w io.Writer, dirs []string, o locksOptions) e
 	return errors.Join(append(errs, err)...)
 }
 
-func lockToJSON(in lockfile.Info, at time.Time) lockJSON {
-	j := lockJSON{Path: in.Path, Held: in.Held, HolderHost: in.HolderHost, HolderPID: in.HolderPID,
-		Expired: in.Held && in.Breakable, Waiters: in.Waiters, OrphanedClaims: in.OrphanedClaims,
-		HolderDead: in.HolderDeadOnThisHost, Anomaly: in.Anomaly}
-	if in.Held {
-		j.Naming = in.Naming.String()
-		if !in.HeldSince.IsZero() && at.After(in.HeldSince) {
-			j.HeldSeconds = at.Sub(in.HeldSince).Seconds()
-		}
-		e := in.Expires.Sub(at).Seconds()
-		j.ExpiresInSeconds = &e
-	}
-	return j
-}
-
 func writeLocksJSON(w io.Writer, snaps []*probes.LockDirSnapshot) error {
-	out := []lockJSON{}
+	out := []probes.LockView{} // its JSON field names are a stable interface
 	for _, s := range snaps {
 		for _, in := range s.Locks {
-			out = append(out, lockToJSON(in, s.At))
+			out = append(out, probes.NewLockView(in, s.At))
 		}
 	}
 	enc := json.NewEncoder(w)
@@ -144,7 +113,7 @@ func writeLocksTable(w io.Writer, snaps []*probes.LockDirSnapshot) error {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "LOCK\tHOLDER\tHELD\tEXPIRES IN\tSTATE\tWAITERS\tORPHANS")
 		for _, in := range s.Locks {
-			j := lockToJSON(in, s.At)
+			j := probes.NewLockView(in, s.At)
 			name := in.Path
 			if rel, err := filepath.Rel(s.Config.Dir, in.Path); err == nil {
 				name = rel

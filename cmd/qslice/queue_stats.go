@@ -98,7 +98,7 @@ type sliceStatsJSON struct {
 
 func runQueueStats(ctx context.Context, w io.Writer, dir string, o queueStatsOptions) error {
 	if err := queue.ValidateSlices(o.slices); err != nil {
-		return fmt.Errorf("--slices: %w", err)
+		return usageErr("--slices: %w", err) // exit code 2, like any other bad usage
 	}
 	if o.timeout > 0 {
 		var cancel context.CancelFunc

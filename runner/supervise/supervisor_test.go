@@ -101,9 +101,10 @@ func TestNarrowStopsWithStopSignal(t *testing.T) {
 	cfg := Config{
 		// The worker records the signal it got and exits 0; the grace is far
 		// longer than the test, so a release proves the signal stopped it.
-		// (The trap also kills the child: a child forked just as the signal
-		// arrives can catch it with the handler it inherited.)
-		Command: sh(`trap 'kill $! 2>/dev/null; echo usr1 > "$OUT/sig-{slice}"; exit 0' USR1; ` +
+		// (The trap also SIGKILLs the child: a child forked just as the
+		// signal arrives can catch it with the handler it inherited from sh,
+		// and would then live until the grace is over.)
+		Command: sh(`trap 'kill -9 $! 2>/dev/null; echo usr1 > "$OUT/sig-{slice}"; exit 0' USR1; ` +
 			`echo $$ > "$OUT/pid-{slice}"; sleep 300 & wait`),
 		Env:        map[string]string{"OUT": dir},
 		StopSignal: syscall.SIGUSR1,
@@ -364,8 +365,9 @@ func TestReaddWaitsForOldWorker(t *testing.T) {
 	dir := t.TempDir()
 	cfg := Config{
 		// The worker takes a while to stop, so that re-adding the slice
-		// happens while the old worker is still there.
-		Command: sh(`trap 'kill $! 2>/dev/null; sleep 0.3; echo "stop $$" >> "$OUT/events"; exit 0' TERM; ` +
+		// happens while the old worker is still there. (kill -9: see
+		// TestNarrowStopsWithStopSignal.)
+		Command: sh(`trap 'kill -9 $! 2>/dev/null; sleep 0.3; echo "stop $$" >> "$OUT/events"; exit 0' TERM; ` +
 			`echo "start $$" >> "$OUT/events"; sleep 300 & wait`),
 		Env:   map[string]string{"OUT": dir},
 		Grace: time.Minute,

@@ -1,0 +1,99 @@
+package dashboards
+
+import (
+	"github.com/grafana/grafana-foundation-sdk/go/cog"
+	"github.com/grafana/grafana-foundation-sdk/go/common"
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
+)
+
+// selOne selects the one node of the node dashboard.
+const selOne = `job=~"$job", instance="$instance"`
+
+func thresholdsLine() *common.GraphThresholdsStyleConfigBuilder {
+	return common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLine)
+}
+
+// node: everything about one agent.
+func node() *dashboard.DashboardBuilder {
+	return newDashboard("qslice-node", "qslice / Node",
+		"One qslice agent: liveness, lease, owned slices, its runners' work, its Consul calls, its probes and its process.",
+		jobVar(), instanceVar(false)).
+		WithRow(row("Node")).
+		WithPanel(single("Scrape", "Whether Prometheus scraped this agent at its last attempt.",
+			unitNone, small, redBelowOne(),
+			q(`up{`+selOne+`}`, "up")).
+			Mappings(valueMap("0", "DOWN", "red", "1", "UP", "green"))).
+		WithPanel(single("Version", "The qslice version this agent runs (qslice_build_info).",
+			unitNone, small, thresholds(),
+			q(`max by (version) (qslice_build_info{`+selOne+`})`, "{{version}}")).
+			TextMode(common.BigValueTextModeName).
+			ColorMode(common.BigValueColorModeNone).
+			GraphMode(common.BigValueGraphModeNone)).
+		WithPanel(single("Lease", "Whether this node's Consul session lease is provably valid. A standalone node's lease never ends.",
+			unitNone, small, redBelowOne(),
+			q(`qslice_lease_valid{`+selOne+`}`, "lease")).
+			Mappings(valueMap("0", "INVALID", "red", "1", "VALID", "green"))).
+		WithPanel(single("Owned slices", "Slices this node owns and processes, all queues.",
+			unitCount, small, thresholds(),
+			q(`sum(qslice_queue_owned_slices{`+selOne+`})`, "owned"))).
+		WithPanel(single("Ready messages", "Messages waiting in the queues this node observes.",
+			unitCount, small, thresholds(),
+			q(`sum(qslice_queue_ready_messages{`+selOne+`})`, "ready"))).
+		WithPanel(single("Uptime", "Time since the agent process started.",
+			unitSeconds, small, thresholds(),
+			q(`time() - process_start_time_seconds{`+selOne+`}`, "uptime")).
+			GraphMode(common.BigValueGraphModeNone)).
+		WithRow(row("Work")).
+		WithPanel(graph("Owned slices by queue", "Slices of each queue this node owns.",
+			unitCount, half,
+			q(`qslice_queue_owned_slices{`+selOne+`}`, "{{queue}}"))).
+		WithPanel(graph("Messages handled", "Messages whose handling ended on this node per second, by queue and outcome.",
+			unitMsgRate, half,
+			q(`sum by (queue, outcome) (rate(qslice_messages_handled_total{`+selOne+`}[$__rate_interval]))`, "{{queue}} {{outcome}}"))).
+		WithPanel(graph("Handle duration p99", "99th percentile of the time from claim to end of handling on this node, by queue.",
+			unitSeconds, third,
+			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_handle_duration_seconds_bucket{`+selOne+`}[$__rate_interval])))`, "{{queue}}"))).
+		WithPanel(graph("Lock wait p99", "99th percentile of this node's waits for message lock files, by queue.",
+			unitSeconds, third,
+			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_lock_wait_seconds_bucket{`+selOne+`}[$__rate_interval])))`, "{{queue}}"))).
+		WithPanel(graph("Lock hold p99", "99th percentile of how long this node held message lock files, by queue.",
+			unitSeconds, third,
+			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_lock_hold_seconds_bucket{`+selOne+`}[$__rate_interval])))`, "{{queue}}"))).
+		WithRow(row("Coordination")).
+		WithPanel(graph("Lease remaining", "Time until this node's lease runs out without another renewal.",
+			unitSeconds, third,
+			q(`qslice_lease_remaining_seconds{`+selOne+`}`, "remaining"))).
+		WithPanel(bars("Ownership changes", "Slices this node acquired or released per interval, by reason.",
+			unitCount, third,
+			q(`sum by (reason) (increase(qslice_ownership_changes_total{`+selOne+`}[$__rate_interval]))`, "{{reason}}"))).
+		WithPanel(graph("Consul request errors", "Failed Consul requests of this node per second, by operation.",
+			unitErrRate, third,
+			q(`sum by (operation) (rate(qslice_consul_request_errors_total{`+selOne+`}[$__rate_interval]))`, "{{operation}}"))).
+		WithRow(row("Probes")).
+		WithPanel(graph("Scan duration", "Duration of this node's last scan of each queue and lock directory.",
+			unitSeconds, half,
+			q(`qslice_queue_scan_duration_seconds{`+selOne+`}`, "queue {{queue}}"),
+			q(`qslice_lock_scan_duration_seconds{`+selOne+`}`, "locks {{lock}}"))).
+		WithPanel(graph("Scan success", "1 when this node's last scan of the queue or lock directory succeeded, 0 when it failed.",
+			unitNone, half,
+			q(`qslice_queue_scan_success{`+selOne+`}`, "queue {{queue}}"),
+			q(`qslice_lock_scan_success{`+selOne+`}`, "locks {{lock}}")).Min(0).Max(1)).
+		WithRow(row("Process")).
+		WithPanel(graph("CPU", "CPU time the agent used per second (1 = one core).",
+			unitCPU, third,
+			q(`rate(process_cpu_seconds_total{`+selOne+`}[$__rate_interval])`, "cpu"))).
+		WithPanel(graph("Memory", "Resident memory of the agent, and the Go heap in use.",
+			unitBytes, third,
+			q(`process_resident_memory_bytes{`+selOne+`}`, "resident"),
+			q(`go_memstats_heap_inuse_bytes{`+selOne+`}`, "heap in use"))).
+		WithPanel(graph("Goroutines and file descriptors", "Goroutines of the agent and its open file descriptors.",
+			unitCount, third,
+			q(`go_goroutines{`+selOne+`}`, "goroutines"),
+			q(`process_open_fds{`+selOne+`}`, "open fds")))
+}
+
+// redBelowOne colours a 0/1 flag: red for 0, green for 1.
+func redBelowOne() *dashboard.ThresholdsConfigBuilder {
+	return dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).
+		Steps([]dashboard.Threshold{{Color: "red"}, {Value: cog.ToPtr(1.0), Color: "green"}})
+}

@@ -1,0 +1,70 @@
+package dashboards
+
+import (
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
+)
+
+// Label selectors shared by the dashboards. Queue and lock gauges are observed identically by
+// every node that sees the shared disk: panels take the max across nodes, never the sum.
+const (
+	selNode  = `job=~"$job", instance=~"$instance"`
+	selQueue = `job=~"$job", instance=~"$instance", queue=~"$queue"`
+	selLock  = `job=~"$job", instance=~"$instance", lock=~"$lock"`
+)
+
+// ownedMapping colours a 0/1 ownership value.
+func ownedMapping() []dashboard.ValueMapping {
+	return valueMap("0", "not owned", "transparent", "1", "owned", "green")
+}
+
+// overview: who owns what, and whether the cluster as a whole is healthy.
+func overview() *dashboard.DashboardBuilder {
+	return newDashboard("qslice-overview", "qslice / Cluster overview",
+		"Slice ownership across the qslice cluster, failovers and fail-backs, and the headline backlog.",
+		jobVar(), instanceVar(true), queueVar()).
+		WithRow(row("Health")).
+		WithPanel(single("Agents up", "qslice agents that Prometheus scraped successfully (up == 1) out of those it knows.",
+			unitNone, small, thresholds(),
+			q(`sum(up{job=~"$job"})`, "up"))).
+		WithPanel(single("Unowned slices", "Slices that no node owns right now (sum over nodes of qslice_slice_owned is 0). A few seconds during a failover is normal; longer means no message of the slice is processed.",
+			unitNone, small, thresholds(1, "red"),
+			q(`count(sum by (job, queue, slice) (qslice_slice_owned{job=~"$job", queue=~"$queue"}) == 0) or vector(0)`, "unowned"))).
+		WithPanel(single("Slices owned twice", "Slices that two or more nodes claim at once (sum over nodes of qslice_slice_owned above 1). Must stay 0; fencing keeps handlers apart, but it means the ownership view is inconsistent.",
+			unitNone, small, thresholds(1, "red"),
+			q(`count(sum by (job, queue, slice) (qslice_slice_owned{job=~"$job", queue=~"$queue"}) > 1) or vector(0)`, "owned twice"))).
+		WithPanel(single("Nodes without a valid lease", "Nodes whose Consul session lease is not provably valid: they stop processing their slices until it is.",
+			unitNone, small, thresholds(1, "red"),
+			q(`count(qslice_lease_valid{job=~"$job"} == 0) or vector(0)`, "invalid lease"))).
+		WithPanel(single("Ready messages", "Messages waiting in the selected queues, all slices (max across nodes, which all observe the same shared disk).",
+			unitCount, small, thresholds(),
+			q(`sum(max by (job, queue, slice) (qslice_queue_ready_messages{`+selQueue+`}))`, "ready"))).
+		WithPanel(single("Oldest ready message", "Age of the oldest waiting message of the selected queues, from the time in its file name.",
+			unitSeconds, small, thresholds(900, "orange", 3600, "red"),
+			q(`max(qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "oldest"))).
+		WithRow(row("Ownership")).
+		WithPanel(timeline("Slice owner (cluster view)", "One row per slice and owning node: a bar while that node owns the slice, as the nodes see the cluster in Consul. A change of row colour along a slice is a failover or a fail-back.",
+			tall, valueMap("1", "owned", "green"),
+			q(`max by (queue, slice, node) (qslice_slice_owner_info{job=~"$job", queue=~"$queue"})`, "{{queue}}/{{slice}} → {{node}}"))).
+		WithPanel(timeline("Slices each node processes", "qslice_slice_owned by scrape target: green while the node holds the slice and processes it. Two green rows for one slice at the same time is a double ownership.",
+			tall, ownedMapping(),
+			q(`qslice_slice_owned{`+selQueue+`}`, "{{queue}}/{{slice}} @ {{instance}}"))).
+		WithPanel(graph("Slices not owned exactly once", "Number of owners of each slice, shown only while it is not 1: 0 is an unowned slice, 2 or more a double ownership. Empty is healthy.",
+			unitNone, half,
+			q(`sum by (queue, slice) (qslice_slice_owned{job=~"$job", queue=~"$queue"}) != 1`, "{{queue}}/{{slice}}"))).
+		WithPanel(graph("Owned slices per node", "How many slices each node owns: after a failover the survivors own more; after the fail-back the home nodes take theirs back.",
+			unitCount, half,
+			q(`sum by (instance) (qslice_queue_owned_slices{`+selQueue+`})`, "{{instance}}"))).
+		WithPanel(bars("Ownership changes by reason", "Slices acquired or released per interval, by reason: failover (taken from a lost owner), failback (given back to a better-ranked node), lease_lost, drain, stuck, acquired, released.",
+			unitCount, half,
+			q(`sum by (reason) (increase(qslice_ownership_changes_total{`+selNode+`}[$__rate_interval]))`, "{{reason}}"))).
+		WithPanel(bars("Failovers and fail-backs by node", "Unplanned ownership changes (failover, failback, lease_lost, stuck) per interval and node.",
+			unitCount, half,
+			q(`sum by (instance, reason) (increase(qslice_ownership_changes_total{`+selNode+`, reason=~"failover|failback|lease_lost|stuck"}[$__rate_interval]))`, "{{instance}} {{reason}}"))).
+		WithRow(row("Consul")).
+		WithPanel(graph("Lease remaining", "Time until each node's Consul lease runs out without another renewal. A sawtooth is healthy; a fall to 0 means the node lost Consul and stops processing.",
+			unitSeconds, half,
+			q(`qslice_lease_remaining_seconds{`+selNode+`}`, "{{instance}}"))).
+		WithPanel(graph("Consul request errors", "Failed Consul requests per second, by node and operation. Every call retries with backoff; a steady rate means the node cannot reach Consul.",
+			unitErrRate, half,
+			q(`sum by (instance, operation) (rate(qslice_consul_request_errors_total{`+selNode+`}[$__rate_interval]))`, "{{instance}} {{operation}}")))
+}
