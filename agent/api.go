@@ -76,6 +76,10 @@ func (a *Agent) Status() Status {
 	}
 	for _, s := range cs.Slices {
 		v := SliceView{Queue: s.Slice.Queue, Slice: s.Slice.Index, Owner: s.Owner, Home: s.Home, State: s.State}
+		if cs.Mode == "standalone" {
+			// The standalone coordinator has no node names; this node is the owner and the home.
+			v.Owner, v.Home = nameIfStandalone(v.Owner, a.cfg.Node), nameIfStandalone(v.Home, a.cfg.Node)
+		}
 		if q := perQueue[v.Queue]; q != nil && q.HasData && v.Slice < len(q.PerSlice) {
 			ps := q.PerSlice[v.Slice]
 			v.Ready, v.InFlight = ps.Ready, ps.InFlight
@@ -101,6 +105,13 @@ func (a *Agent) Status() Status {
 		return st.Slices[i].Slice < st.Slices[j].Slice
 	})
 	return st
+}
+
+func nameIfStandalone(name, node string) string {
+	if name == failover.StandaloneNode {
+		return node
+	}
+	return name
 }
 
 //go:embed status.html

@@ -109,7 +109,9 @@ func setupMailman(t *testing.T, instances int) *mailmanEnv {
 	// The minimum: a layout whose var_dir (and so queue, log, lock, data
 	// directories and the SQLite database) is under dir; `instances` is where
 	// the runner takes its slice count from; a short sleep_time speeds up
-	// the polling of the queue directory.
+	// the polling of the queue directory. `start: no`, which keeps Mailman's
+	// master from starting these runners (docs/mailman.md), must not stop
+	// the runner program itself.
 	cfg := fmt.Sprintf(`[mailman]
 layout: qslicetest
 
@@ -118,6 +120,7 @@ var_dir: %s
 
 [runner.out]
 instances: %d
+start: no
 sleep_time: 0.1s
 `, filepath.Join(dir, "var"), instances)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o644); err != nil {

@@ -525,22 +525,26 @@ func TestWorkerRunsAsUser(t *testing.T) {
 	if err != nil {
 		t.Skipf("no user nobody: %v", err)
 	}
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
 	cfg := Config{
-		Command: sh(`echo "$(id -u) $(id -g)" > "$OUT/ids"; exec sleep 300`),
-		Env:     map[string]string{"OUT": dir},
+		Command: sh(`echo "ids $(id -u) $(id -g)"; exec sleep 300`),
 		User:    "nobody",
 	}
-	s, _ := newTestSupervisor(t, 1, cfg)
+	s, rec := newTestSupervisor(t, 1, cfg)
 	startRun(t, s)
 	s.SetSlices([]int{0})
-	waitFor(t, 10*time.Second, "worker ids", func() bool { return len(readInts(t, fileIn(dir, "ids"))) == 2 })
-	if got, want := fmt.Sprint(readInts(t, fileIn(dir, "ids"))), fmt.Sprintf("[%s %s]", nobody.Uid, nobody.Gid); got != want {
-		t.Errorf("worker ran as %s, want %s (nobody)", got, want)
-	}
+	want := fmt.Sprintf("ids %s %s", nobody.Uid, nobody.Gid)
+	waitFor(t, 10*time.Second, "worker output "+want, func() bool {
+		for _, r := range rec.records() {
+			if r.Msg == "worker output" && r.Attrs["line"] == want {
+				return true
+			}
+		}
+		return false
+	})
 	// The stop signal still reaches a worker of another user.
+	pid := s.Snapshot().Workers[0].PID
 	waitClosed(t, s.SetSlices(nil), 30*time.Second, "release")
+	if pidExists(pid) {
+		t.Errorf("worker %d survived", pid)
+	}
 }
