@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/lockfile"
 	"github.com/qslice/qslice/runner/queue"
@@ -292,9 +291,8 @@ func TestStatusPageInHeadlessChromium(t *testing.T) {
 		t.Errorf("problems listed: %q", ps.Problems)
 	}
 
-	// The slice table. A standalone coordinator reports every slice's owner (and home) as
-	// failover.StandaloneNode, not the node's name; the page shows the owner the API reports.
-	owner := failover.StandaloneNode
+	// The slice table. A standalone node is the owner (and home) of every slice, by its name.
+	owner := node
 	for i, row := range ps.Slices.Rows {
 		c := func(col string) pageCell { return ps.Slices.cell(row, col) }
 		if c("queue").Text != "in" || c("owner").Text != owner || c("state").Text != "owned" {

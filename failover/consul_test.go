@@ -19,9 +19,14 @@ import (
 
 func TestConsulAcquireAndRelease(t *testing.T) {
 	srv := consultest.Start(t)
+	cl := srv.Client("")
+	// A previous run served a queue "old": its check must go.
+	if err := cl.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "qslice-test-a", Name: ServiceName,
+		Checks: api.AgentServiceChecks{{CheckID: "qslice-test-a:queue:old", TTL: "1m"}}}); err != nil {
+		t.Fatal(err)
+	}
 	l := newLedger()
 	a := startNode(t, srv, l, "a", nil)
-	cl := srv.Client("")
 
 	waitSplit(t, 15*time.Second, "a owns every slice", map[*testNode][]SliceID{a: allTestSlices()}, a)
 	st := a.c.Status()

@@ -260,17 +260,45 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 		Checks: checks,
 	}
 	err := c.call(ctx, "register", func(ctx context.Context) error {
-		return c.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
+		// Not ReplaceExistingChecks: it would also remove Consul's own maintenance check.
+		return c.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx))
 	})
 	if err != nil {
 		return err
 	}
-	if !k.registered {
+	if !c.registered.Load() {
 		c.log.Info("service registered", "service_id", c.serviceID, "check", c.aliveCheckID)
+		k.removeStaleQueueChecks(ctx)
 	}
 	k.registered, k.regMeta, k.lastReg = true, meta, c.clock.Now()
 	c.registered.Store(true)
 	return nil
+}
+
+// removeStaleQueueChecks deregisters queue checks of queues no longer configured (left by an
+// earlier run with another configuration). Best effort: a stale check only shows in the UI.
+func (k *keeper) removeStaleQueueChecks(ctx context.Context) {
+	c := k.c
+	var checks map[string]*api.AgentCheck
+	if err := c.call(ctx, "register", func(ctx context.Context) error {
+		var err error
+		checks, err = c.client.Agent().ChecksWithFilterOpts(fmt.Sprintf("ServiceID == %q", c.serviceID), (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	}); err != nil {
+		return
+	}
+	want := map[string]bool{c.aliveCheckID: true}
+	for _, id := range c.queueCheckID {
+		want[id] = true
+	}
+	for id := range checks {
+		if strings.HasPrefix(id, c.serviceID+":queue:") && !want[id] {
+			c.log.Info("removing the check of a queue no longer configured", "check", id)
+			_ = c.call(ctx, "register", func(ctx context.Context) error {
+				return c.client.Agent().CheckDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx))
+			})
+		}
+	}
 }
 
 // passQueueChecks sets each queue's check to the worst health of its processed slices and
