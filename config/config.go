@@ -255,7 +255,14 @@ func (c *Config) validate(root *yaml.Node) error {
 			bad(p+".handler.exec", "must name a command, e.g. [\"/usr/local/bin/deliver\"]")
 		case q.Supervise != nil:
 			if _, err := q.SuperviseConfig(); err != nil {
-				bad(p+".supervise", "%v", err)
+				for _, e := range flatten(err) {
+					var fe *supervise.FieldError
+					if errors.As(e, &fe) {
+						bad(p+"."+fe.Field, "%s", fe.Msg)
+					} else {
+						bad(p+".supervise", "%v", e)
+					}
+				}
 			}
 		}
 		for s, nodes := range q.Home {

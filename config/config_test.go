@@ -34,7 +34,7 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 		"invalid-duration.yml":              {"invalid-duration.yml: line 2:", `"soon"`},
 		"invalid-dup-queue.yml":             {`invalid-dup-queue.yml:3: queues[1].name: "in": used by two queues`},
 		"invalid-consul-timing.yml":         {"consul.", "lock_delay"},
-		"invalid-supervise-placeholder.yml": {"queues[0].supervise:", "nslices"},
+		"invalid-supervise-placeholder.yml": {"queues[0].supervise.command[1]: unknown placeholder {nslices}"},
 		"invalid-both.yml":                  {"has both handler and supervise"},
 	}
 	for file, wants := range cases {

@@ -29,7 +29,9 @@ const (
 	// watchWait is the blocking-query wait. Consul answers at the latest after it (plus up to
 	// wait/16 of jitter), so an idle watch costs one request per node every 5 minutes.
 	watchWait = 5 * time.Minute
-	// shutdownCallTimeout bounds each Consul call made after Run's context is cancelled.
+	// shutdownCallAttempts: after the loop, destroying the session and deregistering are each
+	// tried this often (RequestTimeout each, with backoff); then Run gives up and returns the
+	// error, and the TTL check and lock-delay take over.
 	shutdownCallAttempts = 3
 )
 

@@ -27,8 +27,9 @@
 //     without stopping its workers, the kernel kills the leaders, so a
 //     surviving node cannot process a slice that a peer took over. (Only the
 //     leader gets it; children that ignore their leader's death are not
-//     covered. Go sends it when the OS thread that started the worker exits,
-//     which the Go runtime does only when its process exits.)
+//     covered. The kernel sends it when the thread that started the worker
+//     exits; the Go runtime ends a thread only with a goroutine locked to it,
+//     and workers are never started from a locked thread.)
 //   - A worker that exits without being asked to is restarted after an
 //     exponential backoff (Config.RestartBackoff), and counted. When
 //     Config.CrashLoopThreshold unexpected exits fall within
