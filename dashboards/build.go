@@ -50,10 +50,17 @@ func Dashboards() ([]dashboard.Dashboard, error) {
 			return nil, fmt.Errorf("build dashboard: %w", err)
 		}
 		assignIDs(&d)
+		for i := range d.Links {
+			// The SDK defaults to Grafana 12's "inControlsMenu", which hides the links in a menu;
+			// unset, they show above the panels in every Grafana version.
+			d.Links[i].Placement = nil
+		}
 		out = append(out, d)
 	}
 	return out, nil
 }
+
+//go:generate go test -run TestGolden -update
 
 // Render returns the content of every generated file, by file name (see Generated): indented
 // JSON with a final newline, stable from one run to the next.
@@ -111,6 +118,8 @@ func newDashboard(uid, title, description string, vars ...cog.Builder[dashboard.
 		Tooltip(dashboard.DashboardCursorSyncCrosshair).
 		Link(dashboard.NewDashboardLinkBuilder("qslice").
 			Type(dashboard.DashboardLinkTypeDashboards).
+			Icon("external link").
+			Tooltip("The other qslice dashboards").
 			Tags([]string{"qslice"}).
 			AsDropdown(true).
 			IncludeVars(true).
@@ -219,7 +228,8 @@ func graph(title, description, unit string, sz size, qs ...query) *timeseries.Pa
 		Targets(targets(qs)).
 		FillOpacity(10).
 		ShowPoints(common.VisibilityModeNever).
-		Legend(legendTable())
+		Legend(legendTable()).
+		Tooltip(common.NewVizTooltipOptionsBuilder().Mode(common.TooltipDisplayModeMulti).Sort(common.SortOrderDescending))
 }
 
 // bars is a time series panel drawn as bars: counts of events per interval.
@@ -260,6 +270,7 @@ func single(title, description, unit string, sz size, th *dashboard.ThresholdsCo
 		Targets(targets(qs)).
 		ReduceOptions(common.NewReduceDataOptionsBuilder().Calcs([]string{"lastNotNull"}).Values(false)).
 		ColorMode(common.BigValueColorModeBackground).
+		Orientation(common.VizOrientationAuto).
 		GraphMode(common.BigValueGraphModeArea).
 		Thresholds(th).
 		ColorScheme(dashboard.NewFieldColorBuilder().Mode(dashboard.FieldColorModeIdThresholds))
@@ -289,6 +300,7 @@ func timeline(title, description string, sz size, mappings []dashboard.ValueMapp
 		RowHeight(0.8).
 		FillOpacity(80).
 		ColorScheme(dashboard.NewFieldColorBuilder().Mode(dashboard.FieldColorModeIdFixed).FixedColor("text")).
+		Tooltip(common.NewVizTooltipOptionsBuilder().Mode(common.TooltipDisplayModeSingle).Sort(common.SortOrderNone)).
 		Legend(common.NewVizLegendOptionsBuilder().ShowLegend(false).DisplayMode(common.LegendDisplayModeHidden).Placement(common.LegendPlacementBottom))
 }
 
@@ -310,6 +322,7 @@ func grid(title, description, unit string, sz size, hide []string, cols []column
 		Span(sz.w).Height(sz.h).
 		Targets(targets(qs)).
 		Filterable(true).
+		Footer(common.NewTableFooterOptionsBuilder().Show(false).Reducer([]string{"sum"}).CountRows(false)).
 		WithTransformation(dashboard.DataTransformerConfig{Id: "merge", Options: map[string]any{}})
 	for _, c := range cols {
 		rename[c.field] = c.title

@@ -11,6 +11,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/grafana/grafana-foundation-sdk/go/cog"
+	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 )
 
 var update = flag.Bool("update", false, "rewrite the generated dashboards in grafana/")
@@ -164,13 +168,10 @@ func TestDashboardsValid(t *testing.T) {
 				t.Errorf("%s: variable %s does not query %s", file, v.Name, wantDS)
 			}
 		}
-		for _, v := range []string{DatasourceVar, "job", "instance"} {
+		for _, v := range []string{DatasourceVar, "job", "instance", "queue"} {
 			if !vars[v] {
 				t.Errorf("%s: no %s variable", file, v)
 			}
-		}
-		if d.UID != "qslice-node" && !vars["queue"] {
-			t.Errorf("%s: no queue variable", file)
 		}
 		ids := map[int]string{}
 		panels := 0
@@ -282,6 +283,40 @@ func TestDashboardsCoverIssue(t *testing.T) {
 			if !found {
 				t.Errorf("%s: no %s panel querying %q", file, c.panelType, c.exprPart)
 			}
+		}
+	}
+}
+
+// TestDashboardsStrictSchema decodes every file with the Grafana Foundation SDK's strict decoder,
+// which rejects unknown fields and wrong types against Grafana's dashboard and panel schemas.
+func TestDashboardsStrictSchema(t *testing.T) {
+	plugins.RegisterDefaultPlugins()
+	paths, err := filepath.Glob(filepath.Join(grafanaDir, "*.json"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no dashboards in %s (%v)", grafanaDir, err)
+	}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d dashboard.Dashboard
+		err = d.UnmarshalJSONStrict(data)
+		// The SDK returns its error list typed even when empty.
+		if errs, ok := err.(cog.BuildErrors); ok && len(errs) == 0 {
+			err = nil
+		}
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+		if len(d.Panels) == 0 {
+			t.Errorf("%s: decoded no panel", p)
+		}
+		// The decoder is strict indeed: a misspelt field fails.
+		bad := bytes.Replace(data, []byte(`"title":`), []byte(`"titel":`), 1)
+		var d2 dashboard.Dashboard
+		if err := d2.UnmarshalJSONStrict(bad); err == nil || err.Error() == "" {
+			t.Errorf("%s: the strict decoder accepted a misspelt field", p)
 		}
 	}
 }

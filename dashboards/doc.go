@@ -15,19 +15,29 @@
 //
 // # Invariants (each checked by a test)
 //
-//   - grafana/*.json is exactly what Render produces: editing Go without regenerating, or editing
-//     the JSON by hand, fails TestGolden.
+//   - grafana/*.json is exactly what Render produces (TestGolden): editing Go without
+//     regenerating, or editing the JSON by hand, fails. The files also pass the SDK's strict
+//     decoder of Grafana's schema (TestDashboardsStrictSchema).
 //   - Every panel has a unit, a description and queries the data source through the
 //     ${datasource} variable; panel ids are unique within a dashboard; every dashboard has the
-//     datasource, job, instance and queue variables it filters on.
-//   - Every metric that a panel, a variable or a rule queries is exported by a real agent (its
-//     registry is gathered and described in the test), is a recording rule of rules/, or is one
-//     that Prometheus itself makes (up, ALERTS).
-//   - Every alert has a severity, a summary, a description and a runbook_url whose anchor exists
-//     in docs/runbooks.md, and at least one promtool test where it fires and one where it stays
-//     quiet; `promtool check rules` and `promtool test rules` pass.
-//   - End to end, a real Prometheus scraping a real agent fires the stale-lock, stalled-slice
-//     and old-backlog alerts, and not the ownership ones, for a standalone node.
+//     datasource, job, instance and queue variables, and uses no undefined one
+//     (TestDashboardsValid).
+//   - Every metric that a panel, a variable or a rule selects is exported by a real agent (its
+//     registry gathered after a message went through it, plus its collectors' descriptors), is a
+//     recording rule of rules/, or is one that Prometheus itself makes (up, ALERTS); every qslice
+//     metric the agent exports appears somewhere, and every recording rule is used
+//     (TestAgentExportsEveryQueriedMetric). The agent's /metrics passes `promtool check metrics`.
+//   - Every alert has a severity, a summary, a description and a runbook_url whose anchor is a
+//     heading of docs/runbooks.md, and at least one promtool case where it fires and one where
+//     it stays quiet; `promtool check rules` and `promtool test rules` pass.
+//   - End to end (TestEndToEndAlertsFire), a real Prometheus scraping a real agent, with the
+//     rules' for: durations cut to 1s, fires the stale-lock (an expired flufl.lock lock),
+//     stalled-slice and old-backlog (a supervised queue whose workers never take a message)
+//     alerts, and none of the ownership, node, scan and Consul alerts.
+//
+// Tests that need promtool, prometheus (Debian package prometheus) or a python3 with flufl.lock
+// (python3-flufl.lock) skip saying so when they are missing; QSLICE_PROMTOOL,
+// QSLICE_PROMETHEUS and QSLICE_PYTHON3 override the binaries.
 //
 // # Conventions the rules assume
 //

@@ -6,8 +6,11 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 )
 
-// selOne selects the one node of the node dashboard.
-const selOne = `job=~"$job", instance="$instance"`
+// selOne selects the one node of the node dashboard; selOneQueue its selected queues.
+const (
+	selOne      = `job=~"$job", instance="$instance"`
+	selOneQueue = selOne + `, queue=~"$queue"`
+)
 
 func thresholdsLine() *common.GraphThresholdsStyleConfigBuilder {
 	return common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLine)
@@ -17,7 +20,7 @@ func thresholdsLine() *common.GraphThresholdsStyleConfigBuilder {
 func node() *dashboard.DashboardBuilder {
 	return newDashboard("qslice-node", "qslice / Node",
 		"One qslice agent: liveness, lease, owned slices, its runners' work, its Consul calls, its probes and its process.",
-		jobVar(), instanceVar(false)).
+		jobVar(), instanceVar(false), queueVar()).
 		WithRow(row("Node")).
 		WithPanel(single("Scrape", "Whether Prometheus scraped this agent at its last attempt.",
 			unitNone, small, redBelowOne(),
@@ -33,12 +36,12 @@ func node() *dashboard.DashboardBuilder {
 			unitNone, small, redBelowOne(),
 			q(`qslice_lease_valid{`+selOne+`}`, "lease")).
 			Mappings(valueMap("0", "INVALID", "red", "1", "VALID", "green"))).
-		WithPanel(single("Owned slices", "Slices this node owns and processes, all queues.",
+		WithPanel(single("Owned slices", "Slices this node owns and processes, in the selected queues.",
 			unitCount, small, thresholds(),
-			q(`sum(qslice_queue_owned_slices{`+selOne+`})`, "owned"))).
-		WithPanel(single("Ready messages", "Messages waiting in the queues this node observes.",
+			q(`sum(qslice_queue_owned_slices{`+selOneQueue+`})`, "owned"))).
+		WithPanel(single("Ready messages", "Messages waiting in the selected queues, as this node observes them.",
 			unitCount, small, thresholds(),
-			q(`sum(qslice_queue_ready_messages{`+selOne+`})`, "ready"))).
+			q(`sum(qslice_queue_ready_messages{`+selOneQueue+`})`, "ready"))).
 		WithPanel(single("Uptime", "Time since the agent process started.",
 			unitSeconds, small, thresholds(),
 			q(`time() - process_start_time_seconds{`+selOne+`}`, "uptime")).
@@ -46,19 +49,19 @@ func node() *dashboard.DashboardBuilder {
 		WithRow(row("Work")).
 		WithPanel(graph("Owned slices by queue", "Slices of each queue this node owns.",
 			unitCount, half,
-			q(`qslice_queue_owned_slices{`+selOne+`}`, "{{queue}}"))).
+			q(`qslice_queue_owned_slices{`+selOneQueue+`}`, "{{queue}}"))).
 		WithPanel(graph("Messages handled", "Messages whose handling ended on this node per second, by queue and outcome.",
 			unitMsgRate, half,
-			q(`sum by (queue, outcome) (rate(qslice_messages_handled_total{`+selOne+`}[$__rate_interval]))`, "{{queue}} {{outcome}}"))).
+			q(`sum by (queue, outcome) (rate(qslice_messages_handled_total{`+selOneQueue+`}[$__rate_interval]))`, "{{queue}} {{outcome}}"))).
 		WithPanel(graph("Handle duration p99", "99th percentile of the time from claim to end of handling on this node, by queue.",
 			unitSeconds, third,
-			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_handle_duration_seconds_bucket{`+selOne+`}[$__rate_interval])))`, "{{queue}}"))).
+			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_handle_duration_seconds_bucket{`+selOneQueue+`}[$__rate_interval])))`, "{{queue}}"))).
 		WithPanel(graph("Lock wait p99", "99th percentile of this node's waits for message lock files, by queue.",
 			unitSeconds, third,
-			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_lock_wait_seconds_bucket{`+selOne+`}[$__rate_interval])))`, "{{queue}}"))).
+			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_lock_wait_seconds_bucket{`+selOneQueue+`}[$__rate_interval])))`, "{{queue}}"))).
 		WithPanel(graph("Lock hold p99", "99th percentile of how long this node held message lock files, by queue.",
 			unitSeconds, third,
-			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_lock_hold_seconds_bucket{`+selOne+`}[$__rate_interval])))`, "{{queue}}"))).
+			q(`histogram_quantile(0.99, sum by (queue, le) (rate(qslice_message_lock_hold_seconds_bucket{`+selOneQueue+`}[$__rate_interval])))`, "{{queue}}"))).
 		WithRow(row("Coordination")).
 		WithPanel(graph("Lease remaining", "Time until this node's lease runs out without another renewal.",
 			unitSeconds, third,
@@ -72,11 +75,11 @@ func node() *dashboard.DashboardBuilder {
 		WithRow(row("Probes")).
 		WithPanel(graph("Scan duration", "Duration of this node's last scan of each queue and lock directory.",
 			unitSeconds, half,
-			q(`qslice_queue_scan_duration_seconds{`+selOne+`}`, "queue {{queue}}"),
+			q(`qslice_queue_scan_duration_seconds{`+selOneQueue+`}`, "queue {{queue}}"),
 			q(`qslice_lock_scan_duration_seconds{`+selOne+`}`, "locks {{lock}}"))).
 		WithPanel(graph("Scan success", "1 when this node's last scan of the queue or lock directory succeeded, 0 when it failed.",
 			unitNone, half,
-			q(`qslice_queue_scan_success{`+selOne+`}`, "queue {{queue}}"),
+			q(`qslice_queue_scan_success{`+selOneQueue+`}`, "queue {{queue}}"),
 			q(`qslice_lock_scan_success{`+selOne+`}`, "locks {{lock}}")).Min(0).Max(1)).
 		WithRow(row("Process")).
 		WithPanel(graph("CPU", "CPU time the agent used per second (1 = one core).",

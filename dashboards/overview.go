@@ -23,9 +23,10 @@ func overview() *dashboard.DashboardBuilder {
 		"Slice ownership across the qslice cluster, failovers and fail-backs, and the headline backlog.",
 		jobVar(), instanceVar(true), queueVar()).
 		WithRow(row("Health")).
-		WithPanel(single("Agents up", "qslice agents that Prometheus scraped successfully (up == 1) out of those it knows.",
+		WithPanel(single("Agents up", "qslice agents that Prometheus scraped successfully at their last scrape (up), and how many targets it knows in the selected jobs.",
 			unitNone, small, thresholds(),
-			q(`sum(up{job=~"$job"})`, "up"))).
+			q(`sum(up{job=~"$job"})`, "up"),
+			q(`count(up{job=~"$job"})`, "known"))).
 		WithPanel(single("Unowned slices", "Slices that no node owns right now (sum over nodes of qslice_slice_owned is 0). A few seconds during a failover is normal; longer means no message of the slice is processed.",
 			unitNone, small, thresholds(1, "red"),
 			q(`count(sum by (job, queue, slice) (qslice_slice_owned{job=~"$job", queue=~"$queue"}) == 0) or vector(0)`, "unowned"))).

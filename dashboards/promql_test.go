@@ -228,8 +228,8 @@ func TestMetricNames(t *testing.T) {
 
 func TestVariableQueryExpr(t *testing.T) {
 	for q, want := range map[string]string{
-		`label_values(qslice_build_info, job)`:                      `qslice_build_info`,
-		`label_values(qslice_build_info{job=~"$job"}, instance)`:    `qslice_build_info{job=~"$job"}`,
+		`label_values(qslice_build_info, job)`:                     `qslice_build_info`,
+		`label_values(qslice_build_info{job=~"$job"}, instance)`:   `qslice_build_info{job=~"$job"}`,
 		`query_result(max by (queue) (qslice_queue_owned_slices))`: `max by (queue) (qslice_queue_owned_slices)`,
 	} {
 		got, err := variableQueryExpr(q)

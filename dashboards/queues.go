@@ -39,7 +39,7 @@ func queues() *dashboard.DashboardBuilder {
 			q(`max by (queue) (qslice_queue_shunt_messages{`+selQueue+`})`, "{{queue}} shunt"),
 			q(`max by (queue) (qslice_queue_bad_messages{`+selQueue+`})`, "{{queue}} bad"))).
 		WithRow(row("Slices")).
-		WithPanel(grid("Per-slice backlog", "One row per slice at the last scan: ready messages, their bytes, the oldest ready age, in-flight messages, the oldest in-flight age, and the owner as the cluster sees it.",
+		WithPanel(grid("Per-slice backlog", "One row per slice at the last scan: ready messages, their bytes, the oldest ready age, in-flight messages, the oldest in-flight age, messages processed and failed in the last hour (qslice's runners), and the owner as the cluster sees it.",
 			unitCount, tall, []string{"job", "Value #F"},
 			[]column{
 				{"Value #A", "Ready", unitCount},
@@ -47,6 +47,8 @@ func queues() *dashboard.DashboardBuilder {
 				{"Value #C", "Oldest ready", unitSeconds},
 				{"Value #D", "In flight", unitCount},
 				{"Value #E", "Oldest in flight", unitSeconds},
+				{"Value #G", "Processed (1h)", unitCount},
+				{"Value #H", "Failed (1h)", unitCount},
 				{"node", "Owner", ""},
 			},
 			tableQuery(`max by (job, queue, slice) (qslice_queue_ready_messages{`+selQueue+`})`),
@@ -54,13 +56,21 @@ func queues() *dashboard.DashboardBuilder {
 			tableQuery(`max by (job, queue, slice) (qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`),
 			tableQuery(`max by (job, queue, slice) (qslice_queue_in_flight_messages{`+selQueue+`})`),
 			tableQuery(`max by (job, queue, slice) (qslice_queue_oldest_in_flight_age_seconds{`+selQueue+`})`),
-			tableQuery(`max by (job, queue, slice, node) (qslice_slice_owner_info{`+selQueue+`})`))).
+			tableQuery(`max by (job, queue, slice, node) (qslice_slice_owner_info{`+selQueue+`})`),
+			tableQuery(`sum by (job, queue, slice) (increase(qslice_slice_messages_handled_total{`+selQueue+`, outcome="done"}[1h]))`),
+			tableQuery(`sum by (job, queue, slice) (increase(qslice_slice_messages_handled_total{`+selQueue+`, outcome=~"shunted|bad"}[1h]))`))).
 		WithPanel(graph("Ready messages by slice", "Waiting messages per slice. One slice growing alone points at its owner or its worker.",
 			unitCount, half,
 			q(`max by (queue, slice) (qslice_queue_ready_messages{`+selQueue+`})`, "{{queue}}/{{slice}}"))).
 		WithPanel(graph("Oldest ready message by slice", "Age of the oldest waiting message per slice.",
 			unitSeconds, half,
 			q(`max by (queue, slice) (qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "{{queue}}/{{slice}}"))).
+		WithPanel(graph("Processed by slice", "Messages processed (done) per second and slice, summed over the nodes that handled them (qslice's own runners). A slice with a backlog and no rate here is not being worked.",
+			unitMsgRate, half,
+			q(`sum by (queue, slice) (rate(qslice_slice_messages_handled_total{`+selQueue+`, outcome="done"}[$__rate_interval]))`, "{{queue}}/{{slice}}"))).
+		WithPanel(graph("Failed by slice", "Messages shunted or moved to bad/ per second and slice. One slice failing alone points at its messages or its owner.",
+			unitMsgRate, half,
+			q(`sum by (queue, slice) (rate(qslice_slice_messages_handled_total{`+selQueue+`, outcome=~"shunted|bad"}[$__rate_interval]))`, "{{queue}}/{{slice}}"))).
 		WithRow(row("Scans and files")).
 		WithPanel(graph("Queue scan success", "1 when the node's last scan of the queue directory completed, 0 when it failed (missing or unreadable directory, NFS ESTALE, scan budget exceeded).",
 			unitNone, third,

@@ -690,13 +690,13 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 		c.acquire(ctx, st, now)
 		c.syncAssignee(ctx, st, wg)
 	}
+	c.publish(st, now) // before waking Drain callers: they read Status next
 	if (st.draining || st.stopping) && len(st.owned) == 0 && len(st.releasing) == 0 {
 		for _, w := range st.waiters {
 			w <- nil
 		}
 		st.waiters = nil
 	}
-	c.publish(st, now)
 }
 
 // reconcileKV drops slices whose lock the last KV snapshot shows we lost, adopts locks our
