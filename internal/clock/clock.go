@@ -1,0 +1,32 @@
+// Package clock is the injectable time source shared by qslice's packages: production code uses
+// System, tests pass a fake that they advance instead of sleeping.
+package clock
+
+import "time"
+
+// Clock is the time source: Now for readings (with a monotonic component from System), NewTimer to
+// wait.
+type Clock interface {
+	Now() time.Time
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is the part of *time.Timer that callers use.
+type Timer interface {
+	C() <-chan time.Time
+	Stop() bool
+}
+
+// System is the Clock backed by package time.
+type System struct{}
+
+// Now returns time.Now().
+func (System) Now() time.Time { return time.Now() }
+
+// NewTimer returns a time.Timer.
+func (System) NewTimer(d time.Duration) Timer { return systemTimer{time.NewTimer(d)} }
+
+type systemTimer struct{ t *time.Timer }
+
+func (t systemTimer) C() <-chan time.Time { return t.t.C }
+func (t systemTimer) Stop() bool          { return t.t.Stop() }
