@@ -198,6 +198,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a.reg.MustRegister(exporters.NewCollector(exporters.CollectorOptions{
 		Probe: a.probe, Ownership: ownership{a}, Coordinator: coordStatus{a}, Queues: slicesByQueue,
 	}))
+	a.reg.MustRegister(exporters.NewNodeCollector(a))
 	var listen []string
 	if cfg.Listen != "" {
 		listen = []string{cfg.Listen}
@@ -321,6 +322,30 @@ func (a *Agent) SliceHealth(id failover.SliceID) failover.Health {
 }
 
 var _ failover.HealthSource = (*Agent)(nil)
+
+// NodeInfo implements exporters.NodeSource.
+func (a *Agent) NodeInfo() exporters.NodeInfo {
+	st := a.coord.Status()
+	mode := st.Mode
+	if mode == "" {
+		mode = "standalone"
+	}
+	n := exporters.NodeInfo{Node: a.cfg.Node, Cluster: a.cfg.Cluster, Mode: mode, Draining: st.Draining}
+	for _, o := range st.Owned {
+		if o.Processing {
+			n.Health = append(n.Health, exporters.SliceHealth{Queue: o.Slice.Queue, Slice: o.Slice.Index, State: a.SliceHealth(o.Slice).Status})
+		}
+	}
+	names := make([]string, 0, len(a.supervisors))
+	for q := range a.supervisors {
+		names = append(names, q)
+	}
+	sort.Strings(names)
+	for _, q := range names {
+		n.Workers = append(n.Workers, a.supervisors[q].Snapshot())
+	}
+	return n
+}
 
 func (a *Agent) ready() error {
 	if err := a.unhealthy(); err != nil {
