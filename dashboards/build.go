@@ -202,6 +202,8 @@ type size struct{ w, h uint32 }
 
 var (
 	small  = size{4, 4}
+	wide   = size{8, 4} // a stat showing a text (names)
+	quart  = size{6, 4} // four stats on a line
 	third  = size{8, 8}
 	half   = size{12, 8}
 	full   = size{24, 9}

@@ -249,6 +249,10 @@ func TestDashboardsCoverIssue(t *testing.T) {
 			{"stat", "== 0"}, // unowned slices
 			{"stat", "> 1"},  // doubly-owned slices
 			{"timeseries", "qslice_ownership_changes_total"},
+			{"stat", "qslice_node_draining"},                      // drained nodes
+			{"table", "qslice_node_info"},                         // nodes: name, cluster, mode
+			{"timeseries", "count by (state)"},                    // slices by health state
+			{"state-timeline", `qslice_slice_health{job=~"$job"`}, // slice health, cluster view
 		},
 		"qslice-queues.json": {
 			{"timeseries", "qslice_queue_ready_messages"},
@@ -266,6 +270,12 @@ func TestDashboardsCoverIssue(t *testing.T) {
 		"qslice-node.json": {
 			{"stat", "up{"},
 			{"timeseries", "qslice_lease_remaining_seconds"},
+			{"stat", "qslice_node_info"},
+			{"stat", "qslice_node_draining"},
+			{"state-timeline", "qslice_slice_health"},
+			{"table", "qslice_slice_health"},
+			{"state-timeline", "qslice_worker_up"},
+			{"timeseries", "qslice_worker_restarts_total"},
 		},
 	}
 	for file, checks := range want {

@@ -33,7 +33,8 @@
 //   - End to end (TestEndToEndAlertsFire), a real Prometheus scraping a real agent, with the
 //     rules' for: durations cut to 1s, fires the stale-lock (an expired flufl.lock lock),
 //     stalled-slice and old-backlog (a supervised queue whose workers never take a message)
-//     alerts, and none of the ownership, node, scan and Consul alerts.
+//     and crash-loop (a supervised worker that exits at once) alerts, and none of the
+//     ownership, node, drain, scan and Consul alerts.
 //
 // Tests that need promtool, prometheus (Debian package prometheus) or a python3 with flufl.lock
 // (python3-flufl.lock) skip saying so when they are missing; QSLICE_PROMTOOL,
@@ -44,5 +45,13 @@
 // Each qslice cluster is scraped as its own job (rules aggregate across nodes by job, queue and
 // slice), named "qslice" for the up/absent alerts (edit those two expressions otherwise). Queue
 // and lock gauges are reported identically by every node that observes the shared disk, so they
-// are aggregated with max, never sum.
+// are aggregated with max, never sum. Alerts about one node join qslice_node_info on (job,
+// instance) for its node name and cluster; the cross-node rules do not, so that they need no
+// join and keep working while a node is down (rules/qslice-rules.yaml says how to aggregate by
+// cluster instead when clusters share a job).
+//
+// Slice health (qslice_slice_health) is the owning node's own verdict. The alert on it,
+// QsliceSliceUnhealthy, stays quiet while an alert that explains the slice fires (backlog old,
+// stalled, worker crash loop), read from ALERTS, so that one problem raises one alert per slice;
+// it is listed after those alerts in its group so that it reads their current state.
 package dashboards

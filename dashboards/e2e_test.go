@@ -21,9 +21,10 @@ import (
 	"github.com/qslice/qslice/runner/queue"
 )
 
-// e2eConfig: a queue worked by qslice's runner, with the lock directory, and a queue whose
-// supervised per-slice workers never take a message (sleep), so its slices stall. Probes scan
-// every 500ms so that Prometheus, scraping every second, sees fresh values.
+// e2eConfig: a queue worked by qslice's runner, with the lock directory, a queue whose
+// supervised per-slice workers never take a message (sleep), so its slices stall, and a queue
+// whose supervised worker exits at once, every time (a crash loop). Probes scan every 500ms so
+// that Prometheus, scraping every second, sees fresh values.
 const e2eConfig = `
 node: e2e
 listen: 127.0.0.1:0
@@ -46,11 +47,18 @@ queues:
     supervise:
       command: ["sleep", "1000"]
       grace: 1s
+  - name: crash
+    dir: queue/crash
+    slices: 1
+    supervise:
+      command: ["sh", "-c", "echo cannot start >&2; exit 3"]
+      grace: 1s
 `
 
 // e2eTimeout bounds the whole end-to-end test: the flufl.lock lock needs its lifetime (1s)
-// plus the clock slop (10s) to count as expired, the alerts one more for: period (1s) and a few
-// scrape and evaluation intervals (1s each). A minute leaves room for a loaded machine.
+// plus the clock slop (10s) to count as expired, the crash-looping worker its 4th restart (the
+// default backoff waits 1+2+4+8s, +20% jitter at most: 18s), the alerts one more for: period
+// (1s) and a few scrape and evaluation intervals (1s each). 75s leaves room for a loaded machine.
 const e2eTimeout = 75 * time.Second
 
 // shortenedRules writes a copy of the rules with every for: duration cut to 1s, so that the
@@ -208,10 +216,10 @@ func matches(a promAlert, want map[string]string) bool {
 	return true
 }
 
-// TestEndToEndAlertsFire runs a real qslice agent with an abandoned flufl.lock lock and a
-// stalled supervised queue, and a real Prometheus with the rules (for: cut to 1s) scraping it:
-// the stale-lock, stalled-slice and old-backlog alerts must reach "firing", and the ownership,
-// node and scan alerts must not.
+// TestEndToEndAlertsFire runs a real qslice agent with an abandoned flufl.lock lock, a stalled
+// supervised queue and a crash-looping supervised worker, and a real Prometheus with the rules
+// (for: cut to 1s) scraping it: the stale-lock, stalled-slice, old-backlog and crash-loop alerts
+// must reach "firing", and the ownership, node, drain and scan alerts must not.
 func TestEndToEndAlertsFire(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test with a real Prometheus: skipped in -short mode")
@@ -232,6 +240,10 @@ func TestEndToEndAlertsFire(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// The crash-looping queue is empty: its alert comes from the worker, not the backlog.
+		if err := os.MkdirAll(filepath.Join(dir, "queue", "crash"), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	})
 	// A Mailman-style lock abandoned by its (exited) holder, with a 1s lifetime.
 	abandonFluflLock(t, filepath.Join(n.dir, "locks", "list-a.lock"))
@@ -243,9 +255,11 @@ func TestEndToEndAlertsFire(t *testing.T) {
 		{"alertname": "QsliceSliceStalled", "queue": "stuck", "severity": "critical"},
 		{"alertname": "QsliceSliceBacklogOld", "queue": "stuck", "severity": "warning"},
 		{"alertname": "QsliceSliceBacklogOld", "queue": "stuck", "severity": "critical"},
+		// Joined with qslice_node_info: the node's name and cluster (the defaults) are labels.
+		{"alertname": "QsliceWorkerCrashLooping", "queue": "crash", "slice": "0", "node": "e2e", "cluster": "default", "severity": "warning"},
 	}
 	var last []promAlert
-	waitFor(t, time.Until(deadline), "stale-lock, stalled-slice and old-backlog alerts firing", func() (bool, string) {
+	waitFor(t, time.Until(deadline), "stale-lock, stalled-slice, old-backlog and crash-loop alerts firing", func() (bool, string) {
 		as, raw := alerts(t, promURL)
 		if as == nil {
 			return false, raw
@@ -271,13 +285,15 @@ func TestEndToEndAlertsFire(t *testing.T) {
 	quiet := map[string]bool{
 		"QsliceSliceUnowned": true, "QsliceSliceOwnedTwice": true, "QsliceNodeDown": true,
 		"QsliceAgentAbsent": true, "QsliceQueueScanFailing": true, "QsliceLockScanFailing": true,
-		"QsliceConsulUnreachable": true, "QsliceLeaseInvalid": true,
+		"QsliceConsulUnreachable": true, "QsliceLeaseInvalid": true, "QsliceNodeDrainedTooLong": true,
 	}
 	for _, a := range last {
 		if a.State != "firing" {
 			continue
 		}
-		if quiet[a.Labels["alertname"]] || a.Labels["queue"] == "in" {
+		// The sleeping workers of "stuck" run: their slices stall, but they do not crash.
+		crashStuck := a.Labels["alertname"] == "QsliceWorkerCrashLooping" && a.Labels["queue"] == "stuck"
+		if quiet[a.Labels["alertname"]] || a.Labels["queue"] == "in" || crashStuck {
 			t.Errorf("alert %s fires for a healthy part: %v", a.Labels["alertname"], a.Labels)
 		}
 	}

@@ -19,7 +19,7 @@ func thresholdsLine() *common.GraphThresholdsStyleConfigBuilder {
 // node: everything about one agent.
 func node() *dashboard.DashboardBuilder {
 	return newDashboard("qslice-node", "qslice / Node",
-		"One qslice agent: liveness, lease, owned slices, its runners' work, its Consul calls, its probes and its process.",
+		"One qslice agent: identity, drain, liveness, lease, owned slices and their health, supervised workers, its runners' work, its Consul calls, its probes and its process.",
 		jobVar(), instanceVar(false), queueVar()).
 		WithRow(row("Node")).
 		WithPanel(single("Scrape", "Whether Prometheus scraped this agent at its last attempt.",
@@ -46,6 +46,48 @@ func node() *dashboard.DashboardBuilder {
 			unitSeconds, small, thresholds(),
 			q(`time() - process_start_time_seconds{`+selOne+`}`, "uptime")).
 			GraphMode(common.BigValueGraphModeNone)).
+		WithPanel(single("Identity", "The node's name, its cluster (the Consul KV prefix its slice locks live under) and its mode: consul (slices shared with the other nodes) or standalone (owns every slice).",
+			unitNone, wide, thresholds(),
+			q(`max by (node, cluster, mode) (qslice_node_info{`+selOne+`})`, "{{node}} in {{cluster}} ({{mode}})")).
+			TextMode(common.BigValueTextModeName).
+			ColorMode(common.BigValueColorModeNone).
+			GraphMode(common.BigValueGraphModeNone)).
+		WithPanel(single("Drain", "Whether the node is drained (qslice drain): it holds no slice and takes none until `qslice drain --undo`. A standalone node drained processes nothing.",
+			unitNone, small, thresholds(1, "orange"),
+			q(`qslice_node_draining{`+selOne+`}`, "drain")).
+			Mappings(drainMapping())).
+		WithPanel(single("Unhealthy slices", "Slices this node owns whose health is not passing (warning: backlog older than health.max_age or no progress for health.stall_after; critical: its supervised worker is in a crash loop).",
+			unitCount, small, thresholds(1, "orange"),
+			q(`sum(qslice_slice_health{`+selOneQueue+`, state!="passing"})`, "unhealthy"))).
+		WithPanel(single("Workers down", "Owned slices of supervised queues whose worker process is not running (not started yet, or waiting out its restart backoff).",
+			unitCount, small, thresholds(1, "red"),
+			q(`count(qslice_worker_up{`+selOneQueue+`} == 0 and on (job, instance, queue, slice) qslice_slice_owned{`+selOneQueue+`} == 1) or vector(0)`, "down"))).
+		WithPanel(single("Worker restarts (1h)", "Restarts of this node's supervised workers after an unexpected exit, over the last hour. More than 3 in 15 minutes on one slice raises QsliceWorkerCrashLooping.",
+			unitCount, small, thresholds(1, "orange", 4, "red"),
+			q(`sum(increase(qslice_worker_restarts_total{`+selOneQueue+`}[1h])) or vector(0)`, "restarts"))).
+		WithRow(row("Slice health and supervised workers")).
+		WithPanel(timeline("Slice health", "Health of each slice this node owns, as it reports it to Consul: passing, warning (backlog old or stalled) or critical (worker in a crash loop). Gaps are times the node did not own the slice.",
+			halfHi, healthMapping(),
+			q(healthLevel(selOneQueue, "queue, slice"), "{{queue}}/{{slice}}"))).
+		WithPanel(mapped(mapped(grid("Owned slices and workers", "One row per slice this node owns or supervised: its health now, whether its supervised worker runs (owned slices only), and the worker's restarts and unexpected exits (failed starts included) in the last hour. Queues run by qslice's own handlers have no worker columns.",
+			unitCount, halfHi, nil,
+			[]column{
+				{"Value #A", "Health", ""},
+				{"Value #B", "Worker", ""},
+				{"Value #C", "Restarts (1h)", unitCount},
+				{"Value #D", "Unexpected exits (1h)", unitCount},
+			},
+			tableQuery(healthLevel(selOneQueue, "queue, slice")),
+			tableQuery(`max by (queue, slice) (qslice_worker_up{`+selOneQueue+`} and on (job, instance, queue, slice) qslice_slice_owned{`+selOneQueue+`} == 1)`),
+			tableQuery(`sum by (queue, slice) (increase(qslice_worker_restarts_total{`+selOneQueue+`}[1h]))`),
+			tableQuery(`sum by (queue, slice) (increase(qslice_worker_unexpected_exits_total{`+selOneQueue+`}[1h]))`)),
+			"Health", healthMapping()), "Worker", workerMapping())).
+		WithPanel(timeline("Supervised workers", "Whether the worker process of each owned slice of a supervised queue runs: a red stretch is a worker down (exited, restarting after backoff). Gaps are times the node did not own the slice.",
+			half, workerMapping(),
+			q(`qslice_worker_up{`+selOneQueue+`} and on (job, instance, queue, slice) qslice_slice_owned{`+selOneQueue+`} == 1`, "{{queue}}/{{slice}}"))).
+		WithPanel(bars("Worker restarts", "Restarts of supervised workers after an unexpected exit, per interval and slice. A steady stream is a crash loop: the worker's output is in qslice's log (fields queue, slice, pid, stream).",
+			unitCount, half,
+			q(`sum by (queue, slice) (increase(qslice_worker_restarts_total{`+selOneQueue+`}[$__rate_interval]))`, "{{queue}}/{{slice}}"))).
 		WithRow(row("Work")).
 		WithPanel(graph("Owned slices by queue", "Slices of each queue this node owns.",
 			unitCount, half,

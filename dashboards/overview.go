@@ -1,6 +1,7 @@
 package dashboards
 
 import (
+	"github.com/grafana/grafana-foundation-sdk/go/common"
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 )
 
@@ -20,7 +21,7 @@ func ownedMapping() []dashboard.ValueMapping {
 // overview: who owns what, and whether the cluster as a whole is healthy.
 func overview() *dashboard.DashboardBuilder {
 	return newDashboard("qslice-overview", "qslice / Cluster overview",
-		"Slice ownership across the qslice cluster, failovers and fail-backs, and the headline backlog.",
+		"Slice ownership across the qslice cluster, nodes and their drain state, slice health, failovers and fail-backs, and the headline backlog.",
 		jobVar(), instanceVar(true), queueVar()).
 		WithRow(row("Health")).
 		WithPanel(single("Agents up", "qslice agents that Prometheus scraped successfully at their last scrape (up), and how many targets it knows in the selected jobs.",
@@ -42,6 +43,48 @@ func overview() *dashboard.DashboardBuilder {
 		WithPanel(single("Oldest ready message", "Age of the oldest waiting message of the selected queues, from the time in its file name.",
 			unitSeconds, small, thresholds(900, "orange", 3600, "red"),
 			q(`max(qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "oldest"))).
+		WithPanel(single("Drained nodes", "Nodes that are drained (qslice drain): they hold no slice and take none until `qslice drain --undo`. Left drained for over an hour raises QsliceNodeDrainedTooLong; every node drained leaves slices unowned.",
+			unitCount, quart, thresholds(1, "orange"),
+			q(`count(qslice_node_draining{job=~"$job"} == 1) or vector(0)`, "drained"))).
+		WithPanel(single("Unhealthy slices", "Slices whose owner reports them warning (backlog older than health.max_age, or no progress for health.stall_after) or critical (supervised worker in a crash loop), in the selected queues.",
+			unitCount, quart, thresholds(1, "orange"),
+			q(`count(max by (job, queue, slice) (qslice_slice_health{job=~"$job", queue=~"$queue", state!="passing"}) == 1) or vector(0)`, "unhealthy"))).
+		WithPanel(single("Critical slices", "Slices whose owner reports them critical: their supervised worker is in a crash loop (crash_loop_threshold exits within crash_loop_window). With stuck_handoff they move to another node.",
+			unitCount, quart, thresholds(1, "red"),
+			q(`count(max by (job, queue, slice) (qslice_slice_health{job=~"$job", queue=~"$queue", state="critical"}) == 1) or vector(0)`, "critical"))).
+		WithPanel(single("Worker restarts (1h)", "Restarts of supervised workers (Mailman's runners) after an unexpected exit, all nodes, over the last hour.",
+			unitCount, quart, thresholds(1, "orange", 10, "red"),
+			q(`sum(increase(qslice_worker_restarts_total{`+selQueue+`}[1h])) or vector(0)`, "restarts"))).
+		WithRow(row("Nodes and slice health")).
+		WithPanel(mapped(mapped(grid("Nodes", "One row per qslice agent: its node name, cluster and mode (qslice_node_info), whether Prometheus scrapes it, whether it is drained, how many slices it owns, how many of those are not passing, and its supervised workers' restarts in the last hour. A node that is down shows only its scrape state.",
+			unitCount, halfHi, []string{"Value #A"},
+			[]column{
+				{"node", "Node", ""},
+				{"cluster", "Cluster", ""},
+				{"mode", "Mode", ""},
+				{"Value #B", "Scrape", ""},
+				{"Value #C", "Drain", ""},
+				{"Value #D", "Owned slices", unitCount},
+				{"Value #E", "Unhealthy slices", unitCount},
+				{"Value #F", "Worker restarts (1h)", unitCount},
+			},
+			tableQuery(`max by (job, instance, node, cluster, mode) (qslice_node_info{`+selNode+`})`),
+			tableQuery(`max by (job, instance) (up{`+selNode+`})`),
+			tableQuery(`max by (job, instance) (qslice_node_draining{`+selNode+`})`),
+			tableQuery(`sum by (job, instance) (qslice_queue_owned_slices{`+selQueue+`})`),
+			tableQuery(`sum by (job, instance) (qslice_slice_health{`+selQueue+`, state!="passing"})`),
+			tableQuery(`sum by (job, instance) (increase(qslice_worker_restarts_total{`+selQueue+`}[1h]))`)),
+			"Scrape", valueMap("0", "DOWN", "red", "1", "UP", "green")), "Drain", drainMapping())).
+		WithPanel(graph("Slices by health state", "Owned slices of the selected queues and nodes by the health their owner reports: passing, warning (backlog old or stalled) or critical (worker in a crash loop). Their sum is the number of owned slices.",
+			unitCount, halfHi,
+			q(`count by (state) (max by (job, queue, slice, state) (qslice_slice_health{`+selQueue+`}) == 1)`, "{{state}}")).
+			Stacking(common.NewStackingConfigBuilder().Mode(common.StackingModeNormal)).
+			OverrideByName("passing", fixedColor("green")).
+			OverrideByName("warning", fixedColor("orange")).
+			OverrideByName("critical", fixedColor("red"))).
+		WithPanel(timeline("Slice health (cluster view)", "Health of every slice as its owner reports it, whichever node owns it: passing, warning (backlog older than health.max_age or no progress for health.stall_after) or critical (supervised worker in a crash loop). Gaps are times nobody reported the slice (unowned, or its owner not scraped).",
+			tall, healthMapping(),
+			q(`max by (queue, slice) (`+healthLevel(selQueue, "job, instance, queue, slice")+`)`, "{{queue}}/{{slice}}"))).
 		WithRow(row("Ownership")).
 		WithPanel(timeline("Slice owner (cluster view)", "One row per slice and owning node: a bar while that node owns the slice, as the nodes see the cluster in Consul. A change of row colour along a slice is a failover or a fail-back.",
 			tall, valueMap("1", "owned", "green"),

@@ -89,12 +89,13 @@ func markdownAnchors(t testing.TB, path string) map[string]bool {
 	return out
 }
 
-// requiredAlerts are the alerts the issue asks for; each must exist.
+// requiredAlerts are the alerts the issues ask for; each must exist.
 var requiredAlerts = []string{
 	"QsliceLockExpired", "QsliceLockContention", "QsliceLockBreaksFrequent",
 	"QsliceSliceBacklogOld", "QsliceSliceStalled", "QsliceSliceFallingBehind",
 	"QsliceSliceUnowned", "QsliceSliceOwnedTwice", "QsliceNodeDown", "QsliceAgentAbsent",
 	"QsliceQueueScanFailing", "QsliceConsulUnreachable", "QsliceLeaseInvalid",
+	"QsliceWorkerCrashLooping", "QsliceSliceUnhealthy", "QsliceNodeDrainedTooLong",
 }
 
 func TestRulesWellFormed(t *testing.T) {

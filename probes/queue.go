@@ -129,10 +129,22 @@ func (q *QueueSnapshot) carry(prev *QueueSnapshot) {
 	q.Attempted, q.Duration, q.Err, q.Errors, q.Dropped = attempted, dur, err, errs, dropped
 }
 
-// dirEnt is one directory entry as listDir reports it.
-type dirEnt struct {
-	name  []byte // valid only during the callback: it points into the listing's buffer
-	isDir bool   // known to be a directory (Linux reports the type with the name)
+// dirEnt is one directory entry as listDir reports it; its Name is valid only during the callback.
+type dirEnt = queue.Entry
+
+var sufTemp = []byte(queue.SuffixTemp)
+
+// listDir lists dir with queue.List, turning a spent budget into ErrBudget and adding the
+// operator's hint to errors.
+func listDir(ctx context.Context, dir string, fn func(f *os.File, ents []dirEnt)) error {
+	err := queue.List(ctx, dir, fn)
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return withHint(fmt.Errorf("list %s: %w: %w", dir, ErrBudget, ctx.Err()))
+	}
+	if err != nil {
+		return withHint(err)
+	}
+	return nil
 }
 
 // auxCounts caches the counts of shunt and bad directories within one probe cycle, since Mailman's
@@ -212,7 +224,7 @@ func countAux(ctx context.Context, aux auxCounts, dir string, want func(kind) bo
 	n := 0
 	err := listDir(ctx, dir, func(_ *os.File, ents []dirEnt) {
 		for _, e := range ents {
-			if k, _, _ := parseName(e.name); want(k) {
+			if k, _, _ := parseName(e.Name); want(k) {
 				n++
 			}
 		}
@@ -263,16 +275,16 @@ func (a *queueAcc) scan(ctx context.Context, dir string, statReady bool, errs *e
 			a.afterChunk(ents)
 		}
 		for _, e := range ents {
-			if e.isDir {
-				a.ignore(e.name)
+			if e.IsDir {
+				a.ignore(e.Name)
 				continue
 			}
-			k, when, digest := parseName(e.name)
+			k, when, digest := parseName(e.Name)
 			if k == kindForeign {
-				if bytes.HasSuffix(e.name, sufTemp) {
+				if bytes.HasSuffix(e.Name, sufTemp) {
 					a.temp++
 				} else {
-					a.ignore(e.name)
+					a.ignore(e.Name)
 				}
 				continue
 			}
@@ -280,13 +292,13 @@ func (a *queueAcc) scan(ctx context.Context, dir string, statReady bool, errs *e
 			switch k {
 			case kindReady:
 				if statReady {
-					size, _, err := st.stat(string(e.name))
+					size, _, err := st.stat(string(e.Name))
 					if err != nil {
 						if errors.Is(err, fs.ErrNotExist) {
-							a.vanish(e.name, &vanished)
+							a.vanish(e.Name, &vanished)
 							continue
 						}
-						errs.add(withHint(fmt.Errorf("stat %s: %w", filepath.Join(dir, string(e.name)), err)))
+						errs.add(withHint(fmt.Errorf("stat %s: %w", filepath.Join(dir, string(e.Name)), err)))
 					}
 					s.bytes += size
 				}
@@ -295,20 +307,20 @@ func (a *queueAcc) scan(ctx context.Context, dir string, statReady bool, errs *e
 					s.oldestWhen = when
 				}
 			case kindInFlight:
-				_, ctime, err := st.stat(string(e.name))
+				_, ctime, err := st.stat(string(e.Name))
 				if err != nil {
 					if errors.Is(err, fs.ErrNotExist) {
-						a.vanish(e.name, &vanished)
+						a.vanish(e.Name, &vanished)
 						continue
 					}
-					errs.add(withHint(fmt.Errorf("stat %s: %w", filepath.Join(dir, string(e.name)), err)))
+					errs.add(withHint(fmt.Errorf("stat %s: %w", filepath.Join(dir, string(e.Name)), err)))
 				}
 				s.inFlight++
 				if !ctime.IsZero() && ctime.UnixNano() < s.oldestClaim {
 					s.oldestClaim = ctime.UnixNano()
 				}
 			default: // a .psv lying in a queue directory
-				a.ignore(e.name)
+				a.ignore(e.Name)
 			}
 		}
 	})

@@ -28,7 +28,7 @@ func (r *Runner) process(shutdownCtx context.Context, it item, buf []byte) []byt
 	var lease *leaseGen
 	if it.retry == nil {
 		r.mu.Lock()
-		if !r.owned[slice] || !r.leaseValid() {
+		if lease = r.liveLeaseLocked(); !r.owned[slice] || lease == nil {
 			r.mu.Unlock()
 			return buf
 		}
@@ -38,7 +38,6 @@ func (r *Runner) process(shutdownCtx context.Context, it item, buf []byte) []byt
 		}
 		r.inflight[n.Base] = slice
 		r.count[slice]++
-		lease = r.lease
 		r.mu.Unlock()
 		if err := r.cfg.Dir.Claim(n); err != nil {
 			r.done(n.Base, slice)

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -401,9 +402,8 @@ func (r *Runner) watchLease(ctx context.Context) error {
 			r.log.Warn("lease lapsed: stopped claiming and cancelled running handlers; their files stay in flight for the next owner to recover", "in_flight", n)
 		case valid && lapsed:
 			lapsed = false
-			c, cancel := context.WithCancelCause(context.Background())
 			r.mu.Lock()
-			r.lease = &leaseGen{ctx: c, cancel: cancel}
+			r.liveLeaseLocked()
 			r.mu.Unlock()
 			r.log.Info("lease valid again: claiming resumes")
 			r.poke()
@@ -417,6 +417,27 @@ func (r *Runner) watchLease(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// liveLeaseLocked returns the lease generation a handler may start under, or nil when the lease
+// is not valid now (or the runner is shutting down). A generation cancelled because the lease
+// lapsed is replaced as soon as the lease is valid again, by whichever of this and watchLease
+// sees it first: a message claimed under the cancelled generation would have its handler
+// cancelled before it ran, and its file left in flight with nobody to recover it while this node
+// keeps the slice. There is only ever one live generation, so a lapse cancels every handler.
+// r.mu must be held.
+func (r *Runner) liveLeaseLocked() *leaseGen {
+	if !r.leaseValid() {
+		return nil
+	}
+	if errors.Is(context.Cause(r.lease.ctx), errLeaseLost) {
+		c, cancel := context.WithCancelCause(context.Background())
+		r.lease = &leaseGen{ctx: c, cancel: cancel}
+	}
+	if r.lease.ctx.Err() != nil {
+		return nil
+	}
+	return r.lease
 }
 
 type item struct {
@@ -489,7 +510,8 @@ func (r *Runner) sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // scan lists the directory once and returns the oldest BatchSize ready files of owned slices, oldest
-// first. Memory is O(BatchSize) whatever the directory holds.
+// first. Memory is O(BatchSize) whatever the directory holds: names are classified in the listing's
+// buffer and copied only when they enter the batch.
 func (r *Runner) scan() ([]queue.Name, error) {
 	r.mu.Lock()
 	owned := slices.Clone(r.owned)
@@ -499,28 +521,29 @@ func (r *Runner) scan() ([]queue.Name, error) {
 	}
 	h := &nameHeap{}
 	limit := r.cfg.BatchSize
-	err := queue.ScanNames(r.cfg.Dir.Path, func(file string) error {
-		if !strings.HasSuffix(file, queue.SuffixReady) {
-			if !isExpectedOther(file) {
-				r.noteSkipped(file, "foreign file name")
+	err := queue.List(context.Background(), r.cfg.Dir.Path, func(_ *os.File, ents []queue.Entry) {
+		for _, e := range ents {
+			k, when, digest := queue.ClassifyName(e.Name)
+			if k != queue.KindReady {
+				if k == queue.KindForeign && !isExpectedOther(e.Name) {
+					r.noteSkipped(e.Name)
+				}
+				continue
 			}
-			return nil
+			if !owned[queue.SliceOf(digest, r.cfg.Slices)] {
+				continue
+			}
+			if h.Len() >= limit && !older(when, e.Name, (*h)[0]) {
+				continue
+			}
+			n := queue.Name{Base: string(e.Name[:len(e.Name)-len(queue.SuffixReady)]), When: when, Digest: digest, Suffix: queue.SuffixReady}
+			if h.Len() < limit {
+				heap.Push(h, n)
+			} else {
+				(*h)[0] = n
+				heap.Fix(h, 0)
+			}
 		}
-		n, err := queue.ParseName(file)
-		if err != nil {
-			r.noteSkipped(file, err.Error())
-			return nil
-		}
-		if !owned[queue.SliceOf(n.Digest, r.cfg.Slices)] {
-			return nil
-		}
-		if h.Len() < limit {
-			heap.Push(h, n)
-		} else if older(n, (*h)[0]) {
-			(*h)[0] = n
-			heap.Fix(h, 0)
-		}
-		return nil
 	})
 	out := make([]queue.Name, h.Len())
 	for i := len(out) - 1; i >= 0; i-- {
@@ -529,45 +552,56 @@ func (r *Runner) scan() ([]queue.Name, error) {
 	return out, err
 }
 
-// isExpectedOther reports names that are a normal part of a queue directory's life: files being
-// written, in flight, and their temporaries.
-func isExpectedOther(file string) bool {
-	return strings.HasSuffix(file, queue.SuffixInFlight) || strings.HasSuffix(file, ".tmp")
+// isExpectedOther reports foreign names that are a normal part of a queue directory's life:
+// temporaries of files being written or recovered, and reason files.
+func isExpectedOther(file []byte) bool {
+	return bytes.HasSuffix(file, []byte(".tmp"))
 }
 
-// noteSkipped logs and counts a file the runner will not touch, once per name (bounded memory).
-func (r *Runner) noteSkipped(file, why string) {
+// maxSkippedNames bounds the memory spent remembering foreign files already reported.
+const maxSkippedNames = 10000
+
+// noteSkipped logs and counts a file the runner will not touch, once per name; past
+// maxSkippedNames distinct names, new ones are no longer reported.
+func (r *Runner) noteSkipped(name []byte) {
 	r.mu.Lock()
-	seen := r.skipped[file]
-	if !seen && len(r.skipped) < 10000 {
-		r.skipped[file] = true
+	seen := r.skipped[string(name)] || len(r.skipped) >= maxSkippedNames
+	if !seen {
+		r.skipped[string(name)] = true
 	}
 	r.mu.Unlock()
 	if seen {
 		return
 	}
-	r.log.Warn("skipping a file that is not a queue message; it is left in place", "file", filepath.Join(r.cfg.Dir.Path, file), "reason", why)
-	reason := "foreign"
-	if strings.HasSuffix(file, queue.SuffixReady) {
-		reason = "malformed"
+	file := string(name)
+	why, reason := "foreign file name", "foreign"
+	if _, err := queue.ParseName(file); err != nil && !errors.Is(err, queue.ErrForeign) {
+		why, reason = err.Error(), "malformed"
 	}
+	r.log.Warn("skipping a file that is not a queue message; it is left in place", "file", filepath.Join(r.cfg.Dir.Path, file), "reason", why)
 	r.cfg.Observer.Skipped(r.cfg.Queue, reason)
 }
 
-func older(a, b queue.Name) bool {
-	if a.When != b.When {
-		return a.When < b.When
+// older orders by the time in the name, then by name: the message (when, file) against b.
+func older(when float64, file []byte, b queue.Name) bool {
+	if when != b.When {
+		return when < b.When
 	}
-	return a.Base < b.Base
+	return string(file[:len(file)-len(queue.SuffixReady)]) < b.Base
 }
 
 // nameHeap is a max-heap on age order: its root is the youngest of the kept names.
 type nameHeap []queue.Name
 
-func (h nameHeap) Len() int           { return len(h) }
-func (h nameHeap) Less(i, j int) bool { return older(h[j], h[i]) }
-func (h nameHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *nameHeap) Push(x any)        { *h = append(*h, x.(queue.Name)) }
+func (h nameHeap) Len() int { return len(h) }
+func (h nameHeap) Less(i, j int) bool {
+	if h[i].When != h[j].When {
+		return h[i].When > h[j].When
+	}
+	return h[i].Base > h[j].Base
+}
+func (h nameHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *nameHeap) Push(x any)   { *h = append(*h, x.(queue.Name)) }
 func (h *nameHeap) Pop() any {
 	old := *h
 	n := old[len(old)-1]
@@ -599,7 +633,7 @@ func (r *Runner) recoverPending(ctx context.Context) {
 		}
 		n, err := queue.ParseName(file)
 		if err != nil {
-			r.noteSkipped(file, err.Error())
+			r.noteSkipped([]byte(file))
 			return nil
 		}
 		if pend[queue.SliceOf(n.Digest, r.cfg.Slices)] {

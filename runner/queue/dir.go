@@ -2,12 +2,12 @@ package queue
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -360,26 +360,20 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// ScanNames calls fn for every entry name in dir, reading the directory in chunks so that memory
-// stays flat however many files it holds. fn returning a non-nil error stops the scan with it.
+// ScanNames calls fn with the name of every entry of dir (List with a string per name, for callers
+// that keep names). A non-nil error from fn skips the remaining names and is returned.
 func ScanNames(dir string, fn func(name string) error) error {
-	f, err := os.Open(dir)
+	var ferr error
+	err := List(context.Background(), dir, func(_ *os.File, ents []Entry) {
+		for _, e := range ents {
+			if ferr != nil {
+				return
+			}
+			ferr = fn(string(e.Name))
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", dir, err)
 	}
-	defer f.Close()
-	for {
-		names, err := f.Readdirnames(4096)
-		for _, n := range names {
-			if err := fn(n); err != nil {
-				return err
-			}
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("scan %s: %w", dir, err)
-		}
-	}
+	return ferr
 }

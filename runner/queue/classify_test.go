@@ -1,4 +1,4 @@
-package probes
+package queue
 
 import (
 	"crypto/sha1"
@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/qslice/qslice/runner/queue"
 )
 
 var nameSeeds = []string{
@@ -37,26 +35,26 @@ var nameSeeds = []string{
 	"1.5e3+da4b9237bacccdf19c0760cab7aec4a8359010b0.pck",
 }
 
-// parseName must accept exactly what queue.ParseName accepts, with the same results (it calls it,
+// parseName must accept exactly what ParseName accepts, with the same results (it calls it,
 // after a shortcut for foreign suffixes).
-func checkParseNameAgrees(t *testing.T, s string) {
-	k, when, d := parseName([]byte(s))
-	n, err := queue.ParseName(s)
+func checkClassifyNameAgrees(t *testing.T, s string) {
+	k, when, d := ClassifyName([]byte(s))
+	n, err := ParseName(s)
 	if err != nil {
-		if k != kindForeign {
-			t.Fatalf("parseName(%q) = %v, but queue.ParseName rejects it: %v", s, k, err)
+		if k != KindForeign {
+			t.Fatalf("ClassifyName(%q) = %v, but ParseName rejects it: %v", s, k, err)
 		}
 		return
 	}
-	wantK := map[string]kind{queue.SuffixReady: kindReady, queue.SuffixInFlight: kindInFlight, queue.SuffixBad: kindBad}[n.Suffix]
+	wantK := map[string]Kind{SuffixReady: KindReady, SuffixInFlight: KindInFlight, SuffixBad: KindBad}[n.Suffix]
 	if k != wantK || when != n.When || d != n.Digest {
-		t.Fatalf("parseName(%q) = %v %v %x, queue.ParseName = %+v", s, k, when, d, n)
+		t.Fatalf("ClassifyName(%q) = %v %v %x, ParseName = %+v", s, k, when, d, n)
 	}
 }
 
-func TestParseNameAgrees(t *testing.T) {
+func TestClassifyNameAgrees(t *testing.T) {
 	for _, s := range nameSeeds {
-		checkParseNameAgrees(t, s)
+		checkClassifyNameAgrees(t, s)
 	}
 	// Deterministic mutations of well-formed names: one byte replaced, inserted or removed.
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -72,20 +70,20 @@ func TestParseNameAgrees(t *testing.T) {
 		case 2:
 			b = append(b[:i], b[i+1:]...)
 		}
-		checkParseNameAgrees(t, string(b))
+		checkClassifyNameAgrees(t, string(b))
 	}
 }
 
-func FuzzParseNameAgrees(f *testing.F) {
+func FuzzClassifyNameAgrees(f *testing.F) {
 	for _, s := range nameSeeds {
 		f.Add(s)
 	}
-	f.Fuzz(checkParseNameAgrees)
+	f.Fuzz(checkClassifyNameAgrees)
 }
 
 // Many different names, as in a real directory: with a single name the branch predictor would
 // learn its digits and hide the cost of branchy validation.
-func BenchmarkParseName(b *testing.B) {
+func BenchmarkClassifyName(b *testing.B) {
 	names := make([][]byte, 4096)
 	for i := range names {
 		names[i] = []byte(fmt.Sprintf("%d.%06d+%x.pck", 1700000000+i, i*7919%1000000, sha1.Sum([]byte(strconv.Itoa(i)))))
@@ -93,20 +91,20 @@ func BenchmarkParseName(b *testing.B) {
 	b.Run("probe", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
-			_, _, d := parseName(names[i%len(names)])
-			_ = queue.SliceOf(d, 64)
+			_, _, d := ClassifyName(names[i%len(names)])
+			_ = SliceOf(d, 64)
 			i++
 		}
 	})
-	b.Run("queue.ParseName", func(b *testing.B) {
+	b.Run("ParseName", func(b *testing.B) {
 		strs := make([]string, len(names))
 		for i, n := range names {
 			strs[i] = string(n)
 		}
 		i := 0
 		for b.Loop() {
-			n, _ := queue.ParseName(strs[i%len(strs)])
-			_ = queue.SliceOf(n.Digest, 64)
+			n, _ := ParseName(strs[i%len(strs)])
+			_ = SliceOf(n.Digest, 64)
 			i++
 		}
 	})

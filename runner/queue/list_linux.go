@@ -1,6 +1,6 @@
 //go:build linux
 
-package probes
+package queue
 
 import (
 	"bytes"
@@ -17,29 +17,29 @@ import (
 // the client fills it from its own READDIR(PLUS) replies, so a larger buffer only saves syscalls.
 const direntBuf = 64 << 10
 
-// listDir calls fn with the entries of dir, one getdents64 batch at a time, checking ctx between
+// List calls fn with the entries of dir, one getdents64 batch at a time, checking ctx between
 // batches. It reads the directory with getdents64 directly: the kernel's file type comes for free
-// (no stat to tell a subdirectory) and no per-entry objects beyond the name are built.
-// Errors name dir and carry a hint for the operator.
-func listDir(ctx context.Context, dir string, fn func(f *os.File, ents []dirEnt)) error {
+// (no stat to tell a subdirectory) and no per-entry objects are built: names alias one buffer.
+// Errors are *os.PathError naming dir, or ctx's error wrapped in "list <dir>: ".
+func List(ctx context.Context, dir string, fn func(f *os.File, ents []Entry)) error {
 	if err := ctx.Err(); err != nil {
-		return withHint(fmt.Errorf("list %s: %w: %w", dir, ErrBudget, err))
+		return fmt.Errorf("list %s: %w", dir, err)
 	}
 	f, err := os.Open(dir)
 	if err != nil {
-		return withHint(err) // an *fs.PathError: "open <dir>: <reason>"
+		return err // an *fs.PathError: "open <dir>: <reason>"
 	}
 	defer f.Close()
 	fd := int(f.Fd())
 	buf := make([]byte, direntBuf)
-	ents := make([]dirEnt, 0, 1024)
+	ents := make([]Entry, 0, 1024)
 	for {
 		n, err := unix.Getdents(fd, buf)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return withHint(&os.PathError{Op: "getdents", Path: dir, Err: err})
+			return &os.PathError{Op: "getdents", Path: dir, Err: err}
 		}
 		if n <= 0 {
 			return nil
@@ -49,14 +49,14 @@ func listDir(ctx context.Context, dir string, fn func(f *os.File, ents []dirEnt)
 			fn(f, ents)
 		}
 		if err := ctx.Err(); err != nil {
-			return withHint(fmt.Errorf("list %s: %w: %w", dir, ErrBudget, err))
+			return fmt.Errorf("list %s: %w", dir, err)
 		}
 	}
 }
 
 // parseDirents appends the entries of a getdents64 buffer to ents, without "." and "..".
 // Record layout (linux_dirent64): d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name (NUL-terminated).
-func parseDirents(buf []byte, ents []dirEnt) []dirEnt {
+func parseDirents(buf []byte, ents []Entry) []Entry {
 	const nameOff = 19
 	for len(buf) >= nameOff {
 		reclen := int(binary.NativeEndian.Uint16(buf[16:18]))
@@ -75,7 +75,7 @@ func parseDirents(buf []byte, ents []dirEnt) []dirEnt {
 		if len(name) == 0 || (name[0] == '.' && (len(name) == 1 || len(name) == 2 && name[1] == '.')) {
 			continue
 		}
-		ents = append(ents, dirEnt{name: name, isDir: rec[18] == unix.DT_DIR})
+		ents = append(ents, Entry{Name: name, IsDir: rec[18] == unix.DT_DIR})
 	}
 	return ents
 }

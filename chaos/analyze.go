@@ -1,0 +1,269 @@
+package chaos
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// FaultRecord is a fault as it happened.
+type FaultRecord struct {
+	Fault
+	NodeName string
+	// At is just before the first signal (or command) was sent; Done when it had taken effect
+	// (every process of the node killed or stopped; Consul down; drain returned); End when the
+	// fault was undone (node started again, SIGCONT sent, Consul ready, undrained).
+	At, Done, End time.Time
+	Err           string // what went wrong applying or undoing it, if anything
+}
+
+// Leftover is a file of a message still somewhere after the run: in the queue directory, in
+// shunt/ or in bad/.
+type Leftover struct {
+	ID     string
+	Where  string // "ready", "in-flight", "shunt", "bad"
+	Reason string // bad/: the recorded reason; shunt: the recorded error
+}
+
+// Explained reports whether a leftover is a designed outcome of the faults: a message found in
+// flight after crashes or lost leases MaxAttempts times goes to bad/ on purpose.
+func (l Leftover) Explained() bool {
+	return l.Where == "bad" && strings.Contains(l.Reason, "found in flight after a crash")
+}
+
+// Input is everything Analyze looks at.
+type Input struct {
+	Enqueued  []string // message IDs, in enqueue order
+	Handlings []Handling
+	Faults    []FaultRecord
+	// Lapses are, per node, the instants its runner reported a lapsed lease (and so cancelled
+	// its handlers) or left a message for the next owner, from the node's log.
+	Lapses    map[string][]time.Time
+	Leftovers []Leftover
+}
+
+// Report is the verdict of a chaos run.
+type Report struct {
+	Seed     uint64
+	Nodes    int
+	Duration time.Duration
+	Faults   map[Kind]int
+	// Messages enqueued; Handlings started; Completed handlings (with an end line).
+	Messages, Handlings, Completed int
+	// Lost: enqueued, never completed, and nowhere on disk.
+	Lost    int
+	LostIDs []string
+	// Stranded: never completed but still on disk (queue, shunt or bad); Explained ones are
+	// in bad/ after MaxAttempts cut-off handlings.
+	Stranded, StrandedExplained int
+	StrandedDetails             []string
+	// ConcurrentDuplicates: pairs of handlings of one message whose intervals overlap. The
+	// interval of a handling without an end ends when its node was killed or paused or its
+	// lease lapsed (whichever came first after the start); with none of these it never ends.
+	ConcurrentDuplicates int
+	DuplicateDetails     []string
+	// Repeats: handlings of a message after its first. AfterCrash: the previous handling was
+	// cut off, or its node was killed or paused or lost its lease before the message was
+	// handled again. Unexplained: anything else.
+	RepeatsAfterCrash   int
+	UnexplainedRepeats  int
+	UnexplainedDetails  []string
+	CutOff              int // handlings without an end line
+	MalformedLedgerLine int
+	// OwnershipChanges sums the nodes' qslice_ownership_changes_total by reason, over every
+	// process (each process's last scrape); LoggedChanges counts the "slice ownership changed"
+	// log lines by reason.
+	OwnershipChanges map[string]float64
+	LoggedChanges    map[string]int
+	// Problems are harness-level troubles (a node that did not stop, a cluster that did not
+	// settle); they are reported, and make OK fail only through the figures above.
+	Problems []string
+}
+
+// maxDetails bounds the detail lists.
+const maxDetails = 20
+
+func addDetail(list *[]string, s string) {
+	if len(*list) < maxDetails {
+		*list = append(*list, s)
+	}
+}
+
+// Analyze checks the ledger against the enqueued messages and the faults.
+func Analyze(in Input) Report {
+	r := Report{Messages: len(in.Enqueued), Handlings: len(in.Handlings), Faults: map[Kind]int{}}
+	for _, f := range in.Faults {
+		r.Faults[f.Kind]++
+	}
+	byID := map[string][]Handling{}
+	for _, h := range in.Handlings {
+		byID[h.ID] = append(byID[h.ID], h)
+		if h.Completed() {
+			r.Completed++
+		} else {
+			r.CutOff++
+		}
+	}
+	left := map[string][]Leftover{}
+	for _, l := range in.Leftovers {
+		left[l.ID] = append(left[l.ID], l)
+	}
+
+	// cuts[node]: instants after which a handling of that node without an end line cannot
+	// still have been running: the node was killed or paused (Done: every process stopped),
+	// or its runner cancelled its handlers.
+	cuts := map[string][]time.Time{}
+	for _, f := range in.Faults {
+		if (f.Kind == KindKill || f.Kind == KindPause) && !f.Done.IsZero() {
+			cuts[f.NodeName] = append(cuts[f.NodeName], f.Done)
+		}
+	}
+	for n, ts := range in.Lapses {
+		cuts[n] = append(cuts[n], ts...)
+	}
+	for n := range cuts {
+		slices.SortFunc(cuts[n], func(a, b time.Time) int { return a.Compare(b) })
+	}
+	// disrupted: between from and to, the node was killed or paused or lost its lease, so a
+	// handling it completed may never have been settled (its file not removed).
+	disrupted := func(node string, from, to time.Time) bool {
+		for _, f := range in.Faults {
+			if f.NodeName != node || (f.Kind != KindKill && f.Kind != KindPause) {
+				continue
+			}
+			// The fault's span [At, End] (End zero: still going) meets [from, to].
+			if !f.At.After(to) && (f.End.IsZero() || !f.End.Before(from)) {
+				return true
+			}
+		}
+		for _, t := range in.Lapses[node] {
+			if !t.Before(from) && !t.After(to) {
+				return true
+			}
+		}
+		return false
+	}
+	end := func(h Handling) (time.Time, bool) {
+		if h.Completed() {
+			return h.End, true
+		}
+		for _, t := range cuts[h.Node] {
+			if !t.Before(h.Start) {
+				return t, true
+			}
+		}
+		return time.Time{}, false // never ends
+	}
+
+	ids := slices.Clone(in.Enqueued)
+	known := map[string]bool{}
+	for _, id := range ids {
+		known[id] = true
+	}
+	for id := range byID {
+		if !known[id] {
+			ids = append(ids, id) // handled but not enqueued by the feeder: still checked
+		}
+	}
+	for _, id := range ids {
+		hs := byID[id]
+		completed := false
+		for _, h := range hs {
+			completed = completed || h.Completed()
+		}
+		if !completed {
+			if ls := left[id]; len(ls) > 0 {
+				r.Stranded++
+				if ls[0].Explained() {
+					r.StrandedExplained++
+				}
+				addDetail(&r.StrandedDetails, fmt.Sprintf("%s: %s %s (%d handlings, none completed)", id, ls[0].Where, ls[0].Reason, len(hs)))
+			} else {
+				r.Lost++
+				addDetail(&r.LostIDs, id)
+			}
+		}
+		// Concurrent duplicates: any two handlings whose intervals overlap.
+		for i := 0; i < len(hs); i++ {
+			ei, finite := end(hs[i])
+			for j := i + 1; j < len(hs); j++ {
+				if !finite || hs[j].Start.Before(ei) {
+					r.ConcurrentDuplicates++
+					addDetail(&r.DuplicateDetails, fmt.Sprintf("%s: %s pid %d [%s, %s] overlaps %s pid %d started %s",
+						id, hs[i].Node, hs[i].PID, stamp(hs[i].Start), endStamp(ei, finite, hs[i].Completed()),
+						hs[j].Node, hs[j].PID, stamp(hs[j].Start)))
+				}
+			}
+		}
+		// Repeats.
+		for i := 1; i < len(hs); i++ {
+			prev, cur := hs[i-1], hs[i]
+			_, finite := end(prev)
+			switch {
+			case !prev.Completed() && finite:
+				r.RepeatsAfterCrash++
+			case prev.Completed() && disrupted(prev.Node, prev.Start, cur.Start):
+				r.RepeatsAfterCrash++
+			default:
+				r.UnexplainedRepeats++
+				why := "completed, and its node was neither killed nor paused nor lost its lease before the repeat"
+				if !prev.Completed() {
+					why = "cut off, but its node was neither killed nor paused nor lost its lease"
+				}
+				addDetail(&r.UnexplainedDetails, fmt.Sprintf("%s: handled on %s at %s (%s), again on %s at %s",
+					id, prev.Node, stamp(prev.Start), why, cur.Node, stamp(cur.Start)))
+			}
+		}
+	}
+	// Leftovers of completed messages (a file left behind after its handling) are strays too.
+	for id, ls := range left {
+		done := false
+		for _, h := range byID[id] {
+			done = done || h.Completed()
+		}
+		if done {
+			r.Stranded++
+			addDetail(&r.StrandedDetails, fmt.Sprintf("%s: %s %s although handled", id, ls[0].Where, ls[0].Reason))
+		}
+	}
+	sort.Strings(r.LostIDs)
+	return r
+}
+
+func stamp(t time.Time) string { return t.Format("15:04:05.000000") }
+
+func endStamp(t time.Time, finite, completed bool) string {
+	switch {
+	case !finite:
+		return "no end, never cut off"
+	case completed:
+		return stamp(t)
+	default:
+		return "cut off " + stamp(t)
+	}
+}
+
+// Err returns why the run failed, or nil: messages lost, concurrent duplicates, unexplained
+// repeats, or messages left on disk without an explanation.
+func (r *Report) Err() error {
+	var errs []error
+	if r.Lost > 0 {
+		errs = append(errs, fmt.Errorf("%d messages lost: %v", r.Lost, r.LostIDs))
+	}
+	if r.ConcurrentDuplicates > 0 {
+		errs = append(errs, fmt.Errorf("%d concurrent duplicate handlings:\n  %s", r.ConcurrentDuplicates, strings.Join(r.DuplicateDetails, "\n  ")))
+	}
+	if r.UnexplainedRepeats > 0 {
+		errs = append(errs, fmt.Errorf("%d unexplained repeats:\n  %s", r.UnexplainedRepeats, strings.Join(r.UnexplainedDetails, "\n  ")))
+	}
+	if n := r.Stranded - r.StrandedExplained; n > 0 {
+		errs = append(errs, fmt.Errorf("%d messages left on disk without explanation:\n  %s", n, strings.Join(r.StrandedDetails, "\n  ")))
+	}
+	if r.MalformedLedgerLine > 0 {
+		errs = append(errs, fmt.Errorf("%d malformed ledger lines", r.MalformedLedgerLine))
+	}
+	return errors.Join(errs...)
+}

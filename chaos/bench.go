@@ -1,0 +1,245 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/qslice/qslice/runner/queue"
+)
+
+// BenchOptions configure the failover benchmark.
+type BenchOptions struct {
+	Kills  int // SIGKILL rounds (each also measures the fail-back after the restart)
+	Pauses int // SIGSTOP rounds
+	Rate   float64
+	Seed   uint64 // which node is the first victim
+	// RoundTimeout bounds each wait of a round (default 60 s).
+	RoundTimeout time.Duration
+	Log          *slog.Logger
+}
+
+// BenchReport holds the measured times. Every sample is one slice of the victim.
+type BenchReport struct {
+	TTL, LockDelay, HoldDown, Lease time.Duration
+	// Failover: from the SIGKILL of an owner to the first message of each of its slices handled
+	// (handler started) on another node.
+	Failover Stats
+	// Failback: from the restart of the killed node (process started) to the first message of
+	// each of its home slices handled by it again; includes the hold-down.
+	Failback Stats
+	// Paused: from the SIGSTOP of an owner to the first message of each of its slices handled on
+	// another node; PausedFailback: from its SIGCONT to those slices handled by it again.
+	Paused, PausedFailback Stats
+	Kills, Pauses          int
+	Problems               []string
+	// Check is the ledger check of the whole benchmark run.
+	Check *Report
+}
+
+// Target is the failover goal: median <= TTL + lock-delay + 1 s, p95 <= twice that.
+func (b *BenchReport) Target() time.Duration { return b.TTL + b.LockDelay + time.Second }
+
+// Print writes the figures and whether they meet the target.
+func (b *BenchReport) Print(w io.Writer) {
+	t := b.Target()
+	fmt.Fprintf(w, "failover benchmark: TTL %s, lock-delay %s, hold-down %s (lease %s); %d kills, %d pauses\n",
+		b.TTL, b.LockDelay, b.HoldDown, b.Lease, b.Kills, b.Pauses)
+	verdict := func(s Stats) string {
+		if s.N == 0 {
+			return "NO SAMPLES"
+		}
+		if s.Median <= t && s.P95 <= 2*t {
+			return "meets"
+		}
+		return "MISSES"
+	}
+	fmt.Fprintf(w, "failover (SIGKILL -> first message of each slice handled elsewhere): %s  [%s target median <= %s, p95 <= %s]\n",
+		b.Failover, verdict(b.Failover), t, 2*t)
+	fmt.Fprintf(w, "paused   (SIGSTOP -> first message of each slice handled elsewhere): %s  [%s target]\n", b.Paused, verdict(b.Paused))
+	fmt.Fprintf(w, "failback (restart -> first message of each home slice handled at home, hold-down %s included): %s\n", b.HoldDown, b.Failback)
+	fmt.Fprintf(w, "failback after pause (SIGCONT -> its slices handled by it again): %s\n", b.PausedFailback)
+	for _, p := range b.Problems {
+		fmt.Fprintf(w, "problem: %s\n", p)
+	}
+	if b.Check != nil {
+		b.Check.Print(w)
+	}
+}
+
+// RunBench measures failover, fail-back and paused-node takeover times on a running feed, then
+// checks the ledger of the whole run as RunSoak does. The caller owns cl (and closes it).
+func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, error) {
+	if o.RoundTimeout == 0 {
+		o.RoundTimeout = time.Minute
+	}
+	if o.Rate == 0 {
+		o.Rate = 40
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg := cl.cfg
+	rep := &BenchReport{TTL: cfg.TTL, LockDelay: cfg.LockDelay, HoldDown: cfg.HoldDown, Lease: cfg.Lease()}
+	problem := func(format string, args ...any) {
+		s := fmt.Sprintf(format, args...)
+		log.Warn("problem", "what", s)
+		rep.Problems = append(rep.Problems, s)
+	}
+	began := time.Now()
+	if err := cl.StartAll(); err != nil {
+		return nil, err
+	}
+	if err := cl.WaitOwned(ctx, o.RoundTimeout, true); err != nil {
+		return nil, fmt.Errorf("cluster did not come up: %w", err)
+	}
+	feeder := &Feeder{Dir: queue.NewDir(cl.QueueDir, "", ""), Rate: o.Rate}
+	feedCtx, stopFeed := context.WithCancel(ctx)
+	defer stopFeed()
+	feedErr := make(chan error, 1)
+	go func() { feedErr <- feeder.Run(feedCtx) }()
+
+	scr := newScraper(cl)
+	var records []FaultRecord
+	var failover, failback, paused, pausedBack []time.Duration
+	reader := NewLedgerReader(cl.LedgerPaths()...)
+	// firstStarts polls the ledger until a handling of each slice in want starts after since on
+	// a node for which match is true, and returns the delays.
+	firstStarts := func(want []int, since time.Time, match func(node string) bool) ([]time.Duration, error) {
+		seen := map[int]time.Duration{}
+		err := pollUntil(o.RoundTimeout, func() error {
+			evs, err := reader.Poll()
+			if err != nil {
+				return err
+			}
+			for _, e := range evs {
+				if !e.End && e.At.After(since) && match(e.Node) && slices.Contains(want, e.Slice) {
+					if _, ok := seen[e.Slice]; !ok {
+						seen[e.Slice] = e.At.Sub(since)
+					}
+				}
+			}
+			if len(seen) < len(want) {
+				return fmt.Errorf("%d of %d slices handled", len(seen), len(want))
+			}
+			return nil
+		})
+		var out []time.Duration
+		for _, s := range want {
+			if d, ok := seen[s]; ok {
+				out = append(out, d)
+			}
+		}
+		return out, err
+	}
+
+	rounds := o.Kills + o.Pauses
+	for round := 0; round < rounds; round++ {
+		kill := round < o.Kills
+		v := cl.Nodes[(int(o.Seed%uint64(len(cl.Nodes)))+round)%len(cl.Nodes)]
+		if err := cl.WaitOwned(ctx, o.RoundTimeout, true); err != nil {
+			problem("round %d: cluster not converged before the fault: %v", round, err)
+		}
+		own, err := cl.Ownership(ctx)
+		if err != nil {
+			problem("round %d: %v", round, err)
+			continue
+		}
+		victim := slices.Clone(own.Owned[v.Name])
+		if len(victim) == 0 {
+			problem("round %d: %s owns no slice; skipped", round, v.Name)
+			continue
+		}
+		if _, err := reader.Poll(); err != nil { // skip what happened before the fault
+			return nil, err
+		}
+		scr.scrape(ctx)
+		others := func(n string) bool { return n != v.Name }
+		self := func(n string) bool { return n == v.Name }
+		if kill {
+			rec := FaultRecord{Fault: Fault{Seq: round, Kind: KindKill, Node: v.Index}, NodeName: v.Name}
+			rec.At = time.Now()
+			if err := v.Kill(); err != nil {
+				problem("round %d: kill %s: %v", round, v.Name, err)
+			}
+			rec.Done = time.Now()
+			ds, err := firstStarts(victim, rec.At, others)
+			failover = append(failover, ds...)
+			if err != nil {
+				problem("round %d: failover of %s slices %v: %v", round, v.Name, victim, err)
+			}
+			log.Info("killed", "node", v.Name, "slices", victim, "failover", ds)
+			if _, err := reader.Poll(); err != nil {
+				return nil, err
+			}
+			restart := time.Now()
+			if err := v.Start(); err != nil {
+				return nil, err
+			}
+			rec.End = time.Now()
+			records = append(records, rec)
+			ds, err = firstStarts(victim, restart, self)
+			failback = append(failback, ds...)
+			if err != nil {
+				problem("round %d: failback to %s of slices %v: %v", round, v.Name, victim, err)
+			}
+			log.Info("restarted", "node", v.Name, "failback", ds)
+			rep.Kills++
+			continue
+		}
+		rec := FaultRecord{Fault: Fault{Seq: round, Kind: KindPause, Node: v.Index}, NodeName: v.Name}
+		rec.At = time.Now()
+		if err := v.Pause(); err != nil {
+			problem("round %d: pause %s: %v", round, v.Name, err)
+		}
+		rec.Done = time.Now()
+		ds, err := firstStarts(victim, rec.At, others)
+		paused = append(paused, ds...)
+		if err != nil {
+			problem("round %d: takeover from paused %s of slices %v: %v", round, v.Name, victim, err)
+		}
+		if _, err := reader.Poll(); err != nil {
+			return nil, err
+		}
+		resume := time.Now()
+		if err := v.Resume(); err != nil {
+			problem("round %d: resume %s: %v", round, v.Name, err)
+		}
+		rec.End = time.Now()
+		records = append(records, rec)
+		log.Info("paused", "node", v.Name, "slices", victim, "takeover", ds)
+		ds, err = firstStarts(victim, resume, self)
+		pausedBack = append(pausedBack, ds...)
+		if err != nil {
+			problem("round %d: failback to %s after the pause: %v", round, v.Name, err)
+		}
+		rep.Pauses++
+	}
+	rep.Failover, rep.Failback = Summarize(failover), Summarize(failback)
+	rep.Paused, rep.PausedFailback = Summarize(paused), Summarize(pausedBack)
+
+	stopFeed()
+	if err := <-feedErr; err != nil {
+		problem("feeder: %v", err)
+	}
+	enqueued := feeder.Enqueued()
+	if err := waitHandled(ctx, cl, enqueued, 2*time.Minute); err != nil {
+		problem("final drain: %v", err)
+	}
+	scr.scrape(ctx)
+	if err := cl.StopAll(time.Minute); err != nil {
+		problem("stop nodes: %v", err)
+	}
+	check, err := Collect(cl, enqueued, records)
+	if err != nil {
+		return nil, err
+	}
+	check.Seed, check.Nodes, check.Duration = o.Seed, len(cl.Nodes), time.Since(began)
+	check.OwnershipChanges = scr.total()
+	rep.Check = check
+	return rep, nil
+}

@@ -1,0 +1,122 @@
+package chaos
+
+import (
+	"context"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qslice/qslice/internal/consultest"
+)
+
+// testLogger writes the harness's log to the test log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestChaos is the CI-sized chaos run: 3 nodes, a few hundred messages, two faults of each kind.
+// QSLICE_CHAOS_SEED picks another schedule.
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos run takes about two minutes; skipped with -short")
+	}
+	consul := consultest.Start(t) // skips when Consul is absent
+	seed := uint64(1)
+	if s := os.Getenv("QSLICE_CHAOS_SEED"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("QSLICE_CHAOS_SEED: %v", err)
+		}
+		seed = n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	bin, err := Build(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := NewCluster(ClusterConfig{Dir: dir, ConsulAddr: consul.HTTPAddr, Bin: bin, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	faults := map[Kind]int{KindKill: 2, KindPause: 2, KindConsulRestart: 2, KindRestart: 2, KindDrain: 2}
+	rep, err := RunSoak(ctx, cl, consul, SoakOptions{Seed: seed, Faults: faults, Rate: 5, Messages: 400, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	rep.Print(&b)
+	t.Log("\n" + b.String())
+	if err := rep.Err(); err != nil {
+		t.Error(err)
+	}
+	for _, k := range Kinds {
+		if rep.Faults[k] != faults[k] {
+			t.Errorf("faults of kind %s: injected %d, want %d", k, rep.Faults[k], faults[k])
+		}
+	}
+	if rep.Messages < 300 {
+		t.Errorf("only %d messages enqueued", rep.Messages)
+	}
+	// Every ownership change is counted in the nodes' metrics.
+	for _, reason := range []string{"failover", "failback"} {
+		if rep.OwnershipChanges[reason] == 0 {
+			t.Errorf("qslice_ownership_changes_total{reason=%q} is 0 on every node after the faults", reason)
+		}
+		if rep.LoggedChanges[reason] == 0 {
+			t.Errorf("no %q ownership change was logged", reason)
+		}
+	}
+	if t.Failed() {
+		for _, n := range cl.Nodes {
+			t.Logf("logs of %s: %v", n.Name, n.Logs())
+		}
+	}
+	saveArtifacts(t, dir)
+}
+
+// saveArtifacts copies the run's configs, ledgers, node logs and queue leftovers to
+// $QSLICE_CHAOS_ARTIFACTS/<test name>, when that is set, for a look after the run.
+func saveArtifacts(t *testing.T, dir string) {
+	dst := os.Getenv("QSLICE_CHAOS_ARTIFACTS")
+	if dst == "" {
+		return
+	}
+	dst = filepath.Join(dst, t.Name())
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		if rel == "qslice" || rel == "qslice-chaos-handler" || !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	})
+	if err != nil {
+		t.Logf("saving artifacts: %v", err)
+		return
+	}
+	t.Logf("artifacts saved in %s", dst)
+}

@@ -1,0 +1,567 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/qslice/qslice/agent"
+)
+
+// Binaries are the programs a cluster runs.
+type Binaries struct {
+	Qslice  string // the qslice command
+	Handler string // cmd/qslice-chaos-handler
+}
+
+// Build compiles qslice and the ledger handler into dir with the go command found on PATH (or in
+// GOROOT), from the module this package belongs to.
+func Build(ctx context.Context, dir string) (Binaries, error) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+string(filepath.Separator),
+		"github.com/qslice/qslice/cmd/qslice", "github.com/qslice/qslice/chaos/cmd/qslice-chaos-handler")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Binaries{}, fmt.Errorf("build qslice and the chaos handler: %w\n%s", err, out)
+	}
+	return Binaries{Qslice: filepath.Join(dir, "qslice"), Handler: filepath.Join(dir, "qslice-chaos-handler")}, nil
+}
+
+// ClusterConfig describes the nodes of a chaos cluster. Zero fields take the defaults of
+// DefaultClusterConfig.
+type ClusterConfig struct {
+	Nodes  int // qslice processes
+	Slices int // slices of the one queue, "in"
+	// TTL, LockDelay and HoldDown go to every node's consul: section.
+	TTL, LockDelay, HoldDown time.Duration
+	Concurrency              int           // handlers at once per node
+	Work                     time.Duration // how long the handler works per message
+	PollInterval             time.Duration // the runners' rescan period of an empty queue
+	Bin                      Binaries
+	// Dir holds the queue, the configs, the ledgers and the logs; required.
+	Dir string
+	// ConsulAddr is host:port of the Consul HTTP API; required.
+	ConsulAddr string
+	Log        *slog.Logger // the harness's own log; nil discards
+}
+
+// DefaultClusterConfig: 3 nodes, 8 slices, TTL 2 s, lock-delay 1 s, hold-down 3 s (the shortest
+// the config accepts with these: hold-down >= TTL), 2 handlers per node working 5 ms each.
+var DefaultClusterConfig = ClusterConfig{
+	Nodes: 3, Slices: 8, TTL: 2 * time.Second, LockDelay: time.Second, HoldDown: 3 * time.Second,
+	Concurrency: 2, Work: 5 * time.Millisecond, PollInterval: 100 * time.Millisecond,
+}
+
+func (c ClusterConfig) withDefaults() ClusterConfig {
+	d := DefaultClusterConfig
+	if c.Nodes == 0 {
+		c.Nodes = d.Nodes
+	}
+	if c.Slices == 0 {
+		c.Slices = d.Slices
+	}
+	if c.TTL == 0 {
+		c.TTL = d.TTL
+	}
+	if c.LockDelay == 0 {
+		c.LockDelay = d.LockDelay
+	}
+	if c.HoldDown == 0 {
+		c.HoldDown = max(d.HoldDown, c.TTL)
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = d.Concurrency
+	}
+	if c.Work == 0 {
+		c.Work = d.Work
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = d.PollInterval
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Lease is the longest a node may go on processing after its last renewal: min(TTL, LockDelay)
+// minus the default lease margin (a fifth of it), as the failover package computes it.
+func (c ClusterConfig) Lease() time.Duration {
+	l := min(c.TTL, c.LockDelay)
+	return l - max(l/5, 50*time.Millisecond)
+}
+
+// Cluster is a set of qslice processes on loopback sharing one queue directory and one Consul.
+type Cluster struct {
+	cfg      ClusterConfig
+	log      *slog.Logger
+	QueueDir string
+	Nodes    []*Node
+	client   *http.Client
+
+	closeOnce sync.Once
+}
+
+// Node is one qslice node: a config file and, while it runs, one process (its own session).
+type Node struct {
+	Index  int
+	Name   string
+	Config string // config file
+	Listen string // host:port of its HTTP API
+	Ledger string // the handler's ledger file
+
+	c           *Cluster
+	mu          sync.Mutex
+	proc        *process // nil when not running
+	incarnation int
+	paused      bool
+	logs        []string // one log file per process started
+}
+
+type process struct {
+	cmd    *exec.Cmd
+	pid    int
+	exited chan struct{}
+}
+
+// NewCluster writes one config per node; Start runs them.
+func NewCluster(cfg ClusterConfig) (*Cluster, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Dir == "" || cfg.ConsulAddr == "" || cfg.Bin.Qslice == "" || cfg.Bin.Handler == "" {
+		return nil, errors.New("chaos cluster: Dir, ConsulAddr and Bin are required")
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Log, QueueDir: filepath.Join(cfg.Dir, "queue", "in"),
+		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}}
+	for _, d := range []string{c.QueueDir, filepath.Join(cfg.Dir, "logs")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("chaos cluster: %w", err)
+		}
+	}
+	for i := 0; i < cfg.Nodes; i++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		n := &Node{Index: i, Name: fmt.Sprintf("n%d", i+1), Listen: fmt.Sprintf("127.0.0.1:%d", port), c: c}
+		n.Config = filepath.Join(cfg.Dir, "config-"+n.Name+".yaml")
+		n.Ledger = filepath.Join(cfg.Dir, "ledger-"+n.Name+".log")
+		if err := c.writeConfig(n); err != nil {
+			return nil, err
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	return c, nil
+}
+
+// Config returns the configuration in use (with defaults).
+func (c *Cluster) Config() ClusterConfig { return c.cfg }
+
+// LedgerPaths lists every node's ledger file.
+func (c *Cluster) LedgerPaths() []string {
+	var out []string
+	for _, n := range c.Nodes {
+		out = append(out, n.Ledger)
+	}
+	return out
+}
+
+func (c *Cluster) writeConfig(n *Node) error {
+	cfg := map[string]any{
+		"node":    n.Name,
+		"cluster": "chaos",
+		"listen":  n.Listen,
+		"consul": map[string]any{
+			"address": c.cfg.ConsulAddr, "ttl": c.cfg.TTL.String(), "lock_delay": c.cfg.LockDelay.String(),
+			"hold_down": c.cfg.HoldDown.String(),
+		},
+		"probes": map[string]any{"interval": "1s", "budget": "1s"},
+		"queues": []any{map[string]any{
+			"name": "in", "dir": c.QueueDir, "slices": c.cfg.Slices, "concurrency": c.cfg.Concurrency,
+			"poll_interval": c.cfg.PollInterval.String(), "shutdown_grace": "20s",
+			"retry": map[string]any{"initial": "100ms", "max": "1s", "max_elapsed": "5m"},
+			"handler": map[string]any{
+				"exec":    []string{c.cfg.Bin.Handler},
+				"timeout": "30s",
+				"env":     map[string]string{"CHAOS_NODE": n.Name, "CHAOS_LEDGER": n.Ledger, "CHAOS_WORK": c.cfg.Work.String()},
+			},
+		}},
+	}
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("write config of %s: %w", n.Name, err)
+	}
+	if err := os.WriteFile(n.Config, b, 0o644); err != nil {
+		return fmt.Errorf("write config of %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// nodeEnv is the environment of a qslice process: nothing from the harness's own environment
+// but PATH, HOME and TMPDIR, so that no CONSUL_* or OTEL_* variable changes what is tested.
+func nodeEnv() []string {
+	var env []string
+	for _, k := range []string{"PATH", "HOME", "TMPDIR"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// Start runs node n (which must not be running) and returns once its process started; it does not
+// wait for the node to be ready.
+func (n *Node) Start() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proc != nil {
+		return fmt.Errorf("start %s: already running (pid %d)", n.Name, n.proc.pid)
+	}
+	n.incarnation++
+	logPath := filepath.Join(n.c.cfg.Dir, "logs", fmt.Sprintf("%s.%d.log", n.Name, n.incarnation))
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", n.Name, err)
+	}
+	cmd := exec.Command(n.c.cfg.Bin.Qslice, "--log-format", "json", "run", "--config", n.Config)
+	cmd.Env = nodeEnv()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own session: the harness signals the whole machine-like group of processes. Pdeathsig:
+	// a harness that dies takes its nodes along.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", n.Name, err)
+	}
+	p := &process{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() { // owned by the node: ends when the process exits, which Kill and Close ensure
+		_ = cmd.Wait()
+		logf.Close()
+		close(p.exited)
+	}()
+	n.proc, n.paused = p, false
+	n.logs = append(n.logs, logPath)
+	n.c.log.Info("node started", "node", n.Name, "pid", p.pid, "incarnation", n.incarnation)
+	return nil
+}
+
+// Running reports whether the node's process runs (paused counts as running).
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proc == nil {
+		return false
+	}
+	select {
+	case <-n.proc.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Logs returns the log files of every process the node ran, oldest first.
+func (n *Node) Logs() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.logs...)
+}
+
+// Kill SIGKILLs every process of the node's session and waits until they are gone. It returns
+// when the kill has taken effect.
+func (n *Node) Kill() error {
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("kill %s: not running", n.Name)
+	}
+	err := signalSession(p.pid, syscall.SIGKILL)
+	err = errors.Join(err, n.reap(p, 10*time.Second))
+	return err
+}
+
+// reap waits for the process to exit and its session to empty (handlers killed too).
+func (n *Node) reap(p *process, timeout time.Duration) error {
+	var err error
+	select {
+	case <-p.exited:
+	case <-time.After(timeout):
+		err = fmt.Errorf("%s (pid %d) did not exit within %s", n.Name, p.pid, timeout)
+	}
+	err = errors.Join(err, waitSessionGone(p.pid, 5*time.Second))
+	n.mu.Lock()
+	if n.proc == p {
+		n.proc, n.paused = nil, false
+	}
+	n.mu.Unlock()
+	return err
+}
+
+// Pause SIGSTOPs every process of the node's session and returns once all are stopped.
+func (n *Node) Pause() error {
+	n.mu.Lock()
+	p := n.proc
+	n.paused = p != nil
+	n.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("pause %s: not running", n.Name)
+	}
+	if err := signalSession(p.pid, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	return waitSessionStopped(p.pid, 5*time.Second)
+}
+
+// Resume SIGCONTs every process of the node's session.
+func (n *Node) Resume() error {
+	n.mu.Lock()
+	p := n.proc
+	n.paused = false
+	n.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("resume %s: not running", n.Name)
+	}
+	return signalSession(p.pid, syscall.SIGCONT)
+}
+
+// Stop sends SIGTERM to qslice (a clean stop: handlers finish, slices are handed off) and waits
+// up to timeout; then it kills the session and says so.
+func (n *Node) Stop(timeout time.Duration) error {
+	n.mu.Lock()
+	p := n.proc
+	paused := n.paused
+	n.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	if paused {
+		_ = signalSession(p.pid, syscall.SIGCONT)
+	}
+	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("stop %s: %w", n.Name, err)
+	}
+	select {
+	case <-p.exited:
+		return n.reap(p, time.Second)
+	case <-time.After(timeout):
+		_ = signalSession(p.pid, syscall.SIGKILL)
+		return errors.Join(fmt.Errorf("stop %s: no exit within %s of SIGTERM; killed", n.Name, timeout), n.reap(p, 10*time.Second))
+	}
+}
+
+// CLI runs `qslice <args...> --config <node config>` and returns its output.
+func (n *Node) CLI(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, n.c.cfg.Bin.Qslice, append(args, "--config", n.Config)...)
+	cmd.Env = nodeEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("qslice %s on %s: %w: %s", strings.Join(args, " "), n.Name, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// Status asks the node's agent for its status.
+func (n *Node) Status(ctx context.Context) (agent.Status, error) {
+	var st agent.Status
+	body, err := n.get(ctx, "/api/status")
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, fmt.Errorf("status of %s: %w", n.Name, err)
+	}
+	return st, nil
+}
+
+// OwnershipChanges reads qslice_ownership_changes_total by reason from the node's /metrics.
+func (n *Node) OwnershipChanges(ctx context.Context) (map[string]float64, error) {
+	body, err := n.get(ctx, "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	return parseOwnershipChanges(strings.NewReader(string(body)))
+}
+
+func parseOwnershipChanges(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	const name = "qslice_ownership_changes_total{"
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		labels, value, ok := strings.Cut(line[len(name):], "} ")
+		if !ok {
+			continue
+		}
+		reason := ""
+		for _, l := range strings.Split(labels, ",") {
+			if k, v, ok := strings.Cut(l, "="); ok && k == "reason" {
+				reason = strings.Trim(v, `"`)
+			}
+		}
+		f, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("parse metrics line %q: %w", line, err)
+		}
+		out[reason] += f
+	}
+	return out, sc.Err()
+}
+
+func (n *Node) get(ctx context.Context, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.Listen+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := n.c.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("get %s from %s: %w", path, n.Name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("get %s from %s: %w", path, n.Name, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("get %s from %s: %s", path, n.Name, resp.Status)
+	}
+	return body, nil
+}
+
+// StartAll starts every node that is not running.
+func (c *Cluster) StartAll() error {
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			if err := n.Start(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// StopAll stops every node cleanly (SIGTERM), all at once, and waits.
+func (c *Cluster) StopAll(timeout time.Duration) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(c.Nodes))
+	for i, n := range c.Nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = n.Stop(timeout) }()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Close kills every process of every node and waits for them. Idempotent; safe after StopAll.
+func (c *Cluster) Close() {
+	c.closeOnce.Do(func() {
+		for _, n := range c.Nodes {
+			n.mu.Lock()
+			p := n.proc
+			n.mu.Unlock()
+			if p == nil {
+				continue
+			}
+			_ = signalSession(p.pid, syscall.SIGCONT)
+			_ = signalSession(p.pid, syscall.SIGKILL)
+			_ = n.reap(p, 10*time.Second)
+		}
+	})
+}
+
+// Ownership is the cluster's slice map as the running nodes see it.
+type Ownership struct {
+	Owner map[int]string // slice -> owner ("" when unowned)
+	Home  map[int]string
+	// Processing: slice -> the owner itself reports it processing (state owned).
+	Processing map[int]bool
+	// Owned: node -> slices it reports processing.
+	Owned map[string][]int
+}
+
+// Ownership asks every running, unpaused node for its status and combines them. It fails when a
+// running node does not answer.
+func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
+	o := Ownership{Owner: map[int]string{}, Home: map[int]string{}, Processing: map[int]bool{}, Owned: map[string][]int{}}
+	seen := false
+	for _, n := range c.Nodes {
+		n.mu.Lock()
+		skip := n.proc == nil || n.paused
+		n.mu.Unlock()
+		if skip {
+			continue
+		}
+		st, err := n.Status(ctx)
+		if err != nil {
+			return o, err
+		}
+		for _, s := range st.Slices {
+			if !seen {
+				o.Owner[s.Slice], o.Home[s.Slice] = s.Owner, s.Home
+			}
+			if s.Owner == n.Name && s.State == "owned" {
+				o.Processing[s.Slice] = true
+				o.Owned[n.Name] = append(o.Owned[n.Name], s.Slice)
+			}
+		}
+		seen = true
+	}
+	if !seen {
+		return o, errors.New("no node running")
+	}
+	return o, nil
+}
+
+// WaitOwned polls until every slice is processed by a running node (and, with converged, by its
+// home node, which also means every running node got its share after the hold-down), or timeout.
+func (c *Cluster) WaitOwned(ctx context.Context, timeout time.Duration, converged bool) error {
+	return pollUntil(timeout, func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		o, err := c.Ownership(ctx)
+		if err != nil {
+			return err
+		}
+		for s := 0; s < c.cfg.Slices; s++ {
+			if !o.Processing[s] {
+				return fmt.Errorf("slice %d not processed (owner %q)", s, o.Owner[s])
+			}
+			if converged && o.Owner[s] != o.Home[s] {
+				return fmt.Errorf("slice %d owned by %s, home %s", s, o.Owner[s], o.Home[s])
+			}
+		}
+		return nil
+	})
+}

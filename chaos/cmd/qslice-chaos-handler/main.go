@@ -1,0 +1,91 @@
+// Command qslice-chaos-handler is the exec handler the chaos harness gives its qslice nodes. For
+// each message it appends two lines to the node's ledger file:
+//
+//	<message id> <node> start <unix ns> slice=<slice> pid=<pid>
+//	<message id> <node> end <unix ns> slice=<slice> pid=<pid>
+//
+// with one write(2) each on a file opened with O_APPEND (atomic for these short lines), and works
+// for CHAOS_WORK between them. The "end" line is the handler's commit point: a handling without
+// it had no effect.
+//
+// Environment: CHAOS_LEDGER (the ledger file), CHAOS_NODE (the node's name), CHAOS_WORK (a
+// duration, default 5ms), and from qslice QSLICE_MESSAGE_ID, QSLICE_SLICE and, when the runner
+// provides it, QSLICE_LEASE_DEADLINE (RFC 3339): a handler that finds itself past it (a paused
+// machine that resumed) writes nothing more and exits 75, so that it never commits while another
+// node may already handle the message.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+)
+
+// exitRetry asks qslice to retry the message later (EX_TEMPFAIL).
+const exitRetry = 75
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	id, node, ledger := os.Getenv("QSLICE_MESSAGE_ID"), os.Getenv("CHAOS_NODE"), os.Getenv("CHAOS_LEDGER")
+	if id == "" || node == "" || ledger == "" {
+		fmt.Fprintln(os.Stderr, "qslice-chaos-handler: QSLICE_MESSAGE_ID, CHAOS_NODE and CHAOS_LEDGER must be set")
+		return 2
+	}
+	work := 5 * time.Millisecond
+	if s := os.Getenv("CHAOS_WORK"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "qslice-chaos-handler: CHAOS_WORK: %v\n", err)
+			return 2
+		}
+		work = d
+	}
+	var deadline time.Time
+	if s := os.Getenv("QSLICE_LEASE_DEADLINE"); s != "" {
+		d, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "qslice-chaos-handler: QSLICE_LEASE_DEADLINE: %v\n", err)
+			return 2
+		}
+		deadline = d
+	}
+	fenced := func() bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
+
+	if _, err := io.Copy(io.Discard, os.Stdin); err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: read payload: %v\n", err)
+		return exitRetry
+	}
+	f, err := os.OpenFile(ledger, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: open ledger: %v\n", err)
+		return exitRetry
+	}
+	defer f.Close()
+	slice, pid := os.Getenv("QSLICE_SLICE"), strconv.Itoa(os.Getpid())
+	line := func(what string) error {
+		_, err := f.WriteString(id + " " + node + " " + what + " " + strconv.FormatInt(time.Now().UnixNano(), 10) +
+			" slice=" + slice + " pid=" + pid + "\n")
+		return err
+	}
+	if fenced() {
+		fmt.Fprintln(os.Stderr, "qslice-chaos-handler: lease deadline passed before start")
+		return exitRetry
+	}
+	if err := line("start"); err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: write ledger: %v\n", err)
+		return exitRetry
+	}
+	time.Sleep(work)
+	if fenced() { // the commit point
+		fmt.Fprintln(os.Stderr, "qslice-chaos-handler: lease deadline passed before commit")
+		return exitRetry
+	}
+	if err := line("end"); err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: write ledger: %v\n", err)
+		return exitRetry
+	}
+	return 0
+}

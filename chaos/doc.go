@@ -1,0 +1,34 @@
+// Package chaos proves qslice's failover promises on real processes: a real Consul
+// (internal/consultest), N qslice nodes as separate processes on loopback sharing one queue
+// directory, an exec handler that writes a ledger, a feeder, and faults from a seeded schedule.
+//
+// The handler (cmd/qslice-chaos-handler) appends "<id> <node> start <unix ns>" before its work
+// and "<id> <node> end <unix ns>" after it, one O_APPEND write per line, to one ledger file per
+// node. The end line is the handler's commit point.
+//
+// Faults: SIGKILL of every process of a node's session (qslice and its handlers), restarted
+// later; SIGSTOP of the whole session for longer than the lease, then SIGCONT (a paused
+// machine); Consul restart on the same data; SIGTERM and start (a clean restart); `qslice
+// drain` and `qslice drain --undo`. Each node runs in its own session (Setsid) so that a signal
+// reaches the handlers too, which qslice starts in process groups of their own.
+//
+// Analyze checks, from the ledger, the faults and the nodes' logs:
+//
+//   - lost: every enqueued message has a completed handling, or is still on disk (queue,
+//     shunt/, bad/) and is reported there with its reason;
+//   - concurrent duplicates: no two handlings of one message overlap. A handling without an end
+//     line ends when its node was killed or paused (every process stopped) or its runner
+//     reported a lapsed lease, whichever came first; with none of these it never ends;
+//   - repeats: a message handled again only after its earlier handling was cut off, or after its
+//     node was killed, paused or lost its lease in between (a crash between the handler's
+//     commit and the file's removal); any other repeat is unexplained.
+//
+// Invariants of the harness: every process it starts is in a session it kills in
+// Cluster.Close, also on failure; only 127.0.0.1 is used; every wait is bounded in time and
+// every loop in count; faults run one at a time, and the same seed gives the same schedule.
+//
+// RunSoak is the chaos run (the CI test runs a short one; cmd/qslice-chaos a long one), RunBench
+// the failover benchmark: from SIGKILL (or SIGSTOP) of an owner to the first message of each of
+// its slices handled elsewhere, and from the restart of a home node to its slices handled by
+// it again.
+package chaos

@@ -1,0 +1,79 @@
+package chaos
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// NodeLog is what the harness reads from one qslice process's JSON log.
+type NodeLog struct {
+	// Lapses are the instants the runner reported a lapsed lease: it cancelled (killed) every
+	// running handler then, and leaves their files in flight for the next owner.
+	Lapses []time.Time
+	// Changes counts "slice ownership changed" lines by reason.
+	Changes map[string]int
+	// ChangeLines are those lines, in order, as "time slice from->to reason".
+	ChangeLines []OwnershipChange
+	// Errors counts ERROR lines.
+	Errors     int
+	ErrorLines []string
+}
+
+// OwnershipChange is one "slice ownership changed" log line.
+type OwnershipChange struct {
+	At       time.Time
+	Slice    string
+	From, To string
+	Reason   string
+}
+
+// ReadNodeLog parses a log written with --log-format json. Lines that are not JSON (a panic's
+// stack, say) are counted as errors.
+func ReadNodeLog(path string) (NodeLog, error) {
+	out := NodeLog{Changes: map[string]int{}}
+	f, err := os.Open(path)
+	if err != nil {
+		return out, fmt.Errorf("read node log: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			if strings.TrimSpace(line) != "" {
+				out.Errors++
+				if len(out.ErrorLines) < maxDetails {
+					out.ErrorLines = append(out.ErrorLines, line)
+				}
+			}
+			continue
+		}
+		str := func(k string) string { s, _ := m[k].(string); return s }
+		at, _ := time.Parse(time.RFC3339Nano, str("time"))
+		msg := str("msg")
+		switch {
+		case str("component") == "runner" && strings.Contains(msg, "lease lapsed"):
+			out.Lapses = append(out.Lapses, at)
+		case msg == "slice ownership changed":
+			r := str("reason")
+			out.Changes[r]++
+			out.ChangeLines = append(out.ChangeLines, OwnershipChange{At: at, Slice: str("slice"), From: str("from"), To: str("to"), Reason: r})
+		}
+		if str("level") == "ERROR" {
+			out.Errors++
+			if len(out.ErrorLines) < maxDetails {
+				out.ErrorLines = append(out.ErrorLines, line)
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return out, fmt.Errorf("read node log %s: %w", path, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,106 @@
+package chaos
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Print writes the report's figures.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "chaos run: seed %d, %d nodes, %s\n", r.Seed, r.Nodes, r.Duration.Round(time.Second))
+	var kinds []string
+	total := 0
+	for _, k := range Kinds {
+		kinds = append(kinds, fmt.Sprintf("%s %d", k, r.Faults[k]))
+		total += r.Faults[k]
+	}
+	fmt.Fprintf(w, "faults injected:          %d (%s)\n", total, strings.Join(kinds, ", "))
+	fmt.Fprintf(w, "messages:                 %d\n", r.Messages)
+	fmt.Fprintf(w, "handlings:                %d started, %d completed, %d cut off\n", r.Handlings, r.Completed, r.CutOff)
+	fmt.Fprintf(w, "lost:                     %d\n", r.Lost)
+	fmt.Fprintf(w, "left on disk:             %d (%d explained)\n", r.Stranded, r.StrandedExplained)
+	fmt.Fprintf(w, "concurrent duplicates:    %d\n", r.ConcurrentDuplicates)
+	fmt.Fprintf(w, "repeats after crash:      %d\n", r.RepeatsAfterCrash)
+	fmt.Fprintf(w, "unexplained repeats:      %d\n", r.UnexplainedRepeats)
+	fmt.Fprintf(w, "ownership changes:        metrics %s; log lines %s\n", formatCounts(r.OwnershipChanges), formatIntCounts(r.LoggedChanges))
+	if r.MalformedLedgerLine > 0 {
+		fmt.Fprintf(w, "malformed ledger lines:   %d\n", r.MalformedLedgerLine)
+	}
+	for _, list := range []struct {
+		title string
+		items []string
+	}{
+		{"lost", r.LostIDs}, {"left on disk", r.StrandedDetails}, {"concurrent duplicates", r.DuplicateDetails},
+		{"unexplained repeats", r.UnexplainedDetails}, {"problems", r.Problems},
+	} {
+		if len(list.items) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%s:\n", list.title)
+		for _, s := range list.items {
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+	}
+}
+
+func formatCounts(m map[string]float64) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s=%g", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
+}
+
+func formatIntCounts(m map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
+}
+
+// Stats summarizes latency samples.
+type Stats struct {
+	N                     int
+	Min, Median, P95, Max time.Duration
+	Samples               []time.Duration
+}
+
+// Summarize computes min, median, 95th percentile (nearest rank) and max.
+func Summarize(samples []time.Duration) Stats {
+	s := Stats{N: len(samples), Samples: slices.Clone(samples)}
+	if s.N == 0 {
+		return s
+	}
+	slices.Sort(s.Samples)
+	rank := func(p float64) time.Duration {
+		i := int(p*float64(s.N)+0.999999) - 1 // nearest rank: ceil(p*N), 1-based
+		return s.Samples[min(max(i, 0), s.N-1)]
+	}
+	s.Min, s.Max = s.Samples[0], s.Samples[s.N-1]
+	if s.N%2 == 1 {
+		s.Median = s.Samples[s.N/2]
+	} else {
+		s.Median = (s.Samples[s.N/2-1] + s.Samples[s.N/2]) / 2
+	}
+	s.P95 = rank(0.95)
+	return s
+}
+
+func (s Stats) String() string {
+	if s.N == 0 {
+		return "no samples"
+	}
+	r := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	return fmt.Sprintf("n=%d min %s median %s p95 %s max %s", s.N, r(s.Min), r(s.Median), r(s.P95), r(s.Max))
+}

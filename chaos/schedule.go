@@ -1,0 +1,133 @@
+package chaos
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+)
+
+// Kind is a kind of fault.
+type Kind string
+
+// Fault kinds.
+const (
+	// KindKill: SIGKILL of every process of the node's session (qslice and its handlers), as a
+	// crash of the machine; the node is started again after Hold.
+	KindKill Kind = "kill"
+	// KindPause: SIGSTOP of every process of the node's session for Hold, then SIGCONT, as a
+	// paused virtual machine.
+	KindPause Kind = "pause"
+	// KindConsulRestart: Consul is stopped and started again on the same data (Hold unused).
+	KindConsulRestart Kind = "consul-restart"
+	// KindRestart: SIGTERM (a clean stop: in-flight messages finish, slices are handed off),
+	// then a start after Hold.
+	KindRestart Kind = "restart"
+	// KindDrain: `qslice drain`, then `qslice drain --undo` after Hold.
+	KindDrain Kind = "drain"
+)
+
+// Kinds lists every fault kind, in report order.
+var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain}
+
+// ParseKinds parses "kill=2,pause=2" into counts.
+func ParseKinds(s string) (map[Kind]int, error) {
+	out := map[Kind]int{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		n := 0
+		if _, err := fmt.Sscanf(v, "%d", &n); !ok || err != nil || n < 0 {
+			return nil, fmt.Errorf("parse faults %q: want kind=count, got %q", s, part)
+		}
+		known := false
+		for _, kk := range Kinds {
+			known = known || Kind(k) == kk
+		}
+		if !known {
+			return nil, fmt.Errorf("parse faults %q: unknown kind %q (want one of %v)", s, k, Kinds)
+		}
+		out[Kind(k)] = n
+	}
+	return out, nil
+}
+
+// Fault is one planned fault. Faults run one after the other: apply, hold, recover, wait for
+// the cluster to own every slice again, then Gap.
+type Fault struct {
+	Seq  int
+	Kind Kind
+	Node int           // index of the node (unused for KindConsulRestart)
+	Hold time.Duration // how long the fault lasts before recovery
+	Gap  time.Duration // pause after recovery before the next fault
+}
+
+func (f Fault) String() string {
+	if f.Kind == KindConsulRestart {
+		return fmt.Sprintf("#%d %s", f.Seq, f.Kind)
+	}
+	return fmt.Sprintf("#%d %s node %d for %s", f.Seq, f.Kind, f.Node, f.Hold.Round(time.Millisecond))
+}
+
+// ScheduleParams bounds the random choices of a schedule.
+type ScheduleParams struct {
+	Nodes int
+	// Lease is the longest a node may process without renewing (min(TTL, LockDelay) minus the
+	// margin): a pause lasts at least Lease + 200 ms, so the paused node's lease always lapses.
+	Lease time.Duration
+	// Takeover is how long the others need to take a dead node's slices (TTL + LockDelay + a
+	// second): kills hold at least that, so failover happens before the restart; pauses are
+	// drawn up to Takeover + 2 s, so some end before the others could take over and some after.
+	Takeover time.Duration
+	GapMin   time.Duration
+	GapMax   time.Duration
+}
+
+// NewSchedule draws a deterministic schedule from seed: counts[k] faults of kind k in a random
+// order. The same seed and parameters give the same schedule.
+func NewSchedule(seed uint64, counts map[Kind]int, p ScheduleParams) []Fault {
+	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
+	var kinds []Kind
+	for _, k := range Kinds {
+		for range counts[k] {
+			kinds = append(kinds, k)
+		}
+	}
+	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+	out := make([]Fault, 0, len(kinds))
+	for i, k := range kinds {
+		out = append(out, drawFault(rng, i, k, p))
+	}
+	return out
+}
+
+// NextFault draws one more fault of a random kind (soak runs of unbounded length).
+func NextFault(rng *rand.Rand, seq int, p ScheduleParams) Fault {
+	return drawFault(rng, seq, Kinds[rng.IntN(len(Kinds))], p)
+}
+
+// NewRand returns the generator NextFault expects, seeded deterministically.
+func NewRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)) }
+
+func drawFault(rng *rand.Rand, seq int, k Kind, p ScheduleParams) Fault {
+	between := func(lo, hi time.Duration) time.Duration {
+		if hi <= lo {
+			return lo
+		}
+		return lo + time.Duration(rng.Int64N(int64(hi-lo)))
+	}
+	f := Fault{Seq: seq, Kind: k, Node: rng.IntN(max(p.Nodes, 1)), Gap: between(p.GapMin, p.GapMax)}
+	switch k {
+	case KindKill:
+		f.Hold = between(p.Takeover, p.Takeover+2*time.Second)
+	case KindPause:
+		f.Hold = between(p.Lease+200*time.Millisecond, p.Takeover+2*time.Second)
+	case KindRestart:
+		f.Hold = between(500*time.Millisecond, 3*time.Second)
+	case KindDrain:
+		f.Hold = between(time.Second, 4*time.Second)
+	}
+	return f
+}
