@@ -184,7 +184,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		}
 		fc.Queues = specs
 		fc.Version = opts.Version
-		c, err := failover.NewConsul(fc, assignee{a}, a, a.log.With("component", "failover"), failover.SystemClock{})
+		c, err := failover.NewConsul(fc, assignee{a}, a, a.log, failover.SystemClock{}) // it names its own component
 		if err != nil {
 			return nil, err
 		}

@@ -48,7 +48,7 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := NewCluster(ClusterConfig{Dir: dir, ConsulAddr: consul.HTTPAddr, Bin: bin, Log: testLogger(t)})
+	cl, err := NewCluster(ClusterConfig{Work: 20 * time.Millisecond, Dir: dir, ConsulAddr: consul.HTTPAddr, Bin: bin, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

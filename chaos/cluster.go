@@ -294,6 +294,26 @@ func (n *Node) Logs() []string {
 	return append([]string(nil), n.logs...)
 }
 
+// WaitBusy waits up to timeout for the node to run a handler (qslice has a child process), so
+// that a fault strikes in the middle of a handling; it reports whether it saw one.
+func (n *Node) WaitBusy(timeout time.Duration) bool {
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	deadline := time.Now().Add(timeout)
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for ; time.Now().Before(deadline); <-t.C {
+		if hasChildren(p.pid) {
+			return true
+		}
+	}
+	return false
+}
+
 // Kill SIGKILLs every process of the node's session and waits until they are gone. It returns
 // when the kill has taken effect.
 func (n *Node) Kill() error {

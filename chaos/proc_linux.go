@@ -130,3 +130,19 @@ func pollUntil(timeout time.Duration, cond func() error) error {
 		<-t.C
 	}
 }
+
+// hasChildren reports whether process pid has a live child (any thread's), cheaply: the
+// /proc/<pid>/task/*/children files of its threads.
+func hasChildren(pid int) bool {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return false
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + t.Name() + "/children")
+		if err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -174,7 +174,12 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, log *s
 		n = cl.Nodes[f.Node%len(cl.Nodes)]
 		rec.NodeName = n.Name
 	}
-	log.Info("fault", "fault", f.String())
+	// Kills and pauses strike while the node runs a handler, when it gets one within 3 s.
+	busy := false
+	if f.Kind == KindKill || f.Kind == KindPause {
+		busy = n.WaitBusy(3 * time.Second)
+	}
+	log.Info("fault", "fault", f.String(), "node", rec.NodeName, "handler_running", busy)
 	var errs []error
 	rec.At = time.Now()
 	switch f.Kind {

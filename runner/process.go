@@ -48,10 +48,10 @@ func (r *Runner) process(shutdownCtx context.Context, it item, buf []byte) []byt
 		}
 	} else {
 		r.mu.Lock()
-		owned, valid := r.owned[slice], r.leaseValid()
-		lease = r.lease
+		owned := r.owned[slice]
+		lease = r.liveLeaseLocked()
 		r.mu.Unlock()
-		if !owned || !valid {
+		if !owned || lease == nil {
 			if err := r.cfg.Dir.Release(n); err != nil {
 				r.log.Error("could not release a message waiting for retry; it is recovered when its slice is next widened", "file", n.Base, "err", err)
 			}

@@ -389,7 +389,14 @@ func (r *Runner) watchLease(ctx context.Context) error {
 	const tick = 50 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	lapsed := false
+	// A node starts without a lease under Consul: that is not a lapse worth a warning.
+	lapsed := !r.leaseValid()
+	if lapsed {
+		r.mu.Lock()
+		r.lease.cancel(errLeaseLost)
+		r.mu.Unlock()
+		r.log.Info("waiting for a lease before claiming")
+	}
 	for {
 		valid := r.leaseValid()
 		switch {
@@ -405,7 +412,7 @@ func (r *Runner) watchLease(ctx context.Context) error {
 			r.mu.Lock()
 			r.liveLeaseLocked()
 			r.mu.Unlock()
-			r.log.Info("lease valid again: claiming resumes")
+			r.log.Info("lease valid: claiming")
 			r.poke()
 		}
 		select {
