@@ -158,11 +158,17 @@ next node takes it at once. Returns when done. A drained node takes no slices un
 			if undo {
 				path = "/api/undrain"
 			}
+			base := agentURL(cfg, addr)
+			var stopProgress func()
 			if interactive(g.stderr) && !undo {
-				fmt.Fprintln(g.stderr, "draining: waiting for in-flight messages to finish and slices to move…")
+				stopProgress = showDrainProgress(cmd.Context(), g.stderr, base)
 			}
 			var res struct{ Result string }
-			if err := callAgent(cmd.Context(), http.MethodPost, agentURL(cfg, addr)+path, &res); err != nil {
+			err = callAgent(cmd.Context(), http.MethodPost, base+path, &res)
+			if stopProgress != nil {
+				stopProgress()
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), res.Result)
@@ -173,4 +179,38 @@ next node takes it at once. Returns when done. A drained node takes no slices un
 	cmd.Flags().StringVar(&addr, "addr", "", "agent address host:port (default: the config's listen)")
 	cmd.Flags().BoolVar(&undo, "undo", false, "undrain: take slices again")
 	return cmd
+}
+
+// showDrainProgress prints, on a terminal, how many slices this node still owns while a drain runs.
+// The returned func stops it and ends the line.
+func showDrainProgress(ctx context.Context, w io.Writer, base string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			var st agent.Status
+			if callAgent(ctx, http.MethodGet, base+"/api/status", &st) == nil {
+				owned := 0
+				for _, s := range st.Slices {
+					if s.Owner == st.Node {
+						owned++
+					}
+				}
+				fmt.Fprintf(w, "\rdraining: %d slices still owned here, waiting for in-flight messages…   ", owned)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		fmt.Fprintln(w)
+	}
 }
