@@ -78,9 +78,15 @@ type Report struct {
 	// log lines by reason.
 	OwnershipChanges map[string]float64
 	LoggedChanges    map[string]int
-	// Problems are harness-level troubles (a node that did not stop, a cluster that did not
-	// settle); they are reported, and make OK fail only through the figures above.
+	// MetricMismatches lists scrapes whose counters disagree with the process's log lines.
+	MetricMismatches []string
+	// Problems are troubles of the run itself: a fault that could not be applied or undone, a
+	// cluster that did not process every slice again within the settle timeout, a node that did
+	// not stop. Err reports them.
 	Problems []string
+	// NodeErrors are ERROR lines of the nodes' logs, but for Consul being unreachable (which
+	// Consul restarts cause); reported, not judged.
+	NodeErrors []string
 }
 
 // maxDetails bounds the detail lists.
@@ -261,6 +267,12 @@ func (r *Report) Err() error {
 	}
 	if n := r.Stranded - r.StrandedExplained; n > 0 {
 		errs = append(errs, fmt.Errorf("%d messages left on disk without explanation:\n  %s", n, strings.Join(r.StrandedDetails, "\n  ")))
+	}
+	if len(r.MetricMismatches) > 0 {
+		errs = append(errs, fmt.Errorf("ownership change counters disagree with the log:\n  %s", strings.Join(r.MetricMismatches, "\n  ")))
+	}
+	if len(r.Problems) > 0 {
+		errs = append(errs, fmt.Errorf("%d problems during the run:\n  %s", len(r.Problems), strings.Join(r.Problems, "\n  ")))
 	}
 	if r.MalformedLedgerLine > 0 {
 		errs = append(errs, fmt.Errorf("%d malformed ledger lines", r.MalformedLedgerLine))

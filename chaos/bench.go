@@ -62,12 +62,13 @@ func (b *BenchReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "paused   (SIGSTOP -> first message of each slice handled elsewhere): %s  [%s target]\n", b.Paused, verdict(b.Paused))
 	fmt.Fprintf(w, "failback (restart -> first message of each home slice handled at home, hold-down %s included): %s\n", b.HoldDown, b.Failback)
 	fmt.Fprintf(w, "failback after pause (SIGCONT -> its slices handled by it again): %s\n", b.PausedFailback)
-	for _, p := range b.Problems {
-		fmt.Fprintf(w, "problem: %s\n", p)
+	if b.Check == nil { // else the check lists the problems
+		for _, p := range b.Problems {
+			fmt.Fprintf(w, "problem: %s\n", p)
+		}
+		return
 	}
-	if b.Check != nil {
-		b.Check.Print(w)
-	}
+	b.Check.Print(w)
 }
 
 // RunBench measures failover, fail-back and paused-node takeover times on a running feed, then
@@ -98,10 +99,8 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		return nil, fmt.Errorf("cluster did not come up: %w", err)
 	}
 	feeder := &Feeder{Dir: queue.NewDir(cl.QueueDir, "", ""), Rate: o.Rate}
-	feedCtx, stopFeed := context.WithCancel(ctx)
-	defer stopFeed()
-	feedErr := make(chan error, 1)
-	go func() { feedErr <- feeder.Run(feedCtx) }()
+	feed := startFeeder(ctx, feeder)
+	defer feed.stop()
 
 	scr := newScraper(cl)
 	var records []FaultRecord
@@ -158,6 +157,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 			return nil, err
 		}
 		scr.scrape(ctx)
+		v.WaitBusy(3 * time.Second) // strike in the middle of a handling when there is one
 		others := func(n string) bool { return n != v.Name }
 		self := func(n string) bool { return n == v.Name }
 		if kill {
@@ -222,8 +222,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 	rep.Failover, rep.Failback = Summarize(failover), Summarize(failback)
 	rep.Paused, rep.PausedFailback = Summarize(paused), Summarize(pausedBack)
 
-	stopFeed()
-	if err := <-feedErr; err != nil {
+	if err := feed.stop(); err != nil {
 		problem("feeder: %v", err)
 	}
 	enqueued := feeder.Enqueued()
@@ -239,7 +238,11 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		return nil, err
 	}
 	check.Seed, check.Nodes, check.Duration = o.Seed, len(cl.Nodes), time.Since(began)
+	check.Problems = rep.Problems
 	check.OwnershipChanges = scr.total()
+	if check.MetricMismatches, err = scr.crossCheck(); err != nil {
+		return nil, err
+	}
 	rep.Check = check
 	return rep, nil
 }

@@ -52,9 +52,10 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { saveArtifacts(t, dir) }) // runs after cl.Close: the logs are complete
 	t.Cleanup(cl.Close)
 	faults := map[Kind]int{KindKill: 2, KindPause: 2, KindConsulRestart: 2, KindRestart: 2, KindDrain: 2}
-	rep, err := RunSoak(ctx, cl, consul, SoakOptions{Seed: seed, Faults: faults, Rate: 5, Messages: 400, Log: testLogger(t)})
+	rep, err := RunSoak(ctx, cl, consul, SoakOptions{Seed: seed, Faults: faults, Rate: 6, Messages: 360, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +87,6 @@ func TestChaos(t *testing.T) {
 			t.Logf("logs of %s: %v", n.Name, n.Logs())
 		}
 	}
-	saveArtifacts(t, dir)
 }
 
 // saveArtifacts copies the run's configs, ledgers, node logs and queue leftovers to

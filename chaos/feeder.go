@@ -52,3 +52,39 @@ func (f *Feeder) Enqueued() []string {
 	defer f.mu.Unlock()
 	return append([]string(nil), f.ids...)
 }
+
+// feedRun is a Feeder running on a goroutine owned by its starter, who must call stop.
+type feedRun struct {
+	f      *Feeder
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+func startFeeder(ctx context.Context, f *Feeder) *feedRun {
+	ctx, cancel := context.WithCancel(ctx)
+	r := &feedRun{f: f, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = f.Run(ctx)
+	}()
+	return r
+}
+
+// wait gives a bounded feeder up to timeout to write its last message, then stops it.
+func (r *feedRun) wait(timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-r.done:
+	case <-t.C:
+	}
+	return r.stop()
+}
+
+// stop ends the feeder and waits for its goroutine; it returns the feeder's error. Idempotent.
+func (r *feedRun) stop() error {
+	r.cancel()
+	<-r.done
+	return r.err
+}

@@ -26,7 +26,9 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "concurrent duplicates:    %d\n", r.ConcurrentDuplicates)
 	fmt.Fprintf(w, "repeats after crash:      %d\n", r.RepeatsAfterCrash)
 	fmt.Fprintf(w, "unexplained repeats:      %d\n", r.UnexplainedRepeats)
-	fmt.Fprintf(w, "ownership changes:        metrics %s; log lines %s\n", formatCounts(r.OwnershipChanges), formatIntCounts(r.LoggedChanges))
+	fmt.Fprintf(w, "ownership changes:        metrics %s (last scrape of each process); log lines %s (all)\n",
+		formatCounts(r.OwnershipChanges), formatIntCounts(r.LoggedChanges))
+	fmt.Fprintf(w, "counters vs log lines:    %d mismatches\n", len(r.MetricMismatches))
 	if r.MalformedLedgerLine > 0 {
 		fmt.Fprintf(w, "malformed ledger lines:   %d\n", r.MalformedLedgerLine)
 	}
@@ -35,7 +37,8 @@ func (r *Report) Print(w io.Writer) {
 		items []string
 	}{
 		{"lost", r.LostIDs}, {"left on disk", r.StrandedDetails}, {"concurrent duplicates", r.DuplicateDetails},
-		{"unexplained repeats", r.UnexplainedDetails}, {"problems", r.Problems},
+		{"unexplained repeats", r.UnexplainedDetails}, {"metrics vs log", r.MetricMismatches}, {"problems", r.Problems},
+		{"ERROR lines in the node logs (Consul outages aside)", r.NodeErrors},
 	} {
 		if len(list.items) == 0 {
 			continue

@@ -72,37 +72,15 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 	}
 	log.Info("cluster up", "nodes", len(cl.Nodes), "slices", cl.cfg.Slices)
 
-	// The feeder runs in its own goroutine, owned here: cancelled and waited for below.
 	feeder := &Feeder{Dir: queue.NewDir(cl.QueueDir, "", ""), Rate: o.Rate, Count: o.Messages}
-	feedCtx, stopFeed := context.WithCancel(ctx)
-	defer stopFeed()
-	feedErr := make(chan error, 1)
-	go func() { feedErr <- feeder.Run(feedCtx) }()
-	feederDone := false
-	waitFeeder := func(timeout time.Duration) {
-		if feederDone {
-			return
-		}
-		select {
-		case err := <-feedErr:
-			feederDone = true
-			if err != nil {
-				problem("feeder: %v", err)
-			}
-		case <-time.After(timeout):
-			stopFeed()
-			if err := <-feedErr; err != nil {
-				problem("feeder: %v", err)
-			}
-			feederDone = true
-		}
-	}
+	feed := startFeeder(ctx, feeder)
+	defer feed.stop()
 
 	scr := newScraper(cl)
 	params := ScheduleParams{Nodes: len(cl.Nodes), Lease: cl.cfg.Lease(), Takeover: cl.cfg.TTL + cl.cfg.LockDelay + time.Second,
 		GapMin: time.Second, GapMax: 3 * time.Second}
 	var schedule []Fault
-	var rng = NewRand(o.Seed)
+	rng := NewRand(o.Seed)
 	if len(o.Faults) > 0 {
 		schedule = NewSchedule(o.Seed, o.Faults, params)
 	}
@@ -140,12 +118,16 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 
 	// Stop feeding (a bounded feeder gets the time its remaining messages need), then wait for
 	// every message to be handled and the queue to be empty.
+	var feedErr error
 	if o.Messages > 0 {
 		rest := o.Messages - len(feeder.Enqueued())
-		waitFeeder(time.Duration(float64(rest)/o.Rate*float64(time.Second)) + 10*time.Second)
+		feedErr = feed.wait(time.Duration(float64(rest)/o.Rate*float64(time.Second)) + 10*time.Second)
+	} else {
+		feedErr = feed.stop()
 	}
-	stopFeed()
-	waitFeeder(10 * time.Second)
+	if feedErr != nil {
+		problem("feeder: %v", feedErr)
+	}
 	enqueued := feeder.Enqueued()
 	log.Info("feeding stopped; waiting for the queue to drain", "messages", len(enqueued))
 	if err := waitHandled(ctx, cl, enqueued, o.DrainTimeout); err != nil {
@@ -162,7 +144,10 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 	}
 	rep.Seed, rep.Nodes, rep.Duration = o.Seed, len(cl.Nodes), time.Since(began)
 	rep.OwnershipChanges = scr.total()
-	rep.Problems = append(problems, rep.Problems...)
+	if rep.MetricMismatches, err = scr.crossCheck(); err != nil {
+		return nil, err
+	}
+	rep.Problems = problems
 	return rep, nil
 }
 
@@ -281,7 +266,7 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 	}
 	in := Input{Enqueued: enqueued, Handlings: PairHandlings(evs), Faults: faults, Lapses: map[string][]time.Time{}, Leftovers: left}
 	logged := map[string]int{}
-	var problems []string
+	var nodeErrors []string
 	for _, n := range cl.Nodes {
 		for _, p := range n.Logs() {
 			nl, err := ReadNodeLog(p)
@@ -293,8 +278,8 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 				logged[k] += v
 			}
 			for _, l := range nl.ErrorLines {
-				if !strings.Contains(l, "consul request failing") && len(problems) < maxDetails {
-					problems = append(problems, fmt.Sprintf("%s: %s", filepath.Base(p), l))
+				if !strings.Contains(l, "consul request failing") && len(nodeErrors) < maxDetails {
+					nodeErrors = append(nodeErrors, fmt.Sprintf("%s: %s", filepath.Base(p), l))
 				}
 			}
 		}
@@ -302,7 +287,7 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 	rep := Analyze(in)
 	rep.MalformedLedgerLine = malformed
 	rep.LoggedChanges = logged
-	rep.Problems = problems
+	rep.NodeErrors = nodeErrors
 	return &rep, nil
 }
 
@@ -371,14 +356,22 @@ func Leftovers(queueDir string) ([]Leftover, error) {
 	return out, nil
 }
 
-// scraper keeps, for every process a node ran, the last ownership counters read from it: a
-// killed process's counters die with it, so they are read before every fault.
+// scraper keeps, for every process a node ran, the ownership counters read from it: a killed
+// process's counters die with it, so they are read before every fault.
 type scraper struct {
-	cl   *Cluster
-	last map[string]map[string]float64 // "node#incarnation" -> reason -> count
+	cl      *Cluster
+	samples []scrapeSample
 }
 
-func newScraper(cl *Cluster) *scraper { return &scraper{cl: cl, last: map[string]map[string]float64{}} }
+// scrapeSample is one read of a process's counters, between Start and End.
+type scrapeSample struct {
+	Node        *Node
+	Incarnation int
+	Start, End  time.Time
+	Counts      map[string]float64
+}
+
+func newScraper(cl *Cluster) *scraper { return &scraper{cl: cl} }
 
 func (s *scraper) scrape(ctx context.Context) {
 	for _, n := range s.cl.Nodes {
@@ -389,20 +382,78 @@ func (s *scraper) scrape(ctx context.Context) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		start := time.Now()
 		m, err := n.OwnershipChanges(cctx)
 		cancel()
 		if err == nil {
-			s.last[fmt.Sprintf("%s#%d", n.Name, inc)] = m
+			s.samples = append(s.samples, scrapeSample{Node: n, Incarnation: inc, Start: start, End: time.Now(), Counts: m})
 		}
 	}
 }
 
+// total sums, over every process, the counters of its last scrape.
 func (s *scraper) total() map[string]float64 {
+	last := map[string]map[string]float64{}
+	for _, x := range s.samples {
+		last[fmt.Sprintf("%s#%d", x.Node.Name, x.Incarnation)] = x.Counts
+	}
 	out := map[string]float64{}
-	for _, k := range slices.Sorted(maps.Keys(s.last)) {
-		for r, v := range s.last[k] {
+	for _, k := range slices.Sorted(maps.Keys(last)) {
+		for r, v := range last[k] {
 			out[r] += v
 		}
 	}
 	return out
+}
+
+// logSlack allows for the instant between a change's log line and its count (microseconds).
+const logSlack = 10 * time.Millisecond
+
+// crossCheck compares every scrape with the process's "slice ownership changed" log lines: a
+// counter must lie between the lines logged before the scrape began and those logged before it
+// ended. Every ownership change is one log line and one count.
+func (s *scraper) crossCheck() ([]string, error) {
+	var out []string
+	logs := map[string]NodeLog{}
+	for _, x := range s.samples {
+		paths := x.Node.Logs()
+		if x.Incarnation < 1 || x.Incarnation > len(paths) {
+			continue
+		}
+		p := paths[x.Incarnation-1]
+		nl, ok := logs[p]
+		if !ok {
+			var err error
+			if nl, err = ReadNodeLog(p); err != nil {
+				return nil, err
+			}
+			logs[p] = nl
+		}
+		reasons := map[string]bool{}
+		for r := range x.Counts {
+			reasons[r] = true
+		}
+		for _, c := range nl.ChangeLines {
+			reasons[c.Reason] = true
+		}
+		for _, r := range slices.Sorted(maps.Keys(reasons)) {
+			lo, hi := 0, 0
+			for _, c := range nl.ChangeLines {
+				if c.Reason != r {
+					continue
+				}
+				if c.At.Before(x.Start.Add(-logSlack)) {
+					lo++
+				}
+				if !c.At.After(x.End) {
+					hi++
+				}
+			}
+			if v := int(x.Counts[r]); v < lo || v > hi {
+				out = append(out, fmt.Sprintf("%s (process %d) at %s: qslice_ownership_changes_total{reason=%q} = %d, but %d..%d such log lines",
+					x.Node.Name, x.Incarnation, stamp(x.Start), r, v, lo, hi))
+			}
+		}
+	}
+	return out, nil
 }

@@ -68,8 +68,17 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 //
 //	QSLICE_QUEUE, QSLICE_SLICE, QSLICE_SLICES, QSLICE_MESSAGE_ID (the file's base name),
 //	QSLICE_ENQUEUED (RFC 3339), QSLICE_ATTEMPTS (crash recoveries so far), QSLICE_RETRY (retries
-//	asked so far), QSLICE_LOCK, TRACEPARENT (the span of this handling, W3C format), and
-//	QSLICE_META_<KEY> for each extra metadata key (upper-cased, non-alphanumerics as '_').
+//	asked so far), QSLICE_LOCK, TRACEPARENT (the span of this handling, W3C format),
+//	QSLICE_LEASE_DEADLINE (RFC 3339, UTC: Message.LeaseDeadline), and QSLICE_META_<KEY> for each
+//	extra metadata key (upper-cased, non-alphanumerics as '_').
+//
+// QSLICE_LEASE_DEADLINE fences a paused machine: qslice kills a handler whose lease lapsed, but
+// after a pause (VM suspended, SIGSTOP) the handler resumes at the same instant as qslice and can
+// finish before it is killed, while another node already handles the message. A handler whose
+// side effects must never overlap checks, right before committing them, that the time is still
+// before QSLICE_LEASE_DEADLINE, and otherwise exits 75 without committing. The deadline is the
+// lease at the handler's start (min(ttl, lock_delay) minus the margin ahead at most), so this
+// suits handlers shorter than that.
 func Env(ctx context.Context, m *Message) []string {
 	env := []string{
 		"QSLICE_QUEUE=" + m.Queue,
@@ -80,6 +89,9 @@ func Env(ctx context.Context, m *Message) []string {
 		"QSLICE_ATTEMPTS=" + strconv.Itoa(m.Meta.Attempts),
 		"QSLICE_RETRY=" + strconv.Itoa(m.Retry),
 		"QSLICE_LOCK=" + m.Meta.Lock,
+	}
+	if !m.LeaseDeadline.IsZero() {
+		env = append(env, "QSLICE_LEASE_DEADLINE="+m.LeaseDeadline.UTC().Format(time.RFC3339Nano))
 	}
 	carrier := propagation.MapCarrier{}
 	propagation.TraceContext{}.Inject(ctx, carrier)

@@ -17,6 +17,12 @@ type Message struct {
 	Meta   queue.Meta // metadata from the payload
 	Body   []byte     // payload body; valid only during Handle
 	Retry  int        // how many times a handler asked to retry this message in this runner
+	// LeaseDeadline is the end of this node's lease on the slice when the handler started (a
+	// time carrying a monotonic reading). qslice cancels the handler when the lease lapses, but a
+	// machine that was paused resumes its handlers before qslice can; a handler that must never
+	// commit while another node handles the same message checks, right before its commit point,
+	// that the time is still before it. See Env for exec handlers.
+	LeaseDeadline time.Time
 }
 
 // Handler processes one message. Returning nil means done: the file is removed. Returning an error

@@ -21,14 +21,17 @@ import (
 	"github.com/qslice/qslice/runner/queue"
 )
 
-// process claims and handles one message (or the retry of one already in flight here).
-// buf is the worker's read buffer; the one to reuse next time is returned.
-func (r *Runner) process(shutdownCtx context.Context, it item, buf []byte) []byte {
+// process claims and handles one message (or the retry of one already in flight here). Once
+// runCtx is cancelled nothing more is claimed (items still buffered are left, retries released);
+// handlers already running get the shutdown grace. buf is the worker's read buffer; the one to
+// reuse next time is returned.
+func (r *Runner) process(runCtx, shutdownCtx context.Context, it item, buf []byte) []byte {
 	n, slice := it.name, it.slice
 	var lease *leaseGen
+	stopping := runCtx.Err() != nil
 	if it.retry == nil {
 		r.mu.Lock()
-		if lease = r.liveLeaseLocked(); !r.owned[slice] || lease == nil {
+		if lease = r.liveLeaseLocked(); !r.owned[slice] || lease == nil || stopping {
 			r.mu.Unlock()
 			return buf
 		}
@@ -51,10 +54,8 @@ func (r *Runner) process(shutdownCtx context.Context, it item, buf []byte) []byt
 		owned := r.owned[slice]
 		lease = r.liveLeaseLocked()
 		r.mu.Unlock()
-		if !owned || lease == nil {
-			if err := r.cfg.Dir.Release(n); err != nil {
-				r.log.Error("could not release a message waiting for retry; it is recovered when its slice is next widened", "file", n.Base, "err", err)
-			}
+		if !owned || lease == nil || stopping {
+			r.giveBack(n, slice)
 			r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, 0)
 			r.done(n.Base, slice)
 			return buf
@@ -88,7 +89,8 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 		r.moveToBad(n, slice, "unreadable payload: "+err.Error(), 0)
 		return true, buf
 	}
-	msg := &Message{Queue: r.cfg.Queue, Slice: slice, Slices: r.cfg.Slices, Name: n, Meta: meta, Body: body}
+	msg := &Message{Queue: r.cfg.Queue, Slice: slice, Slices: r.cfg.Slices, Name: n, Meta: meta, Body: body,
+		LeaseDeadline: r.cfg.Lease.ValidUntil()}
 	if it.retry != nil {
 		msg.Retry = it.retry.retries
 	}
@@ -109,6 +111,16 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 
 	herr := r.withLock(hctx, msg, func() error { return r.cfg.Handler.Handle(hctx, msg) })
 	took := r.cfg.Now().Sub(start)
+	if !r.leaseValid() {
+		// Settle only while the lease proves the slice is still ours. A handler can return after
+		// the lease lapsed (a paused machine resumes its handlers before qslice can kill them);
+		// by then another node may have recovered the file and be handling it under the same
+		// name, and removing, shunting or releasing it would act on that node's message. It is
+		// left in flight for recovery instead: a repeat, never a loss.
+		r.log.Warn("handler returned after the lease lapsed; the message is left in flight for the next owner", "file", n.Base, "slice", slice, "handler_error", herr)
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
+		return true, buf
+	}
 	if herr == nil {
 		if err := r.cfg.Dir.Finish(n); err != nil {
 			// The handler succeeded but the file is still there: it will be handled again after a
@@ -128,9 +140,7 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
 		return true, buf
 	case errors.Is(cause, errShutdown):
-		if err := r.cfg.Dir.Release(n); err != nil {
-			r.log.Error("could not release a message at shutdown; it is recovered at the next start", "file", n.Base, "err", err)
-		}
+		r.giveBack(n, slice)
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
 		return true, buf
 	}
@@ -139,6 +149,20 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	}
 	r.shunt(n, slice, meta, body, herr, took)
 	return true, buf
+}
+
+// giveBack returns an in-flight message of this runner to ready, unhandled: its slice moved away,
+// the runner stops, or it waited for a retry. Only while the lease is valid: after a lapse another
+// node may own the slice and have recovered and claimed the file under the same name, so it is
+// left in flight for whoever recovers the slice next (counting an attempt).
+func (r *Runner) giveBack(n queue.Name, slice int) {
+	if !r.leaseValid() {
+		r.log.Warn("not giving a message back: the lease lapsed; it is left in flight for the next owner", "file", n.Base, "slice", slice)
+		return
+	}
+	if err := r.cfg.Dir.Release(n); err != nil {
+		r.log.Error("could not give a message back to ready; it stays in flight and is recovered when its slice is next widened", "file", n.Base, "slice", slice, "err", err)
+	}
 }
 
 func (r *Runner) shunt(n queue.Name, slice int, meta queue.Meta, body []byte, cause error, took time.Duration) {

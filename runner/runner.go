@@ -279,9 +279,7 @@ func (r *Runner) SetSlices(want []int) <-chan struct{} {
 
 	for _, e := range giveBack {
 		e.timer.Stop()
-		if err := r.cfg.Dir.Release(e.name); err != nil {
-			r.log.Error("could not release a message waiting for retry; it stays in flight and is recovered when its slice is next widened", "file", e.name.Base, "err", err)
-		}
+		r.giveBack(e.name, e.slice)
 		r.cfg.Observer.Handled(r.cfg.Queue, e.slice, OutcomeReleased, 0)
 		r.done(e.name.Base, e.slice)
 	}
@@ -349,17 +347,26 @@ func (r *Runner) Run(ctx context.Context) error {
 			defer workers.Done()
 			var buf []byte // reused for every message this worker reads
 			for it := range work {
-				buf = r.process(shutdownCtx, it, buf)
+				buf = r.process(ctx, shutdownCtx, it, buf)
 			}
 		}()
 	}
-	g.Go(func() error { return r.watchLease(gctx) })
+	// The lease is watched until the last handler returned, not only until ctx ends: handlers
+	// finishing within the shutdown grace must still die when the lease lapses.
+	leaseCtx, stopLease := context.WithCancel(context.WithoutCancel(ctx))
+	leaseDone := make(chan struct{})
+	go func() {
+		defer close(leaseDone)
+		_ = r.watchLease(leaseCtx)
+	}()
 	g.Go(func() error {
 		defer close(work)
 		return r.dispatch(gctx, work)
 	})
 	err := g.Wait()
 	workers.Wait()
+	stopLease()
+	<-leaseDone
 	cancelShutdown(errShutdown)
 	r.releaseRetries()
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -376,15 +383,14 @@ func (r *Runner) releaseRetries() {
 	r.mu.Unlock()
 	for _, e := range entries {
 		e.timer.Stop()
-		if err := r.cfg.Dir.Release(e.name); err != nil {
-			r.log.Error("could not release a message waiting for retry at shutdown; it is recovered at the next start", "file", e.name.Base, "err", err)
-		}
+		r.giveBack(e.name, e.slice)
 		r.done(e.name.Base, e.slice)
 	}
 }
 
 // watchLease cancels the current lease generation, and so every handler started under it, as soon
-// as the lease lapses, and starts a new generation when it is valid again.
+// as the lease lapses, and starts a new generation when it is valid again. It runs until every
+// handler has returned (Run stops it then).
 func (r *Runner) watchLease(ctx context.Context) error {
 	const tick = 50 * time.Millisecond
 	t := time.NewTicker(tick)
@@ -400,13 +406,20 @@ func (r *Runner) watchLease(ctx context.Context) error {
 	for {
 		valid := r.leaseValid()
 		switch {
-		case !valid && !lapsed:
+		case !valid:
 			lapsed = true
+			// Cancel whatever generation is live, even if this watcher saw no valid lease since
+			// the last lapse: a claim may have started a new one in between (liveLeaseLocked).
 			r.mu.Lock()
-			r.lease.cancel(errLeaseLost)
+			live := r.lease.ctx.Err() == nil
+			if live {
+				r.lease.cancel(errLeaseLost)
+			}
 			n := len(r.inflight)
 			r.mu.Unlock()
-			r.log.Warn("lease lapsed: stopped claiming and cancelled running handlers; their files stay in flight for the next owner to recover", "in_flight", n)
+			if live {
+				r.log.Warn("lease lapsed: stopped claiming and cancelled running handlers; their files stay in flight for the next owner to recover", "in_flight", n)
+			}
 		case valid && lapsed:
 			lapsed = false
 			r.mu.Lock()

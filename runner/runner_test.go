@@ -586,3 +586,223 @@ type lockObserver struct {
 
 func (o *lockObserver) LockWait(string, int, time.Duration, LockResult) { o.waits.Add(1) }
 func (o *lockObserver) LockHold(string, int, time.Duration)             { o.holds.Add(1) }
+
+// Regression (chaos harness, SIGTERM of a node): stopping the runner let the lease watcher cancel
+// every running handler at once, so shutdown_grace never applied and the message was released
+// and handled again elsewhere. A running handler must be allowed to finish within the grace, and
+// nothing new may be claimed once Run's context is cancelled.
+func TestShutdownGraceLetsRunningHandlersFinish(t *testing.T) {
+	d := newTestDir(t)
+	names := enqueueN(t, d, 3, time.Unix(1_700_000_000, 0))
+	lease := &fakeLease{}
+	lease.until.Store(time.Now().Add(time.Hour).UnixNano())
+	started := make(chan string, 10)
+	finish := make(chan struct{})
+	var cancelled atomic.Int64
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		started <- m.Name.Base
+		select {
+		case <-finish:
+			return nil
+		case <-ctx.Done():
+			cancelled.Add(1)
+			return ctx.Err()
+		}
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Concurrency: 1, Handler: h, Lease: lease, Logger: testLogger(t),
+		PollInterval: 10 * time.Millisecond, ShutdownGrace: 10 * time.Second})
+	r.SetSlices([]int{0})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var returned error
+	gotReturn := false
+	t.Cleanup(func() {
+		cancel()
+		if !gotReturn {
+			<-done
+		}
+	})
+	first := <-started
+	cancel()
+	// Run must still be waiting for the handler: give the runner's watchers time to act.
+	select {
+	case returned = <-done:
+		gotReturn = true
+		close(finish)
+		t.Fatalf("Run returned (%v) while a handler was running within the grace period", returned)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(finish)
+	select {
+	case err := <-done:
+		gotReturn = true
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the handler finished")
+	}
+	if n := cancelled.Load(); n != 0 {
+		t.Fatalf("%d handlers cancelled during the shutdown grace", n)
+	}
+	if _, err := os.Stat(filepath.Join(d.Path, first+".bak")); !os.IsNotExist(err) {
+		t.Fatalf("finished message %s still in flight (%v)", first, err)
+	}
+	if _, err := os.Stat(filepath.Join(d.Path, first+".pck")); !os.IsNotExist(err) {
+		t.Fatalf("finished message %s released back to ready (%v)", first, err)
+	}
+	select {
+	case b := <-started:
+		t.Fatalf("claimed %s after Run's context was cancelled", b)
+	default:
+	}
+	if n := len(dirFiles(t, d.Path, ".pck")); n != len(names)-1 {
+		t.Fatalf("%d ready after shutdown, want %d", n, len(names)-1)
+	}
+}
+
+// Regression (chaos harness, Consul restart): after a lapse the lease came back valid before the
+// lease watcher started a new generation, and a message claimed in that window ran under the
+// cancelled generation: its handler was cancelled before it started and the file stayed in
+// flight, with nobody to recover it while this node kept the slice. A claim must always run
+// under a live generation.
+func TestClaimAfterLapseBeforeWatcherRenewsRunsHandler(t *testing.T) {
+	d := newTestDir(t)
+	names := enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
+	lease := &fakeLease{}
+	lease.until.Store(time.Now().Add(time.Hour).UnixNano())
+	var handled atomic.Int64
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		handled.Add(1)
+		return nil
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Concurrency: 1, Handler: h, Lease: lease, Logger: testLogger(t)})
+	r.mu.Lock()
+	r.owned[0] = true
+	r.lease.cancel(errLeaseLost) // what watchLease does at a lapse; the lease is valid again now
+	r.mu.Unlock()
+	ctx := context.Background()
+	r.process(ctx, ctx, item{name: names[0], slice: 0}, nil)
+	if handled.Load() != 1 {
+		t.Fatalf("handler ran %d times, want 1", handled.Load())
+	}
+	if got := dirFiles(t, d.Path, ""); len(got) != 0 {
+		t.Fatalf("queue holds %v after the message was handled, want nothing", got)
+	}
+}
+
+// Regression (chaos harness, SIGSTOP of a node): a handler that returned after the lease lapsed
+// (the paused machine resumed it) had its file settled anyway, although another node may have
+// recovered the file and be handling it under the same name. The file must be left in flight.
+func TestHandlerReturningAfterLapseLeavesFileInFlight(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		err  error
+	}{{"success", nil}, {"failure", errors.New("boom")}} {
+		t.Run(c.name, func(t *testing.T) {
+			d := newTestDir(t)
+			names := enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
+			lease := &fakeLease{}
+			lease.until.Store(time.Now().Add(time.Hour).UnixNano())
+			var sawDeadline time.Time
+			h := HandlerFunc(func(ctx context.Context, m *Message) error {
+				sawDeadline = m.LeaseDeadline
+				lease.until.Store(time.Now().Add(-time.Second).UnixNano()) // paused past the lease
+				return c.err
+			})
+			r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Concurrency: 1, Handler: h, Lease: lease, Logger: testLogger(t)})
+			r.mu.Lock()
+			r.owned[0] = true
+			r.mu.Unlock()
+			ctx := context.Background()
+			want := lease.ValidUntil()
+			r.process(ctx, ctx, item{name: names[0], slice: 0}, nil)
+			if !sawDeadline.Equal(want) {
+				t.Errorf("handler saw lease deadline %v, want %v", sawDeadline, want)
+			}
+			if got := dirFiles(t, d.Path, ""); len(got) != 1 || got[0] != names[0].Base+".bak" {
+				t.Fatalf("queue holds %v, want only %s.bak (left for the next owner)", got, names[0].Base)
+			}
+			if got := dirFiles(t, d.ShuntDir, ""); len(got) != 0 {
+				t.Fatalf("shunt holds %v after a lapse", got)
+			}
+			if n := r.InFlight()[0]; n != 0 {
+				t.Fatalf("%d messages still counted in flight", n)
+			}
+		})
+	}
+}
+
+// Regression (same scenario): a message waiting for a retry was released back to ready when its
+// slice was narrowed after the lease lapsed, although another node may have recovered and
+// claimed that file already.
+func TestRetryWaitingNotReleasedAfterLapse(t *testing.T) {
+	d := newTestDir(t)
+	names := enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
+	lease := &fakeLease{}
+	lease.until.Store(time.Now().Add(time.Hour).UnixNano())
+	h := HandlerFunc(func(ctx context.Context, m *Message) error { return ErrRetry })
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Concurrency: 1, Handler: h, Lease: lease, Logger: testLogger(t),
+		Retry: RetryPolicy{Initial: time.Hour, Max: time.Hour, MaxElapsed: 10 * time.Hour}})
+	r.mu.Lock()
+	r.owned[0] = true
+	r.mu.Unlock()
+	ctx := context.Background()
+	r.process(ctx, ctx, item{name: names[0], slice: 0}, nil)
+	if n := r.InFlight()[0]; n != 1 {
+		t.Fatalf("%d in flight after the retry was scheduled, want 1", n)
+	}
+	lease.until.Store(time.Now().Add(-time.Second).UnixNano())
+	select {
+	case <-r.SetSlices(nil):
+	case <-time.After(5 * time.Second):
+		t.Fatal("narrowing never reported the slice released")
+	}
+	if got := dirFiles(t, d.Path, ""); len(got) != 1 || got[0] != names[0].Base+".bak" {
+		t.Fatalf("queue holds %v, want only %s.bak (left for the next owner)", got, names[0].Base)
+	}
+}
+
+// A claim that starts a new lease generation after a lapse (TestClaimAfterLapse...) must still
+// see its handler cancelled when the lease lapses again, even if the lease watcher never saw the
+// lease valid in between.
+func TestLapseAfterClaimRenewedGenerationCancelsHandler(t *testing.T) {
+	d := newTestDir(t)
+	names := enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
+	lease := &fakeLease{}
+	lease.until.Store(time.Now().Add(-time.Second).UnixNano())
+	cause := make(chan error, 1)
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		lease.until.Store(time.Now().Add(-time.Second).UnixNano()) // lapses again at once
+		select {
+		case <-ctx.Done():
+			cause <- context.Cause(ctx)
+			return ctx.Err()
+		case <-time.After(5 * time.Second):
+			cause <- nil
+			return nil
+		}
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Concurrency: 1, Handler: h, Lease: lease, Logger: testLogger(t)})
+	r.mu.Lock()
+	r.owned[0] = true
+	r.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { defer close(watched); _ = r.watchLease(ctx) }()
+	t.Cleanup(func() { cancel(); <-watched })
+	waitFor(t, "the watcher to see the lapse", 5*time.Second, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.lease.ctx.Err() != nil
+	})
+	lease.until.Store(time.Now().Add(time.Hour).UnixNano())
+	r.process(ctx, ctx, item{name: names[0], slice: 0}, nil)
+	if err := <-cause; !errors.Is(err, errLeaseLost) {
+		t.Fatalf("handler ended with cause %v, want it cancelled by the second lapse", err)
+	}
+}

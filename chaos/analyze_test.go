@@ -1,0 +1,324 @@
+package chaos
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Unix(1_800_000_000, 0)
+
+func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+
+func TestParseLedgerLine(t *testing.T) {
+	cases := []struct {
+		line    string
+		want    Event
+		wantErr string
+	}{
+		{"1.5+ab n1 start 1800000000000000000 slice=3 pid=42", Event{ID: "1.5+ab", Node: "n1", At: t0, Slice: 3, PID: 42}, ""},
+		{"1.5+ab n2 end 1800000000001000000 slice=0 pid=7", Event{ID: "1.5+ab", Node: "n2", End: true, At: at(1), Slice: 0, PID: 7}, ""},
+		{"1.5+ab n2 end 1800000000001000000", Event{ID: "1.5+ab", Node: "n2", End: true, At: at(1), Slice: -1}, ""},
+		{"1.5+ab n2 begin 1800000000001000000", Event{}, "want start or end"},
+		{"1.5+ab n2 end soon", Event{}, "time"},
+		{"1.5+ab n2 end 1 slice=x", Event{}, "slice"},
+		{"1.5+ab n2", Event{}, "at least 4 fields"},
+	}
+	for _, c := range cases {
+		got, err := ParseLedgerLine(c.line)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%q: err = %v, want one mentioning %q", c.line, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%q: got %+v, %v; want %+v", c.line, got, err, c.want)
+		}
+	}
+}
+
+func TestLedgerReaderIsIncrementalAndWaitsForWholeLines(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "ledger-n1.log")
+	r := NewLedgerReader(p, filepath.Join(dir, "ledger-missing.log"))
+	if evs, err := r.Poll(); err != nil || len(evs) != 0 {
+		t.Fatalf("Poll on missing files = %v, %v", evs, err)
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString("a n1 start 1800000000000000000 slice=1 pid=1\na n1 end 18000000000")
+	evs, err := r.Poll()
+	if err != nil || len(evs) != 1 || evs[0].End {
+		t.Fatalf("first Poll = %+v, %v; want the start only", evs, err)
+	}
+	f.WriteString("01000000 slice=1 pid=1\ngarbage\n")
+	evs, err = r.Poll()
+	if err != nil || len(evs) != 1 || !evs[0].End || !evs[0].At.Equal(at(1)) {
+		t.Fatalf("second Poll = %+v, %v; want the completed end line", evs, err)
+	}
+	if r.Malformed != 1 {
+		t.Fatalf("Malformed = %d, want 1", r.Malformed)
+	}
+}
+
+func TestPairHandlings(t *testing.T) {
+	evs := []Event{
+		{ID: "a", Node: "n1", At: at(10), Slice: 1, PID: 1},
+		{ID: "a", Node: "n2", At: at(30), Slice: 1, PID: 9},
+		{ID: "a", Node: "n1", End: true, At: at(20), Slice: 1, PID: 1},
+		{ID: "b", Node: "n1", At: at(5), Slice: 2, PID: 2}, // cut off
+	}
+	got := PairHandlings(evs)
+	want := []Handling{
+		{ID: "b", Node: "n1", Slice: 2, PID: 2, Start: at(5)},
+		{ID: "a", Node: "n1", Slice: 1, PID: 1, Start: at(10), End: at(20)},
+		{ID: "a", Node: "n2", Slice: 1, PID: 9, Start: at(30)},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("PairHandlings =\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+func h(id, node string, start, end int) Handling {
+	x := Handling{ID: id, Node: node, Start: at(start)}
+	if end >= 0 {
+		x.End = at(end)
+	}
+	return x
+}
+
+func fault(k Kind, node string, atMs, doneMs, endMs int) FaultRecord {
+	return FaultRecord{Fault: Fault{Kind: k}, NodeName: node, At: at(atMs), Done: at(doneMs), End: at(endMs)}
+}
+
+func TestAnalyze(t *testing.T) {
+	cases := []struct {
+		name  string
+		in    Input
+		check func(t *testing.T, r Report)
+	}{
+		{"clean run", Input{
+			Enqueued:  []string{"a", "b"},
+			Handlings: []Handling{h("a", "n1", 0, 10), h("b", "n2", 5, 15)},
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.Completed != 2 || r.RepeatsAfterCrash != 0 {
+				t.Fatalf("report %+v, err %v", r, err)
+			}
+		}},
+		{"lost and stranded", Input{
+			Enqueued:  []string{"a", "b", "c", "d"},
+			Handlings: []Handling{h("a", "n1", 0, 10)},
+			Leftovers: []Leftover{
+				{ID: "c", Where: "bad", Reason: `{"reason":"found in flight after a crash or a lost lease 3 times"}`},
+				{ID: "d", Where: "in-flight"},
+			},
+		}, func(t *testing.T, r Report) {
+			if r.Lost != 1 || r.LostIDs[0] != "b" || r.Stranded != 2 || r.StrandedExplained != 1 {
+				t.Fatalf("lost %d %v, stranded %d (%d explained)", r.Lost, r.LostIDs, r.Stranded, r.StrandedExplained)
+			}
+			if err := r.Err(); err == nil || !strings.Contains(err.Error(), "1 messages lost") || !strings.Contains(err.Error(), "1 messages left on disk") {
+				t.Fatalf("Err = %v", err)
+			}
+		}},
+		{"file left behind although handled", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, 10)},
+			Leftovers: []Leftover{{ID: "a", Where: "in-flight"}},
+		}, func(t *testing.T, r Report) {
+			if r.Stranded != 1 || r.Err() == nil {
+				t.Fatalf("stranded %d, err %v", r.Stranded, r.Err())
+			}
+		}},
+		{"overlapping completed handlings", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, 20), h("a", "n2", 10, 30)},
+		}, func(t *testing.T, r Report) {
+			if r.ConcurrentDuplicates != 1 || r.UnexplainedRepeats != 1 {
+				t.Fatalf("dups %d unexplained %d", r.ConcurrentDuplicates, r.UnexplainedRepeats)
+			}
+		}},
+		{"kill cuts the handling off before the takeover", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 3000, 3010)},
+			Faults:    []FaultRecord{fault(KindKill, "n1", 5, 8, 6000)},
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.RepeatsAfterCrash != 1 || r.CutOff != 1 {
+				t.Fatalf("err %v, repeats after crash %d, cut off %d", err, r.RepeatsAfterCrash, r.CutOff)
+			}
+		}},
+		{"handling running on after the kill overlaps", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 3, 10)},
+			Faults:    []FaultRecord{fault(KindKill, "n1", 4, 5, 6000)},
+		}, func(t *testing.T, r Report) {
+			if r.ConcurrentDuplicates != 1 {
+				t.Fatalf("dups %d, want 1", r.ConcurrentDuplicates)
+			}
+		}},
+		{"cut off with no fault nor lapse never ends", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 9000, 9010)},
+			Faults:    []FaultRecord{fault(KindKill, "n3", 5, 8, 6000)},
+		}, func(t *testing.T, r Report) {
+			if r.ConcurrentDuplicates != 1 || r.UnexplainedRepeats != 1 {
+				t.Fatalf("dups %d unexplained %d, want 1 and 1", r.ConcurrentDuplicates, r.UnexplainedRepeats)
+			}
+		}},
+		{"lease lapse cuts off and explains", Input{
+			Enqueued:  []string{"a", "b"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n1", 3000, 3010), h("b", "n2", 0, 10), h("b", "n3", 4000, 4010)},
+			Lapses:    map[string][]time.Time{"n1": {at(100)}, "n2": {at(50)}},
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.RepeatsAfterCrash != 2 {
+				t.Fatalf("err %v, repeats after crash %d, want 2", err, r.RepeatsAfterCrash)
+			}
+		}},
+		{"completed, then paused before the file was removed", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, 10), h("a", "n2", 4000, 4010)},
+			Faults:    []FaultRecord{fault(KindPause, "n1", 11, 12, 5000)},
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.RepeatsAfterCrash != 1 {
+				t.Fatalf("err %v, repeats after crash %d", err, r.RepeatsAfterCrash)
+			}
+		}},
+		{"a paused node handling after the takeover is not explained by the pause", Input{
+			// n1 was paused before it ran its handler; on resume it handled a message n2 had
+			// already handled: the later handling is the stale one, and nothing explains it.
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n2", 3000, 3010), h("a", "n1", 5001, 5010)},
+			Faults:    []FaultRecord{fault(KindPause, "n1", 0, 1, 5000)},
+		}, func(t *testing.T, r Report) {
+			if r.UnexplainedRepeats != 1 {
+				t.Fatalf("unexplained %d, want 1", r.UnexplainedRepeats)
+			}
+		}},
+		{"clean restart explains nothing", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 30, 40)},
+			Faults:    []FaultRecord{fault(KindRestart, "n1", 5, 10, 2000)},
+		}, func(t *testing.T, r Report) {
+			if r.UnexplainedRepeats != 1 || r.ConcurrentDuplicates != 1 {
+				t.Fatalf("unexplained %d dups %d", r.UnexplainedRepeats, r.ConcurrentDuplicates)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { c.check(t, Analyze(c.in)) })
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	var ds []time.Duration
+	for i := 20; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Second)
+	}
+	s := Summarize(ds)
+	if s.N != 20 || s.Min != time.Second || s.Max != 20*time.Second || s.Median != 10500*time.Millisecond || s.P95 != 19*time.Second {
+		t.Fatalf("Summarize = %s", s)
+	}
+	if s := Summarize([]time.Duration{3 * time.Second}); s.Median != 3*time.Second || s.P95 != 3*time.Second {
+		t.Fatalf("one sample: %s", s)
+	}
+	if s := Summarize(nil); s.N != 0 || s.String() != "no samples" {
+		t.Fatalf("no samples: %s", s)
+	}
+}
+
+func TestScheduleIsDeterministicAndBounded(t *testing.T) {
+	p := ScheduleParams{Nodes: 3, Lease: 800 * time.Millisecond, Takeover: 4 * time.Second, GapMin: time.Second, GapMax: 3 * time.Second}
+	counts := map[Kind]int{KindKill: 2, KindPause: 3, KindConsulRestart: 1, KindRestart: 2, KindDrain: 2}
+	a, b := NewSchedule(7, counts, p), NewSchedule(7, counts, p)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatal("the same seed gave two schedules")
+	}
+	if reflect.DeepEqual(a, NewSchedule(8, counts, p)) {
+		t.Fatal("another seed gave the same schedule")
+	}
+	got := map[Kind]int{}
+	for i, f := range a {
+		got[f.Kind]++
+		if f.Seq != i || f.Node < 0 || f.Node >= 3 || f.Gap < p.GapMin || f.Gap >= p.GapMax {
+			t.Errorf("fault %+v out of bounds", f)
+		}
+		switch f.Kind {
+		case KindKill:
+			if f.Hold < p.Takeover {
+				t.Errorf("kill held %s, shorter than the takeover %s", f.Hold, p.Takeover)
+			}
+		case KindPause:
+			if f.Hold <= p.Lease {
+				t.Errorf("pause held %s, not longer than the lease %s", f.Hold, p.Lease)
+			}
+		}
+	}
+	if !reflect.DeepEqual(got, counts) {
+		t.Fatalf("kinds %v, want %v", got, counts)
+	}
+	rng1, rng2 := NewRand(3), NewRand(3)
+	for i := range 20 {
+		if x, y := NextFault(rng1, i, p), NextFault(rng2, i, p); x != y {
+			t.Fatalf("NextFault #%d differs: %+v vs %+v", i, x, y)
+		}
+	}
+}
+
+func TestParseKinds(t *testing.T) {
+	got, err := ParseKinds("kill=2, pause=1,consul-restart=0")
+	if err != nil || !reflect.DeepEqual(got, map[Kind]int{KindKill: 2, KindPause: 1, KindConsulRestart: 0}) {
+		t.Fatalf("ParseKinds = %v, %v", got, err)
+	}
+	for _, bad := range []string{"kill", "kill=x", "nap=1", "kill=-1"} {
+		if _, err := ParseKinds(bad); err == nil {
+			t.Errorf("ParseKinds(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseOwnershipChanges(t *testing.T) {
+	metrics := `# HELP qslice_ownership_changes_total Slices acquired or released by this node, by reason.
+# TYPE qslice_ownership_changes_total counter
+qslice_ownership_changes_total{reason="failback"} 3
+qslice_ownership_changes_total{reason="failover"} 2
+qslice_ownership_changes_totally{reason="x"} 9
+qslice_up 1
+`
+	got, err := parseOwnershipChanges(strings.NewReader(metrics))
+	if err != nil || !reflect.DeepEqual(got, map[string]float64{"failback": 3, "failover": 2}) {
+		t.Fatalf("parseOwnershipChanges = %v, %v", got, err)
+	}
+}
+
+func TestReadNodeLog(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "n1.1.log")
+	log := `{"time":"2027-01-15T08:00:00.5Z","level":"WARN","msg":"lease lapsed: stopped claiming and cancelled running handlers","component":"runner","queue":"in"}
+{"time":"2027-01-15T08:00:00.6Z","level":"WARN","msg":"lease lapsed: stopped processing all slices","component":"failover"}
+{"time":"2027-01-15T08:00:01Z","level":"INFO","msg":"slice ownership changed","component":"failover","slice":"in/3","from":"n2","to":"n1","reason":"failover"}
+{"time":"2027-01-15T08:00:02Z","level":"ERROR","msg":"something broke","component":"runner"}
+panic: not json
+`
+	if err := os.WriteFile(p, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nl, err := ReadNodeLog(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := time.Date(2027, 1, 15, 8, 0, 0, 500_000_000, time.UTC)
+	if len(nl.Lapses) != 1 || !nl.Lapses[0].Equal(want) {
+		t.Errorf("Lapses = %v, want the runner's only, at %v", nl.Lapses, want)
+	}
+	if nl.Changes["failover"] != 1 || len(nl.ChangeLines) != 1 || nl.ChangeLines[0].Slice != "in/3" || nl.ChangeLines[0].To != "n1" {
+		t.Errorf("changes %v %+v", nl.Changes, nl.ChangeLines)
+	}
+	if nl.Errors != 2 {
+		t.Errorf("Errors = %d, want 2 (one ERROR line, one non-JSON line)", nl.Errors)
+	}
+}

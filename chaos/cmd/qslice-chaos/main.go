@@ -1,0 +1,250 @@
+// Command qslice-chaos runs the chaos harness of package chaos outside `go test`: a long soak,
+// or the failover benchmark.
+//
+//	go run ./chaos/cmd/qslice-chaos -nodes 3 -duration 10m -seed 1
+//	go run ./chaos/cmd/qslice-chaos -bench failover -kills 10
+//
+// It starts a real Consul (the binary of scripts/build-consul.sh, found as the tests find it:
+// QSLICE_CONSUL, then PATH, then the build cache), builds qslice and the ledger handler, runs
+// the nodes as processes on 127.0.0.1, and prints the figures. Every process it started is
+// killed when it ends, also on SIGINT. Exit status: 0 when the ledger check passes (and, with
+// -bench, the failover targets are met), 1 when not, 2 on bad usage.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qslice/qslice/chaos"
+	"github.com/qslice/qslice/internal/consultest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("qslice-chaos", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		nodes     = fs.Int("nodes", 3, "qslice nodes")
+		slices    = fs.Int("slices", 8, "slices of the queue")
+		duration  = fs.Duration("duration", 10*time.Minute, "soak: inject faults of random kinds for this long")
+		faults    = fs.String("faults", "", "soak: a bounded schedule instead of -duration, e.g. kill=3,pause=3,consul-restart=2,restart=2,drain=2")
+		seed      = fs.Uint64("seed", 1, "seed of the fault schedule (and of the first benchmark victim)")
+		rate      = fs.Float64("rate", 0, "messages per second (default 20 for a soak, 40 for the benchmark)")
+		messages  = fs.Int("messages", 0, "soak: stop feeding after this many messages (0: when the faults end)")
+		bench     = fs.String("bench", "", `"failover": measure failover, fail-back and paused-node takeover instead of a soak`)
+		kills     = fs.Int("kills", 10, "benchmark: SIGKILL rounds (each also measures the fail-back)")
+		pauses    = fs.Int("pauses", -1, "benchmark: SIGSTOP rounds (default: as many as -kills)")
+		ttl       = fs.Duration("ttl", 2*time.Second, "consul.ttl of every node")
+		lockDelay = fs.Duration("lock-delay", time.Second, "consul.lock_delay of every node")
+		holdDown  = fs.Duration("hold-down", 3*time.Second, "consul.hold_down of every node (>= ttl)")
+		work      = fs.Duration("work", 5*time.Millisecond, "how long the handler works per message")
+		verbose   = fs.Bool("v", false, "log what the harness does")
+		keep      = fs.Bool("keep", false, "keep the work directory (configs, ledgers, node logs) and print its path")
+	)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "qslice-chaos: unexpected arguments %v\n", fs.Args())
+		return 2
+	}
+	if *bench != "" && *bench != "failover" {
+		fmt.Fprintf(stderr, "qslice-chaos: -bench %q: only \"failover\" is known\n", *bench)
+		return 2
+	}
+	counts, err := chaos.ParseKinds(*faults)
+	if err != nil {
+		fmt.Fprintf(stderr, "qslice-chaos: -faults: %v\n", err)
+		return 2
+	}
+	if *pauses < 0 {
+		*pauses = *kills
+	}
+	if *rate == 0 {
+		*rate = 20
+		if *bench != "" {
+			*rate = 40
+		}
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	tb := newMainTB(stderr)
+	code := 1
+	tb.run(func() {
+		dir := tb.TempDir()
+		if *keep {
+			dir, err = os.MkdirTemp("", "qslice-chaos-")
+			if err != nil {
+				tb.Fatalf("work directory: %v", err)
+			}
+			tb.Cleanup(func() { fmt.Fprintf(stderr, "qslice-chaos: work directory kept: %s\n", dir) })
+		}
+		consul := consultest.Start(tb)
+		bin, err := chaos.Build(ctx, dir)
+		if err != nil {
+			tb.Fatalf("%v", err)
+		}
+		cl, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: *nodes, Slices: *slices, TTL: *ttl, LockDelay: *lockDelay,
+			HoldDown: *holdDown, Work: *work, Bin: bin, Dir: dir, ConsulAddr: consul.HTTPAddr, Log: log})
+		if err != nil {
+			tb.Fatalf("%v", err)
+		}
+		tb.Cleanup(cl.Close)
+		if *bench != "" {
+			rep, err := chaos.RunBench(ctx, cl, chaos.BenchOptions{Kills: *kills, Pauses: *pauses, Rate: *rate, Seed: *seed, Log: log})
+			if err != nil {
+				tb.Fatalf("%v", err)
+			}
+			rep.Print(stdout)
+			code = 0
+			if err := rep.Check.Err(); err != nil {
+				fmt.Fprintf(stderr, "qslice-chaos: ledger check failed: %v\n", err)
+				code = 1
+			}
+			t := rep.Target()
+			for _, s := range []chaos.Stats{rep.Failover, rep.Paused} {
+				if s.N == 0 || s.Median > t || s.P95 > 2*t {
+					code = 1
+				}
+			}
+			return
+		}
+		rep, err := chaos.RunSoak(ctx, cl, consul, chaos.SoakOptions{Seed: *seed, Faults: counts, Duration: *duration,
+			Rate: *rate, Messages: *messages, Log: log})
+		if err != nil {
+			tb.Fatalf("%v", err)
+		}
+		rep.Print(stdout)
+		code = 0
+		if err := rep.Err(); err != nil {
+			fmt.Fprintf(stderr, "qslice-chaos: check failed: %v\n", err)
+			code = 1
+		}
+	})
+	tb.cleanup()
+	if tb.Skipped() || tb.Failed() {
+		return 1
+	}
+	return code
+}
+
+// mainTB lets internal/consultest, written for tests, run in this command: it implements the
+// testing.TB methods consultest calls (the embedded nil TB panics for any other, which would be a
+// bug to fix here). Fatal and Skip end the goroutine of run, as in a test.
+type mainTB struct {
+	testing.TB
+	out io.Writer
+
+	mu       sync.Mutex
+	cleanups []func()
+	failed   bool
+	skipped  bool
+	temps    []string
+}
+
+func newMainTB(out io.Writer) *mainTB { return &mainTB{out: out} }
+
+// run calls f on a goroutine of its own and waits, so that Fatal (runtime.Goexit) ends f only.
+func (t *mainTB) run(f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	<-done
+}
+
+// cleanup runs the registered functions, last first, then removes the temporary directories.
+func (t *mainTB) cleanup() {
+	t.mu.Lock()
+	fs := t.cleanups
+	t.cleanups = nil
+	t.mu.Unlock()
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
+	}
+	for _, d := range t.temps {
+		_ = os.RemoveAll(d)
+	}
+}
+
+func (t *mainTB) Helper()      {}
+func (t *mainTB) Name() string { return "qslice-chaos" }
+func (t *mainTB) Log(args ...any) {
+	fmt.Fprintln(t.out, args...)
+}
+func (t *mainTB) Logf(format string, args ...any) {
+	fmt.Fprintf(t.out, strings.TrimSuffix(format, "\n")+"\n", args...)
+}
+func (t *mainTB) Error(args ...any) { t.Fail(); t.Log(args...) }
+func (t *mainTB) Errorf(format string, args ...any) {
+	t.Fail()
+	t.Logf(format, args...)
+}
+func (t *mainTB) Fatal(args ...any) { t.Error(args...); runtime.Goexit() }
+func (t *mainTB) Fatalf(format string, args ...any) {
+	t.Errorf("qslice-chaos: "+format, args...)
+	runtime.Goexit()
+}
+func (t *mainTB) Fail()    { t.mu.Lock(); t.failed = true; t.mu.Unlock() }
+func (t *mainTB) FailNow() { t.Fail(); runtime.Goexit() }
+func (t *mainTB) Failed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
+}
+func (t *mainTB) Skip(args ...any) {
+	t.Log(append([]any{"qslice-chaos:"}, args...)...)
+	t.SkipNow()
+}
+func (t *mainTB) Skipf(format string, args ...any) {
+	t.Logf("qslice-chaos: "+format, args...)
+	t.SkipNow()
+}
+func (t *mainTB) SkipNow() {
+	t.mu.Lock()
+	t.skipped = true
+	t.mu.Unlock()
+	runtime.Goexit()
+}
+func (t *mainTB) Skipped() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.skipped
+}
+func (t *mainTB) Cleanup(f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cleanups = append(t.cleanups, f)
+}
+func (t *mainTB) TempDir() string {
+	d, err := os.MkdirTemp("", "qslice-chaos-")
+	if err != nil {
+		t.Fatalf("temp dir: %v", err)
+	}
+	t.mu.Lock()
+	t.temps = append(t.temps, d)
+	t.mu.Unlock()
+	return d
+}
