@@ -37,7 +37,9 @@ func runUntil(t *testing.T, cfgPath string, want ...string) string {
 	var stderr syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"run", "--config", cfgPath}, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
+	go func() {
+		done <- run(ctx, []string{"run", "--config", cfgPath}, strings.NewReader(""), &bytes.Buffer{}, &stderr)
+	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		log := stderr.String()
