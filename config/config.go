@@ -352,9 +352,9 @@ func lineOf(root *yaml.Node, path string) int {
 	return line
 }
 
-// applyDefaults fills in what an omitted queue field means, so that `config check` shows it.
+// applyDefaults fills in what an omitted queue field means, so that `config check` shows it. The
+// runner's own defaults are the source: nothing is restated here.
 func (q *Queue) applyDefaults() {
-	d := runner.DefaultConfig
 	if q.Dir != "" && q.ShuntDir == "" {
 		q.ShuntDir = filepath.Join(filepath.Dir(q.Dir), "shunt")
 	}
@@ -364,25 +364,10 @@ func (q *Queue) applyDefaults() {
 	if q.Supervise != nil {
 		return
 	}
-	if q.Concurrency == 0 {
-		q.Concurrency = d.Concurrency
-	}
-	if q.BatchSize == 0 {
-		q.BatchSize = d.BatchSize
-	}
-	if q.PollInterval == 0 {
-		q.PollInterval = d.PollInterval
-	}
-	if q.LockTimeout == 0 {
-		q.LockTimeout = d.LockTimeout
-	}
-	if q.ShutdownGrace == 0 {
-		q.ShutdownGrace = d.ShutdownGrace
-	}
-	if q.Retry == (Retry{}) {
-		q.Retry = Retry(d.Retry)
-	}
-	if q.Handler != nil && q.Handler.Timeout == 0 {
+	d := q.RunnerConfig().WithDefaults()
+	q.Concurrency, q.BatchSize, q.PollInterval = d.Concurrency, d.BatchSize, d.PollInterval
+	q.LockTimeout, q.ShutdownGrace, q.Retry = d.LockTimeout, d.ShutdownGrace, Retry(d.Retry)
+	if q.Handler != nil {
 		q.Handler.Timeout = d.HandlerTimeout
 	}
 }

@@ -95,6 +95,13 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// WithDefaults returns c with every zero field set to its default (DefaultConfig, and for the
+// interfaces: ForeverLease, NopObserver, a no-op tracer, a discarding logger, time.Now).
+func (c Config) WithDefaults() Config {
+	c.applyDefaults()
+	return c
+}
+
 func (c *Config) applyDefaults() {
 	d := DefaultConfig
 	if c.Concurrency == 0 {
