@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/qslice/qslice/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -225,7 +226,7 @@ func TestEndToEndAlertsFire(t *testing.T) {
 		t.Skip("end-to-end test with a real Prometheus: skipped in -short mode")
 	}
 	findTool(t, "prometheus", "QSLICE_PROMETHEUS", "prometheus")
-	findPython(t)
+	testenv.RequirePython(t, "flufl.lock", "python3-flufl.lock")
 	deadline := time.Now().Add(e2eTimeout)
 
 	// Messages written two hours ago into the stalled queue: their age comes from their names.

@@ -3,6 +3,7 @@ package dashboards
 import (
 	"context"
 	"fmt"
+	"github.com/qslice/qslice/internal/testenv"
 	"io"
 	"log/slog"
 	"net/http"
@@ -123,33 +124,12 @@ func httpGet(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-// findPython returns a python3 that can import flufl.lock, or skips the test. Debian's package
-// installs for the system interpreter, which a python3 earlier in PATH (pyenv, venv) may not
-// see; QSLICE_PYTHON3 overrides.
-func findPython(t *testing.T) string {
-	t.Helper()
-	var tried []string
-	cands := []string{"python3", "/usr/bin/python3"}
-	if p := os.Getenv("QSLICE_PYTHON3"); p != "" {
-		cands = append([]string{p}, cands...)
-	}
-	for _, c := range cands {
-		out, err := exec.Command(c, "-c", "import flufl.lock").CombinedOutput()
-		if err == nil {
-			return c
-		}
-		tried = append(tried, fmt.Sprintf("%s: %v %s", c, err, strings.TrimSpace(string(out))))
-	}
-	t.Skipf("no python3 that can import flufl.lock (install the Debian package python3-flufl.lock, or set QSLICE_PYTHON3); tried: %s", strings.Join(tried, "; "))
-	return ""
-}
-
 // abandonFluflLock takes lock path with Python's flufl.lock and a lifetime of one second, and
 // exits without releasing it, as a crashed Mailman process would: the lock expires a second
 // later and counts as expired (breakable) once the clock slop has passed too.
 func abandonFluflLock(t *testing.T, path string) {
 	t.Helper()
-	python := findPython(t)
+	python := testenv.RequirePython(t, "flufl.lock", "python3-flufl.lock")
 	const script = `
 import os, sys
 from datetime import timedelta

@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"errors"
+	"github.com/qslice/qslice/internal/testenv"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -14,23 +15,6 @@ import (
 
 	"github.com/qslice/qslice/runner/lockfile"
 )
-
-// pythonWith returns a Python interpreter that can import module, or "" (the test then skips).
-// QSLICE_PYTHON overrides the search; Debian's python3-flufl.lock and mailman3 install into the
-// system interpreter, which may not be the first python3 on PATH.
-func pythonWith(t testing.TB, module string) string {
-	t.Helper()
-	cands := []string{"python3", "/usr/bin/python3"}
-	if p := os.Getenv("QSLICE_PYTHON"); p != "" {
-		cands = []string{p}
-	}
-	for _, c := range cands {
-		if exec.Command(c, "-c", "import "+module).Run() == nil {
-			return c
-		}
-	}
-	return ""
-}
 
 // deadPID returns the pid of a process that has exited.
 func deadPID(t *testing.T) int {
@@ -82,7 +66,7 @@ func TestScanLockDir(t *testing.T) {
 	}
 	local := []string{host}
 	// c.lock: taken by real flufl.lock in a process that then died without releasing it.
-	flufl := pythonWith(t, "flufl.lock")
+	flufl := pythonWith("flufl.lock")
 	if flufl != "" {
 		out, err := exec.Command(flufl, "-c", `
 import os, socket, sys, datetime
@@ -150,4 +134,10 @@ func TestScanLockDirErrors(t *testing.T) {
 	if l.Err == nil {
 		t.Error("a nameless lock dir was accepted")
 	}
+}
+
+// pythonWith returns a python3 that can import module, or "" (the test then skips).
+func pythonWith(module string) string {
+	p, _ := testenv.Python(module)
+	return p
 }

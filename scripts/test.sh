@@ -27,7 +27,6 @@ QSLICE_CONSUL=${QSLICE_CONSUL:-$(scripts/build-consul.sh)}
 export QSLICE_CONSUL
 # Debian's python3 has the Debian packages (flufl.lock, mailman); a python3 earlier on PATH may not.
 export QSLICE_PYTHON3=${QSLICE_PYTHON3:-/usr/bin/python3}
-export QSLICE_PYTHON=${QSLICE_PYTHON:-$QSLICE_PYTHON3}
 
 go vet ./...
 go test -count=1 -timeout 40m ./... "$@"

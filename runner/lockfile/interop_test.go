@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qslice/qslice/internal/testenv"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -92,27 +93,6 @@ elif mode == "loop":
         time.sleep(random.random() * 0.01)  # think time, so that nobody re-takes the lock at once
     out(event="done")
 `
-
-// findPython returns a python3 that can import flufl.lock, or skips the test. The Debian
-// package installs for the system interpreter, which a python3 earlier in PATH (pyenv, venv)
-// may not see; QSLICE_PYTHON3 overrides.
-func findPython(t testing.TB) string {
-	t.Helper()
-	var tried []string
-	cands := []string{"python3", "/usr/bin/python3"}
-	if p := os.Getenv("QSLICE_PYTHON3"); p != "" {
-		cands = append([]string{p}, cands...)
-	}
-	for _, c := range cands {
-		out, err := exec.Command(c, "-c", "import flufl.lock").CombinedOutput()
-		if err == nil {
-			return c
-		}
-		tried = append(tried, fmt.Sprintf("%s: %v %s", c, err, strings.TrimSpace(string(out))))
-	}
-	t.Skipf("no python3 that can import flufl.lock (install the Debian package python3-flufl.lock, or set QSLICE_PYTHON3); tried: %s", strings.Join(tried, "; "))
-	return ""
-}
 
 type pyEvent struct {
 	Event    string  `json:"event"`
@@ -252,7 +232,7 @@ func pollInspect(t testing.TB, path string, opts InspectOptions, what string, co
 }
 
 func TestInteropGoHoldsPythonWaits(t *testing.T) {
-	py := findPython(t)
+	py := testenv.RequirePython(t, "flufl.lock", "python3-flufl.lock")
 	path := filepath.Join(t.TempDir(), "L")
 	g := newTestLock(t, path, SystemClock(), func(o *Options) { o.Host = "node-go"; o.Lifetime = time.Minute })
 	if _, err := g.Lock(context.Background()); err != nil {
@@ -292,7 +272,7 @@ func TestInteropGoHoldsPythonWaits(t *testing.T) {
 }
 
 func TestInteropPythonHoldsGoWaits(t *testing.T) {
-	py := findPython(t)
+	py := testenv.RequirePython(t, "flufl.lock", "python3-flufl.lock")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "L")
 	p := startPy(t, py, "hold", path, "60", "10")
@@ -369,7 +349,7 @@ func TestInteropPythonHoldsGoWaits(t *testing.T) {
 // Python breaks our expired lock, and we break Python's; neither side's later unlock removes
 // the other's lock.
 func TestInteropExpiredLocksAreBroken(t *testing.T) {
-	py := findPython(t)
+	py := testenv.RequirePython(t, "flufl.lock", "python3-flufl.lock")
 	t.Run("go breaks python", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "L")
 		// A negative lifetime stamps the lock a minute in the past: expired beyond the 10s slop.
@@ -438,7 +418,7 @@ func (c offsetClock) NewTimer(d time.Duration) Timer { return SystemClock().NewT
 // "enter"/"exit" to a ledger and increments a counter by read-modify-write. Mutual exclusion
 // means a ledger of strictly paired lines and no lost increment.
 func TestInteropMutualExclusion(t *testing.T) {
-	py := findPython(t)
+	py := testenv.RequirePython(t, "flufl.lock", "python3-flufl.lock")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "L")
 	counter := filepath.Join(dir, "counter")
@@ -555,7 +535,7 @@ func appendLine(name, line string) error {
 // A flufl.lock holder killed without unlocking leaves a stale lock: Inspect says its holder is
 // dead on this host, and it is still not broken before it expires.
 func TestInteropKilledPythonHolder(t *testing.T) {
-	py := findPython(t)
+	py := testenv.RequirePython(t, "flufl.lock", "python3-flufl.lock")
 	path := filepath.Join(t.TempDir(), "L")
 	p := startPy(t, py, "hold", path, "60", "10")
 	ev := p.next("locked", 30*time.Second)

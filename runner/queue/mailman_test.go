@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/qslice/qslice/internal/testenv"
 	"math/big"
 	"math/rand/v2"
 	"os"
@@ -244,34 +245,6 @@ func TestMailmanFloatFormulaOtherN(t *testing.T) {
 	}
 }
 
-// findPython returns a python3 that runs probe successfully: $QSLICE_PYTHON first, then every
-// python3 on $PATH (a pyenv shim may come first and lack Debian's packages). "" if none does.
-func findPython(t *testing.T, probe string) string {
-	t.Helper()
-	var cands []string
-	if p := os.Getenv("QSLICE_PYTHON"); p != "" {
-		cands = append(cands, p)
-	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		if dir == "" {
-			continue
-		}
-		p := filepath.Join(dir, "python3")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 && !slices.Contains(cands, p) {
-			cands = append(cands, p)
-		}
-	}
-	for _, p := range cands {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := exec.CommandContext(ctx, p, "-c", probe).Run()
-		cancel()
-		if err == nil {
-			return p
-		}
-	}
-	return ""
-}
-
 // runPython runs script with python, request as JSON on stdin, and decodes its JSON stdout into resp.
 func runPython(t *testing.T, python, script string, request, resp any) {
 	t.Helper()
@@ -317,7 +290,7 @@ type mailmanQuery struct {
 // slice membership of a few thousand digests (random and on boundaries), FIFO order of names that
 // qslice wrote, and names that Mailman wrote.
 func TestMailmanSwitchboardPython(t *testing.T) {
-	python := findPython(t, "import mailman.core.switchboard")
+	python := pythonWith("mailman.core.switchboard")
 	if python == "" {
 		t.Skip("no python3 with Mailman 3 (Debian package mailman3) found; set QSLICE_PYTHON to one")
 	}
@@ -507,4 +480,10 @@ func TestMailmanSwitchboardPython(t *testing.T) {
 			t.Fatalf("Decode(Mailman file %s) = %v, want ErrCorrupt", fb, err)
 		}
 	}
+}
+
+// pythonWith returns a python3 that can import module, or "" (the caller skips).
+func pythonWith(module string) string {
+	p, _ := testenv.Python(module)
+	return p
 }

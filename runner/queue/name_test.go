@@ -151,7 +151,7 @@ func TestFormatWhenTable(t *testing.T) {
 // TestFormatWhenPythonRepr compares FormatWhen with python3's repr(ns / 1e9) on random times: Python's
 // time.time() is computed the same way, (double)ns / 1e9, so Mailman writes the same string.
 func TestFormatWhenPythonRepr(t *testing.T) {
-	python := findPython(t, "import sys")
+	python := pythonWith("sys")
 	if python == "" {
 		t.Skip("no python3 found; set QSLICE_PYTHON to one")
 	}
