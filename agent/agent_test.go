@@ -206,6 +206,16 @@ func TestStalledSliceIsReportedUnhealthy(t *testing.T) {
 	if len(st.Problems) == 0 {
 		t.Error("a stalled slice is not listed as a problem (status would exit 0)")
 	}
+	// Still no progress after twice stall_after: stuck, critical (what stuck_handoff acts on).
+	poll(t, "a stuck slice reported critical", 15*time.Second, func() bool {
+		getJSON(t, base+"/api/status", &st)
+		for _, s := range st.Slices {
+			if s.Health == "critical" && strings.Contains(s.HealthOutput, "stuck") {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func TestBadQueueDirIsAClearError(t *testing.T) {

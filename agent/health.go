@@ -17,7 +17,7 @@ import (
 // healthTracker judges owned slices from the probe's snapshots and the runners' progress:
 // warning when the oldest ready message is older than max_age, or when a non-empty backlog made
 // no progress (nothing handled, the oldest message unchanged and the count not falling) for
-// stall_after. Supervised queues have no runner events; their progress shows in the snapshots.
+// stall_after; critical ("stuck") after twice stall_after without progress. Supervised queues have no runner events; their progress shows in the snapshots.
 type healthTracker struct {
 	cfg   config.Health
 	now   func() time.Time
@@ -77,6 +77,12 @@ func (h *healthTracker) slice(id failover.SliceID) failover.Health {
 
 	age := st.OldestReadyAge(qs.At)
 	switch {
+	case st.Ready > 0 && h.cfg.StallAfter > 0 && stalledFor > 2*h.cfg.StallAfter:
+		// Stuck, not dead: the worker runs but nothing moves. Critical, so that with
+		// consul.stuck_handoff the slice goes to a backup node.
+		return failover.Health{Status: failover.StatusCritical, Output: fmt.Sprintf(
+			"stuck: %d messages ready and no progress for %s (twice health.stall_after %s); oldest is %s old. Check the worker; with consul.stuck_handoff the slice moves to another node.",
+			st.Ready, stalledFor.Round(100*time.Millisecond), h.cfg.StallAfter, age.Round(100*time.Millisecond))}
 	case st.Ready > 0 && h.cfg.StallAfter > 0 && stalledFor > h.cfg.StallAfter:
 		return failover.Health{Status: failover.StatusWarning, Output: fmt.Sprintf(
 			"stalled: %d messages ready and no progress for %s (health.stall_after %s); oldest is %s old. Check the worker's logs.",
