@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/qslice/qslice/internal/testenv"
 	"io"
 	"net/http"
 	"os"
@@ -46,20 +47,7 @@ func startAgent(t *testing.T, cfg *config.Config, opts Options) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("agent did not stop within 30s")
-		}
-	})
+	testenv.Start(t, "agent", 30*time.Second, a.Run)
 	return a
 }
 

@@ -47,27 +47,11 @@ func startNode(t *testing.T, cfgYAML string, prepare func(dir string)) *testNode
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent.Run: %v", err)
-			}
-		case <-time.After(30 * time.Second): // shutdown grace of the test configs is 1s
-			t.Errorf("agent did not stop within 30s")
-		}
-	})
+	bg := testenv.Start(t, "agent", 30*time.Second, a.Run) // shutdown grace of the test configs is 1s
 	n := &testNode{agent: a, dir: dir, url: "http://" + a.Addr()}
 	waitFor(t, 20*time.Second, "agent ready", func() (bool, string) {
-		select {
-		case err := <-done:
-			done <- err
+		if exited, err := bg.Exited(); exited {
 			t.Fatalf("agent stopped while starting: %v", err)
-		default:
 		}
 		code, body := httpGet(t, n.url+"/readyz")
 		return code == http.StatusOK, fmt.Sprintf("/readyz: %d %s", code, body)

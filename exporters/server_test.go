@@ -1,7 +1,6 @@
 package exporters
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"github.com/qslice/qslice/internal/testenv"
 	"io"
 	"math/big"
 	"net"
@@ -32,20 +32,7 @@ func startServer(t testing.TB, cfg ServerConfig, scheme string) (*Server, string
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	testenv.Start(t, "metrics server", 10*time.Second, s.Run)
 	return s, scheme + "://" + s.Addrs()[0].String()
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qslice/qslice/internal/testenv"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -93,25 +94,7 @@ func allSlices(n int) []int {
 
 // startRunner runs r until the test ends and fails the test if Run returns an error.
 func startRunner(t testing.TB, r *Runner) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("Run did not return within 30s of cancel")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testenv.Start(t, "runner", 30*time.Second, r.Run).Stop
 }
 
 func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
