@@ -103,12 +103,18 @@ func TestStandaloneNodeProcessesEverySliceAndReports(t *testing.T) {
 		t.Errorf("mode %q lease %v", st.Mode, st.LeaseValid)
 	}
 
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// The runner counts a message after its handler returned and its file was removed, so the
+	// 40th count can trail the handler by a moment: wait for it, then check the whole page.
+	var body []byte
+	poll(t, "/metrics to count 40 handled", 10*time.Second, func() bool {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(body), `qslice_messages_handled_total{outcome="done",queue="in"} 40`)
+	})
 	for _, want := range []string{`qslice_messages_handled_total{outcome="done",queue="in"} 40`, `qslice_slice_owned{queue="in",slice="3"} 1`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
