@@ -74,6 +74,7 @@ type ConsulCoordinator struct {
 	changes    map[string]uint64
 	errCount   map[string]uint64
 	failing    map[string]error // op -> explained error, while failing
+	outage     *outage          // nil unless a request failed and Consul has not been fine since
 	lastErr    string
 }
 
@@ -1130,12 +1131,23 @@ func (c *ConsulCoordinator) call(ctx context.Context, op string, f func(ctx cont
 	return err
 }
 
-// noteOK clears op's failure, and every "Consul unavailable" failure: Consul answered. Failures
-// such as a denied permission stay until their own operation succeeds.
+// outage is one stretch of failing Consul requests, for logging. A restarting Consul flaps: the
+// agent answers before the servers elect a leader, requests sent during the election time out
+// after others succeeded, the agent is slow while it syncs. So an outage ends only once every
+// request has succeeded for one TTL, and each problem is logged once per outage.
+type outage struct {
+	start      time.Time
+	problems   map[string]bool // ConsulError.Problem values already logged
+	clearSince time.Time       // when the last failing request recovered; zero while one fails
+}
+
+// noteOK clears op's failure and every "Consul unavailable" failure: Consul answered. Failures
+// such as a denied permission stay until their own operation succeeds. "consul answers again"
+// is logged once per outage, after nothing failed for one TTL.
 func (c *ConsulCoordinator) noteOK(op string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.failing) == 0 {
+	if c.outage == nil {
 		return
 	}
 	delete(c.failing, op)
@@ -1144,32 +1156,39 @@ func (c *ConsulCoordinator) noteOK(op string) {
 			delete(c.failing, o)
 		}
 	}
-	if len(c.failing) == 0 {
-		c.lastErr = ""
-		c.log.Info("consul answers again", "consul", c.addr)
+	if len(c.failing) > 0 {
+		return
+	}
+	c.lastErr = ""
+	now := c.clock.Now()
+	if c.outage.clearSince.IsZero() {
+		c.outage.clearSince = now
+	}
+	if now.Sub(c.outage.clearSince) >= c.cfg.TTL {
+		c.log.Info("consul answers again", "consul", c.addr,
+			"outage", c.outage.clearSince.Sub(c.outage.start).Round(time.Millisecond), "fine_for", now.Sub(c.outage.clearSince).Round(time.Millisecond))
+		c.outage = nil
 	}
 }
 
-// noteErr counts a failure and logs it when it is a new problem: not already failing the same
-// way, for this or another operation.
+// noteErr counts a failure, keeps it as the current state, and logs it when its problem is new
+// in this outage.
 func (c *ConsulCoordinator) noteErr(op string, err error) {
-	problem := func(e error) string {
-		var ce *ConsulError
-		if errors.As(e, &ce) {
-			return ce.Problem
-		}
-		return e.Error()
+	problem := err.Error()
+	if ce := (*ConsulError)(nil); errors.As(err, &ce) {
+		problem = ce.Problem
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.errCount[op]++
-	known := false
-	for _, f := range c.failing {
-		known = known || problem(f) == problem(err)
-	}
 	c.failing[op] = err
 	c.lastErr = err.Error()
-	if !known {
+	if c.outage == nil {
+		c.outage = &outage{start: c.clock.Now(), problems: map[string]bool{}}
+	}
+	c.outage.clearSince = time.Time{}
+	if !c.outage.problems[problem] {
+		c.outage.problems[problem] = true
 		c.log.Error("consul request failing; retrying with backoff", "op", op, "err", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -180,5 +181,90 @@ func TestNewConsulAddressAndTLS(t *testing.T) {
 	}
 	if c.addr != "127.0.0.2:8500" {
 		t.Errorf("CONSUL_HTTP_ADDR not honoured: %q", c.addr)
+	}
+}
+
+// stepClock is a Clock whose time moves only when the test says so.
+type stepClock struct{ now time.Time }
+
+func (c *stepClock) Now() time.Time                       { return c.now }
+func (c *stepClock) After(time.Duration) <-chan time.Time { return make(chan time.Time) }
+
+// TestConsulStateLogging replays what a Consul restart looks like from one node (taken from a
+// real run): requests fail as unreachable, then time out during the leader election, a request
+// sent during the election fails after others succeeded, the agent is slow while it syncs. The
+// operator must read one "failing" line per distinct problem and one "answers again" line,
+// once Consul has been fine for a TTL.
+func TestConsulStateLogging(t *testing.T) {
+	logs := &syncBuffer{}
+	clk := &stepClock{now: time.Unix(1_800_000_000, 0)}
+	c, err := NewConsul(ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:8500", TTL: 2 * time.Second},
+		newFakeAssignee("n", newLedger()), nil, slog.New(slog.NewTextHandler(logs, nil)), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}
+	timeout := fmt.Errorf("get: %w", context.DeadlineExceeded)
+	ok := func(context.Context) error { return nil }
+	fail := func(e error) func(context.Context) error { return func(context.Context) error { return e } }
+	ctx := context.Background()
+	step := func(d time.Duration) { clk.now = clk.now.Add(d) }
+	lines := func(msg string, want int) {
+		t.Helper()
+		if n := logs.count(msg); n != want {
+			t.Fatalf("%d %q lines, want %d:\n%s", n, msg, want, logs)
+		}
+	}
+
+	_ = c.call(ctx, "kv_watch", fail(refused))
+	_ = c.call(ctx, "session_info", fail(refused))
+	lines("consul request failing", 1)
+	if e := c.Status().ConsulError; !strings.Contains(e, "unreachable") {
+		t.Fatalf("Status.ConsulError = %q", e)
+	}
+	step(time.Second)
+	_ = c.call(ctx, "session_info", fail(timeout))
+	lines("consul request failing", 2) // a new problem
+	step(time.Second)
+	_ = c.call(ctx, "kv_watch", ok) // the servers answer...
+	if e := c.Status().ConsulError; e != "" {
+		t.Fatalf("Status.ConsulError = %q while Consul answers", e)
+	}
+	step(200 * time.Millisecond)
+	_ = c.call(ctx, "check_ttl", fail(timeout)) // ...and a slow request still times out
+	_ = c.call(ctx, "session_info", fail(timeout))
+	lines("consul request failing", 2)
+	if e := c.Status().ConsulError; !strings.Contains(e, "timed out") {
+		t.Fatalf("Status.ConsulError = %q, want the current failure", e)
+	}
+	step(100 * time.Millisecond)
+	_ = c.call(ctx, "check_ttl", ok)
+	step(time.Second)
+	_ = c.call(ctx, "session_info", ok)
+	lines("consul answers again", 0) // fine for 1s < TTL
+	step(time.Second)
+	_ = c.call(ctx, "check_ttl", ok)
+	lines("consul answers again", 1)
+	if !strings.Contains(logs.String(), "outage=2.3s") {
+		t.Errorf("the recovery line does not say how long the outage lasted:\n%s", logs)
+	}
+	_ = c.call(ctx, "check_ttl", ok)
+	lines("consul answers again", 1)
+
+	// A new outage logs its problem again.
+	_ = c.call(ctx, "session_info", fail(timeout))
+	lines("consul request failing", 3)
+
+	// A denied permission is not cleared by another op's answer.
+	_ = c.call(ctx, "acquire", fail(api.StatusError{Code: 403, Body: "Permission denied"}))
+	step(5 * time.Second)
+	_ = c.call(ctx, "session_info", ok)
+	_ = c.call(ctx, "session_info", ok)
+	if e := c.Status().ConsulError; !strings.Contains(e, "permission denied") {
+		t.Fatalf("Status.ConsulError = %q, want the denied permission to stay", e)
+	}
+	lines("consul answers again", 1)
+	if n := c.Status().ConsulErrors["session_info"]; n != 4 {
+		t.Errorf("session_info failures counted = %d, want 4", n)
 	}
 }
