@@ -78,6 +78,17 @@ type leaseProxy struct{ coord *failover.Coordinator }
 
 func (l leaseProxy) ValidUntil() time.Time { return (*l.coord).ValidUntil() }
 
+// The Consul coordinator's tokens reach the handlers through leaseProxy.
+var _ runner.Fencer = (*failover.ConsulCoordinator)(nil)
+
+// FencingToken implements runner.Fencer when the coordinator has tokens (Consul), else 0.
+func (l leaseProxy) FencingToken(q string, slice int) uint64 {
+	if f, ok := (*l.coord).(runner.Fencer); ok {
+		return f.FencingToken(q, slice)
+	}
+	return 0
+}
+
 // New builds a node from a validated configuration.
 func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
@@ -198,7 +209,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a.reg.MustRegister(exporters.NewCollector(exporters.CollectorOptions{
 		Probe: a.probe, Ownership: ownership{a}, Coordinator: coordStatus{a}, Queues: slicesByQueue,
 	}))
-	a.reg.MustRegister(exporters.NewNodeCollector(a))
+	a.reg.MustRegister(exporters.NewNodeCollector(a, 0))
 	var listen []string
 	if cfg.Listen != "" {
 		listen = []string{cfg.Listen}
@@ -330,7 +341,11 @@ func (a *Agent) NodeInfo() exporters.NodeInfo {
 	if mode == "" {
 		mode = "standalone"
 	}
-	n := exporters.NodeInfo{Node: a.cfg.Node, Cluster: a.cfg.Cluster, Mode: mode, Draining: st.Draining}
+	n := exporters.NodeInfo{Node: a.cfg.Node, Cluster: a.cfg.Cluster, Mode: mode, Draining: st.Draining,
+		QueueSlices: make(map[string]int, len(a.cfg.Queues))}
+	for _, q := range a.cfg.Queues {
+		n.QueueSlices[q.Name] = q.Slices
+	}
 	for _, o := range st.Owned {
 		if o.Processing {
 			n.Health = append(n.Health, exporters.SliceHealth{Queue: o.Slice.Queue, Slice: o.Slice.Index, State: a.SliceHealth(o.Slice).Status})

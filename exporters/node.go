@@ -15,6 +15,10 @@ type NodeInfo struct {
 	Draining            bool
 	// Health lists the slices this node owns with their health state: passing, warning or critical.
 	Health []SliceHealth
+	// QueueSlices is each configured queue's slice count. The health of a queue cut into more
+	// slices than the collector's cap is exported with slice="all"; an unlisted queue is folded
+	// when this node reports more health entries for it than the cap.
+	QueueSlices map[string]int
 	// Workers are the supervisors' snapshots (queues whose workers are external processes).
 	Workers []supervise.Snapshot
 }
@@ -33,12 +37,23 @@ type NodeSource interface {
 
 // NodeCollector exports the node's identity, drain state, slice health and supervised workers.
 //
-// Bounds: one qslice_node_info series; slice health per owned slice x 3 states; worker metrics per
-// supervised slice seen by this node (at most the configured slices of supervised queues).
-type NodeCollector struct{ src NodeSource }
+// Bounds: one qslice_node_info series; slice health per owned slice x 3 states, where a queue of
+// more than maxSliceLabels slices is one slice="all" series per state (1 when any owned slice of
+// the queue is in that state); worker metrics per supervised slice seen by this node (at most the
+// configured slices of supervised queues).
+type NodeCollector struct {
+	src       NodeSource
+	maxSlices int
+}
 
-// NewNodeCollector returns a collector over src.
-func NewNodeCollector(src NodeSource) *NodeCollector { return &NodeCollector{src: src} }
+// NewNodeCollector returns a collector over src; maxSliceLabels is the per-queue cap on slice
+// labels, 0 for DefaultMaxSliceLabels (use the same value as the Collector's, so joins match).
+func NewNodeCollector(src NodeSource, maxSliceLabels int) *NodeCollector {
+	if maxSliceLabels <= 0 {
+		maxSliceLabels = DefaultMaxSliceLabels
+	}
+	return &NodeCollector{src: src, maxSlices: maxSliceLabels}
+}
 
 var (
 	descNodeInfo     = desc("qslice_node_info", "Always 1; the labels name this node, its cluster and its mode (standalone or consul).", "node", "cluster", "mode")
@@ -63,18 +78,41 @@ func (c *NodeCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.src.NodeInfo()
 	gauge(ch, descNodeInfo, 1, n.Node, n.Cluster, n.Mode)
 	gauge(ch, descNodeDraining, boolf(n.Draining))
-	for _, h := range n.Health {
-		s := strconv.Itoa(h.Slice)
-		for _, st := range healthStates {
-			gauge(ch, descSliceHealth, boolf(h.State == st), h.Queue, s, st)
-		}
-	}
+	c.collectHealth(ch, n)
 	for _, snap := range n.Workers {
 		for _, w := range snap.Workers {
 			s := strconv.Itoa(w.Slice)
 			gauge(ch, descWorkerUp, boolf(w.Up), snap.Queue, s)
 			ch <- prometheus.MustNewConstMetric(descWorkerRest, prometheus.CounterValue, float64(w.RestartsTotal), snap.Queue, s)
 			ch <- prometheus.MustNewConstMetric(descWorkerExits, prometheus.CounterValue, float64(w.UnexpectedExitsTotal), snap.Queue, s)
+		}
+	}
+}
+
+// collectHealth exports slice health per slice, folding queues above the cap into slice="all".
+func (c *NodeCollector) collectHealth(ch chan<- prometheus.Metric, n NodeInfo) {
+	entries := map[string]int{}
+	for _, h := range n.Health {
+		entries[h.Queue]++
+	}
+	folded := map[string]map[string]bool{} // queue -> states some owned slice is in
+	for _, h := range n.Health {
+		size, known := n.QueueSlices[h.Queue]
+		if (known && size > c.maxSlices) || (!known && entries[h.Queue] > c.maxSlices) {
+			if folded[h.Queue] == nil {
+				folded[h.Queue] = map[string]bool{}
+			}
+			folded[h.Queue][h.State] = true
+			continue
+		}
+		s := strconv.Itoa(h.Slice)
+		for _, st := range healthStates {
+			gauge(ch, descSliceHealth, boolf(h.State == st), h.Queue, s, st)
+		}
+	}
+	for q, states := range folded {
+		for _, st := range healthStates {
+			gauge(ch, descSliceHealth, boolf(states[st]), q, SliceAll, st)
 		}
 	}
 }

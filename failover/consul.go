@@ -73,8 +73,9 @@ type ConsulCoordinator struct {
 	status     Status
 	changes    map[string]uint64
 	errCount   map[string]uint64
-	failing    map[string]error // op -> explained error, while failing
-	outage     *outage          // nil unless a request failed and Consul has not been fine since
+	failing    map[string]error   // op -> explained error, while failing
+	outage     *outage            // nil unless a request failed and Consul has not been fine since
+	tokens     map[SliceID]uint64 // fencing token of each owned slice; see FencingToken
 	lastErr    string
 }
 
@@ -791,6 +792,7 @@ func (c *ConsulCoordinator) sliceStates(st *loopState, critical map[SliceID]time
 // syncAssignee hands the assignee exactly the slices it may process: held, valid lease, not
 // being handed off, not still releasing from an earlier narrowing.
 func (c *ConsulCoordinator) syncAssignee(ctx context.Context, st *loopState, wg *sync.WaitGroup) {
+	c.publishTokens(st) // before SetSlices: a handler of a new slice asks for its token at once
 	for _, q := range c.cfg.Queues {
 		var want []int
 		for i := 0; i < q.Slices; i++ {
@@ -985,6 +987,28 @@ func sortSlices(s []SliceID) {
 	})
 }
 
+// publishTokens makes FencingToken answer for the slices owned now.
+func (c *ConsulCoordinator) publishTokens(st *loopState) {
+	tokens := make(map[SliceID]uint64, len(st.owned))
+	for s, h := range st.owned {
+		tokens[s] = h.token
+	}
+	c.mu.Lock()
+	c.tokens = tokens
+	c.mu.Unlock()
+}
+
+// FencingToken returns the fencing token of slice index of queue q while this node holds its
+// lock, else 0: the ModifyIndex of the slice's KV pair when this node acquired it. Consul's Raft
+// index only grows, so whoever acquires the slice next gets a larger token: a system that keeps
+// the largest token it has seen per slice can refuse the writes of an owner that lost the slice
+// but still runs (after a pause, say).
+func (c *ConsulCoordinator) FencingToken(q string, index int) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tokens[SliceID{q, index}]
+}
+
 // publish updates the Status snapshot, the processing set the keeper reports on, and the Meta.
 func (c *ConsulCoordinator) publish(st *loopState, now time.Time) {
 	var owned []OwnedSlice
@@ -1029,6 +1053,7 @@ func (c *ConsulCoordinator) publish(st *loopState, now time.Time) {
 			all = append(all, ss)
 		}
 	}
+	c.publishTokens(st)
 	meta := c.buildMeta(ownedByQueue, st.draining || st.stopping)
 	c.mu.Lock()
 	c.status.Draining = st.draining

@@ -157,9 +157,26 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	waitSettled(t, a)
 	waitSettled(t, b)
 
+	tokenBefore := map[SliceID]uint64{}
+	for _, s := range want[a] {
+		tok := a.c.FencingToken(s.Queue, s.Index)
+		if tok == 0 || b.c.FencingToken(s.Queue, s.Index) != 0 {
+			t.Fatalf("%s: fencing token %d on its owner a, %d on b; want non-zero on a only", s, tok, b.c.FencingToken(s.Queue, s.Index))
+		}
+		tokenBefore[s] = tok
+	}
+
 	failedAt := time.Now()
 	a.h.set(errors.New("shared disk unreachable"))
 	waitSplit(t, 15*time.Second, "b takes over everything", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	for _, s := range want[a] {
+		if got := b.c.FencingToken(s.Queue, s.Index); got <= tokenBefore[s] {
+			t.Errorf("%s: b's fencing token %d is not above a's %d: a stale owner could not be refused", s, got, tokenBefore[s])
+		}
+		if got := a.c.FencingToken(s.Queue, s.Index); got != 0 {
+			t.Errorf("%s: a still hands out fencing token %d after losing the slice", s, got)
+		}
+	}
 	for _, s := range want[a] {
 		// a passed its TTL at most one renew interval before failing: the check lapses no earlier
 		// than failedAt - renew + TTL, and lock-delay comes on top.

@@ -31,6 +31,9 @@ type QueueConfig struct {
 	// then enough (see the benchmarks for what the stat costs). In-flight files are always
 	// stat'ed: their count is bounded by the runners' concurrency.
 	NoBytes bool
+	// Progress, when set, is called after each chunk of directory entries with the number of
+	// names seen so far, from the scanning goroutine. For progress on a terminal; not a metric.
+	Progress func(names int)
 }
 
 // Validate checks the configuration of one queue.
@@ -188,6 +191,7 @@ func scanQueueHook(ctx context.Context, cfg QueueConfig, clock Clock, aux auxCou
 	}
 	acc := newQueueAcc(cfg.Slices)
 	acc.afterChunk = afterChunk
+	acc.progress = cfg.Progress
 	if err := acc.scan(ctx, cfg.Dir, !cfg.NoBytes, &errs); err != nil {
 		snap.Err = err
 		return snap
@@ -239,6 +243,8 @@ func countAux(ctx context.Context, aux auxCounts, dir string, want func(kind) bo
 // that the per-file work is a parse, a slice computation and a few compares.
 type queueAcc struct {
 	afterChunk  func(ents []dirEnt) // test hook: runs between listing a chunk and looking at it
+	progress    func(names int)     // QueueConfig.Progress
+	seen        int                 // names listed so far
 	slices      []sliceAcc
 	temp        int
 	ignored     int
@@ -322,6 +328,10 @@ func (a *queueAcc) scan(ctx context.Context, dir string, statReady bool, errs *e
 			default: // a .psv lying in a queue directory
 				a.ignore(e.Name)
 			}
+		}
+		a.seen += len(ents)
+		if a.progress != nil {
+			a.progress(a.seen)
 		}
 	})
 	if a.vanished > 0 {

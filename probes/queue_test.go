@@ -313,3 +313,29 @@ func TestHint(t *testing.T) {
 		}
 	}
 }
+
+// TestScanQueueProgress: the progress callback counts every name listed, rising chunk by chunk.
+func TestScanQueueProgress(t *testing.T) {
+	dir := t.TempDir()
+	const files = 3000 // several getdents chunks
+	for i := range files {
+		writeFile(t, dir, fmt.Sprintf("1699999%03d.%d+%s.pck", i%1000, i, digestIn(i%4, 4, int64(i))), 0)
+	}
+	var calls []int
+	q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 4, NoBytes: true,
+		Progress: func(n int) { calls = append(calls, n) }}, fixedClock{t0})
+	if q.Err != nil {
+		t.Fatal(q.Err)
+	}
+	if q.Ready != files {
+		t.Fatalf("%d ready, want %d", q.Ready, files)
+	}
+	if len(calls) < 2 || calls[len(calls)-1] != files {
+		t.Fatalf("progress calls %v: want several, the last = %d", calls, files)
+	}
+	for i := 1; i < len(calls); i++ {
+		if calls[i] <= calls[i-1] {
+			t.Fatalf("progress went from %d to %d", calls[i-1], calls[i])
+		}
+	}
+}

@@ -69,8 +69,9 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 //	QSLICE_QUEUE, QSLICE_SLICE, QSLICE_SLICES, QSLICE_MESSAGE_ID (the file's base name),
 //	QSLICE_ENQUEUED (RFC 3339), QSLICE_ATTEMPTS (crash recoveries so far), QSLICE_RETRY (retries
 //	asked so far), QSLICE_LOCK, TRACEPARENT (the span of this handling, W3C format),
-//	QSLICE_LEASE_DEADLINE (RFC 3339, UTC: Message.LeaseDeadline), and QSLICE_META_<KEY> for each
-//	extra metadata key (upper-cased, non-alphanumerics as '_').
+//	QSLICE_LEASE_DEADLINE (RFC 3339, UTC: Message.LeaseDeadline), QSLICE_FENCING_TOKEN (decimal,
+//	when the lease has one: Message.FencingToken), and QSLICE_META_<KEY> for each extra metadata
+//	key (upper-cased, non-alphanumerics as '_').
 //
 // QSLICE_LEASE_DEADLINE fences a paused machine: qslice kills a handler whose lease lapsed, but
 // after a pause (VM suspended, SIGSTOP) the handler resumes at the same instant as qslice and can
@@ -92,6 +93,9 @@ func Env(ctx context.Context, m *Message) []string {
 	}
 	if !m.LeaseDeadline.IsZero() {
 		env = append(env, "QSLICE_LEASE_DEADLINE="+m.LeaseDeadline.UTC().Format(time.RFC3339Nano))
+	}
+	if m.FencingToken != 0 {
+		env = append(env, "QSLICE_FENCING_TOKEN="+strconv.FormatUint(m.FencingToken, 10))
 	}
 	carrier := propagation.MapCarrier{}
 	propagation.TraceContext{}.Inject(ctx, carrier)

@@ -21,7 +21,7 @@ import (
 func execMsg() *Message {
 	return &Message{Queue: "out", Slice: 3, Slices: 8, Name: queue.Name{Base: "1700000000.5+" + strings.Repeat("c", 40)},
 		Meta: queue.Meta{Lock: "l.lck", Attempts: 1, Enqueued: time.Unix(1_700_000_000, 0), Extra: map[string]string{"list-id": "a.example.org"}},
-		Body: []byte("payload\n"), LeaseDeadline: time.Date(2030, 1, 2, 3, 4, 5, 600_000_000, time.UTC)}
+		Body: []byte("payload\n"), LeaseDeadline: time.Date(2030, 1, 2, 3, 4, 5, 600_000_000, time.UTC), FencingToken: 4711}
 }
 
 func TestExecHandlerExitCodes(t *testing.T) {
@@ -52,7 +52,7 @@ func TestExecHandlerExitCodes(t *testing.T) {
 	got, _ := os.ReadFile(out)
 	for _, want := range []string{"payload\n", "QSLICE_QUEUE=out", "QSLICE_SLICE=3", "QSLICE_SLICES=8", "QSLICE_ATTEMPTS=1",
 		"QSLICE_LOCK=l.lck", "QSLICE_META_LIST_ID=a.example.org", "QSLICE_MESSAGE_ID=1700000000.5+",
-		"QSLICE_LEASE_DEADLINE=2030-01-02T03:04:05.6Z"} {
+		"QSLICE_LEASE_DEADLINE=2030-01-02T03:04:05.6Z", "QSLICE_FENCING_TOKEN=4711"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("handler saw %q, missing %q", got, want)
 		}

@@ -23,6 +23,11 @@ type Message struct {
 	// commit while another node handles the same message checks, right before its commit point,
 	// that the time is still before it. See Env for exec handlers.
 	LeaseDeadline time.Time
+	// FencingToken is this node's fencing token for the slice when the handler started, 0 when
+	// the lease has none (standalone): a later owner of the slice always has a larger one. A
+	// handler writing to a system that can check it passes it along so that system refuses the
+	// writes of an owner that lost the slice (QSLICE_FENCING_TOKEN for exec handlers).
+	FencingToken uint64
 }
 
 // Handler processes one message. Returning nil means done: the file is removed. Returning an error
@@ -47,6 +52,13 @@ var ErrRetry = errors.New("retry later")
 // time should carry a monotonic clock reading.
 type Lease interface {
 	ValidUntil() time.Time
+}
+
+// Fencer is implemented by a Lease whose slices carry fencing tokens (failover.ConsulCoordinator:
+// the ModifyIndex of the slice's lock at acquisition). FencingToken returns 0 for a slice this
+// node does not hold.
+type Fencer interface {
+	FencingToken(queue string, slice int) uint64
 }
 
 // ForeverLease is the lease of a standalone node: it never ends.

@@ -91,6 +91,9 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	}
 	msg := &Message{Queue: r.cfg.Queue, Slice: slice, Slices: r.cfg.Slices, Name: n, Meta: meta, Body: body,
 		LeaseDeadline: r.cfg.Lease.ValidUntil()}
+	if f, ok := r.cfg.Lease.(Fencer); ok {
+		msg.FencingToken = f.FencingToken(r.cfg.Queue, slice)
+	}
 	if it.retry != nil {
 		msg.Retry = it.retry.retries
 	}

@@ -789,3 +789,39 @@ func TestLapseAfterClaimRenewedGenerationCancelsHandler(t *testing.T) {
 		t.Fatalf("handler ended with cause %v, want it cancelled by the second lapse", err)
 	}
 }
+
+// fencedLease hands out a fencing token per slice, like failover.ConsulCoordinator.
+type fencedLease struct{ tokens map[int]uint64 }
+
+func (fencedLease) ValidUntil() time.Time { return farFuture }
+func (f fencedLease) FencingToken(q string, slice int) uint64 {
+	if q != "in" {
+		return 0
+	}
+	return f.tokens[slice]
+}
+
+func TestHandlerSeesFencingToken(t *testing.T) {
+	d := newTestDir(t)
+	names := enqueueN(t, d, 20, time.Unix(1_700_000_000, 0))
+	lease := fencedLease{tokens: map[int]uint64{0: 101, 1: 202, 2: 303, 3: 404}}
+	var mu sync.Mutex
+	seen := map[string]uint64{}
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if want := lease.tokens[m.Slice]; m.FencingToken != want {
+			t.Errorf("%s in slice %d: fencing token %d, want %d", m.Name.Base, m.Slice, m.FencingToken, want)
+		}
+		seen[m.Name.Base] = m.FencingToken
+		return nil
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 4, Concurrency: 2, Handler: h, Lease: lease, Logger: testLogger(t), PollInterval: 10 * time.Millisecond})
+	r.SetSlices([]int{0, 1, 2, 3})
+	startRunner(t, r)
+	waitFor(t, "all handled", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == len(names)
+	})
+}

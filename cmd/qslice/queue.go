@@ -253,20 +253,16 @@ Without FILE arguments every message in DIR is requeued. Fix the cause first, or
 				}
 				sort.Strings(files)
 			}
-			progress := interactive(g.stderr) && len(files) > 100
+			progress := newProgress(g.stderr)
 			var failed int
 			for i, f := range files {
 				if _, err := queue.Requeue(dir, filepath.Base(f), to); err != nil {
 					fmt.Fprintln(g.stderr, "qslice:", err)
 					failed++
 				}
-				if progress && (i%100 == 0 || i == len(files)-1) {
-					fmt.Fprintf(g.stderr, "\rrequeued %d/%d", i+1-failed, len(files))
-				}
+				progress.Update("requeued %d of %d…", i+1-failed, len(files))
 			}
-			if progress {
-				fmt.Fprintln(g.stderr)
-			}
+			progress.Done("")
 			fmt.Fprintf(cmd.OutOrStdout(), "requeued %d of %d messages\n", len(files)-failed, len(files))
 			if failed > 0 {
 				return &exitError{code: exitFailure, err: fmt.Errorf("%d messages could not be requeued (see above)", failed)}

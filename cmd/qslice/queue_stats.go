@@ -30,6 +30,7 @@ type queueStatsOptions struct {
 	clock    probes.Clock // tests inject a fixed clock
 	shuntSet bool         // --shunt was given (possibly "")
 	badSet   bool
+	progress *progressLine // nil: quiet
 }
 
 // newQueueStatsCmd returns the "stats" subcommand of "qslice queue":
@@ -56,6 +57,7 @@ shunt and bad directories beside DIR are counted too when they exist.`,
 			if ctx == nil {
 				ctx = context.Background()
 			}
+			o.progress = newProgress(cmd.ErrOrStderr())
 			return runQueueStats(ctx, cmd.OutOrStdout(), args[0], o)
 		},
 	}
@@ -107,7 +109,11 @@ func runQueueStats(ctx context.Context, w io.Writer, dir string, o queueStatsOpt
 	}
 	cfg := probes.QueueConfig{Name: filepath.Base(dir), Dir: dir, Slices: o.slices, NoBytes: o.noBytes,
 		ShuntDir: queueSiblingDir(dir, "shunt", o.shunt, o.shuntSet), BadDir: queueSiblingDir(dir, "bad", o.bad, o.badSet)}
+	if o.progress != nil {
+		cfg.Progress = func(n int) { o.progress.Update("scanning %s: %d names…", dir, n) }
+	}
 	q := probes.ScanQueue(ctx, cfg, o.clock)
+	o.progress.Done("")
 	if q.Err != nil {
 		return fmt.Errorf("queue stats: %w", q.Err)
 	}
