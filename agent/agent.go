@@ -117,7 +117,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	lockDirs := map[string]bool{}
 	for _, q := range cfg.Queues {
 		rc := q.RunnerConfig()
-		pcfg.Queues = append(pcfg.Queues, probes.QueueConfig{Name: q.Name, Dir: q.Dir, Slices: q.Slices, ShuntDir: rc.Dir.ShuntDir, BadDir: rc.Dir.BadDir, NoBytes: !cfg.Probes.Bytes})
+		pcfg.Queues = append(pcfg.Queues, probes.QueueConfig{Name: q.Name, Dir: q.Dir, Slices: q.Slices, ShuntDir: rc.Dir.ShuntDir, BadDir: rc.Dir.BadDir, NoBytes: !cfg.Probes.Bytes, BytesMaxFiles: cfg.Probes.BytesMaxFiles})
 		if q.LockDir != "" {
 			lockDirs[q.LockDir] = true
 		}

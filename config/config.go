@@ -57,8 +57,12 @@ type Probes struct {
 	Budget   time.Duration `yaml:"budget"`    // time budget of one scan
 	LockDirs []string      `yaml:"lock_dirs"` // lock directories to observe (e.g. Mailman's locks/)
 	// Bytes counts the bytes of ready messages: one stat per file, which makes a scan of a huge
-	// queue about 4x slower than listing it. Turn it off for queues of a million files.
+	// queue about 4x slower than listing it.
 	Bytes bool `yaml:"bytes"`
+	// BytesMaxFiles: a queue holding more ready files than this is scanned without counting
+	// bytes (its bytes metric is absent meanwhile), so a flood costs little more than a listing.
+	// 0: no cap.
+	BytesMaxFiles int `yaml:"bytes_max_files"`
 }
 
 // Health sets when an owned slice is reported unhealthy.
@@ -121,7 +125,7 @@ func Defaults() Config {
 		Node:    host,
 		Cluster: "default",
 		Listen:  "127.0.0.1:9466",
-		Probes:  Probes{Interval: 15 * time.Second, Budget: 10 * time.Second, Bytes: true},
+		Probes:  Probes{Interval: 15 * time.Second, Budget: 10 * time.Second, Bytes: true, BytesMaxFiles: 50_000},
 		Health:  Health{MaxAge: 15 * time.Minute, StallAfter: 5 * time.Minute},
 	}
 }
@@ -224,6 +228,9 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if c.Probes.Interval <= 0 {
 		bad("probes.interval", "must be positive")
+	}
+	if c.Probes.BytesMaxFiles < 0 {
+		bad("probes.bytes_max_files", "must be 0 (no cap) or positive, got %d", c.Probes.BytesMaxFiles)
 	}
 	if c.Probes.Budget <= 0 || c.Probes.Budget > c.Probes.Interval {
 		bad("probes.budget", "must be positive and at most probes.interval (%s)", c.Probes.Interval)

@@ -112,7 +112,7 @@ var (
 	l  = []string{"lock"}
 
 	descReady          = desc("qslice_queue_ready_messages", "Messages ready to be processed (.pck files), as of the last successful scan.", qs...)
-	descReadyBytes     = desc("qslice_queue_ready_bytes", "Total size of the ready messages, as of the last successful scan.", qs...)
+	descReadyBytes     = desc("qslice_queue_ready_bytes", "Total size of the ready messages, as of the last successful scan; absent when bytes are not counted (probes.bytes off, or more ready files than probes.bytes_max_files).", qs...)
 	descOldestReady    = desc("qslice_queue_oldest_ready_age_seconds", "Age of the oldest ready message by the time in its name, at the last successful scan; 0 when none.", qs...)
 	descInFlight       = desc("qslice_queue_in_flight_messages", "Messages claimed by a runner (.bak files), as of the last successful scan.", qs...)
 	descOldestInFlight = desc("qslice_queue_oldest_in_flight_age_seconds", "How long the oldest in-flight message had been claimed (since its rename), at the last successful scan; 0 when none.", qs...)
@@ -209,7 +209,7 @@ func (c *Collector) collectQueue(ch chan<- prometheus.Metric, qs *probes.QueueSn
 		return
 	}
 	gauge(ch, descQScanLast, float64(qs.At.UnixNano())/1e9, name)
-	bytes := !qs.Config.NoBytes
+	bytes := qs.BytesCounted
 	at := qs.At
 	if len(qs.PerSlice) > c.opts.MaxSliceLabels {
 		ready, claim := qs.Oldest()

@@ -144,13 +144,14 @@ func BenchmarkScanQueue(b *testing.B) {
 		}
 		report(b, 0, rssOK)
 	})
-	for _, noBytes := range []bool{true, false} {
-		name := "probe-bytes"
-		if noBytes {
-			name = "probe-nobytes"
-		}
-		b.Run(name, func(b *testing.B) {
-			cfg := QueueConfig{Name: "bench", Dir: dir, Slices: benchSlices, NoBytes: noBytes}
+	// probe-default is the agent's default (bytes counted up to 50,000 ready files).
+	for _, v := range []struct {
+		name     string
+		noBytes  bool
+		maxFiles int
+	}{{"probe-nobytes", true, 0}, {"probe-bytes", false, 0}, {"probe-default", false, 50_000}} {
+		b.Run(v.name, func(b *testing.B) {
+			cfg := QueueConfig{Name: "bench", Dir: dir, Slices: benchSlices, NoBytes: v.noBytes, BytesMaxFiles: v.maxFiles}
 			b.ReportAllocs()
 			rssOK := resetPeakRSS()
 			var listing time.Duration

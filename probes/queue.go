@@ -31,6 +31,10 @@ type QueueConfig struct {
 	// then enough (see the benchmarks for what the stat costs). In-flight files are always
 	// stat'ed: their count is bounded by the runners' concurrency.
 	NoBytes bool
+	// BytesMaxFiles caps the stat(2) calls of one scan: once it has seen more ready files than
+	// this, the scan stops counting bytes for the queue (QueueSnapshot.BytesCounted is false) and
+	// costs little more than the listing. 0: no cap. The counts and ages are always complete.
+	BytesMaxFiles int
 	// Progress, when set, is called after each chunk of directory entries with the number of
 	// names seen so far, from the scanning goroutine. For progress on a terminal; not a metric.
 	Progress func(names int)
@@ -53,7 +57,7 @@ func (c QueueConfig) Validate() error {
 // SliceStats is what one scan saw in one slice of a queue.
 type SliceStats struct {
 	Ready       int       // ready messages (.pck)
-	Bytes       int64     // their total size in bytes (0 when the queue is probed with NoBytes)
+	Bytes       int64     // their total size in bytes (0 unless QueueSnapshot.BytesCounted)
 	OldestReady time.Time // the time in the name of the oldest ready message; zero when none
 	InFlight    int       // claimed messages (.bak)
 	OldestClaim time.Time // when the in-flight message claimed longest ago was claimed (its ctime); zero when none
@@ -87,20 +91,23 @@ type QueueSnapshot struct {
 	Dropped   int           // non-fatal problems beyond MaxErrors, only counted
 
 	// The data, from the last successful scan.
-	HasData     bool
-	At          time.Time // when that scan started: ages are relative to it
-	PerSlice    []SliceStats
-	Ready       int   // sum over the slices
-	InFlight    int   // sum over the slices
-	Bytes       int64 // sum over the slices
-	HasShunt    bool  // Shunt is known (a shunt directory is configured and was listed)
-	Shunt       int   // messages in the shunt directory (.pck and .bak)
-	HasBad      bool
-	Bad         int      // messages in the bad directory (.psv)
-	Temp        int      // messages being written (.pck.tmp)
-	Ignored     int      // other entries: foreign names, malformed names, subdirectories
-	IgnoredSome []string // up to MaxIgnoredSample of them, for a human to look at
-	Vanished    int      // files listed but gone when looked at
+	HasData  bool
+	At       time.Time // when that scan started: ages are relative to it
+	PerSlice []SliceStats
+	Ready    int   // sum over the slices
+	InFlight int   // sum over the slices
+	Bytes    int64 // sum over the slices
+	// BytesCounted says the byte counts are complete: false with NoBytes, or when the queue held
+	// more ready files than BytesMaxFiles.
+	BytesCounted bool
+	HasShunt     bool // Shunt is known (a shunt directory is configured and was listed)
+	Shunt        int  // messages in the shunt directory (.pck and .bak)
+	HasBad       bool
+	Bad          int      // messages in the bad directory (.psv)
+	Temp         int      // messages being written (.pck.tmp)
+	Ignored      int      // other entries: foreign names, malformed names, subdirectories
+	IgnoredSome  []string // up to MaxIgnoredSample of them, for a human to look at
+	Vanished     int      // files listed but gone when looked at
 }
 
 // MaxIgnoredSample bounds QueueSnapshot.IgnoredSome.
@@ -192,6 +199,10 @@ func scanQueueHook(ctx context.Context, cfg QueueConfig, clock Clock, aux auxCou
 	acc := newQueueAcc(cfg.Slices)
 	acc.afterChunk = afterChunk
 	acc.progress = cfg.Progress
+	acc.bytesLeft = -1 // no cap
+	if cfg.BytesMaxFiles > 0 {
+		acc.bytesLeft = cfg.BytesMaxFiles
+	}
 	if err := acc.scan(ctx, cfg.Dir, !cfg.NoBytes, &errs); err != nil {
 		snap.Err = err
 		return snap
@@ -199,6 +210,13 @@ func scanQueueHook(ctx context.Context, cfg QueueConfig, clock Clock, aux auxCou
 	snap.HasData = true
 	snap.At = start
 	acc.fill(snap)
+	snap.BytesCounted = !cfg.NoBytes && !acc.bytesCapped
+	if acc.bytesCapped { // partial sums would mislead
+		snap.Bytes = 0
+		for i := range snap.PerSlice {
+			snap.PerSlice[i].Bytes = 0
+		}
+	}
 	if cfg.ShuntDir != "" {
 		n, err := countAux(ctx, aux, cfg.ShuntDir, isShunt)
 		if err != nil {
@@ -245,6 +263,8 @@ type queueAcc struct {
 	afterChunk  func(ents []dirEnt) // test hook: runs between listing a chunk and looking at it
 	progress    func(names int)     // QueueConfig.Progress
 	seen        int                 // names listed so far
+	bytesLeft   int                 // ready files still to stat; -1: no cap
+	bytesCapped bool                // a ready file went unstat'ed: the byte counts are incomplete
 	slices      []sliceAcc
 	temp        int
 	ignored     int
@@ -297,7 +317,13 @@ func (a *queueAcc) scan(ctx context.Context, dir string, statReady bool, errs *e
 			s := &a.slices[queue.SliceOf(digest, n)]
 			switch k {
 			case kindReady:
+				if statReady && a.bytesLeft == 0 {
+					statReady, a.bytesCapped = false, true // over BytesMaxFiles: counts and ages only
+				}
 				if statReady {
+					if a.bytesLeft > 0 {
+						a.bytesLeft--
+					}
 					size, _, err := st.stat(string(e.Name))
 					if err != nil {
 						if errors.Is(err, fs.ErrNotExist) {

@@ -339,3 +339,30 @@ func TestScanQueueProgress(t *testing.T) {
 		}
 	}
 }
+
+// TestScanQueueBytesCap: past BytesMaxFiles ready files a scan stops counting bytes, and says so;
+// counts and ages stay complete; exactly at the cap the bytes are complete.
+func TestScanQueueBytesCap(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 10 {
+		writeFile(t, dir, fmt.Sprintf("169999900%d.0+%s.pck", i, digestIn(i%2, 2, int64(i))), 100)
+	}
+	for _, c := range []struct {
+		cap     int
+		noBytes bool
+		counted bool
+		bytes   int64
+	}{{0, false, true, 1000}, {10, false, true, 1000}, {9, false, false, 0}, {1, false, false, 0}, {0, true, false, 0}} {
+		q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 2, BytesMaxFiles: c.cap, NoBytes: c.noBytes}, fixedClock{t0})
+		if q.Err != nil {
+			t.Fatal(q.Err)
+		}
+		if q.BytesCounted != c.counted || q.Bytes != c.bytes || q.PerSlice[0].Bytes+q.PerSlice[1].Bytes != c.bytes {
+			t.Errorf("cap %d, nobytes %v: counted %v, bytes %d (slices %d+%d), want %v, %d", c.cap, c.noBytes,
+				q.BytesCounted, q.Bytes, q.PerSlice[0].Bytes, q.PerSlice[1].Bytes, c.counted, c.bytes)
+		}
+		if q.Ready != 10 || q.PerSlice[0].Ready != 5 || q.PerSlice[0].OldestReady.IsZero() {
+			t.Errorf("cap %d: counts or ages incomplete: %d ready, slice 0 %+v", c.cap, q.Ready, q.PerSlice[0])
+		}
+	}
+}

@@ -146,7 +146,7 @@ func writeQueueStatsJSON(w io.Writer, q *probes.QueueSnapshot) error {
 		Ignored: q.Ignored, Temp: q.Temp, ScannedAt: q.At.UTC(), ScanSeconds: q.Duration.Seconds(),
 		PerSlice: make([]sliceStatsJSON, len(q.PerSlice)),
 	}
-	if !q.Config.NoBytes {
+	if q.BytesCounted {
 		out.Bytes = &q.Bytes
 	}
 	if q.HasShunt {
@@ -165,7 +165,7 @@ func writeQueueStatsJSON(w io.Writer, q *probes.QueueSnapshot) error {
 		js := sliceStatsJSON{Slice: i, Ready: s.Ready, InFlight: s.InFlight,
 			OldestAgeSeconds:         s.OldestReadyAge(q.At).Seconds(),
 			OldestInFlightAgeSeconds: s.OldestInFlightAge(q.At).Seconds()}
-		if !q.Config.NoBytes {
+		if q.BytesCounted {
 			b := s.Bytes
 			js.Bytes = &b
 		}
@@ -181,7 +181,7 @@ func writeQueueStatsTable(w io.Writer, q *probes.QueueSnapshot, nonEmpty bool) e
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "SLICE\tREADY\tBYTES\tOLDEST\tIN FLIGHT\tOLDEST IN FLIGHT\t")
 	bytes := func(n int64) string {
-		if q.Config.NoBytes {
+		if !q.BytesCounted {
 			return "-"
 		}
 		return formatBytes(n)
