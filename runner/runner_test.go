@@ -257,6 +257,34 @@ func TestRetryExhaustedShunts(t *testing.T) {
 	}
 }
 
+// TestHandlerTimeoutShunts: a handler that outlives HandlerTimeout is cancelled and its message
+// shunted with the reason, not left in flight nor deleted.
+func TestHandlerTimeoutShunts(t *testing.T) {
+	d := newTestDir(t)
+	enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("killed: %w", context.Cause(ctx))
+		case <-time.After(time.Minute):
+			return nil
+		}
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Logger: testLogger(t), PollInterval: 10 * time.Millisecond,
+		HandlerTimeout: 100 * time.Millisecond})
+	r.SetSlices([]int{0})
+	startRunner(t, r)
+	waitFor(t, "shunted", 10*time.Second, func() bool { return len(dirFiles(t, d.ShuntDir, ".pck")) == 1 })
+	data, _ := os.ReadFile(filepath.Join(d.ShuntDir, dirFiles(t, d.ShuntDir, ".pck")[0]))
+	m, body, err := queue.Decode(data)
+	if err != nil || !strings.Contains(m.Error, "handler timed out after 100ms") || string(body) != "message 0" {
+		t.Fatalf("shunted error = %q, body %q, %v; want the timeout as the reason and the body intact", m.Error, body, err)
+	}
+	if n := len(dirFiles(t, d.Path, "")); n != 0 {
+		t.Errorf("%d files left in the queue, want none", n)
+	}
+}
+
 func TestCorruptAndForeignFilesNeverCrashNorVanish(t *testing.T) {
 	d := newTestDir(t)
 	good := enqueueN(t, d, 2, time.Unix(1_700_000_000, 0))
