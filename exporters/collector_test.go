@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner/lockfile"
 	"github.com/qslice/qslice/runner/queue"
@@ -229,7 +230,7 @@ func descName(d *prometheus.Desc) string {
 func TestCollectorInFlightAge(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "1699999000.0+"+digestIn(1, 2, 0)+".bak", 1)
-	now := fileCtime(t, filepath.Join(dir, "1699999000.0+"+digestIn(1, 2, 0)+".bak")).Add(90 * time.Second)
+	now := testenv.FileCtime(t, filepath.Join(dir, "1699999000.0+"+digestIn(1, 2, 0)+".bak")).Add(90 * time.Second)
 	p, err := probes.New(probes.Config{Queues: []probes.QueueConfig{{Name: "q", Dir: dir, Slices: 2}}, Clock: fixedClock{now}})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -96,7 +97,7 @@ func TestScanQueueCountsEverything(t *testing.T) {
 	cfg := buildQueue(t, t.TempDir())
 	// An in-flight file's age is measured from its ctime, set by the claim (here: the creation).
 	matches, _ := filepath.Glob(filepath.Join(cfg.Dir, "*.bak"))
-	claimed := fileCtime(t, matches[0])
+	claimed := testenv.FileCtime(t, matches[0])
 	now := claimed.Add(90 * time.Second)
 
 	q := ScanQueue(context.Background(), cfg, fixedClock{now})

@@ -1,6 +1,6 @@
 //go:build linux
 
-package probes
+package testenv
 
 import (
 	"syscall"
@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// fileCtime returns the inode change time of path, which the probe takes as the claim time.
-func fileCtime(t testing.TB, path string) time.Time {
+// FileCtime returns the inode change time of path, which the probes take as a claim time.
+func FileCtime(t testing.TB, path string) time.Time {
 	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Lstat(path, &st); err != nil {
