@@ -150,12 +150,7 @@ func TestConsulTwoNodesSpreadAfterHoldDown(t *testing.T) {
 func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	srv := consultest.Start(t)
 	l := newLedger()
-	a := startNode(t, srv, l, "a", nil)
-	b := startNode(t, srv, l, "b", nil)
-	want := rendezvousSplit(a, b)
-	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
-	waitSettled(t, a)
-	waitSettled(t, b)
+	a, b, want := startSettledPair(t, srv, l)
 
 	tokenBefore := map[SliceID]uint64{}
 	for _, s := range want[a] {
@@ -212,12 +207,7 @@ func TestConsulCrashFailoverHonoursLeaseAndLockDelay(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
 	l := newLedger()
-	a := startNode(t, srv, l, "a", nil)
-	b := startNode(t, srv, l, "b", nil)
-	want := rendezvousSplit(a, b)
-	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
-	waitSettled(t, a)
-	waitSettled(t, b)
+	a, b, want := startSettledPair(t, srv, l)
 	session := a.c.sessionID()
 
 	// a dies: it stops renewing; its handlers would be killed at its lease deadline.
@@ -283,12 +273,7 @@ func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
 	l := newLedger()
-	a := startNode(t, srv, l, "a", nil)
-	b := startNode(t, srv, l, "b", nil)
-	want := rendezvousSplit(a, b)
-	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
-	waitSettled(t, a)
-	waitSettled(t, b)
+	a, b, want := startSettledPair(t, srv, l)
 	session := a.c.sessionID()
 
 	destroyedAt := time.Now()
@@ -456,12 +441,7 @@ session_prefix "" { policy = "write" }
 func TestConsulDrainAndUndrain(t *testing.T) {
 	srv := consultest.Start(t)
 	l := newLedger()
-	a := startNode(t, srv, l, "a", nil)
-	b := startNode(t, srv, l, "b", nil)
-	want := rendezvousSplit(a, b)
-	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
-	waitSettled(t, a)
-	waitSettled(t, b)
+	a, b, want := startSettledPair(t, srv, l)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -544,12 +524,7 @@ func TestConsulServiceMaintenanceHandsOff(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
 	l := newLedger()
-	a := startNode(t, srv, l, "a", nil)
-	b := startNode(t, srv, l, "b", nil)
-	want := rendezvousSplit(a, b)
-	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
-	waitSettled(t, a)
-	waitSettled(t, b)
+	a, b, want := startSettledPair(t, srv, l)
 
 	if err := cl.Agent().EnableServiceMaintenance("qslice-test-a", "replacing a disk"); err != nil {
 		t.Fatal(err)

@@ -438,3 +438,16 @@ func rendezvousSplit(nodes ...*testNode) map[*testNode][]SliceID {
 	}
 	return out
 }
+
+// startSettledPair starts nodes a and b and waits until they hold the rendezvous split and
+// process it.
+func startSettledPair(t *testing.T, srv *consultest.Server, l *ledger) (a, b *testNode, want map[*testNode][]SliceID) {
+	t.Helper()
+	a = startNode(t, srv, l, "a", nil)
+	b = startNode(t, srv, l, "b", nil)
+	want = rendezvousSplit(a, b)
+	waitSplit(t, 25*time.Second, "rendezvous split", want, a, b)
+	waitSettled(t, a)
+	waitSettled(t, b)
+	return a, b, want
+}
