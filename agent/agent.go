@@ -403,7 +403,7 @@ type coordStatus struct{ a *Agent }
 func (c coordStatus) Status() exporters.CoordinatorStatus {
 	st := c.a.coord.Status()
 	out := exporters.CoordinatorStatus{LeaseValid: st.LeaseValid, LeaseRemaining: st.LeaseRemaining,
-		ConsulErrors: st.ConsulErrors, OwnershipChanges: st.OwnershipChanges}
+		LeaseForever: st.Mode != "consul", ConsulErrors: st.ConsulErrors, OwnershipChanges: st.OwnershipChanges}
 	for _, s := range st.Slices {
 		out.Owners = append(out.Owners, exporters.SliceOwner{Queue: s.Slice.Queue, Slice: s.Slice.Index, Node: s.Owner})
 	}

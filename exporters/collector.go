@@ -39,6 +39,8 @@ type CoordinatorStatus struct {
 	LeaseValid bool
 	// LeaseRemaining: how long the lease stays valid without another renewal; <= 0 when none.
 	LeaseRemaining time.Duration
+	// LeaseForever: the lease never ends (a standalone node); LeaseRemaining is then not exported.
+	LeaseForever bool
 	// ConsulErrors counts failed Consul requests by operation.
 	ConsulErrors map[string]uint64
 	// OwnershipChanges counts slices acquired or released by this node, by reason.
@@ -129,7 +131,7 @@ var (
 	descOwnedSlices = desc("qslice_queue_owned_slices", "Number of slices of the queue this node owns.", q...)
 	descOwnerInfo   = desc("qslice_slice_owner_info", "The node that owns the slice, as this node sees the cluster; always 1.", "queue", "slice", "node")
 	descLeaseValid  = desc("qslice_lease_valid", "Whether this node's Consul session lease is provably valid (1) or not (0).")
-	descLeaseLeft   = desc("qslice_lease_remaining_seconds", "Time until this node's lease runs out without another renewal; 0 when it has none.")
+	descLeaseLeft   = desc("qslice_lease_remaining_seconds", "Time until this node's lease runs out without another renewal; 0 when it has none; absent on a standalone node, whose lease never ends.")
 	descConsulErrs  = desc("qslice_consul_request_errors_total", "Failed Consul requests, by operation.", "operation")
 	descOwnChanges  = desc("qslice_ownership_changes_total", "Slices acquired or released by this node, by reason.", "reason")
 
@@ -303,7 +305,9 @@ func (c *Collector) collectOwnership(ch chan<- prometheus.Metric, slices map[str
 
 func (c *Collector) collectCoordinator(ch chan<- prometheus.Metric, slices map[string]int, st CoordinatorStatus) {
 	gauge(ch, descLeaseValid, boolf(st.LeaseValid))
-	gauge(ch, descLeaseLeft, max(0, st.LeaseRemaining.Seconds()))
+	if !st.LeaseForever {
+		gauge(ch, descLeaseLeft, max(0, st.LeaseRemaining.Seconds()))
+	}
 	for k, v := range capCounts(&c.consulOps, st.ConsulErrors) {
 		ch <- prometheus.MustNewConstMetric(descConsulErrs, prometheus.CounterValue, float64(v), k)
 	}

@@ -308,3 +308,19 @@ func TestMetricsDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestStandaloneLeaseNotExported: a lease that never ends has no remaining time to graph.
+func TestStandaloneLeaseNotExported(t *testing.T) {
+	for _, c := range []struct {
+		forever bool
+		want    int
+	}{{true, 0}, {false, 1}} {
+		col := NewCollector(CollectorOptions{Coordinator: coordinator{LeaseValid: true, LeaseRemaining: time.Hour, LeaseForever: c.forever}})
+		if n := testutil.CollectAndCount(col, "qslice_lease_remaining_seconds"); n != c.want {
+			t.Errorf("LeaseForever %v: %d lease_remaining series, want %d", c.forever, n, c.want)
+		}
+		if n := testutil.CollectAndCount(col, "qslice_lease_valid"); n != 1 {
+			t.Errorf("LeaseForever %v: %d lease_valid series, want 1", c.forever, n)
+		}
+	}
+}
