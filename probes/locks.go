@@ -105,12 +105,14 @@ func ScanLockDir(ctx context.Context, cfg LockDirConfig, clock Clock) (snap *Loc
 		snap.Err = err
 		return snap
 	}
-	infos, ferrs := lockfile.ScanDir(cfg.Dir, start, cfg.Inspect)
+	infos, ferrs := lockfile.ScanDir(ctx, cfg.Dir, start, cfg.Inspect)
+	if err := ctx.Err(); err != nil {
+		// ScanDir stopped, or finished late: either way the budget is blown; keep the last data.
+		snap.Err = withHint(fmt.Errorf("scan lock dir %s: stopped after %v: %w: %w", cfg.Dir, clock.Now().Sub(start), ErrBudget, err))
+		return snap
+	}
 	for _, e := range ferrs {
 		errs.add(withHint(e))
-	}
-	if err := ctx.Err(); err != nil {
-		errs.add(fmt.Errorf("scan lock dir %s: took %v: %w", cfg.Dir, clock.Now().Sub(start), ErrBudget))
 	}
 	snap.HasData, snap.At, snap.Locks = true, start, infos
 	for _, in := range infos {

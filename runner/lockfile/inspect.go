@@ -103,7 +103,7 @@ func Inspect(path string, now time.Time, opts InspectOptions) (Info, error) {
 			kept = append(kept, n)
 		}
 	}
-	infos, errs := scan(filepath.Dir(path), kept, now, opts.withDefaults())
+	infos, errs := scan(context.Background(), filepath.Dir(path), kept, now, opts.withDefaults())
 	for _, in := range infos {
 		if in.Path == path {
 			return in, errors.Join(errs...)
@@ -115,13 +115,14 @@ func Inspect(path string, now time.Time, opts InspectOptions) (Info, error) {
 // ScanDir inspects every lock of a directory: lock files, and locks that exist only as claims
 // (waiters, or leftovers of crashed claimants). Files that are neither are ignored. A file
 // that vanishes while being examined is skipped; other per-file failures come back as errors
-// naming the file, and the scan goes on. Infos are sorted by Path.
-func ScanDir(dir string, now time.Time, opts InspectOptions) ([]Info, []error) {
+// naming the file, and the scan goes on. Infos are sorted by Path. When ctx ends first, ScanDir
+// returns no infos and one error wrapping ctx.Err(): a partial view could miss a held lock.
+func ScanDir(ctx context.Context, dir string, now time.Time, opts InspectOptions) ([]Info, []error) {
 	names, err := readDirNames(dir)
 	if err != nil {
 		return nil, []error{fmt.Errorf("scan %s: %w", dir, err)}
 	}
-	return scan(filepath.Clean(dir), names, now, opts.withDefaults())
+	return scan(ctx, filepath.Clean(dir), names, now, opts.withDefaults())
 }
 
 // LocalHostNames returns the names this host may carry in claim names, for
@@ -213,10 +214,14 @@ type entry struct {
 	mailman bool      // kClaim: Mailman 2.1 name, still to be parsed against the known locks
 }
 
-func scan(dir string, names []string, now time.Time, o InspectOptions) ([]Info, []error) {
+func scan(ctx context.Context, dir string, names []string, now time.Time, o InspectOptions) ([]Info, []error) {
 	var errs []error
 	var entries []*entry
-	for _, name := range names {
+	for i, name := range names {
+		if i%256 == 0 && ctx.Err() != nil {
+			// A partial view could miss a held lock: report none rather than a wrong one.
+			return nil, []error{fmt.Errorf("scan %s: stopped after %d of %d entries: %w", dir, i, len(names), ctx.Err())}
+		}
 		e, err := examine(dir, name, o)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("inspect %s: %w", filepath.Join(dir, name), err))

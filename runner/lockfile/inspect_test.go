@@ -3,6 +3,7 @@ package lockfile
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -236,7 +237,7 @@ func TestScanDir(t *testing.T) {
 	}
 	before := snapshot(t, dir)
 
-	infos, errs := ScanDir(dir, now, opts)
+	infos, errs := ScanDir(context.Background(), dir, now, opts)
 	if len(errs) != 0 {
 		t.Fatalf("ScanDir errors: %v", errs)
 	}
@@ -287,7 +288,7 @@ func TestScanDirVanishedAndFailingFiles(t *testing.T) {
 		}
 		return nil
 	}}
-	infos, errs := ScanDir(dir, now, opts)
+	infos, errs := ScanDir(context.Background(), dir, now, opts)
 	if len(errs) != 1 || !errors.Is(errs[0], boom) || !strings.Contains(errs[0].Error(), filepath.Join(dir, "b")) {
 		t.Errorf("errors = %v, want one naming %s", errs, filepath.Join(dir, "b"))
 	}
@@ -299,8 +300,24 @@ func TestScanDirVanishedAndFailingFiles(t *testing.T) {
 	if !slices.Equal(names, []string{"b", "c"}) {
 		t.Errorf("infos for %q, want b and c", names)
 	}
-	if _, errs := ScanDir(filepath.Join(dir, "missing"), now, InspectOptions{}); len(errs) != 1 {
+	if _, errs := ScanDir(context.Background(), filepath.Join(dir, "missing"), now, InspectOptions{}); len(errs) != 1 {
 		t.Errorf("ScanDir of a missing directory: %v", errs)
+	}
+}
+
+// TestScanDirStopsWithItsContext: a scan past its budget returns no partial view, and says why.
+func TestScanDirStopsWithItsContext(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 600 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("lock%03d", i)), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	infos, errs := ScanDir(ctx, dir, time.Now(), InspectOptions{})
+	if len(infos) != 0 || len(errs) != 1 || !errors.Is(errs[0], context.Canceled) || !strings.Contains(errs[0].Error(), "stopped after 0 of 600 entries") {
+		t.Fatalf("ScanDir with an ended context: %d infos, errors %v", len(infos), errs)
 	}
 }
 
