@@ -199,6 +199,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
+		c.SetTracer(opts.Tracer)
 		a.coord = c
 	}
 

@@ -20,6 +20,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/hashicorp/consul/api"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // ServiceName is the Consul service every qslice node registers.
@@ -76,6 +78,7 @@ type ConsulCoordinator struct {
 	failing    map[string]error   // op -> explained error, while failing
 	outage     *outage            // nil unless a request failed and Consul has not been fine since
 	tokens     map[SliceID]uint64 // fencing token of each owned slice; see FencingToken
+	tracer     trace.Tracer       // see SetTracer
 	lastErr    string
 }
 
@@ -150,6 +153,7 @@ func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.L
 		changes:      map[string]uint64{},
 		errCount:     map[string]uint64{},
 		failing:      map[string]error{},
+		tracer:       noop.NewTracerProvider().Tracer(tracerName),
 		processing:   map[string][]int{},
 	}
 	c.aliveCheckID = c.serviceID + ":alive"
@@ -486,11 +490,14 @@ type held struct {
 	since     time.Time
 	value     lockValue
 	handoff   *Move // set once the planner asked to hand it off; the lock goes once released
+	// handoffSince is when handoff was set (for the hand-off span).
+	handoffSince time.Time
 }
 
 type loopState struct {
 	session    string
 	leaseValid bool
+	lapsedAt   time.Time // when the lease last lapsed; zero before the first lapse
 	owned      map[SliceID]*held
 	assigned   map[string]map[int]bool     // what the assignee currently has
 	releasing  map[SliceID]<-chan struct{} // removed from the assignee, not yet released
@@ -649,7 +656,11 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 		st.leaseValid = valid
 		if valid {
 			c.log.Info("lease valid: processing owned slices", "owned", len(st.owned), "remaining", lease.deadline.Sub(now).Round(time.Millisecond))
+			if !st.lapsedAt.IsZero() {
+				c.traceLapse(st.lapsedAt, now, len(st.owned))
+			}
 		} else {
+			st.lapsedAt = now
 			c.log.Warn("lease lapsed: stopped processing all slices until Consul confirms the session again",
 				"owned", len(st.owned), "has_session", lease.session != "")
 		}
@@ -674,13 +685,13 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 			if st.stopping {
 				mv.Reason = ReasonReleased
 			}
-			h.handoff = &mv
+			h.handoff, h.handoffSince = &mv, now
 		}
 	}
 	if st.stopping { // even without a plan entry (e.g. no members seen), everything goes
 		for s, h := range st.owned {
 			if h.handoff == nil {
-				h.handoff = &Move{Slice: s, From: c.cfg.NodeID, Reason: ReasonReleased}
+				h.handoff, h.handoffSince = &Move{Slice: s, From: c.cfg.NodeID, Reason: ReasonReleased}, now
 			}
 		}
 	}
@@ -751,6 +762,7 @@ func (c *ConsulCoordinator) known(s SliceID) bool {
 
 func (c *ConsulCoordinator) lost(st *loopState, s SliceID, to, why string) {
 	delete(st.owned, s)
+	c.traceLost(s, c.clock.Now(), why)
 	c.log.Warn("slice lock lost", "slice", s.String(), "why", why)
 	c.changed(s, c.cfg.NodeID, to, ReasonLeaseLost)
 }
@@ -891,10 +903,12 @@ func (c *ConsulCoordinator) releaseDrained(ctx context.Context, st *loopState, n
 		}
 		delete(st.owned, s)
 		if gone {
+			c.traceHandoff(s, h, c.clock.Now(), "lease_lost")
 			c.changed(s, c.cfg.NodeID, "", ReasonLeaseLost)
 			continue
 		}
 		st.releasedAt[s] = idx
+		c.traceHandoff(s, h, c.clock.Now(), "released")
 		c.changed(s, c.cfg.NodeID, h.handoff.To, h.handoff.Reason)
 	}
 }
@@ -926,6 +940,7 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 		v := lockValue{Node: c.cfg.NodeID, Avoid: liveAvoid(prev.Avoid, now)}
 		body, _ := json.Marshal(v)
 		var got *api.KVPair
+		callStart := c.clock.Now()
 		err := c.call(ctx, "acquire", func(ctx context.Context) error {
 			ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
 				{Verb: api.KVLock, Key: c.sliceKey(m.Slice), Value: body, Session: st.session},
@@ -957,6 +972,7 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 		}
 		delete(st.retryAt, m.Slice)
 		st.owned[m.Slice] = &held{session: st.session, token: got.ModifyIndex, lockIndex: got.LockIndex, since: now, value: v}
+		c.traceAcquire(m, callStart, c.clock.Now(), got.ModifyIndex)
 		c.changed(m.Slice, m.From, c.cfg.NodeID, m.Reason)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/qslice/qslice/internal/consultest"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // Integration tests against a real Consul (internal/consultest). Timings: TTL 2 s, lock-delay
@@ -312,6 +313,12 @@ func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 	if got := b.c.Status().OwnershipChanges[ReasonLeaseLost]; got != 0 {
 		t.Errorf("b lost %d slices", got)
 	}
+	lost := a.endedSpans("qslice.slice.lost")
+	for _, s := range want[a] {
+		if sp := lost[s.String()]; len(sp) != 1 || spanAttr(sp[0], "qslice.why") == "" {
+			t.Errorf("%s: %d slice.lost spans on a, want one saying why", s, len(sp))
+		}
+	}
 	l.check(t)
 }
 
@@ -351,6 +358,9 @@ func TestConsulRestart(t *testing.T) {
 	waitSplit(t, 20*time.Second, "processing resumes", map[*testNode][]SliceID{a: allTestSlices()}, a)
 	if n := a.logs.count("lease lapsed"); n != 1 {
 		t.Errorf("%d 'lease lapsed' lines, want 1", n)
+	}
+	if lapses := a.endedSpans("qslice.lease.lapsed")[""]; len(lapses) != 1 || lapses[0].EndTime().Sub(lapses[0].StartTime()) <= 0 {
+		t.Errorf("%d lease.lapsed spans, want one with a duration", len(lapses))
 	}
 	// The outage is declared over once Consul has been fine for a TTL (2s here).
 	consultest.WaitFor(t, 10*time.Second, "the recovery is logged", func() error {
@@ -460,6 +470,29 @@ func TestConsulDrainAndUndrain(t *testing.T) {
 	}
 	if got := b.c.Status().OwnershipChanges[ReasonDrain]; int(got) != len(want[a]) {
 		t.Errorf("b counted %d drain acquisitions, want %d", got, len(want[a]))
+	}
+	// The timeline in traces: a hand-off span per slice on a, an acquire span on b.
+	handoffs, acquires := a.endedSpans("qslice.slice.handoff"), b.endedSpans("qslice.slice.acquire")
+	for _, s := range want[a] {
+		h, acq := handoffs[s.String()], acquires[s.String()]
+		if len(h) != 1 || spanAttr(h[0], "qslice.reason") != ReasonDrain || spanAttr(h[0], "qslice.outcome") != "released" ||
+			spanAttr(h[0], "qslice.to") != "b" || h[0].EndTime().Before(h[0].StartTime()) {
+			t.Errorf("%s: hand-off spans on a: %d, want one (reason drain, to b, released)", s, len(h))
+			continue
+		}
+		var drained *sdktrace.ReadOnlySpan
+		for i := range acq {
+			if spanAttr(acq[i], "qslice.reason") == ReasonDrain {
+				drained = &acq[i]
+			}
+		}
+		if drained == nil || spanAttr(*drained, "qslice.from") != "a" || spanAttr(*drained, "qslice.fencing_token") == "0" {
+			t.Errorf("%s: no acquire span on b with reason drain, from a and a fencing token", s)
+			continue
+		}
+		if (*drained).StartTime().Before(h[0].EndTime().Add(-time.Second)) {
+			t.Errorf("%s: b acquired at %s, before a released at %s", s, (*drained).StartTime(), h[0].EndTime())
+		}
 	}
 	// a stays empty while drained, even after a hold-down.
 	holdEnd := time.Now().Add(3500 * time.Millisecond)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/qslice/qslice/internal/consultest"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 // interval is one stretch during which a node may process a slice: from the SetSlices call that
@@ -282,6 +284,7 @@ type testNode struct {
 	a       *fakeAssignee
 	h       *fakeHealth
 	logs    *syncBuffer
+	spans   *tracetest.SpanRecorder // the coordinator's spans
 	cancel  context.CancelFunc
 	done    chan error
 	started time.Time
@@ -322,6 +325,8 @@ func startNodeAs(t *testing.T, srv *consultest.Server, l *ledger, id, ledgerName
 		t.Fatalf("NewConsul(%s): %v", id, err)
 	}
 	n.c = c
+	n.spans = tracetest.NewSpanRecorder()
+	c.SetTracer(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(n.spans)))
 	vu := c.ValidUntil
 	n.a.lease.Store(&vu)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -450,4 +455,40 @@ func startSettledPair(t *testing.T, srv *consultest.Server, l *ledger) (a, b *te
 	waitSettled(t, a)
 	waitSettled(t, b)
 	return a, b, want
+}
+
+// endedSpans returns the node's finished spans called name, keyed by their
+// messaging.destination.name/partition ("queue/slice"; "" for spans of no slice).
+func (n *testNode) endedSpans(name string) map[string][]sdktrace.ReadOnlySpan {
+	out := map[string][]sdktrace.ReadOnlySpan{}
+	for _, sp := range n.spans.Ended() {
+		if sp.Name() != name {
+			continue
+		}
+		var q, slice string
+		for _, a := range sp.Attributes() {
+			switch a.Key {
+			case "messaging.destination.name":
+				q = a.Value.AsString()
+			case "messaging.destination.partition.id":
+				slice = a.Value.AsString()
+			}
+		}
+		key := ""
+		if q != "" {
+			key = q + "/" + slice
+		}
+		out[key] = append(out[key], sp)
+	}
+	return out
+}
+
+// spanAttr returns the string form of attribute key of sp, "" when absent.
+func spanAttr(sp sdktrace.ReadOnlySpan, key string) string {
+	for _, a := range sp.Attributes() {
+		if string(a.Key) == key {
+			return a.Value.Emit()
+		}
+	}
+	return ""
 }

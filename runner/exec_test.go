@@ -125,3 +125,38 @@ func TestConsumerSpanPerMessageLinkedToEnqueuer(t *testing.T) {
 		t.Errorf("handler saw %q, want the span's own trace id %s", sawTrace, s.SpanContext().TraceID())
 	}
 }
+
+// TestLockWaitSpan: a message with a lock key gets a "lock wait" span, child of its process span,
+// naming the lock file and how the wait ended.
+func TestLockWaitSpan(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := trace.NewTracerProvider(trace.WithSpanProcessor(rec))
+	d := newTestDir(t)
+	lockDir := t.TempDir()
+	if _, err := d.Enqueue(queue.Meta{Lock: "list-a.lck"}, []byte("x"), time.Unix(1_700_000_000, 0)); err != nil {
+		t.Fatal(err)
+	}
+	h := HandlerFunc(func(ctx context.Context, m *Message) error { return nil })
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Tracer: tp, LockDir: lockDir, Logger: testLogger(t), PollInterval: 10 * time.Millisecond})
+	r.SetSlices([]int{0})
+	startRunner(t, r)
+	waitFor(t, "two spans ended", 10*time.Second, func() bool { return len(rec.Ended()) == 2 })
+	byName := map[string]trace.ReadOnlySpan{}
+	for _, s := range rec.Ended() {
+		byName[s.Name()] = s
+	}
+	lw, proc := byName["lock wait"], byName["process in"]
+	if lw == nil || proc == nil {
+		t.Fatalf("spans %v, want 'lock wait' and 'process in'", byName)
+	}
+	if lw.Parent().SpanID() != proc.SpanContext().SpanID() {
+		t.Error("the lock wait span is not a child of the process span")
+	}
+	attrs := map[string]string{}
+	for _, a := range lw.Attributes() {
+		attrs[string(a.Key)] = a.Value.Emit()
+	}
+	if attrs["qslice.lock.result"] != "acquired" || attrs["qslice.lock"] != filepath.Join(lockDir, "list-a.lck") {
+		t.Errorf("lock wait attributes %v", attrs)
+	}
+}

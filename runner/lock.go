@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/qslice/qslice/runner/lockfile"
 )
 
@@ -18,8 +22,19 @@ func (r *Runner) acquireLock(ctx context.Context, msg *Message, path string) (re
 	wctx, cancel := context.WithTimeout(ctx, r.cfg.LockTimeout)
 	defer cancel()
 	start := r.cfg.Now()
-	_, span := r.tracer.Start(ctx, "lock wait")
+	_, span := r.tracer.Start(ctx, "lock wait", trace.WithAttributes(attribute.String("qslice.lock", path)))
 	got, err := l.Lock(wctx)
+	switch {
+	case err == nil && got.Broke:
+		span.SetAttributes(attribute.String("qslice.lock.result", string(LockBroke)))
+	case err == nil:
+		span.SetAttributes(attribute.String("qslice.lock.result", string(LockAcquired)))
+	case ctx.Err() != nil:
+		span.SetAttributes(attribute.String("qslice.lock.result", "cancelled"))
+	default:
+		span.SetAttributes(attribute.String("qslice.lock.result", string(LockTimeout)))
+		span.SetStatus(codes.Error, err.Error())
+	}
 	span.End()
 	waited := r.cfg.Now().Sub(start)
 	switch {

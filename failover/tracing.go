@@ -1,0 +1,76 @@
+package failover
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Spans of the Consul coordinator, for a timeline of a failover next to the message spans of the
+// runners (which carry the same queue and partition attributes):
+//
+//	qslice.slice.acquire  the lock acquisition (KV transaction) of one slice: reason, previous
+//	                      owner, fencing token
+//	qslice.slice.handoff  from the planner's decision to give a slice away to its lock's release:
+//	                      the wait for in-flight messages included; reason, target node, outcome
+//	qslice.slice.lost     a lock lost without a hand-off (session ended, key taken): why
+//	qslice.lease.lapsed   a stretch during which this node processed nothing for want of a
+//	                      confirmed lease
+//
+// Spans are recorded after the fact with explicit timestamps: the coordinator's loop never waits
+// on the tracer.
+
+const tracerName = "github.com/qslice/qslice/failover"
+
+// SetTracer makes the coordinator record its spans with tp; call it before Run. Without it the
+// coordinator records nothing.
+func (c *ConsulCoordinator) SetTracer(tp trace.TracerProvider) {
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	c.tracer = tp.Tracer(tracerName)
+}
+
+func sliceAttrs(s SliceID) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		semconv.MessagingSystemKey.String("qslice"),
+		semconv.MessagingDestinationName(s.Queue),
+		semconv.MessagingDestinationPartitionID(strconv.Itoa(s.Index)),
+	}
+}
+
+// span records one finished span from start to end.
+func (c *ConsulCoordinator) span(name string, start, end time.Time, attrs ...attribute.KeyValue) {
+	_, sp := c.tracer.Start(context.Background(), name, trace.WithTimestamp(start),
+		trace.WithAttributes(attrs...), trace.WithAttributes(attribute.String("qslice.node", c.cfg.NodeID)))
+	sp.End(trace.WithTimestamp(end))
+}
+
+func (c *ConsulCoordinator) traceAcquire(m Move, start, end time.Time, token uint64) {
+	c.span("qslice.slice.acquire", start, end, append(sliceAttrs(m.Slice),
+		attribute.String("qslice.reason", m.Reason), attribute.String("qslice.from", m.From),
+		attribute.Int64("qslice.fencing_token", int64(token)))...)
+}
+
+func (c *ConsulCoordinator) traceHandoff(s SliceID, h *held, end time.Time, outcome string) {
+	start := h.handoffSince
+	if start.IsZero() {
+		start = end
+	}
+	c.span("qslice.slice.handoff", start, end, append(sliceAttrs(s),
+		attribute.String("qslice.reason", h.handoff.Reason), attribute.String("qslice.to", h.handoff.To),
+		attribute.String("qslice.outcome", outcome))...)
+}
+
+func (c *ConsulCoordinator) traceLost(s SliceID, at time.Time, why string) {
+	c.span("qslice.slice.lost", at, at, append(sliceAttrs(s), attribute.String("qslice.why", why))...)
+}
+
+func (c *ConsulCoordinator) traceLapse(start, end time.Time, owned int) {
+	c.span("qslice.lease.lapsed", start, end, attribute.Int("qslice.owned_slices", owned))
+}
