@@ -14,8 +14,9 @@ type FaultRecord struct {
 	Fault
 	NodeName string
 	// At is just before the first signal (or command) was sent; Done when it had taken effect
-	// (every process of the node killed or stopped; Consul down; drain returned); End when the
-	// fault was undone (node started again, SIGCONT sent, Consul ready, undrained).
+	// (every process of the node killed or stopped; Consul down; drain returned; every
+	// connection of the node to Consul closed); End when the fault was undone (node started
+	// again, SIGCONT sent, Consul ready, undrained, connections to Consul let through again).
 	At, Done, End time.Time
 	Err           string // what went wrong applying or undoing it, if anything
 }
@@ -43,7 +44,19 @@ type Input struct {
 	// its handlers) or left a message for the next owner, from the node's log.
 	Lapses    map[string][]time.Time
 	Leftovers []Leftover
+	// Lease is the nodes' lease (ClusterConfig.Lease): a node cut off Consul (KindPartition) at
+	// Done cannot hold a valid lease past Done + Lease, since its last renewal was sent before.
+	Lease time.Duration
 }
+
+// fenceSlack allows for the instant between a handler's check of its lease deadline and the
+// timestamp of its ledger line, on a loaded machine.
+const fenceSlack = 100 * time.Millisecond
+
+// lapseWithin is how long after its lease must have ended a cut-off node's runner logs the lapse
+// (it checks every 50 ms; the rest is slack for a loaded machine). A partition held longer than
+// Lease + lapseWithin without a lapse logged by the node is a failure.
+const lapseWithin = time.Second
 
 // Report is the verdict of a chaos run.
 type Report struct {
@@ -68,9 +81,16 @@ type Report struct {
 	// Repeats: handlings of a message after its first. AfterCrash: the previous handling was
 	// cut off, or its node was killed or paused or lost its lease before the message was
 	// handled again. Unexplained: anything else.
-	RepeatsAfterCrash   int
-	UnexplainedRepeats  int
-	UnexplainedDetails  []string
+	RepeatsAfterCrash  int
+	UnexplainedRepeats int
+	UnexplainedDetails []string
+	// HandledWhileCut: handlings started on a node cut off Consul (KindPartition) after its
+	// lease had to have ended (Done + Lease + fenceSlack) and before the cut was healed.
+	// PartitionsUnlapsed: partitions held past Lease + lapseWithin during which the node's
+	// runner logged no lapsed lease. Both mean a cut-off node did not stop.
+	HandledWhileCut     int
+	PartitionsUnlapsed  int
+	PartitionDetails    []string
 	CutOff              int // handlings without an end line
 	MalformedLedgerLine int
 	// OwnershipChanges sums the nodes' qslice_ownership_changes_total by reason, over every
@@ -133,6 +153,10 @@ func Analyze(in Input) Report {
 	for n := range cuts {
 		slices.SortFunc(cuts[n], func(a, b time.Time) int { return a.Compare(b) })
 	}
+	// A partition is neither a cut nor a disruption by itself: the cut-off node's processes run
+	// on, so only its runner's lapse (handlers killed, files left in flight) ends a handling or
+	// explains a repeat.
+	//
 	// disrupted: between from and to, the node was killed or paused or lost its lease, so a
 	// handling it completed may never have been settled (its file not removed).
 	disrupted := func(node string, from, to time.Time) bool {
@@ -224,6 +248,33 @@ func Analyze(in Input) Report {
 			}
 		}
 	}
+	// A node cut off Consul stops: its lease lapses within Lease of the cut, its runner says so,
+	// and it starts no handler until it is healed.
+	for _, f := range in.Faults {
+		if f.Kind != KindPartition || f.Done.IsZero() || f.End.IsZero() {
+			continue
+		}
+		fenced := f.Done.Add(in.Lease + fenceSlack)
+		for _, h := range in.Handlings {
+			if h.Node == f.NodeName && h.Start.After(fenced) && h.Start.Before(f.End) {
+				r.HandledWhileCut++
+				addDetail(&r.PartitionDetails, fmt.Sprintf("%s: handled on %s at %s, cut off Consul since %s (lease %s), healed %s",
+					h.ID, h.Node, stamp(h.Start), stamp(f.Done), in.Lease, stamp(f.End)))
+			}
+		}
+		if f.End.Sub(f.Done) <= in.Lease+lapseWithin {
+			continue
+		}
+		lapsed := false
+		for _, t := range in.Lapses[f.NodeName] {
+			lapsed = lapsed || (!t.Before(f.Done) && !t.After(f.Done.Add(in.Lease+lapseWithin)))
+		}
+		if !lapsed {
+			r.PartitionsUnlapsed++
+			addDetail(&r.PartitionDetails, fmt.Sprintf("%s cut off Consul from %s to %s: its runner logged no lapsed lease within %s",
+				f.NodeName, stamp(f.Done), stamp(f.End), in.Lease+lapseWithin))
+		}
+	}
 	// Leftovers of completed messages (a file left behind after its handling) are strays too.
 	for id, ls := range left {
 		done := false
@@ -253,7 +304,7 @@ func endStamp(t time.Time, finite, completed bool) string {
 }
 
 // Err returns why the run failed, or nil: messages lost, concurrent duplicates, unexplained
-// repeats, or messages left on disk without an explanation.
+// repeats, a cut-off node that did not stop, or messages left on disk without an explanation.
 func (r *Report) Err() error {
 	var errs []error
 	if r.Lost > 0 {
@@ -264,6 +315,10 @@ func (r *Report) Err() error {
 	}
 	if r.UnexplainedRepeats > 0 {
 		errs = append(errs, fmt.Errorf("%d unexplained repeats:\n  %s", r.UnexplainedRepeats, strings.Join(r.UnexplainedDetails, "\n  ")))
+	}
+	if r.HandledWhileCut > 0 || r.PartitionsUnlapsed > 0 {
+		errs = append(errs, fmt.Errorf("a node cut off Consul did not stop (%d handlings while cut off, %d partitions without a lapsed lease):\n  %s",
+			r.HandledWhileCut, r.PartitionsUnlapsed, strings.Join(r.PartitionDetails, "\n  ")))
 	}
 	if n := r.Stranded - r.StrandedExplained; n > 0 {
 		errs = append(errs, fmt.Errorf("%d messages left on disk without explanation:\n  %s", n, strings.Join(r.StrandedDetails, "\n  ")))

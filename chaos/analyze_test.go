@@ -200,6 +200,97 @@ func TestAnalyze(t *testing.T) {
 				t.Fatalf("unexplained %d, want 1", r.UnexplainedRepeats)
 			}
 		}},
+		// Partitions: n1 is cut off Consul at 10 ms (Done), healed at 5000 ms; lease 800 ms.
+		{"partition: handler killed on the lapse, message taken over", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 3000, 3010)},
+			Faults:    []FaultRecord{fault(KindPartition, "n1", 5, 10, 5000)},
+			Lapses:    map[string][]time.Time{"n1": {at(800)}},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.RepeatsAfterCrash != 1 || r.CutOff != 1 || r.Faults[KindPartition] != 1 {
+				t.Fatalf("err %v, repeats after crash %d, cut off %d, partitions %d", err, r.RepeatsAfterCrash, r.CutOff, r.Faults[KindPartition])
+			}
+		}},
+		{"partition: completed before the lapse, file left in flight, handled again", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 700, 720), h("a", "n2", 3000, 3010)},
+			Faults:    []FaultRecord{fault(KindPartition, "n1", 5, 10, 5000)},
+			Lapses:    map[string][]time.Time{"n1": {at(810)}},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.RepeatsAfterCrash != 1 {
+				t.Fatalf("err %v, repeats after crash %d", err, r.RepeatsAfterCrash)
+			}
+		}},
+		{"partition alone neither ends a handling nor explains a repeat", Input{
+			// The cut-off node's processes run on: without a lapse of its runner, a handling cut
+			// off there never ends (so the takeover's handling overlaps it), a completed one may
+			// have been settled, and a partition longer than the lease without a lapse fails.
+			Enqueued:  []string{"a", "b"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 3000, 3010), h("b", "n1", 0, 20), h("b", "n3", 3000, 3010)},
+			Faults:    []FaultRecord{fault(KindPartition, "n1", 5, 10, 5000)},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if r.ConcurrentDuplicates != 1 || r.UnexplainedRepeats != 2 || r.PartitionsUnlapsed != 1 || r.RepeatsAfterCrash != 0 {
+				t.Fatalf("dups %d unexplained %d unlapsed %d after crash %d; want 1, 2, 1, 0",
+					r.ConcurrentDuplicates, r.UnexplainedRepeats, r.PartitionsUnlapsed, r.RepeatsAfterCrash)
+			}
+			if err := r.Err(); err == nil || !strings.Contains(err.Error(), "did not stop") {
+				t.Fatalf("Err = %v", err)
+			}
+		}},
+		{"partition: the takeover overlaps a handler that outlived the lapse", Input{
+			// n1's handling started before the cut and was still running when n2 took the
+			// message over, before n1's runner lapsed: a concurrent duplicate, whatever the cut.
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 600, 610)},
+			Faults:    []FaultRecord{fault(KindPartition, "n1", 5, 10, 5000)},
+			Lapses:    map[string][]time.Time{"n1": {at(800)}},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if r.ConcurrentDuplicates != 1 || r.Err() == nil {
+				t.Fatalf("dups %d err %v, want 1 and an error", r.ConcurrentDuplicates, r.Err())
+			}
+		}},
+		{"partition: a node handling past its lease did not stop; another node's lapse explains nothing", Input{
+			// n1 started at 950, cut off since 10 with a lease of 800: past its lease (and the
+			// slack). Its repeat is not explained by its own lapse (before the handling) nor by
+			// n2's (another node).
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 950, 970), h("a", "n2", 3000, 3010)},
+			Faults:    []FaultRecord{fault(KindPartition, "n1", 5, 10, 5000), fault(KindPartition, "n2", 1500, 1510, 2500)},
+			Lapses:    map[string][]time.Time{"n1": {at(800)}, "n2": {at(2000)}},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if r.UnexplainedRepeats != 1 || r.HandledWhileCut != 1 || r.PartitionsUnlapsed != 0 {
+				t.Fatalf("unexplained %d handled while cut %d unlapsed %d", r.UnexplainedRepeats, r.HandledWhileCut, r.PartitionsUnlapsed)
+			}
+			if err := r.Err(); err == nil || !strings.Contains(err.Error(), "1 handlings while cut off") {
+				t.Fatalf("Err = %v", err)
+			}
+		}},
+		{"partition: handling just before the lease ends, and after healing, are fine", Input{
+			Enqueued:  []string{"a", "b"},
+			Handlings: []Handling{h("a", "n1", 850, 870), h("b", "n1", 5001, 5020)},
+			Faults:    []FaultRecord{fault(KindPartition, "n1", 5, 10, 5000)},
+			Lapses:    map[string][]time.Time{"n1": {at(900)}},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.HandledWhileCut != 0 {
+				t.Fatalf("err %v handled while cut %d", err, r.HandledWhileCut)
+			}
+		}},
+		{"partition shorter than the lease needs no lapse", Input{
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 0, 10)},
+			Faults:    []FaultRecord{fault(KindPartition, "n1", 5, 10, 1500)},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.PartitionsUnlapsed != 0 {
+				t.Fatalf("err %v unlapsed %d", err, r.PartitionsUnlapsed)
+			}
+		}},
 		{"clean restart explains nothing", Input{
 			Enqueued:  []string{"a"},
 			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 30, 40)},
@@ -234,7 +325,7 @@ func TestSummarize(t *testing.T) {
 
 func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 	p := ScheduleParams{Nodes: 3, Lease: 800 * time.Millisecond, Takeover: 4 * time.Second, GapMin: time.Second, GapMax: 3 * time.Second}
-	counts := map[Kind]int{KindKill: 2, KindPause: 3, KindConsulRestart: 1, KindRestart: 2, KindDrain: 2}
+	counts := map[Kind]int{KindKill: 2, KindPause: 3, KindConsulRestart: 1, KindRestart: 2, KindDrain: 2, KindPartition: 2}
 	a, b := NewSchedule(7, counts, p), NewSchedule(7, counts, p)
 	if !reflect.DeepEqual(a, b) {
 		t.Fatal("the same seed gave two schedules")
@@ -249,9 +340,9 @@ func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 			t.Errorf("fault %+v out of bounds", f)
 		}
 		switch f.Kind {
-		case KindKill:
+		case KindKill, KindPartition:
 			if f.Hold < p.Takeover {
-				t.Errorf("kill held %s, shorter than the takeover %s", f.Hold, p.Takeover)
+				t.Errorf("%s held %s, shorter than the takeover %s", f.Kind, f.Hold, p.Takeover)
 			}
 		case KindPause:
 			if f.Hold <= p.Lease {
@@ -271,8 +362,8 @@ func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 }
 
 func TestParseKinds(t *testing.T) {
-	got, err := ParseKinds("kill=2, pause=1,consul-restart=0")
-	if err != nil || !reflect.DeepEqual(got, map[Kind]int{KindKill: 2, KindPause: 1, KindConsulRestart: 0}) {
+	got, err := ParseKinds("kill=2, pause=1,consul-restart=0,partition=3")
+	if err != nil || !reflect.DeepEqual(got, map[Kind]int{KindKill: 2, KindPause: 1, KindConsulRestart: 0, KindPartition: 3}) {
 		t.Fatalf("ParseKinds = %v, %v", got, err)
 	}
 	for _, bad := range []string{"kill", "kill=x", "nap=1", "kill=-1"} {

@@ -129,6 +129,9 @@ type Node struct {
 	Listen string // host:port of its HTTP API
 	Ledger string // the handler's ledger file
 
+	// proxy is the node's way to Consul (its consul.address): Cut and Heal act on it.
+	proxy *cutProxy
+
 	c           *Cluster
 	mu          sync.Mutex
 	proc        *process // nil when not running
@@ -157,19 +160,40 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 		}
 	}
 	for i := 0; i < cfg.Nodes; i++ {
-		port, err := freePort()
+		n, err := c.newNode(i)
 		if err != nil {
-			return nil, err
-		}
-		n := &Node{Index: i, Name: fmt.Sprintf("n%d", i+1), Listen: fmt.Sprintf("127.0.0.1:%d", port), c: c}
-		n.Config = filepath.Join(cfg.Dir, "config-"+n.Name+".yaml")
-		n.Ledger = filepath.Join(cfg.Dir, "ledger-"+n.Name+".log")
-		if err := c.writeConfig(n); err != nil {
+			c.closeProxies()
 			return nil, err
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
 	return c, nil
+}
+
+// newNode writes the config of node i, with its own proxy to Consul (started here; Close stops
+// it).
+func (c *Cluster) newNode(i int) (*Node, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Index: i, Name: fmt.Sprintf("n%d", i+1), Listen: fmt.Sprintf("127.0.0.1:%d", port), c: c}
+	n.Config = filepath.Join(c.cfg.Dir, "config-"+n.Name+".yaml")
+	n.Ledger = filepath.Join(c.cfg.Dir, "ledger-"+n.Name+".log")
+	if n.proxy, err = newCutProxy(c.cfg.ConsulAddr); err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if err := c.writeConfig(n); err != nil {
+		n.proxy.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (c *Cluster) closeProxies() {
+	for _, n := range c.Nodes {
+		n.proxy.Close()
+	}
 }
 
 // Config returns the configuration in use (with defaults).
@@ -190,7 +214,7 @@ func (c *Cluster) writeConfig(n *Node) error {
 		"cluster": "chaos",
 		"listen":  n.Listen,
 		"consul": map[string]any{
-			"address": c.cfg.ConsulAddr, "ttl": c.cfg.TTL.String(), "lock_delay": c.cfg.LockDelay.String(),
+			"address": n.proxy.Addr(), "ttl": c.cfg.TTL.String(), "lock_delay": c.cfg.LockDelay.String(),
 			"hold_down": c.cfg.HoldDown.String(),
 		},
 		"probes": map[string]any{"interval": "1s", "budget": "1s"},
@@ -372,6 +396,37 @@ func (n *Node) Resume() error {
 	return signalSession(p.pid, syscall.SIGCONT)
 }
 
+// Cut cuts the node off Consul while its processes run on: every connection of its proxy is
+// closed, and new ones are closed as soon as they are accepted, until Heal. It returns once every
+// open connection is closed.
+func (n *Node) Cut() { n.proxy.Cut() }
+
+// Heal lets the node reach Consul again and returns how many connections it tried (and was
+// refused) while cut off.
+func (n *Node) Heal() int { return n.proxy.Heal() }
+
+// WaitLease polls the node's status until its lease is valid (or, with valid false, until it is
+// not), up to timeout.
+func (n *Node) WaitLease(ctx context.Context, valid bool, timeout time.Duration) error {
+	err := pollUntil(timeout, func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st, err := n.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.LeaseValid != valid {
+			return fmt.Errorf("lease_valid is %t (consul error: %q)", st.LeaseValid, st.ConsulError)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: waiting for lease_valid %t: %w", n.Name, valid, err)
+	}
+	return nil
+}
+
 // Stop sends SIGTERM to qslice (a clean stop: handlers finish, slices are handed off) and waits
 // up to timeout; then it kills the session and says so.
 func (n *Node) Stop(timeout time.Duration) error {
@@ -503,7 +558,8 @@ func (c *Cluster) StopAll(timeout time.Duration) error {
 	return errors.Join(errs...)
 }
 
-// Close kills every process of every node and waits for them. Idempotent; safe after StopAll.
+// Close kills every process of every node and waits for them, then stops the nodes' proxies to
+// Consul. Idempotent; safe after StopAll.
 func (c *Cluster) Close() {
 	c.closeOnce.Do(func() {
 		for _, n := range c.Nodes {
@@ -517,6 +573,7 @@ func (c *Cluster) Close() {
 			_ = signalSession(p.pid, syscall.SIGKILL)
 			_ = n.reap(p, 10*time.Second)
 		}
+		c.closeProxies()
 	})
 }
 

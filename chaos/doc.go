@@ -9,8 +9,12 @@
 // Faults: SIGKILL of every process of a node's session (qslice and its handlers), restarted
 // later; SIGSTOP of the whole session for longer than the lease, then SIGCONT (a paused
 // machine); Consul restart on the same data; SIGTERM and start (a clean restart); `qslice
-// drain` and `qslice drain --undo`. Each node runs in its own session (Setsid) so that a signal
-// reaches the handlers too, which qslice starts in process groups of their own.
+// drain` and `qslice drain --undo`; a partition: the node cut off Consul for longer than it
+// takes the others to take its slices, its processes running on, then reconnected. Each node
+// runs in its own session (Setsid) so that a signal reaches the handlers too, which qslice
+// starts in process groups of their own. Each node reaches Consul through a TCP proxy of its own
+// on 127.0.0.1 (its consul.address), which the partition cuts: every connection closed, new ones
+// closed as soon as accepted.
 //
 // Analyze checks, from the ledger, the faults and the nodes' logs:
 //
@@ -18,10 +22,14 @@
 //     shunt/, bad/) and is reported there with its reason;
 //   - concurrent duplicates: no two handlings of one message overlap. A handling without an end
 //     line ends when its node was killed or paused (every process stopped) or its runner
-//     reported a lapsed lease, whichever came first; with none of these it never ends;
+//     reported a lapsed lease, whichever came first; with none of these it never ends (a
+//     partition alone ends nothing: the cut-off node's handlers run on until its runner kills
+//     them on the lapse);
 //   - repeats: a message handled again only after its earlier handling was cut off, or after its
 //     node was killed, paused or lost its lease in between (a crash between the handler's
-//     commit and the file's removal); any other repeat is unexplained.
+//     commit and the file's removal); any other repeat is unexplained;
+//   - a node cut off Consul stops: its runner logs a lapsed lease within the lease (and a
+//     second), and no handling starts on it after the lease must have ended until it is healed.
 //
 // Invariants of the harness: every process it starts is in a session it kills in
 // Cluster.Close, also on failure; only 127.0.0.1 is used; every wait is bounded in time and

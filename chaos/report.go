@@ -26,6 +26,9 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "concurrent duplicates:    %d\n", r.ConcurrentDuplicates)
 	fmt.Fprintf(w, "repeats after crash:      %d\n", r.RepeatsAfterCrash)
 	fmt.Fprintf(w, "unexplained repeats:      %d\n", r.UnexplainedRepeats)
+	if r.Faults[KindPartition] > 0 {
+		fmt.Fprintf(w, "handled while cut off:    %d (partitions without a lapsed lease: %d)\n", r.HandledWhileCut, r.PartitionsUnlapsed)
+	}
 	fmt.Fprintf(w, "ownership changes:        metrics %s (last scrape of each process); log lines %s (all)\n",
 		formatCounts(r.OwnershipChanges), formatIntCounts(r.LoggedChanges))
 	fmt.Fprintf(w, "counters vs log lines:    %d mismatches\n", len(r.MetricMismatches))
@@ -37,7 +40,8 @@ func (r *Report) Print(w io.Writer) {
 		items []string
 	}{
 		{"lost", r.LostIDs}, {"left on disk", r.StrandedDetails}, {"concurrent duplicates", r.DuplicateDetails},
-		{"unexplained repeats", r.UnexplainedDetails}, {"metrics vs log", r.MetricMismatches}, {"problems", r.Problems},
+		{"unexplained repeats", r.UnexplainedDetails}, {"cut off Consul, not stopped", r.PartitionDetails},
+		{"metrics vs log", r.MetricMismatches}, {"problems", r.Problems},
 		{"ERROR lines in the node logs (Consul outages aside)", r.NodeErrors},
 	} {
 		if len(list.items) == 0 {

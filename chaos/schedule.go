@@ -25,10 +25,14 @@ const (
 	KindRestart Kind = "restart"
 	// KindDrain: `qslice drain`, then `qslice drain --undo` after Hold.
 	KindDrain Kind = "drain"
+	// KindPartition: the node is cut off Consul for Hold while its processes run on (its proxy
+	// to Consul closes every connection and refuses new ones), then the connection comes back,
+	// as a network partition between a machine and the Consul servers.
+	KindPartition Kind = "partition"
 )
 
 // Kinds lists every fault kind, in report order.
-var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain}
+var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition}
 
 // ParseKinds parses "kill=2,pause=2" into counts.
 func ParseKinds(s string) (map[Kind]int, error) {
@@ -78,8 +82,9 @@ type ScheduleParams struct {
 	// margin): a pause lasts at least Lease + 200 ms, so the paused node's lease always lapses.
 	Lease time.Duration
 	// Takeover is how long the others need to take a dead node's slices (TTL + LockDelay + a
-	// second): kills hold at least that, so failover happens before the restart; pauses are
-	// drawn up to Takeover + 2 s, so some end before the others could take over and some after.
+	// second): kills and partitions hold at least that, so failover happens before the restart
+	// or the healing; pauses are drawn up to Takeover + 2 s, so some end before the others could
+	// take over and some after.
 	Takeover time.Duration
 	GapMin   time.Duration
 	GapMax   time.Duration
@@ -120,7 +125,7 @@ func drawFault(rng *rand.Rand, seq int, k Kind, p ScheduleParams) Fault {
 	}
 	f := Fault{Seq: seq, Kind: k, Node: rng.IntN(max(p.Nodes, 1)), Gap: between(p.GapMin, p.GapMax)}
 	switch k {
-	case KindKill:
+	case KindKill, KindPartition:
 		f.Hold = between(p.Takeover, p.Takeover+2*time.Second)
 	case KindPause:
 		f.Hold = between(p.Lease+200*time.Millisecond, p.Takeover+2*time.Second)

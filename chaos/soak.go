@@ -159,9 +159,10 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, log *s
 		n = cl.Nodes[f.Node%len(cl.Nodes)]
 		rec.NodeName = n.Name
 	}
-	// Kills and pauses strike while the node runs a handler, when it gets one within 3 s.
+	// Kills, pauses and partitions strike while the node runs a handler, when it gets one
+	// within 3 s.
 	busy := false
-	if f.Kind == KindKill || f.Kind == KindPause {
+	if f.Kind == KindKill || f.Kind == KindPause || f.Kind == KindPartition {
 		busy = n.WaitBusy(3 * time.Second)
 	}
 	log.Info("fault", "fault", f.String(), "node", rec.NodeName, "handler_running", busy)
@@ -198,8 +199,29 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, log *s
 		_, err = n.CLI(uctx, "drain", "--undo")
 		cancel()
 		errs = append(errs, err)
+	case KindPartition:
+		// The node must notice within the hold: its lease lapses (it stops processing), and the
+		// others take its slices once its session is gone. End is the healing; the node's return
+		// (a new session, its slices back after the hold-down) comes after it.
+		n.Cut()
+		rec.Done = time.Now()
+		if err := n.WaitLease(ctx, false, f.Hold); err != nil {
+			errs = append(errs, fmt.Errorf("cut off Consul, its lease did not lapse: %w", err))
+		}
+		sleepCtx(ctx, time.Until(rec.Done.Add(f.Hold)))
+		refused := n.Heal()
+		rec.End = time.Now()
+		log.Info("partition healed", "node", n.Name, "connections_refused", refused)
+		if refused == 0 {
+			errs = append(errs, fmt.Errorf("%s tried no connection to Consul while cut off: does it reach Consul through its proxy?", n.Name))
+		}
+		if err := n.WaitLease(ctx, true, 30*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("healed, the node got no valid lease again: %w", err))
+		}
 	}
-	rec.End = time.Now()
+	if rec.End.IsZero() {
+		rec.End = time.Now()
+	}
 	if err := errors.Join(errs...); err != nil {
 		rec.Err = err.Error()
 	}
@@ -264,7 +286,8 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 	if err != nil {
 		return nil, err
 	}
-	in := Input{Enqueued: enqueued, Handlings: PairHandlings(evs), Faults: faults, Lapses: map[string][]time.Time{}, Leftovers: left}
+	in := Input{Enqueued: enqueued, Handlings: PairHandlings(evs), Faults: faults, Lapses: map[string][]time.Time{}, Leftovers: left,
+		Lease: cl.cfg.Lease()}
 	logged := map[string]int{}
 	var nodeErrors []string
 	for _, n := range cl.Nodes {
