@@ -508,6 +508,7 @@ type loopState struct {
 	stopBy     time.Time
 	notBefore  time.Time             // acquisitions back off until then
 	retryAt    map[SliceID]time.Time // a refused lock (held, lock-delay) is retried after one RenewInterval
+	staleAt    map[SliceID]uint64    // KV snapshot index at which an acquisition found the key changed
 	quarantine time.Time             // no acquisitions until then (after a Consul state reset)
 	waiters    []chan error          // pending Drain calls, buffered 1
 	acqBackoff backoff.BackOff
@@ -540,14 +541,7 @@ func (c *ConsulCoordinator) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); c.watchKV(inner) }()
 	go func() { defer wg.Done(); c.watchMembers(inner) }()
 
-	st := &loopState{
-		owned: map[SliceID]*held{}, assigned: map[string]map[int]bool{}, releasing: map[SliceID]<-chan struct{}{},
-		releasedAt: map[SliceID]uint64{}, destroyed: map[string]bool{}, retryAt: map[SliceID]time.Time{},
-		acqBackoff: c.newBackoff(c.cfg.RenewInterval/4, 4*c.cfg.RenewInterval),
-	}
-	for _, q := range c.cfg.Queues {
-		st.assigned[q.Name] = map[int]bool{}
-	}
+	st := c.newLoopState()
 	c.log.Info("failover coordinator starting", "consul", c.addr, "cluster", c.cfg.Cluster, "ttl", c.cfg.TTL,
 		"lock_delay", c.cfg.LockDelay, "hold_down", c.cfg.HoldDown, "lease_margin", c.cfg.LeaseMargin)
 	ctxDone := ctx.Done()
@@ -644,6 +638,11 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 
 	// Session: a new one means every lock of the old one is gone.
 	if lease.session != st.session {
+		if st.session != "" {
+			// This run's own ended session: a KV snapshot taken before its end still shows it
+			// holding our locks, which is not a session "left by a previous run" to destroy.
+			st.destroyed[st.session] = true
+		}
 		for s, h := range st.owned {
 			if h.session != lease.session {
 				c.lost(st, s, "", "session ended")
@@ -712,6 +711,19 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 	}
 }
 
+// newLoopState returns the empty state of the coordinator's loop.
+func (c *ConsulCoordinator) newLoopState() *loopState {
+	st := &loopState{
+		owned: map[SliceID]*held{}, assigned: map[string]map[int]bool{}, releasing: map[SliceID]<-chan struct{}{},
+		releasedAt: map[SliceID]uint64{}, destroyed: map[string]bool{}, retryAt: map[SliceID]time.Time{}, staleAt: map[SliceID]uint64{},
+		acqBackoff: c.newBackoff(c.cfg.RenewInterval/4, 4*c.cfg.RenewInterval),
+	}
+	for _, q := range c.cfg.Queues {
+		st.assigned[q.Name] = map[int]bool{}
+	}
+	return st
+}
+
 // reconcileKV drops slices whose lock the last KV snapshot shows we lost, adopts locks our
 // session holds that we did not know about (an acquisition whose answer was lost), and destroys
 // sessions left by a previous run of this node.
@@ -742,7 +754,7 @@ func (c *ConsulCoordinator) reconcileKV(ctx context.Context, st *loopState, now 
 			c.changed(s, "", c.cfg.NodeID, ReasonAcquired)
 		case e.session != "" && e.session != st.session && e.value.Node == c.cfg.NodeID && !st.destroyed[e.session]:
 			st.destroyed[e.session] = true
-			c.log.Warn("destroying a session left by a previous run of this node", "session", e.session, "slice", s)
+			c.log.Warn("destroying a session left by a previous run of this node", "session", e.session, "slice", s.String())
 			_ = c.call(ctx, "session_destroy", func(ctx context.Context) error {
 				_, err := c.client.Session().Destroy(e.session, (&api.WriteOptions{}).WithContext(ctx))
 				return err
@@ -933,18 +945,28 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 		if st.owned[m.Slice] != nil || st.releasing[m.Slice] != nil || now.Before(st.retryAt[m.Slice]) {
 			continue
 		}
-		var prev lockValue
-		if st.kv != nil {
-			prev = st.kv.entries[m.Slice].value
+		if idx, ok := st.staleAt[m.Slice]; ok && idx == st.kv.index {
+			continue // the key changed after this snapshot: wait for the next one
 		}
-		v := lockValue{Node: c.cfg.NodeID, Avoid: liveAvoid(prev.Avoid, now)}
+		// The move's previous owner and reason, and the avoid list carried over, come from the
+		// snapshot: the lock is taken only if the key is still as the snapshot saw it, so they
+		// are exact. A key changed meanwhile is retried once the watch has the new state.
+		key := c.sliceKey(m.Slice)
+		check := &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: key}
+		prevEntry, seen := st.kv.entries[m.Slice]
+		if seen {
+			check = &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: prevEntry.modifyIndex}
+		}
+		v := lockValue{Node: c.cfg.NodeID, Avoid: liveAvoid(prevEntry.value.Avoid, now)}
 		body, _ := json.Marshal(v)
 		var got *api.KVPair
+		var stale bool
 		callStart := c.clock.Now()
 		err := c.call(ctx, "acquire", func(ctx context.Context) error {
 			ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
-				{Verb: api.KVLock, Key: c.sliceKey(m.Slice), Value: body, Session: st.session},
-				{Verb: api.KVGet, Key: c.sliceKey(m.Slice)},
+				check,
+				{Verb: api.KVLock, Key: key, Value: body, Session: st.session},
+				{Verb: api.KVGet, Key: key},
 			}, (&api.QueryOptions{}).WithContext(ctx))
 			if err != nil {
 				return err
@@ -953,11 +975,14 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 				if perm := txnPermission(resp.Errors); perm != nil {
 					return perm
 				}
-				c.log.Debug("slice lock not granted", "slice", m.Slice.String(), "why", txnErrors(resp.Errors))
+				for _, e := range resp.Errors {
+					stale = stale || e.OpIndex == 0 // the check, not the lock, failed
+				}
+				c.log.Debug("slice lock not granted", "slice", m.Slice.String(), "why", txnErrors(resp.Errors), "stale_snapshot", stale)
 				return nil
 			}
-			if len(resp.Results) > 1 {
-				got = resp.Results[1]
+			if n := len(resp.Results); n == 3 {
+				got = resp.Results[2]
 			}
 			return nil
 		})
@@ -966,11 +991,16 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 			return
 		}
 		st.acqBackoff.Reset()
+		if got == nil && stale {
+			st.staleAt[m.Slice] = st.kv.index
+			continue
+		}
 		if got == nil {
 			st.retryAt[m.Slice] = now.Add(c.cfg.RenewInterval)
 			continue
 		}
 		delete(st.retryAt, m.Slice)
+		delete(st.staleAt, m.Slice)
 		st.owned[m.Slice] = &held{session: st.session, token: got.ModifyIndex, lockIndex: got.LockIndex, since: now, value: v}
 		c.traceAcquire(m, callStart, c.clock.Now(), got.ModifyIndex)
 		c.changed(m.Slice, m.From, c.cfg.NodeID, m.Reason)

@@ -313,6 +313,9 @@ func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 	if got := b.c.Status().OwnershipChanges[ReasonLeaseLost]; got != 0 {
 		t.Errorf("b lost %d slices", got)
 	}
+	if a.logs.count("left by a previous run") != 0 {
+		t.Error("a took its own ended session for one left by a previous run")
+	}
 	lost := a.endedSpans("qslice.slice.lost")
 	for _, s := range want[a] {
 		if sp := lost[s.String()]; len(sp) != 1 || spanAttr(sp[0], "qslice.why") == "" {
@@ -590,5 +593,70 @@ func TestConsulDrainWithoutRun(t *testing.T) {
 	}
 	if err := c.Drain(context.Background()); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("Drain without Run: %v", err)
+	}
+}
+
+// TestAcquireRefusesStaleSnapshot: the previous owner, reason and avoid list of an acquisition
+// come from the KV snapshot, so the lock is taken only while the key is as the snapshot saw it.
+// Against a real Consul: a key changed after the snapshot is not taken (and not retried until a
+// newer snapshot), and taken at once with the newer one, carrying its avoid list over.
+func TestAcquireRefusesStaleSnapshot(t *testing.T) {
+	srv := consultest.Start(t)
+	cl := srv.Client("")
+	c, err := NewConsul(testConfig(srv, "b"), newFakeAssignee("b", newLedger()), nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	session, _, err := cl.Session().Create(&api.SessionEntry{Name: "test-b", LockDelay: time.Millisecond, Behavior: api.SessionBehaviorRelease}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := SliceID{"out", 3}
+	key := c.sliceKey(s)
+	put := func(v lockValue) uint64 {
+		body, _ := json.Marshal(v)
+		if _, err := cl.KV().Put(&api.KVPair{Key: key, Value: body}, nil); err != nil {
+			t.Fatal(err)
+		}
+		p, _, err := cl.KV().Get(key, nil)
+		if err != nil || p == nil {
+			t.Fatalf("get %s: %v", key, err)
+		}
+		return p.ModifyIndex
+	}
+	until := time.Now().Add(time.Hour).Round(0)
+	oldIdx := put(lockValue{Node: "a", Reason: ReasonReleased})
+	newIdx := put(lockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}})
+
+	st := c.newLoopState()
+	st.session, st.leaseValid = session, true
+	st.kv = &kvSnapshot{index: oldIdx, entries: map[SliceID]kvEntry{s: {value: lockValue{Node: "a", Reason: ReasonReleased}, modifyIndex: oldIdx}}}
+	st.plan.Acquire = []Move{{Slice: s, From: "a", To: "b", Reason: ReasonFailover}}
+	ctx := context.Background()
+	c.acquire(ctx, st, time.Now())
+	if st.owned[s] != nil {
+		t.Fatal("took the lock on a stale snapshot")
+	}
+	if st.staleAt[s] != oldIdx {
+		t.Fatalf("staleAt = %d, want the stale snapshot's index %d", st.staleAt[s], oldIdx)
+	}
+	c.acquire(ctx, st, time.Now()) // same snapshot: not even tried
+	if p, _, _ := cl.KV().Get(key, nil); p == nil || p.ModifyIndex != newIdx {
+		t.Fatal("the key changed: an acquisition was tried again on the same stale snapshot")
+	}
+
+	st.kv = &kvSnapshot{index: newIdx, entries: map[SliceID]kvEntry{s: {value: lockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}}, modifyIndex: newIdx}}}
+	st.plan.Acquire = []Move{{Slice: s, From: "c", To: "b", Reason: ReasonStuck}}
+	c.acquire(ctx, st, time.Now())
+	h := st.owned[s]
+	if h == nil || h.token <= newIdx {
+		t.Fatalf("not taken with a fresh snapshot: %+v", h)
+	}
+	p, _, err := cl.KV().Get(key, nil)
+	if err != nil || p == nil || p.Session != session {
+		t.Fatalf("the key is not locked by our session: %+v, %v", p, err)
+	}
+	if v := parseLockValue(p.Value); v.Node != "b" || len(v.Avoid) != 1 || v.Avoid[0].Node != "c" {
+		t.Errorf("lock value %+v: want node b and c's avoid entry carried over", v)
 	}
 }
