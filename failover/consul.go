@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"sort"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-cleanhttp"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
@@ -39,13 +41,14 @@ const (
 
 // ConsulCoordinator owns slices through Consul sessions and KV locks.
 type ConsulCoordinator struct {
-	cfg    ConsulConfig
-	client *api.Client
-	addr   string
-	a      Assignee
-	health HealthSource
-	log    *slog.Logger
-	clock  Clock
+	cfg       ConsulConfig
+	client    *api.Client
+	transport *http.Transport // the client's; see resetConnections
+	addr      string
+	a         Assignee
+	health    HealthSource
+	log       *slog.Logger
+	clock     Clock
 
 	prefix       string // qslice/<cluster>/
 	serviceID    string
@@ -79,6 +82,7 @@ type ConsulCoordinator struct {
 	outage     *outage            // nil unless a request failed and Consul has not been fine since
 	tokens     map[SliceID]uint64 // fencing token of each owned slice; see FencingToken
 	tracer     trace.Tracer       // see SetTracer
+	watchGen   chan struct{}      // closed by resetConnections: the watches' requests give up
 	lastErr    string
 }
 
@@ -135,12 +139,16 @@ func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.L
 	if t.CAFile != "" || t.CertFile != "" {
 		acfg.Scheme = "https"
 	}
+	// Our own pooled transport (api.NewClient adds the TLS settings to it), so that a lapsed
+	// lease can drop its idle connections: see resetConnections.
+	transport := cleanhttp.DefaultPooledTransport()
+	acfg.Transport = transport
 	client, err := api.NewClient(acfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", acfg.Address, err)
 	}
 	c := &ConsulCoordinator{
-		cfg: cfg, client: client, addr: acfg.Address, a: a, health: health, log: logger.With("component", "failover", "node", cfg.NodeID), clock: clock,
+		cfg: cfg, client: client, transport: transport, addr: acfg.Address, a: a, health: health, log: logger.With("component", "failover", "node", cfg.NodeID), clock: clock,
 		prefix:       "qslice/" + cfg.Cluster + "/",
 		serviceID:    "qslice-" + cfg.Cluster + "-" + cfg.NodeID,
 		queueCheckID: map[string]string{},
@@ -154,6 +162,7 @@ func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.L
 		errCount:     map[string]uint64{},
 		failing:      map[string]error{},
 		tracer:       noop.NewTracerProvider().Tracer(tracerName),
+		watchGen:     make(chan struct{}),
 		processing:   map[string][]int{},
 	}
 	c.aliveCheckID = c.serviceID + ":alive"
@@ -320,6 +329,35 @@ func (c *ConsulCoordinator) parseKey(key string) (SliceID, bool) {
 	return SliceID{q, n}, true
 }
 
+// watchContext returns ctx, cancelled too by the next resetConnections.
+func (c *ConsulCoordinator) watchContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	c.mu.Lock()
+	gen := c.watchGen
+	c.mu.Unlock()
+	wctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-gen:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	return wctx, cancel
+}
+
+// resetConnections runs when the lease lapses: Consul stopped answering in time. A blocking
+// query (5 minutes) or a pooled keep-alive connection may sit on a connection that is dead
+// without a reset (a partition that dropped packets, a firewall that lost its flow): the watches
+// would hear nothing for minutes after Consul is back. So the watches' requests are abandoned and
+// sent again on fresh connections, and idle pooled connections are closed.
+func (c *ConsulCoordinator) resetConnections() {
+	c.mu.Lock()
+	close(c.watchGen)
+	c.watchGen = make(chan struct{})
+	c.mu.Unlock()
+	c.transport.CloseIdleConnections()
+}
+
 // blockingLoop runs fetch as a Consul blocking query forever, following the blocking-query
 // rules: the index goes back to 0 when it moves backwards, is never left at 0, and the loop is
 // rate-limited to one request per WatchMinInterval; errors back off exponentially with jitter.
@@ -340,14 +378,20 @@ func (c *ConsulCoordinator) blockingLoop(ctx context.Context, op string, fetch f
 		}
 		last = c.clock.Now()
 		var newIndex uint64
-		err := c.call(ctx, op, func(ctx context.Context) error {
+		gctx, stop := c.watchContext(ctx)
+		err := c.call(gctx, op, func(ctx context.Context) error {
 			var err error
 			newIndex, err = fetch(ctx, (&api.QueryOptions{WaitIndex: index, WaitTime: watchWait}).WithContext(ctx))
 			return err
 		})
+		abandoned := gctx.Err() != nil
+		stop()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if abandoned {
+				continue // resetConnections: ask again at once, on a new connection, same index
 			}
 			select {
 			case <-ctx.Done():
@@ -660,6 +704,7 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 			}
 		} else {
 			st.lapsedAt = now
+			c.resetConnections()
 			c.log.Warn("lease lapsed: stopped processing all slices until Consul confirms the session again",
 				"owned", len(st.owned), "has_session", lease.session != "")
 		}
