@@ -19,6 +19,13 @@ type FaultRecord struct {
 	// again, SIGCONT sent, Consul ready, undrained, connections to Consul let through again).
 	At, Done, End time.Time
 	Err           string // what went wrong applying or undoing it, if anything
+	// KindBlackhole only. Silenced: the node's open connections to Consul silenced at Done;
+	// Held: the connections it opened during the hold, held silent. LeaseBack: from End (the
+	// healing) until the node's status showed a valid lease again; SlicesBack: from End until
+	// every slice was processed by its home node again (the node's share back). Zero when not
+	// reached.
+	Silenced, Held        int
+	LeaseBack, SlicesBack time.Duration
 }
 
 // Leftover is a file of a message still somewhere after the run: in the queue directory, in
@@ -44,8 +51,9 @@ type Input struct {
 	// its handlers) or left a message for the next owner, from the node's log.
 	Lapses    map[string][]time.Time
 	Leftovers []Leftover
-	// Lease is the nodes' lease (ClusterConfig.Lease): a node cut off Consul (KindPartition) at
-	// Done cannot hold a valid lease past Done + Lease, since its last renewal was sent before.
+	// Lease is the nodes' lease (ClusterConfig.Lease): a node cut off Consul (KindPartition,
+	// KindBlackhole) at Done cannot hold a valid lease past Done + Lease, since its last renewal
+	// was sent before.
 	Lease time.Duration
 }
 
@@ -54,8 +62,8 @@ type Input struct {
 const fenceSlack = 100 * time.Millisecond
 
 // lapseWithin is how long after its lease must have ended a cut-off node's runner logs the lapse
-// (it checks every 50 ms; the rest is slack for a loaded machine). A partition held longer than
-// Lease + lapseWithin without a lapse logged by the node is a failure.
+// (it checks every 50 ms; the rest is slack for a loaded machine). A partition or blackhole held
+// longer than Lease + lapseWithin without a lapse logged by the node is a failure.
 const lapseWithin = time.Second
 
 // Report is the verdict of a chaos run.
@@ -84,15 +92,19 @@ type Report struct {
 	RepeatsAfterCrash  int
 	UnexplainedRepeats int
 	UnexplainedDetails []string
-	// HandledWhileCut: handlings started on a node cut off Consul (KindPartition) after its
-	// lease had to have ended (Done + Lease + fenceSlack) and before the cut was healed.
-	// PartitionsUnlapsed: partitions held past Lease + lapseWithin during which the node's
-	// runner logged no lapsed lease. Both mean a cut-off node did not stop.
-	HandledWhileCut     int
-	PartitionsUnlapsed  int
-	PartitionDetails    []string
-	CutOff              int // handlings without an end line
-	MalformedLedgerLine int
+	// HandledWhileCut: handlings started on a node cut off Consul (KindPartition, KindBlackhole)
+	// after its lease had to have ended (Done + Lease + fenceSlack) and before the cut was healed.
+	// PartitionsUnlapsed: partitions and blackholes held past Lease + lapseWithin during which
+	// the node's runner logged no lapsed lease. Both mean a cut-off node did not stop.
+	HandledWhileCut    int
+	PartitionsUnlapsed int
+	PartitionDetails   []string
+	CutOff             int // handlings without an end line
+	// BlackholeLeaseBack and BlackholeSlicesBack summarize FaultRecord.LeaseBack and SlicesBack
+	// over the blackholes that got that far; BlackholeDetails has one line per blackhole.
+	BlackholeLeaseBack, BlackholeSlicesBack Stats
+	BlackholeDetails                        []string
+	MalformedLedgerLine                     int
 	// OwnershipChanges sums the nodes' qslice_ownership_changes_total by reason, over every
 	// process (each process's last scrape); LoggedChanges counts the "slice ownership changed"
 	// log lines by reason.
@@ -153,9 +165,9 @@ func Analyze(in Input) Report {
 	for n := range cuts {
 		slices.SortFunc(cuts[n], func(a, b time.Time) int { return a.Compare(b) })
 	}
-	// A partition is neither a cut nor a disruption by itself: the cut-off node's processes run
-	// on, so only its runner's lapse (handlers killed, files left in flight) ends a handling or
-	// explains a repeat.
+	// A partition (or blackhole) is neither a cut nor a disruption by itself: the cut-off node's
+	// processes run on, so only its runner's lapse (handlers killed, files left in flight) ends a
+	// handling or explains a repeat.
 	//
 	// disrupted: between from and to, the node was killed or paused or lost its lease, so a
 	// handling it completed may never have been settled (its file not removed).
@@ -251,7 +263,7 @@ func Analyze(in Input) Report {
 	// A node cut off Consul stops: its lease lapses within Lease of the cut, its runner says so,
 	// and it starts no handler until it is healed.
 	for _, f := range in.Faults {
-		if f.Kind != KindPartition || f.Done.IsZero() || f.End.IsZero() {
+		if (f.Kind != KindPartition && f.Kind != KindBlackhole) || f.Done.IsZero() || f.End.IsZero() {
 			continue
 		}
 		fenced := f.Done.Add(in.Lease + fenceSlack)
@@ -275,6 +287,28 @@ func Analyze(in Input) Report {
 				f.NodeName, stamp(f.Done), stamp(f.End), in.Lease+lapseWithin))
 		}
 	}
+	// How long blackholed nodes took to come back after the healing.
+	var leaseBack, slicesBack []time.Duration
+	for _, f := range in.Faults {
+		if f.Kind != KindBlackhole {
+			continue
+		}
+		back := func(d time.Duration) string {
+			if d == 0 {
+				return "not reached"
+			}
+			return d.Round(time.Millisecond).String()
+		}
+		addDetail(&r.BlackholeDetails, fmt.Sprintf("%s (%s): blackholed %s, healed %s (%d open connections silenced, %d new ones held silent); after the healing: lease back %s, slices back %s",
+			f, f.NodeName, stamp(f.Done), stamp(f.End), f.Silenced, f.Held, back(f.LeaseBack), back(f.SlicesBack)))
+		if f.LeaseBack > 0 {
+			leaseBack = append(leaseBack, f.LeaseBack)
+		}
+		if f.SlicesBack > 0 {
+			slicesBack = append(slicesBack, f.SlicesBack)
+		}
+	}
+	r.BlackholeLeaseBack, r.BlackholeSlicesBack = Summarize(leaseBack), Summarize(slicesBack)
 	// Leftovers of completed messages (a file left behind after its handling) are strays too.
 	for id, ls := range left {
 		done := false

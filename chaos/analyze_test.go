@@ -98,6 +98,15 @@ func fault(k Kind, node string, atMs, doneMs, endMs int) FaultRecord {
 	return FaultRecord{Fault: Fault{Kind: k}, NodeName: node, At: at(atMs), Done: at(doneMs), End: at(endMs)}
 }
 
+// blackhole is a KindBlackhole record whose node got its lease and its slices back leaseMs and
+// slicesMs after the healing (0: not reached).
+func blackhole(node string, doneMs, endMs, leaseMs, slicesMs int) FaultRecord {
+	f := fault(KindBlackhole, node, doneMs-5, doneMs, endMs)
+	f.Held, f.Silenced = 3, 2
+	f.LeaseBack, f.SlicesBack = time.Duration(leaseMs)*time.Millisecond, time.Duration(slicesMs)*time.Millisecond
+	return f
+}
+
 func TestAnalyze(t *testing.T) {
 	cases := []struct {
 		name  string
@@ -291,6 +300,58 @@ func TestAnalyze(t *testing.T) {
 				t.Fatalf("err %v unlapsed %d", err, r.PartitionsUnlapsed)
 			}
 		}},
+		// Blackholes are judged as partitions: n1 blackholed at 10 ms, healed at 5000 ms.
+		{"blackhole: handler killed on the lapse, message taken over, handled after healing", Input{
+			Enqueued:  []string{"a", "b"},
+			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 3000, 3010), h("b", "n1", 5001, 5020)},
+			Faults:    []FaultRecord{blackhole("n1", 10, 5000, 800, 9000)},
+			Lapses:    map[string][]time.Time{"n1": {at(800)}},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil || r.RepeatsAfterCrash != 1 || r.HandledWhileCut != 0 || r.Faults[KindBlackhole] != 1 {
+				t.Fatalf("err %v, repeats after crash %d, handled while cut %d, blackholes %d", err, r.RepeatsAfterCrash, r.HandledWhileCut, r.Faults[KindBlackhole])
+			}
+		}},
+		{"blackhole: a node handling past its lease, or without a lapse, did not stop", Input{
+			// n1 starts a handling at 950, blackholed since 10 with a lease of 800, and its
+			// runner logs no lapse: handled while cut off, a blackhole without a lapse, and a
+			// repeat nothing explains (a blackhole alone explains nothing).
+			Enqueued:  []string{"a"},
+			Handlings: []Handling{h("a", "n1", 950, 970), h("a", "n2", 3000, 3010)},
+			Faults:    []FaultRecord{blackhole("n1", 10, 5000, 0, 0)},
+			Lease:     800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if r.HandledWhileCut != 1 || r.PartitionsUnlapsed != 1 || r.UnexplainedRepeats != 1 || r.RepeatsAfterCrash != 0 {
+				t.Fatalf("handled while cut %d unlapsed %d unexplained %d after crash %d; want 1, 1, 1, 0",
+					r.HandledWhileCut, r.PartitionsUnlapsed, r.UnexplainedRepeats, r.RepeatsAfterCrash)
+			}
+			if err := r.Err(); err == nil || !strings.Contains(err.Error(), "did not stop") {
+				t.Fatalf("Err = %v", err)
+			}
+			if len(r.BlackholeDetails) != 1 || !strings.Contains(r.BlackholeDetails[0], "lease back not reached, slices back not reached") {
+				t.Fatalf("details %q", r.BlackholeDetails)
+			}
+		}},
+		{"blackhole recovery times are summarized over the blackholes that recovered", Input{
+			Faults: []FaultRecord{blackhole("n1", 10, 5000, 900, 4000), blackhole("n2", 10000, 15000, 1100, 300000),
+				blackhole("n3", 20000, 25000, 1000, 0), fault(KindPartition, "n1", 30000, 30010, 35000)},
+			Lapses: map[string][]time.Time{"n1": {at(810), at(30810)}, "n2": {at(10800)}, "n3": {at(20800)}},
+			Lease:  800 * time.Millisecond,
+		}, func(t *testing.T, r Report) {
+			if err := r.Err(); err != nil {
+				t.Fatal(err)
+			}
+			l, sl := r.BlackholeLeaseBack, r.BlackholeSlicesBack
+			if l.N != 3 || l.Min != 900*time.Millisecond || l.Median != time.Second || l.Max != 1100*time.Millisecond {
+				t.Fatalf("lease back %s", l)
+			}
+			if sl.N != 2 || sl.Min != 4*time.Second || sl.Max != 5*time.Minute {
+				t.Fatalf("slices back %s", sl)
+			}
+			if len(r.BlackholeDetails) != 3 || !strings.Contains(r.BlackholeDetails[1], "lease back 1.1s, slices back 5m0s") {
+				t.Fatalf("details %q", r.BlackholeDetails)
+			}
+		}},
 		{"clean restart explains nothing", Input{
 			Enqueued:  []string{"a"},
 			Handlings: []Handling{h("a", "n1", 0, -1), h("a", "n2", 30, 40)},
@@ -325,7 +386,7 @@ func TestSummarize(t *testing.T) {
 
 func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 	p := ScheduleParams{Nodes: 3, Lease: 800 * time.Millisecond, Takeover: 4 * time.Second, GapMin: time.Second, GapMax: 3 * time.Second}
-	counts := map[Kind]int{KindKill: 2, KindPause: 3, KindConsulRestart: 1, KindRestart: 2, KindDrain: 2, KindPartition: 2}
+	counts := map[Kind]int{KindKill: 2, KindPause: 3, KindConsulRestart: 1, KindRestart: 2, KindDrain: 2, KindPartition: 2, KindBlackhole: 2}
 	a, b := NewSchedule(7, counts, p), NewSchedule(7, counts, p)
 	if !reflect.DeepEqual(a, b) {
 		t.Fatal("the same seed gave two schedules")
@@ -340,7 +401,7 @@ func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 			t.Errorf("fault %+v out of bounds", f)
 		}
 		switch f.Kind {
-		case KindKill, KindPartition:
+		case KindKill, KindPartition, KindBlackhole:
 			if f.Hold < p.Takeover {
 				t.Errorf("%s held %s, shorter than the takeover %s", f.Kind, f.Hold, p.Takeover)
 			}
@@ -354,16 +415,25 @@ func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 		t.Fatalf("kinds %v, want %v", got, counts)
 	}
 	rng1, rng2 := NewRand(3), NewRand(3)
-	for i := range 20 {
-		if x, y := NextFault(rng1, i, p), NextFault(rng2, i, p); x != y {
+	drawn := map[Kind]int{}
+	for i := range 200 {
+		x, y := NextFault(rng1, i, p), NextFault(rng2, i, p)
+		if x != y {
 			t.Fatalf("NextFault #%d differs: %+v vs %+v", i, x, y)
+		}
+		drawn[x.Kind]++
+	}
+	// Random draws take every kind but blackholes, which a run gets only by count.
+	for _, k := range Kinds {
+		if n := drawn[k]; (n == 0) != (k == KindBlackhole) {
+			t.Errorf("NextFault drew %d faults of kind %s in 200", n, k)
 		}
 	}
 }
 
 func TestParseKinds(t *testing.T) {
-	got, err := ParseKinds("kill=2, pause=1,consul-restart=0,partition=3")
-	if err != nil || !reflect.DeepEqual(got, map[Kind]int{KindKill: 2, KindPause: 1, KindConsulRestart: 0, KindPartition: 3}) {
+	got, err := ParseKinds("kill=2, pause=1,consul-restart=0,partition=3,blackhole=1")
+	if err != nil || !reflect.DeepEqual(got, map[Kind]int{KindKill: 2, KindPause: 1, KindConsulRestart: 0, KindPartition: 3, KindBlackhole: 1}) {
 		t.Fatalf("ParseKinds = %v, %v", got, err)
 	}
 	for _, bad := range []string{"kill", "kill=x", "nap=1", "kill=-1"} {

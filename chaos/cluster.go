@@ -401,9 +401,19 @@ func (n *Node) Resume() error {
 // open connection is closed.
 func (n *Node) Cut() { n.proxy.Cut() }
 
-// Heal lets the node reach Consul again and returns how many connections it tried (and was
-// refused) while cut off.
-func (n *Node) Heal() int { return n.proxy.Heal() }
+// Blackhole cuts the node off Consul the harsh way while its processes run on: no byte passes
+// on its open connections, and new ones are accepted and held silent, until Heal; the
+// connections opened until then stay silent for good (see cutProxy). It returns how many open
+// connections it silenced, once nothing is forwarded on any of them.
+func (n *Node) Blackhole() (int, error) { return n.proxy.Blackhole() }
+
+// Heal lets the node reach Consul again on new connections and returns how many it tried while
+// cut off: refused (closed at once: cut, or over the proxy's bounds) and held silent
+// (blackholed).
+func (n *Node) Heal() (refused, held int) { return n.proxy.Heal() }
+
+// Silent is how many of the node's connections to Consul its proxy holds silent.
+func (n *Node) Silent() int { return n.proxy.Silent() }
 
 // WaitLease polls the node's status until its lease is valid (or, with valid false, until it is
 // not), up to timeout.
@@ -585,12 +595,18 @@ type Ownership struct {
 	Processing map[int]bool
 	// Owned: node -> slices it reports processing.
 	Owned map[string][]int
+	// ProcessedBy: slice -> the node that reports processing it; Homes: slice -> its home as
+	// each running node sees it. Owner and Home are the first node's view, which may be stale
+	// (a node whose watch hears nothing from Consul); these are every node's own word.
+	ProcessedBy map[int]string
+	Homes       map[int][]string
 }
 
 // Ownership asks every running, unpaused node for its status and combines them. It fails when a
 // running node does not answer.
 func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
-	o := Ownership{Owner: map[int]string{}, Home: map[int]string{}, Processing: map[int]bool{}, Owned: map[string][]int{}}
+	o := Ownership{Owner: map[int]string{}, Home: map[int]string{}, Processing: map[int]bool{}, Owned: map[string][]int{},
+		ProcessedBy: map[int]string{}, Homes: map[int][]string{}}
 	seen := false
 	for _, n := range c.Nodes {
 		n.mu.Lock()
@@ -607,8 +623,10 @@ func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
 			if !seen {
 				o.Owner[s.Slice], o.Home[s.Slice] = s.Owner, s.Home
 			}
+			o.Homes[s.Slice] = append(o.Homes[s.Slice], s.Home)
 			if s.Owner == n.Name && s.State == "owned" {
 				o.Processing[s.Slice] = true
+				o.ProcessedBy[s.Slice] = n.Name
 				o.Owned[n.Name] = append(o.Owned[n.Name], s.Slice)
 			}
 		}
@@ -621,7 +639,8 @@ func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
 }
 
 // WaitOwned polls until every slice is processed by a running node (and, with converged, by its
-// home node, which also means every running node got its share after the hold-down), or timeout.
+// home node as every running node sees it, which also means every running node got its share
+// after the hold-down), or timeout.
 func (c *Cluster) WaitOwned(ctx context.Context, timeout time.Duration, converged bool) error {
 	return pollUntil(timeout, func() error {
 		if err := ctx.Err(); err != nil {
@@ -635,8 +654,13 @@ func (c *Cluster) WaitOwned(ctx context.Context, timeout time.Duration, converge
 			if !o.Processing[s] {
 				return fmt.Errorf("slice %d not processed (owner %q)", s, o.Owner[s])
 			}
-			if converged && o.Owner[s] != o.Home[s] {
-				return fmt.Errorf("slice %d owned by %s, home %s", s, o.Owner[s], o.Home[s])
+			if !converged {
+				continue
+			}
+			for _, h := range o.Homes[s] {
+				if h != o.ProcessedBy[s] {
+					return fmt.Errorf("slice %d processed by %s, home %s (homes as the nodes see it: %v)", s, o.ProcessedBy[s], h, o.Homes[s])
+				}
 			}
 		}
 		return nil

@@ -10,11 +10,16 @@
 // later; SIGSTOP of the whole session for longer than the lease, then SIGCONT (a paused
 // machine); Consul restart on the same data; SIGTERM and start (a clean restart); `qslice
 // drain` and `qslice drain --undo`; a partition: the node cut off Consul for longer than it
-// takes the others to take its slices, its processes running on, then reconnected. Each node
-// runs in its own session (Setsid) so that a signal reaches the handlers too, which qslice
-// starts in process groups of their own. Each node reaches Consul through a TCP proxy of its own
-// on 127.0.0.1 (its consul.address), which the partition cuts: every connection closed, new ones
-// closed as soon as accepted.
+// takes the others to take its slices, its processes running on, then reconnected; a blackhole:
+// the same, but silent. Each node runs in its own session (Setsid) so that a signal reaches the
+// handlers too, which qslice starts in process groups of their own. Each node reaches Consul
+// through a TCP proxy of its own on 127.0.0.1 (its consul.address), which the partition cuts:
+// every connection closed, new ones closed as soon as accepted. The blackhole silences it
+// instead: no byte forwarded on the open connections, new ones accepted and held silent (never
+// dialled through, never answered, never closed), and after the healing only connections made
+// since are forwarded; the older ones stay silent until Cluster.Close, as after a partition that
+// drops packets and loses the connections' state. After each blackhole the run measures how long
+// the node takes, from the healing, to show a valid lease and to have its slices back.
 //
 // Analyze checks, from the ledger, the faults and the nodes' logs:
 //
@@ -28,8 +33,9 @@
 //   - repeats: a message handled again only after its earlier handling was cut off, or after its
 //     node was killed, paused or lost its lease in between (a crash between the handler's
 //     commit and the file's removal); any other repeat is unexplained;
-//   - a node cut off Consul stops: its runner logs a lapsed lease within the lease (and a
-//     second), and no handling starts on it after the lease must have ended until it is healed.
+//   - a node cut off Consul (partition or blackhole) stops: its runner logs a lapsed lease
+//     within the lease (and a second), and no handling starts on it after the lease must have
+//     ended until it is healed.
 //
 // Invariants of the harness: every process it starts is in a session it kills in
 // Cluster.Close, also on failure; only 127.0.0.1 is used; every wait is bounded in time and

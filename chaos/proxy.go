@@ -15,15 +15,41 @@ import (
 // connections arriving while the proxy is cut, and counted as refused.
 const maxProxyConns = 64
 
+// maxSilentConns bounds the connections one proxy holds silent (KindBlackhole): a node opens a
+// few dozen during one blackhole of a few seconds (each request that times out leaves its
+// connection and dials a new one). Past the bound a connection is closed at once and counted as
+// refused, which makes the blackhole not silent: the soak reports it as a fault not applied.
+const maxSilentConns = 512
+
 // proxyDialTimeout bounds the dial to Consul for one accepted connection.
 const proxyDialTimeout = 2 * time.Second
 
+// silenceTimeout bounds the wait, in Blackhole, for the copies of the open connections to stop.
+const silenceTimeout = 5 * time.Second
+
+// proxyMode is what a proxy does with its connections.
+type proxyMode int
+
+const (
+	proxyOpen      proxyMode = iota // forward
+	proxyCut                        // close every connection at once (KindPartition)
+	proxyBlackhole                  // hold every connection silent (KindBlackhole)
+)
+
 // cutProxy is a node's own TCP forwarder on 127.0.0.1 in front of Consul's HTTP API: the node's
-// config names it as consul.address, so that KindPartition can cut that one node off Consul while
-// its process runs on. Cut closes every open connection and closes new ones as soon as they are
-// accepted, until Heal. Invariants: at most maxProxyConns connections are forwarded at once,
-// three goroutines each (dial and wait, one copy each way), plus the accept loop; Close stops
-// them all and returns when they are gone.
+// config names it as consul.address, so that KindPartition and KindBlackhole can cut that one
+// node off Consul while its process runs on.
+//
+// Cut closes every open connection and closes new ones as soon as they are accepted, until Heal.
+// Blackhole silences every open connection and holds every new one silent, until Heal: a silent
+// connection stays open on the node's side and is never read, written, dialled through or closed
+// again before Close, also after Heal (the flow state is lost: only connections made after Heal
+// are forwarded). Its Consul side is closed at once, which the node cannot observe.
+//
+// Invariants: at most maxProxyConns connections are forwarded at once, three goroutines each
+// (dial and wait, one copy each way), plus the accept loop; at most maxSilentConns are held
+// silent, with no goroutine; Close closes every socket, stops every goroutine and returns when
+// they are gone.
 type cutProxy struct {
 	upstream string
 	ln       net.Listener
@@ -31,39 +57,66 @@ type cutProxy struct {
 	cancel   context.CancelFunc
 
 	mu      sync.Mutex
-	cut     bool
+	mode    proxyMode
 	closed  bool
 	conns   map[*proxyConn]struct{}
-	refused int // connections closed at accept (cut or over the bound) since the last Cut
+	silent  []net.Conn // node's sides held silent, until Close
+	refused int        // connections closed at accept (cut or over a bound) since the last Cut or Blackhole
+	held    int        // connections accepted and held silent since the last Blackhole
 	wg      sync.WaitGroup
 }
 
 // proxyConn is one forwarded connection: the node's side and Consul's (nil while dialling).
+// Once closed or silenced it stays so; done is closed when its goroutines have ended.
 type proxyConn struct {
 	down net.Conn
+	done chan struct{}
 
-	mu     sync.Mutex
-	up     net.Conn
-	closed bool
+	mu       sync.Mutex
+	up       net.Conn
+	closed   bool
+	silenced bool
 }
 
-// close ends both sides; safe to call more than once and while the other side is dialled.
+// close ends both sides, or only Consul's once silenced (the node's side belongs to the proxy's
+// silent list then); safe to call more than once and while the other side is dialled.
 func (pc *proxyConn) close() {
 	pc.mu.Lock()
-	pc.closed = true
+	silenced := pc.silenced
+	pc.closed = pc.closed || !silenced
 	up := pc.up
 	pc.mu.Unlock()
-	pc.down.Close()
+	if !silenced {
+		pc.down.Close()
+	}
 	if up != nil {
 		up.Close()
 	}
 }
 
-// attach sets Consul's side; false (and up closed) when pc was closed while dialling.
+// silence stops the copies without closing the node's side: its deadlines interrupt the copy
+// reading or writing it, and Consul's side is closed. False when pc was already closed.
+func (pc *proxyConn) silence() bool {
+	pc.mu.Lock()
+	if pc.closed {
+		pc.mu.Unlock()
+		return false
+	}
+	pc.silenced = true
+	up := pc.up
+	pc.mu.Unlock()
+	_ = pc.down.SetDeadline(time.Now().Add(-time.Second))
+	if up != nil {
+		up.Close()
+	}
+	return true
+}
+
+// attach sets Consul's side; false (and up closed) when pc was closed or silenced while dialling.
 func (pc *proxyConn) attach(up net.Conn) bool {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if pc.closed {
+	if pc.closed || pc.silenced {
 		up.Close()
 		return false
 	}
@@ -98,27 +151,37 @@ func (p *cutProxy) accept() {
 			time.Sleep(10 * time.Millisecond) // out of file descriptors, say: try again
 			continue
 		}
-		pc := &proxyConn{down: c}
+		pc := &proxyConn{down: c, done: make(chan struct{})}
+		forward, hold := false, false
 		p.mu.Lock()
-		ok := !p.cut && !p.closed && len(p.conns) < maxProxyConns
-		if ok {
+		switch {
+		case p.closed:
+		case p.mode == proxyOpen && len(p.conns) < maxProxyConns:
+			forward = true
 			p.conns[pc] = struct{}{}
 			p.wg.Add(1)
-		} else if !p.closed {
+		case p.mode == proxyBlackhole && len(p.silent) < maxSilentConns:
+			hold = true
+			p.silent = append(p.silent, c)
+			p.held++
+		default:
 			p.refused++
 		}
 		p.mu.Unlock()
-		if !ok {
+		switch {
+		case forward:
+			go p.forward(pc)
+		case !hold:
 			c.Close()
-			continue
 		}
-		go p.forward(pc)
 	}
 }
 
-// forward dials Consul for pc and copies both ways until either side ends or the proxy cuts it.
+// forward dials Consul for pc and copies both ways until either side ends or the proxy cuts or
+// silences it.
 func (p *cutProxy) forward(pc *proxyConn) {
 	defer p.wg.Done()
+	defer close(pc.done)
 	defer func() {
 		p.mu.Lock()
 		delete(p.conns, pc)
@@ -132,7 +195,7 @@ func (p *cutProxy) forward(pc *proxyConn) {
 		return // Consul down (a restart): the node sees its connection closed
 	}
 	if !pc.attach(up) {
-		return // cut while dialling
+		return // cut or silenced while dialling
 	}
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn) {
@@ -148,10 +211,10 @@ func (p *cutProxy) forward(pc *proxyConn) {
 }
 
 // Cut closes every forwarded connection and refuses new ones until Heal. It returns once every
-// open connection is closed.
+// open connection is closed. Connections held silent by an earlier Blackhole stay so.
 func (p *cutProxy) Cut() {
 	p.mu.Lock()
-	p.cut, p.refused = true, 0
+	p.mode, p.refused, p.held = proxyCut, 0, 0
 	open := make([]*proxyConn, 0, len(p.conns))
 	for pc := range p.conns {
 		open = append(open, pc)
@@ -162,16 +225,68 @@ func (p *cutProxy) Cut() {
 	}
 }
 
-// Heal forwards new connections again and returns how many were refused during the cut.
-func (p *cutProxy) Heal() int {
+// Blackhole silences every forwarded connection for good and holds new ones silent until Heal
+// (see cutProxy). It returns how many open connections it silenced, once no byte is copied on
+// any of them; an error when a copy did not stop within silenceTimeout (a harness bug) or an
+// open connection had to be closed, the silent ones being at their bound.
+func (p *cutProxy) Blackhole() (int, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
-	return p.refused
+	p.mode, p.refused, p.held = proxyBlackhole, 0, 0
+	open := make([]*proxyConn, 0, len(p.conns))
+	for pc := range p.conns {
+		open = append(open, pc)
+	}
+	p.mu.Unlock()
+	var silenced []*proxyConn
+	var errs []error
+	for _, pc := range open {
+		if !pc.silence() {
+			continue // closed meanwhile
+		}
+		silenced = append(silenced, pc)
+		p.mu.Lock()
+		switch {
+		case p.closed:
+			pc.down.Close() // Close went through the silent list already
+		case len(p.silent) < maxSilentConns:
+			p.silent = append(p.silent, pc.down)
+		default:
+			pc.down.Close()
+			errs = append(errs, fmt.Errorf("consul proxy: %d connections held silent already; an open one was closed instead", maxSilentConns))
+		}
+		p.mu.Unlock()
+	}
+	deadline := time.NewTimer(silenceTimeout)
+	defer deadline.Stop()
+	for i, pc := range silenced {
+		select {
+		case <-pc.done:
+		case <-deadline.C:
+			errs = append(errs, fmt.Errorf("consul proxy: the copies of %d silenced connections did not stop within %s", len(silenced)-i, silenceTimeout))
+			return len(silenced), errors.Join(errs...)
+		}
+	}
+	return len(silenced), errors.Join(errs...)
 }
 
-// Close stops accepting, closes every connection and waits for the proxy's goroutines.
-// Idempotent.
+// Heal forwards new connections again and returns how many were refused (closed at accept: cut,
+// or over a bound) and how many were held silent (blackholed) since the fault began.
+func (p *cutProxy) Heal() (refused, held int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mode = proxyOpen
+	return p.refused, p.held
+}
+
+// Silent is how many connections the proxy holds silent (opened before or during a blackhole).
+func (p *cutProxy) Silent() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.silent)
+}
+
+// Close stops accepting, closes every connection (forwarded or silent) and waits for the proxy's
+// goroutines. Idempotent.
 func (p *cutProxy) Close() {
 	p.mu.Lock()
 	p.closed = true
@@ -179,11 +294,17 @@ func (p *cutProxy) Close() {
 	for pc := range p.conns {
 		open = append(open, pc)
 	}
+	silent := p.silent
+	p.silent = nil
 	p.mu.Unlock()
 	p.cancel()
 	p.ln.Close()
 	for _, pc := range open {
 		pc.close()
+		pc.down.Close() // also when silenced meanwhile
+	}
+	for _, c := range silent {
+		c.Close()
 	}
 	p.wg.Wait()
 }

@@ -29,10 +29,17 @@ const (
 	// to Consul closes every connection and refuses new ones), then the connection comes back,
 	// as a network partition between a machine and the Consul servers.
 	KindPartition Kind = "partition"
+	// KindBlackhole: the node is cut off Consul for Hold while its processes run on, the harsh
+	// way: its proxy forwards nothing on the open connections and holds new ones silent (no
+	// reset, no close), then new connections are forwarded again while those opened until then
+	// stay silent for good, as a partition that drops packets and loses the connections' state
+	// (a firewall or NAT dropping its flow table). The node hears nothing on an old connection
+	// until its own timeouts.
+	KindBlackhole Kind = "blackhole"
 )
 
 // Kinds lists every fault kind, in report order.
-var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition}
+var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition, KindBlackhole}
 
 // ParseKinds parses "kill=2,pause=2" into counts.
 func ParseKinds(s string) (map[Kind]int, error) {
@@ -82,9 +89,9 @@ type ScheduleParams struct {
 	// margin): a pause lasts at least Lease + 200 ms, so the paused node's lease always lapses.
 	Lease time.Duration
 	// Takeover is how long the others need to take a dead node's slices (TTL + LockDelay + a
-	// second): kills and partitions hold at least that, so failover happens before the restart
-	// or the healing; pauses are drawn up to Takeover + 2 s, so some end before the others could
-	// take over and some after.
+	// second): kills, partitions and blackholes hold at least that, so failover happens before
+	// the restart or the healing; pauses are drawn up to Takeover + 2 s, so some end before the
+	// others could take over and some after.
 	Takeover time.Duration
 	GapMin   time.Duration
 	GapMax   time.Duration
@@ -108,9 +115,15 @@ func NewSchedule(seed uint64, counts map[Kind]int, p ScheduleParams) []Fault {
 	return out
 }
 
-// NextFault draws one more fault of a random kind (soak runs of unbounded length).
+// randomKinds are the kinds NextFault draws from: every kind but KindBlackhole, which a run gets
+// only by count (SoakOptions.Faults): a blackholed node takes minutes to get its slices back
+// (docs/failover.md), and a seed keeps drawing the schedule it drew before blackholes existed.
+var randomKinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition}
+
+// NextFault draws one more fault of a random kind but KindBlackhole (soak runs of unbounded
+// length).
 func NextFault(rng *rand.Rand, seq int, p ScheduleParams) Fault {
-	return drawFault(rng, seq, Kinds[rng.IntN(len(Kinds))], p)
+	return drawFault(rng, seq, randomKinds[rng.IntN(len(randomKinds))], p)
 }
 
 // NewRand returns the generator NextFault expects, seeded deterministically.
@@ -125,7 +138,7 @@ func drawFault(rng *rand.Rand, seq int, k Kind, p ScheduleParams) Fault {
 	}
 	f := Fault{Seq: seq, Kind: k, Node: rng.IntN(max(p.Nodes, 1)), Gap: between(p.GapMin, p.GapMax)}
 	switch k {
-	case KindKill, KindPartition:
+	case KindKill, KindPartition, KindBlackhole:
 		f.Hold = between(p.Takeover, p.Takeover+2*time.Second)
 	case KindPause:
 		f.Hold = between(p.Lease+200*time.Millisecond, p.Takeover+2*time.Second)

@@ -26,7 +26,7 @@ type Consul interface {
 type SoakOptions struct {
 	Seed uint64
 	// Faults is a bounded schedule: this many faults of each kind, in a seeded random order.
-	// When empty, faults of random kinds are drawn until Duration has passed.
+	// When empty, faults of random kinds (but KindBlackhole) are drawn until Duration has passed.
 	Faults   map[Kind]int
 	Duration time.Duration
 	// Rate (messages per second) and Messages (0: until the faults end) bound the feeder.
@@ -35,7 +35,12 @@ type SoakOptions struct {
 	// SettleTimeout bounds the wait, after each fault, for every slice to be processed again
 	// (default 60 s); DrainTimeout the final wait for every message to be handled (default 2 min).
 	SettleTimeout, DrainTimeout time.Duration
-	Log                         *slog.Logger
+	// RecoverTimeout bounds the wait, after a blackhole heals, for the node's lease and its
+	// slices to come back (default 7 min: qslice's blocking queries wait 5 min, Consul adds up to
+	// a sixteenth, and a watch left on a silent connection hears nothing for that long), so that
+	// a slow recovery is measured; one slower than SettleTimeout is a problem all the same.
+	RecoverTimeout time.Duration
+	Log            *slog.Logger
 }
 
 // RunSoak runs the cluster's nodes, feeds messages, injects the faults one after the other,
@@ -48,6 +53,9 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 	}
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = 2 * time.Minute
+	}
+	if o.RecoverTimeout == 0 {
+		o.RecoverTimeout = 7 * time.Minute
 	}
 	if o.Rate == 0 {
 		o.Rate = 5
@@ -102,7 +110,7 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 			f = NextFault(rng, seq, params)
 		}
 		scr.scrape(ctx)
-		rec := applyFault(ctx, cl, consul, f, log)
+		rec := applyFault(ctx, cl, consul, f, o, log)
 		if rec.Err != "" {
 			problem("fault %s: %s", f, rec.Err)
 		}
@@ -151,18 +159,19 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 	return rep, nil
 }
 
-// applyFault applies f, holds it, undoes it, and records when each happened.
-func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, log *slog.Logger) FaultRecord {
+// applyFault applies f, holds it, undoes it, and records when each happened (and, for a
+// blackhole, how long the node took to come back).
+func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o SoakOptions, log *slog.Logger) FaultRecord {
 	rec := FaultRecord{Fault: f}
 	var n *Node
 	if f.Kind != KindConsulRestart {
 		n = cl.Nodes[f.Node%len(cl.Nodes)]
 		rec.NodeName = n.Name
 	}
-	// Kills, pauses and partitions strike while the node runs a handler, when it gets one
-	// within 3 s.
+	// Kills, pauses, partitions and blackholes strike while the node runs a handler, when it
+	// gets one within 3 s.
 	busy := false
-	if f.Kind == KindKill || f.Kind == KindPause || f.Kind == KindPartition {
+	if f.Kind == KindKill || f.Kind == KindPause || f.Kind == KindPartition || f.Kind == KindBlackhole {
 		busy = n.WaitBusy(3 * time.Second)
 	}
 	log.Info("fault", "fault", f.String(), "node", rec.NodeName, "handler_running", busy)
@@ -209,7 +218,7 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, log *s
 			errs = append(errs, fmt.Errorf("cut off Consul, its lease did not lapse: %w", err))
 		}
 		sleepCtx(ctx, time.Until(rec.Done.Add(f.Hold)))
-		refused := n.Heal()
+		refused, _ := n.Heal()
 		rec.End = time.Now()
 		log.Info("partition healed", "node", n.Name, "connections_refused", refused)
 		if refused == 0 {
@@ -218,6 +227,28 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, log *s
 		if err := n.WaitLease(ctx, true, 30*time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("healed, the node got no valid lease again: %w", err))
 		}
+	case KindBlackhole:
+		// As a partition, but nothing the node sent before the healing is ever answered: it
+		// must give up its old connections by its own timeouts.
+		silenced, err := n.Blackhole()
+		errs = append(errs, err)
+		rec.Done = time.Now()
+		if err := n.WaitLease(ctx, false, f.Hold); err != nil {
+			errs = append(errs, fmt.Errorf("blackholed, its lease did not lapse: %w", err))
+		}
+		sleepCtx(ctx, time.Until(rec.Done.Add(f.Hold)))
+		refused, held := n.Heal()
+		rec.End = time.Now()
+		rec.Silenced, rec.Held = silenced, held
+		log.Info("blackhole healed", "node", n.Name, "connections_silenced", silenced, "connections_held_silent", held,
+			"silent_in_all", n.Silent())
+		if refused > 0 {
+			errs = append(errs, fmt.Errorf("%s: %d connections closed at once instead of held silent (over the proxy's bound of %d)", n.Name, refused, maxSilentConns))
+		}
+		if silenced+held == 0 {
+			errs = append(errs, fmt.Errorf("%s had no connection to Consul while blackholed: does it reach Consul through its proxy?", n.Name))
+		}
+		errs = append(errs, measureRecovery(ctx, cl, n, &rec, o, log))
 	}
 	if rec.End.IsZero() {
 		rec.End = time.Now()
@@ -226,6 +257,30 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, log *s
 		rec.Err = err.Error()
 	}
 	return rec
+}
+
+// measureRecovery waits, from the healing of a blackhole (rec.End), until the node's status
+// shows a valid lease (rec.LeaseBack) and then until every slice is processed by its home node
+// as every node sees it (rec.SlicesBack: the node has its share back), each up to
+// o.RecoverTimeout from the healing. A recovery slower than o.SettleTimeout is an error too.
+func measureRecovery(ctx context.Context, cl *Cluster, n *Node, rec *FaultRecord, o SoakOptions, log *slog.Logger) error {
+	bound := rec.End.Add(o.RecoverTimeout)
+	if err := n.WaitLease(ctx, true, time.Until(bound)); err != nil {
+		return fmt.Errorf("healed, the node got no valid lease again within %s: %w", o.RecoverTimeout, err)
+	}
+	rec.LeaseBack = time.Since(rec.End)
+	if err := cl.WaitOwned(ctx, time.Until(bound), true); err != nil {
+		return fmt.Errorf("healed, lease back after %s, but the cluster did not converge with %s's slices back within %s: %w",
+			rec.LeaseBack.Round(time.Millisecond), n.Name, o.RecoverTimeout, err)
+	}
+	rec.SlicesBack = time.Since(rec.End)
+	log.Info("blackhole recovered", "node", n.Name, "lease_back", rec.LeaseBack.Round(time.Millisecond),
+		"slices_back", rec.SlicesBack.Round(time.Millisecond))
+	if rec.SlicesBack > o.SettleTimeout {
+		return fmt.Errorf("healed, %s got its lease back after %s but its slices only after %s (more than %s)", n.Name,
+			rec.LeaseBack.Round(time.Millisecond), rec.SlicesBack.Round(time.Millisecond), o.SettleTimeout)
+	}
+	return nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -43,8 +43,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var (
 		nodes     = fs.Int("nodes", 3, "qslice nodes")
 		slices    = fs.Int("slices", 8, "slices of the queue")
-		duration  = fs.Duration("duration", 10*time.Minute, "soak: inject faults of random kinds for this long")
-		faults    = fs.String("faults", "", "soak: a bounded schedule instead of -duration, e.g. kill=3,pause=3,consul-restart=2,restart=2,drain=2,partition=2")
+		duration  = fs.Duration("duration", 10*time.Minute, "soak: inject faults of random kinds (all but blackhole) for this long")
+		faults    = fs.String("faults", "", "soak: a bounded schedule instead of -duration, e.g. kill=3,pause=3,consul-restart=2,restart=2,drain=2,partition=2,blackhole=1")
 		seed      = fs.Uint64("seed", 1, "seed of the fault schedule (and of the first benchmark victim)")
 		rate      = fs.Float64("rate", 0, "messages per second (default 20 for a soak, 40 for the benchmark)")
 		messages  = fs.Int("messages", 0, "soak: stop feeding after this many messages (0: when the faults end)")
