@@ -1225,14 +1225,19 @@ func (c *ConsulCoordinator) newBackoff(initial, maxInterval time.Duration) backo
 	return b
 }
 
+// requestTimeout is how long op may take: RequestTimeout, or for a blocking query its wait
+// plus Consul's jitter (wait/16) plus RequestTimeout.
+func (c *ConsulCoordinator) requestTimeout(op string) time.Duration {
+	if op == "kv_watch" || op == "member_watch" {
+		return watchWait + watchWait/16 + c.cfg.RequestTimeout
+	}
+	return c.cfg.RequestTimeout
+}
+
 // call runs one Consul request with RequestTimeout (blocking queries set their own), counts and
 // explains failures, and logs each change of Consul's state once.
 func (c *ConsulCoordinator) call(ctx context.Context, op string, f func(ctx context.Context) error) error {
-	timeout := c.cfg.RequestTimeout
-	if op == "kv_watch" || op == "member_watch" {
-		timeout = watchWait + watchWait/16 + c.cfg.RequestTimeout // blocking query
-	}
-	rctx, cancel := context.WithTimeout(ctx, timeout)
+	rctx, cancel := context.WithTimeout(ctx, c.requestTimeout(op))
 	err := f(rctx)
 	cancel()
 	if err == nil {
@@ -1372,7 +1377,7 @@ func (c *ConsulCoordinator) explain(op string, err error) error {
 		e.Hint = "check consul.tls (CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_HTTP_SSL)"
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
 		e.Problem, e.Kind = "timed out", ErrConsulUnavailable
-		e.Hint = fmt.Sprintf("no answer within %s; Consul is slow or unreachable", c.cfg.RequestTimeout)
+		e.Hint = fmt.Sprintf("no answer within %s; Consul is slow or unreachable", c.requestTimeout(op))
 	default:
 		e.Problem, e.Kind = "unreachable", ErrConsulUnavailable
 		e.Hint = "is the Consul agent running? check CONSUL_HTTP_ADDR or consul.address"

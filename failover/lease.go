@@ -119,6 +119,12 @@ func (k *keeper) round(ctx context.Context) error {
 		switch {
 		case err != nil:
 			errs = append(errs, err)
+			if !c.clock.Now().Before(c.ValidUntil()) {
+				// The lease lapsed: this node is not settled, whatever becomes of its session.
+				// Passing the check with the old live_since would let peers hand slices back at
+				// once when Consul answers again, before this node learns its session is gone.
+				k.freshSince = true
+			}
 		case se == nil:
 			c.log.Warn("session lost: Consul invalidated it (TTL check critical, node failed, or destroyed); its slices are gone",
 				"session", k.session)

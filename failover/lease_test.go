@@ -151,6 +151,9 @@ func TestExplainErrors(t *testing.T) {
 		{fmt.Errorf("get: %w", context.DeadlineExceeded), "timed out", ErrConsulUnavailable},
 		{errors.New("tls: failed to verify certificate: x509: certificate signed by unknown authority"), "TLS failure: check consul.tls", ErrConsulUnavailable},
 	}
+	if got := c.explain("kv_watch", context.DeadlineExceeded).Error(); !strings.Contains(got, "no answer within 5m21.75s") {
+		t.Errorf("a blocking query's timeout quotes the wrong limit: %q", got)
+	}
 	for _, tc := range cases {
 		got := c.explain("register", tc.err)
 		if !strings.Contains(got.Error(), tc.want) {
