@@ -54,7 +54,7 @@ func TestChaos(t *testing.T) {
 	}
 	t.Cleanup(func() { saveArtifacts(t, dir) }) // runs after cl.Close: the logs are complete
 	t.Cleanup(cl.Close)
-	faults := map[Kind]int{KindKill: 2, KindPause: 2, KindConsulRestart: 2, KindRestart: 2, KindDrain: 2, KindPartition: 2}
+	faults := map[Kind]int{KindKill: 2, KindPause: 2, KindConsulRestart: 2, KindRestart: 2, KindDrain: 2, KindPartition: 2, KindBlackhole: 1}
 	rep, err := RunSoak(ctx, cl, consul, SoakOptions{Seed: seed, Faults: faults, Rate: 6, Messages: 360, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

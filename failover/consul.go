@@ -345,11 +345,12 @@ func (c *ConsulCoordinator) watchContext(ctx context.Context) (context.Context, 
 	return wctx, cancel
 }
 
-// resetConnections runs when the lease lapses: Consul stopped answering in time. A blocking
-// query (5 minutes) or a pooled keep-alive connection may sit on a connection that is dead
-// without a reset (a partition that dropped packets, a firewall that lost its flow): the watches
-// would hear nothing for minutes after Consul is back. So the watches' requests are abandoned and
-// sent again on fresh connections, and idle pooled connections are closed.
+// resetConnections runs when the lease lapses (Consul stopped answering in time) and when it is
+// valid again. A blocking query (5 minutes) or a pooled keep-alive connection may sit on a
+// connection that died without a reset (a partition that dropped packets, a firewall that lost
+// its flow), including one opened during the outage: the watches would hear nothing for minutes
+// after Consul is back. So the watches' requests are abandoned and sent again on fresh
+// connections, and idle pooled connections are closed.
 func (c *ConsulCoordinator) resetConnections() {
 	c.mu.Lock()
 	close(c.watchGen)
@@ -701,6 +702,7 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 			c.log.Info("lease valid: processing owned slices", "owned", len(st.owned), "remaining", lease.deadline.Sub(now).Round(time.Millisecond))
 			if !st.lapsedAt.IsZero() {
 				c.traceLapse(st.lapsedAt, now, len(st.owned))
+				c.resetConnections() // the watches asked again during the outage: ask once more
 			}
 		} else {
 			st.lapsedAt = now
