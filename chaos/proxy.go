@@ -210,17 +210,23 @@ func (p *cutProxy) forward(pc *proxyConn) {
 	<-done
 }
 
-// Cut closes every forwarded connection and refuses new ones until Heal. It returns once every
-// open connection is closed. Connections held silent by an earlier Blackhole stay so.
-func (p *cutProxy) Cut() {
+// enter switches to mode, resets the counts of the new mode's connections, and returns the
+// connections forwarded until now.
+func (p *cutProxy) enter(mode proxyMode) []*proxyConn {
 	p.mu.Lock()
-	p.mode, p.refused, p.held = proxyCut, 0, 0
+	defer p.mu.Unlock()
+	p.mode, p.refused, p.held = mode, 0, 0
 	open := make([]*proxyConn, 0, len(p.conns))
 	for pc := range p.conns {
 		open = append(open, pc)
 	}
-	p.mu.Unlock()
-	for _, pc := range open {
+	return open
+}
+
+// Cut closes every forwarded connection and refuses new ones until Heal. It returns once every
+// open connection is closed. Connections held silent by an earlier Blackhole stay so.
+func (p *cutProxy) Cut() {
+	for _, pc := range p.enter(proxyCut) {
 		pc.close()
 	}
 }
@@ -230,13 +236,7 @@ func (p *cutProxy) Cut() {
 // any of them; an error when a copy did not stop within silenceTimeout (a harness bug) or an
 // open connection had to be closed, the silent ones being at their bound.
 func (p *cutProxy) Blackhole() (int, error) {
-	p.mu.Lock()
-	p.mode, p.refused, p.held = proxyBlackhole, 0, 0
-	open := make([]*proxyConn, 0, len(p.conns))
-	for pc := range p.conns {
-		open = append(open, pc)
-	}
-	p.mu.Unlock()
+	open := p.enter(proxyBlackhole)
 	var silenced []*proxyConn
 	var errs []error
 	for _, pc := range open {
