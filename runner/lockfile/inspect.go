@@ -167,12 +167,7 @@ func (o InspectOptions) withDefaults() InspectOptions {
 			o.LocalHosts = []string{h}
 		}
 	}
-	switch {
-	case o.Slop == 0:
-		o.Slop = DefaultSlop
-	case o.Slop < 0:
-		o.Slop = 0
-	}
+	o.Slop = effectiveSlop(o.Slop)
 	if o.OrphanAfter <= 0 {
 		o.OrphanAfter = DefaultOrphanAfter
 	}

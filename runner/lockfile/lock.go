@@ -138,12 +138,7 @@ func New(path string, opts Options) (*Lock, error) {
 	if opts.Lifetime < 0 {
 		return nil, fmt.Errorf("lock %s: negative lifetime %s", abs, opts.Lifetime)
 	}
-	switch {
-	case opts.Slop == 0:
-		opts.Slop = DefaultSlop
-	case opts.Slop < 0:
-		opts.Slop = 0
-	}
+	opts.Slop = effectiveSlop(opts.Slop)
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = DefaultRetryInterval
 	}
@@ -654,4 +649,15 @@ func readSmall(name string) ([]byte, error) {
 		return nil, err
 	}
 	return buf[:n], nil
+}
+
+// effectiveSlop is the clock slop an option asks for: 0 means DefaultSlop, a negative value none.
+func effectiveSlop(s time.Duration) time.Duration {
+	switch {
+	case s == 0:
+		return DefaultSlop
+	case s < 0:
+		return 0
+	}
+	return s
 }
