@@ -17,93 +17,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/qslice/qslice/internal/clock"
 )
 
-// fakeClock is a Clock that moves only when Advance is called. Timers fire
-// synchronously inside Advance.
-type fakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*fakeTimer
-}
-
-type fakeTimer struct {
-	c       *fakeClock
-	at      time.Time
-	d       time.Duration
-	ch      chan time.Time
-	done    bool // fired or stopped
-	stopped bool
-}
+// fakeClock is the shared manual clock, with this package's question about its timers.
+type fakeClock struct{ *clock.Fake }
 
 func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	return &fakeClock{clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))}
 }
 
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) NewTimer(d time.Duration) Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &fakeTimer{c: c, at: c.now.Add(d), d: d, ch: make(chan time.Time, 1)}
-	if d <= 0 {
-		t.done = true
-		t.ch <- c.now
-	}
-	c.timers = append(c.timers, t)
-	return t
-}
-
-func (t *fakeTimer) C() <-chan time.Time { return t.ch }
-
-func (t *fakeTimer) Stop() bool {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	was := !t.done
-	t.done = true
-	t.stopped = true
-	return was
-}
-
-// Advance moves the clock and fires the timers that are due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	keep := c.timers[:0]
-	for _, t := range c.timers {
-		if t.done {
-			continue
-		}
-		if !t.at.After(c.now) {
-			t.done = true
-			t.ch <- c.now
-			continue
-		}
-		keep = append(keep, t)
-	}
-	c.timers = keep
-}
-
-// pending returns the durations of the timers not yet fired nor stopped.
-func (c *fakeClock) pending() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var ds []time.Duration
-	for _, t := range c.timers {
-		if !t.done {
-			ds = append(ds, t.d)
-		}
-	}
-	return ds
-}
-
+// hasPending reports whether a timer of duration d is waiting.
 func (c *fakeClock) hasPending(d time.Duration) bool {
-	return slices.Contains(c.pending(), d)
+	return slices.Contains(c.Pending(), d)
 }
 
 // record is one captured log record with its attributes flattened.
