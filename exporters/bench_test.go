@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner"
 )
@@ -31,9 +32,9 @@ func BenchmarkScrape(b *testing.B) {
 		dir := filepath.Join(root, name)
 		for s := range slices {
 			for k := range 3 {
-				writeFile(b, dir, fmt.Sprintf("%d.5+%s.pck", 1699990000+s*10+k, digestIn(s, slices, int64(k))), 100)
+				writeFile(b, dir, fmt.Sprintf("%d.5+%s.pck", 1699990000+s*10+k, queuetest.DigestIn(s, slices, int64(k))), 100)
 			}
-			writeFile(b, dir, fmt.Sprintf("1699990000.0+%s.bak", digestIn(s, slices, 9)), 100)
+			writeFile(b, dir, fmt.Sprintf("1699990000.0+%s.bak", queuetest.DigestIn(s, slices, 9)), 100)
 			if s%2 == qi%2 {
 				owned[name] = append(owned[name], s)
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,10 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner/lockfile"
-	"github.com/qslice/qslice/runner/queue"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -31,11 +30,6 @@ func (c fixedClock) Now() time.Time { return c.t }
 
 // t0 is the tests' "now": 2023-11-14T22:13:20Z.
 var t0 = time.Unix(1700000000, 0)
-
-func digestIn(i, n int, k int64) string {
-	lo, _ := queue.SliceBounds(i, n)
-	return fmt.Sprintf("%040x", lo.Add(lo, big.NewInt(k)))
-}
 
 func writeFile(t testing.TB, dir, name string, size int, mtime ...time.Time) {
 	t.Helper()
@@ -74,23 +68,23 @@ func (c coordinator) Status() CoordinatorStatus { return CoordinatorStatus(c) }
 func fixture(t *testing.T) *probes.Probe {
 	root := t.TempDir()
 	in := filepath.Join(root, "queue", "in")
-	writeFile(t, in, "1699999899.5+"+digestIn(0, 4, 0)+".pck", 10)
-	writeFile(t, in, "1699999950.0+"+digestIn(0, 4, 1)+".pck", 20)
-	writeFile(t, in, "1699999960.0+"+digestIn(1, 4, 0)+".pck", 300)
-	writeFile(t, in, "1699999000.0+"+digestIn(2, 4, 7)+".bak", 5)
-	writeFile(t, in, "1699996400.0+"+digestIn(3, 4, 0)+".pck", 1)
-	writeFile(t, in, "1699999999.0+"+digestIn(3, 4, 2)+".pck.tmp", 1)
+	writeFile(t, in, "1699999899.5+"+queuetest.DigestIn(0, 4, 0)+".pck", 10)
+	writeFile(t, in, "1699999950.0+"+queuetest.DigestIn(0, 4, 1)+".pck", 20)
+	writeFile(t, in, "1699999960.0+"+queuetest.DigestIn(1, 4, 0)+".pck", 300)
+	writeFile(t, in, "1699999000.0+"+queuetest.DigestIn(2, 4, 7)+".bak", 5)
+	writeFile(t, in, "1699996400.0+"+queuetest.DigestIn(3, 4, 0)+".pck", 1)
+	writeFile(t, in, "1699999999.0+"+queuetest.DigestIn(3, 4, 2)+".pck.tmp", 1)
 	writeFile(t, in, "README", 1)
 	shunt := filepath.Join(root, "queue", "shunt")
-	writeFile(t, shunt, "1699990000.0+"+digestIn(0, 4, 0)+".pck", 1)
+	writeFile(t, shunt, "1699990000.0+"+queuetest.DigestIn(0, 4, 0)+".pck", 1)
 	bad := filepath.Join(root, "queue", "bad")
-	writeFile(t, bad, "1699990000.0+"+digestIn(0, 4, 0)+".psv", 1)
-	writeFile(t, bad, "1699990001.0+"+digestIn(1, 4, 0)+".psv", 1)
+	writeFile(t, bad, "1699990000.0+"+queuetest.DigestIn(0, 4, 0)+".psv", 1)
+	writeFile(t, bad, "1699990001.0+"+queuetest.DigestIn(1, 4, 0)+".psv", 1)
 	out := filepath.Join(root, "queue", "out")
 	os.MkdirAll(out, 0o755)
 	big := filepath.Join(root, "queue", "big")
-	writeFile(t, big, "1699999000.0+"+digestIn(5, 2000, 0)+".pck", 7)
-	writeFile(t, big, "1699999500.0+"+digestIn(1999, 2000, 0)+".pck", 7)
+	writeFile(t, big, "1699999000.0+"+queuetest.DigestIn(5, 2000, 0)+".pck", 7)
+	writeFile(t, big, "1699999500.0+"+queuetest.DigestIn(1999, 2000, 0)+".pck", 7)
 
 	locks := filepath.Join(root, "locks")
 	host, _ := os.Hostname()
@@ -229,8 +223,8 @@ func descName(d *prometheus.Desc) string {
 
 func TestCollectorInFlightAge(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, dir, "1699999000.0+"+digestIn(1, 2, 0)+".bak", 1)
-	now := testenv.FileCtime(t, filepath.Join(dir, "1699999000.0+"+digestIn(1, 2, 0)+".bak")).Add(90 * time.Second)
+	writeFile(t, dir, "1699999000.0+"+queuetest.DigestIn(1, 2, 0)+".bak", 1)
+	now := testenv.FileCtime(t, filepath.Join(dir, "1699999000.0+"+queuetest.DigestIn(1, 2, 0)+".bak")).Add(90 * time.Second)
 	p, err := probes.New(probes.Config{Queues: []probes.QueueConfig{{Name: "q", Dir: dir, Slices: 2}}, Clock: fixedClock{now}})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qslice/qslice/internal/queuetest"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -83,7 +85,7 @@ func TestProbeScanOnceKeepsLastGoodData(t *testing.T) {
 	}
 	os.Rename(cfg.Dir+".moved", cfg.Dir)
 	// A successful scan publishes its own data, not the carried one.
-	writeFile(t, cfg.Dir, "1699999990.0+"+digestIn(1, 4, 5)+".pck", 1)
+	writeFile(t, cfg.Dir, "1699999990.0+"+queuetest.DigestIn(1, 4, 5)+".pck", 1)
 	claim := filepath.Join(locks, "x.lock|web9|99|1")
 	if err := os.WriteFile(claim, []byte(claim), 0o644); err != nil {
 		t.Fatal(err)
@@ -107,7 +109,7 @@ func TestProbeRun(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
 	// Poll until a scan has seen a file written after Run started.
-	writeFile(t, dir, "1699999000.0+"+digestIn(1, 2, 0)+".pck", 1)
+	writeFile(t, dir, "1699999000.0+"+queuetest.DigestIn(1, 2, 0)+".pck", 1)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if s := p.Latest(); s != nil && s.Queues[0].PerSlice[1].Ready == 1 {

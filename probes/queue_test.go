@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/runner/queue"
 )
@@ -23,13 +24,6 @@ func (c fixedClock) Now() time.Time { return c.t }
 
 // t0 is the fake "now" of the tests: 2023-11-14T22:13:20Z.
 var t0 = time.Unix(1700000000, 0)
-
-// digestIn returns the digest at offset k from the start of slice i of n, as 40 hex digits.
-func digestIn(i, n int, k int64) string {
-	lo, _ := queue.SliceBounds(i, n)
-	lo.Add(lo, big.NewInt(k))
-	return fmt.Sprintf("%040x", lo)
-}
 
 // lastIn returns the last digest of slice i of n.
 func lastIn(i, n int) string {
@@ -63,30 +57,30 @@ func buildQueue(t testing.TB, root string) QueueConfig {
 	bad := filepath.Join(root, "queue", "bad")
 	mkdirs(t, in, shunt, bad, filepath.Join(in, "subdir"))
 	// slice 0: two ready, the older 100.5 s old, 10+20 bytes.
-	writeFile(t, in, "1699999899.5+"+digestIn(0, 4, 0)+".pck", 10)
+	writeFile(t, in, "1699999899.5+"+queuetest.DigestIn(0, 4, 0)+".pck", 10)
 	writeFile(t, in, "1699999950.0+"+lastIn(0, 4)+".pck", 20)
 	// slice 1: one ready, 40 s old, 300 bytes.
-	writeFile(t, in, "1699999960.0+"+digestIn(1, 4, 0)+".pck", 300)
+	writeFile(t, in, "1699999960.0+"+queuetest.DigestIn(1, 4, 0)+".pck", 300)
 	// slice 2: one in flight.
-	writeFile(t, in, "1699999000.0+"+digestIn(2, 4, 7)+".bak", 5)
+	writeFile(t, in, "1699999000.0+"+queuetest.DigestIn(2, 4, 7)+".bak", 5)
 	// slice 3: three ready, the oldest exactly one hour old, 1 byte each.
 	writeFile(t, in, "1699996400.0+"+lastIn(3, 4)+".pck", 1)
-	writeFile(t, in, "1699996500.25+"+digestIn(3, 4, 1)+".pck", 1)
-	writeFile(t, in, "1699999999.0+"+digestIn(3, 4, 2)+".pck", 1)
+	writeFile(t, in, "1699996500.25+"+queuetest.DigestIn(3, 4, 1)+".pck", 1)
+	writeFile(t, in, "1699999999.0+"+queuetest.DigestIn(3, 4, 2)+".pck", 1)
 	// Not ready: a message being written, foreign and malformed names, a .psv in the wrong place.
-	writeFile(t, in, "1699999999.0+"+digestIn(0, 4, 9)+".pck.tmp", 50)
+	writeFile(t, in, "1699999999.0+"+queuetest.DigestIn(0, 4, 9)+".pck.tmp", 50)
 	writeFile(t, in, "README", 1)
-	writeFile(t, in, "notatime+"+digestIn(0, 4, 3)+".pck", 1)
+	writeFile(t, in, "notatime+"+queuetest.DigestIn(0, 4, 3)+".pck", 1)
 	writeFile(t, in, "1699999999.0+ABCDEF.pck", 1)
-	writeFile(t, in, "1699999999.0+"+digestIn(1, 4, 3)+".psv", 1)
+	writeFile(t, in, "1699999999.0+"+queuetest.DigestIn(1, 4, 3)+".psv", 1)
 	// shunt: two ready and one being unshunted, plus a stray file.
-	writeFile(t, shunt, "1699990000.0+"+digestIn(0, 4, 0)+".pck", 1)
-	writeFile(t, shunt, "1699990001.0+"+digestIn(1, 4, 0)+".pck", 1)
-	writeFile(t, shunt, "1699990002.0+"+digestIn(2, 4, 0)+".bak", 1)
+	writeFile(t, shunt, "1699990000.0+"+queuetest.DigestIn(0, 4, 0)+".pck", 1)
+	writeFile(t, shunt, "1699990001.0+"+queuetest.DigestIn(1, 4, 0)+".pck", 1)
+	writeFile(t, shunt, "1699990002.0+"+queuetest.DigestIn(2, 4, 0)+".bak", 1)
 	writeFile(t, shunt, "stray", 1)
 	// bad: three preserved, with qslice's reason sidecars (not counted).
 	for i := range 3 {
-		base := fmt.Sprintf("169999000%d.0+%s", i, digestIn(i, 4, 0))
+		base := fmt.Sprintf("169999000%d.0+%s", i, queuetest.DigestIn(i, 4, 0))
 		writeFile(t, bad, base+".psv", 1)
 		writeFile(t, bad, base+queue.SuffixWhy, 1)
 	}
@@ -196,7 +190,7 @@ func TestScanQueueSliceCounts(t *testing.T) {
 			dir := t.TempDir()
 			probe := []int{0, n / 2, n - 1}
 			for _, i := range probe {
-				writeFile(t, dir, "1699999000.0+"+digestIn(i, n, 0)+".pck", 1)
+				writeFile(t, dir, "1699999000.0+"+queuetest.DigestIn(i, n, 0)+".pck", 1)
 				writeFile(t, dir, "1699999001.0+"+lastIn(i, n)+".pck", 1)
 			}
 			q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: n}, fixedClock{t0})
@@ -259,7 +253,7 @@ func TestScanQueueErrorsAreReported(t *testing.T) {
 	t.Run("missing shunt is not fatal", func(t *testing.T) {
 		dir := filepath.Join(root, "in")
 		mkdirs(t, dir)
-		writeFile(t, dir, "1699999000.0+"+digestIn(0, 1, 0)+".pck", 1)
+		writeFile(t, dir, "1699999000.0+"+queuetest.DigestIn(0, 1, 0)+".pck", 1)
 		q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 1, ShuntDir: filepath.Join(root, "noshunt")}, nil)
 		if q.Err != nil || q.Ready != 1 || q.HasShunt || len(q.Errors) != 1 || !errors.Is(q.Errors[0], fs.ErrNotExist) {
 			t.Fatalf("Err %v ready %d HasShunt %v Errors %v", q.Err, q.Ready, q.HasShunt, q.Errors)
@@ -278,13 +272,13 @@ func TestScanQueueErrorsAreReported(t *testing.T) {
 func TestScanQueueVanishedFiles(t *testing.T) {
 	dir := t.TempDir()
 	for i := range 4 {
-		writeFile(t, dir, fmt.Sprintf("1699999000.0+%s.pck", digestIn(0, 1, int64(i))), 1)
+		writeFile(t, dir, fmt.Sprintf("1699999000.0+%s.pck", queuetest.DigestIn(0, 1, int64(i))), 1)
 	}
-	writeFile(t, dir, "1699999000.0+"+digestIn(0, 1, 9)+".bak", 1)
+	writeFile(t, dir, "1699999000.0+"+queuetest.DigestIn(0, 1, 9)+".bak", 1)
 	// Between the listing and the stats, a runner claims one file and finishes another.
 	hook := func([]dirEnt) {
-		os.Rename(filepath.Join(dir, "1699999000.0+"+digestIn(0, 1, 0)+".pck"), filepath.Join(dir, "x.claimed"))
-		os.Remove(filepath.Join(dir, "1699999000.0+"+digestIn(0, 1, 9)+".bak"))
+		os.Rename(filepath.Join(dir, "1699999000.0+"+queuetest.DigestIn(0, 1, 0)+".pck"), filepath.Join(dir, "x.claimed"))
+		os.Remove(filepath.Join(dir, "1699999000.0+"+queuetest.DigestIn(0, 1, 9)+".bak"))
 	}
 	q := scanQueueHook(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 1}, fixedClock{t0}, nil, hook)
 	if q.Err != nil {
@@ -320,7 +314,7 @@ func TestScanQueueProgress(t *testing.T) {
 	dir := t.TempDir()
 	const files = 3000 // several getdents chunks
 	for i := range files {
-		writeFile(t, dir, fmt.Sprintf("1699999%03d.%d+%s.pck", i%1000, i, digestIn(i%4, 4, int64(i))), 0)
+		writeFile(t, dir, fmt.Sprintf("1699999%03d.%d+%s.pck", i%1000, i, queuetest.DigestIn(i%4, 4, int64(i))), 0)
 	}
 	var calls []int
 	q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 4, NoBytes: true,
@@ -346,7 +340,7 @@ func TestScanQueueProgress(t *testing.T) {
 func TestScanQueueBytesCap(t *testing.T) {
 	dir := t.TempDir()
 	for i := range 10 {
-		writeFile(t, dir, fmt.Sprintf("169999900%d.0+%s.pck", i, digestIn(i%2, 2, int64(i))), 100)
+		writeFile(t, dir, fmt.Sprintf("169999900%d.0+%s.pck", i, queuetest.DigestIn(i%2, 2, int64(i))), 100)
 	}
 	for _, c := range []struct {
 		cap     int

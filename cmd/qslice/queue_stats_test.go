@@ -4,15 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/qslice/qslice/runner/queue"
+	"github.com/qslice/qslice/internal/queuetest"
 )
 
 type statsClock struct{ t time.Time }
@@ -20,11 +18,6 @@ type statsClock struct{ t time.Time }
 func (c statsClock) Now() time.Time { return c.t }
 
 var statsT0 = time.Unix(1700000000, 0)
-
-func statsDigest(i, n int, k int64) string {
-	lo, _ := queue.SliceBounds(i, n)
-	return fmt.Sprintf("%040x", lo.Add(lo, big.NewInt(k)))
-}
 
 func statsWriteFile(t *testing.T, dir, name string, size int) {
 	t.Helper()
@@ -40,11 +33,11 @@ func statsWriteFile(t *testing.T, dir, name string, size int) {
 func statsQueue(t *testing.T) string {
 	root := t.TempDir()
 	in := filepath.Join(root, "queue", "in")
-	statsWriteFile(t, in, "1699999899.5+"+statsDigest(0, 4, 0)+".pck", 10)
-	statsWriteFile(t, in, "1699999950.0+"+statsDigest(0, 4, 1)+".pck", 20)
-	statsWriteFile(t, in, "1699996400.0+"+statsDigest(3, 4, 0)+".pck", 2048)
+	statsWriteFile(t, in, "1699999899.5+"+queuetest.DigestIn(0, 4, 0)+".pck", 10)
+	statsWriteFile(t, in, "1699999950.0+"+queuetest.DigestIn(0, 4, 1)+".pck", 20)
+	statsWriteFile(t, in, "1699996400.0+"+queuetest.DigestIn(3, 4, 0)+".pck", 2048)
 	statsWriteFile(t, in, "README", 1)
-	statsWriteFile(t, filepath.Join(root, "queue", "shunt"), "1699990000.0+"+statsDigest(0, 4, 0)+".pck", 1)
+	statsWriteFile(t, filepath.Join(root, "queue", "shunt"), "1699990000.0+"+queuetest.DigestIn(0, 4, 0)+".pck", 1)
 	os.MkdirAll(filepath.Join(root, "queue", "bad"), 0o755)
 	return in
 }
