@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/qslice/qslice/runner/queue"
@@ -46,6 +47,35 @@ func (f HandlerFunc) Handle(ctx context.Context, m *Message) error { return f(ct
 
 // ErrRetry, wrapped in a handler's error, asks the runner to try the message again later.
 var ErrRetry = errors.New("retry later")
+
+// RetryAfter returns an error that asks the runner to try the message again after delay instead of
+// the backoff's next interval (it wraps ErrRetry and reason). The retry still counts against
+// retry.max_elapsed.
+func RetryAfter(delay time.Duration, reason error) error {
+	return &retryAfterError{delay: delay, err: reason}
+}
+
+type retryAfterError struct {
+	delay time.Duration
+	err   error
+}
+
+func (e *retryAfterError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("retry later (after %s)", e.delay)
+	}
+	return fmt.Sprintf("retry later (after %s): %v", e.delay, e.err)
+}
+func (e *retryAfterError) Unwrap() []error { return []error{ErrRetry, e.err} }
+
+// retryDelay returns the delay an error from RetryAfter asks for.
+func retryDelay(err error) (time.Duration, bool) {
+	var ra *retryAfterError
+	if errors.As(err, &ra) {
+		return ra.delay, true
+	}
+	return 0, false
+}
 
 // Lease tells until when this node may process its slices. The runner claims a message only while
 // now < ValidUntil(), and cancels every running handler once that instant has passed. The returned

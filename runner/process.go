@@ -283,6 +283,12 @@ func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Dura
 		e = &retryEntry{name: it.name, slice: it.slice, bo: bo}
 	}
 	d := e.bo.NextBackOff()
+	if asked, ok := retryDelay(herr); ok && d != backoff.Stop {
+		d = max(asked, 0) // the handler chose the delay; the backoff still bounds the total time
+		if e.bo.GetElapsedTime()+d > r.cfg.Retry.MaxElapsed {
+			d = backoff.Stop
+		}
+	}
 	if d == backoff.Stop {
 		r.shunt(it.name, it.slice, msg.Meta, msg.Body, fmt.Errorf("gave up after %d retries over %s: %w", e.retries, r.cfg.Retry.MaxElapsed, herr), took)
 		return true

@@ -853,3 +853,39 @@ func TestHandlerSeesFencingToken(t *testing.T) {
 		return len(seen) == len(names)
 	})
 }
+
+// TestRetryAfterUsesTheHandlersDelay: a handler that asks for a retry after a delay is not handed the
+// message again before it, and the retry counts as one.
+func TestRetryAfterUsesTheHandlersDelay(t *testing.T) {
+	d := newTestDir(t)
+	enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
+	var mu sync.Mutex
+	var calls []time.Time
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, time.Now())
+		if len(calls) == 1 {
+			return RetryAfter(300*time.Millisecond, errors.New("mailbox busy"))
+		}
+		if m.Retry != 1 {
+			return fmt.Errorf("retry = %d, want 1", m.Retry)
+		}
+		return nil
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Logger: testLogger(t), PollInterval: 10 * time.Millisecond,
+		Retry: RetryPolicy{Initial: time.Millisecond, Max: time.Millisecond, MaxElapsed: time.Minute}})
+	r.SetSlices([]int{0})
+	startRunner(t, r)
+	waitFor(t, "2 calls and an empty queue", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) == 2 && len(dirFiles(t, d.Path, "")) == 0
+	})
+	if gap := calls[1].Sub(calls[0]); gap < 300*time.Millisecond {
+		t.Errorf("retried after %s, want >= the 300ms the handler asked for", gap)
+	}
+	if n := len(dirFiles(t, d.ShuntDir, "")); n != 0 {
+		t.Errorf("%d files shunted, want none", n)
+	}
+}
