@@ -1,0 +1,395 @@
+package worker
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// proc is one running worker process: its pipes, the messages in flight on it, and how it ended.
+//
+// Writing: the goroutine of each Handle call writes its own frame under wmu, so a message body
+// (valid only during Handle) is never touched after Handle returned; whichever writer finds no
+// other writer queued behind it flushes, so frames sent close together share one write(2).
+// Reading: one goroutine reads answers and hands each to the call waiting for it.
+// Ending: end() kills the process group once, closes both pipes (unblocking a writer), and
+// answers every call still in flight with the reason; the exit reason is the first one given.
+type proc struct {
+	index int
+	cmd   *exec.Cmd
+	pgid  int
+	log   *slog.Logger
+
+	wmu     sync.Mutex
+	w       *bufio.Writer
+	stdin   *os.File
+	writers atomic.Int32
+	scratch []byte // header encoding buffer, under wmu
+
+	stdout *os.File
+	r      *bufio.Reader
+
+	mu          sync.Mutex
+	nextID      uint64
+	pending     map[uint64]*call
+	inFlight    int
+	maxInFlight int
+	answered    bool   // at least one valid answer: the worker works
+	reason      string // why it ended (an exit reason label), set once
+	endErr      error
+	ended       bool
+
+	done   chan struct{} // closed when the process was reaped and the reader stopped
+	exited chan struct{} // closed when the process was reaped
+	state  *os.ProcessState
+}
+
+// call is one message in flight on a proc.
+type call struct {
+	id  uint64
+	res chan result // buffered 1: exactly one result is ever sent
+}
+
+type result struct {
+	answer Answer
+	err    error // the worker ended before answering (then answer is empty)
+}
+
+// Exit reasons (the values of the reason label of qslice_worker_pool_exits_total).
+const (
+	ExitStopped     = "stopped"          // asked to stop (shutdown, pool closing) and did
+	ExitTimeout     = "timeout"          // killed: a message outlived handler.timeout
+	ExitLeaseLapsed = "lease_lapsed"     // killed: the node's lease lapsed
+	ExitCancelled   = "cancelled"        // killed: a message's handling was cancelled (shutdown past the grace)
+	ExitDied        = "died"             // exited or was killed by a signal on its own
+	ExitProtocol    = "protocol_error"   // wrote something that breaks the protocol
+	ExitHandshake   = "handshake_failed" // never became ready
+)
+
+// crash reports whether an exit reason counts towards a crash loop: the worker ended without
+// being asked to.
+func crash(reason string) bool {
+	return reason == ExitDied || reason == ExitProtocol || reason == ExitHandshake
+}
+
+var errEnded = errors.New("worker ended")
+
+// startProc starts the command in its own process group with protocol pipes on stdin and stdout;
+// stderr lines go to the log.
+func startProc(cfg *Config, index int, log *slog.Logger) (*proc, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("pipe: %w", err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, fmt.Errorf("pipe: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("pipe: %w", err)
+	}
+	cmd := exec.Command(cfg.Command[0], cfg.Command[1:]...)
+	cmd.Dir = cfg.Dir
+	cmd.Env = append(append(os.Environ(), cfg.Env...), "QSLICE_QUEUE="+cfg.Queue, fmt.Sprintf("QSLICE_WORKER=%d", index))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		errR.Close()
+		return nil, fmt.Errorf("start %s: %w", cfg.Command[0], err)
+	}
+	p := &proc{
+		index: index, cmd: cmd, pgid: cmd.Process.Pid, log: log.With("worker", index, "pid", cmd.Process.Pid),
+		w: bufio.NewWriterSize(inW, 64<<10), stdin: inW, stdout: outR, r: bufio.NewReaderSize(outR, 64<<10),
+		pending: map[uint64]*call{}, maxInFlight: cfg.InFlight,
+		done: make(chan struct{}), exited: make(chan struct{}),
+	}
+	go p.logStderr(errR)
+	go func() {
+		_ = cmd.Wait()
+		p.state = cmd.ProcessState
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// logStderr logs the worker's stderr line by line (long lines cut), until it is closed.
+func (p *proc) logStderr(f *os.File) {
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 4096)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			cut := errors.Is(err, bufio.ErrBufferFull)
+			if !cut && line[len(line)-1] == '\n' {
+				line = line[:len(line)-1]
+			}
+			p.log.Info("worker stderr", "line", string(line), "cut", cut)
+			if cut {
+				// Skip the rest of an over-long line.
+				for errors.Is(err, bufio.ErrBufferFull) {
+					_, err = br.ReadSlice('\n')
+				}
+			}
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return
+		}
+	}
+}
+
+// handshake sends hello and waits for ready, within timeout. On failure the process is ended.
+func (p *proc) handshake(cfg *Config, timeout time.Duration) error {
+	hello, _ := json.Marshal(Hello{Type: TypeHello, Client: ClientName, Versions: []int{ProtocolVersion},
+		Queue: cfg.Queue, Worker: p.index, MaxInFlight: cfg.InFlight})
+	p.wmu.Lock()
+	p.w.Write(appendFrameHeader(nil, len(hello), 0))
+	p.w.Write(hello)
+	err := p.w.Flush()
+	p.wmu.Unlock()
+	if err != nil {
+		err = protoErr(ErrKindHandshake, "writing hello: %v (did the worker exit at once?)", err)
+		p.end(ExitHandshake, err)
+		return err
+	}
+	type got struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan got, 1)
+	go func() {
+		b, err := readFrame(p.r, nil)
+		ch <- got{b, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var g got
+	select {
+	case g = <-ch:
+	case <-t.C:
+		err := protoErr(ErrKindHandshake, "no ready frame within %s of hello", timeout)
+		p.end(ExitHandshake, err)
+		<-ch
+		return err
+	}
+	if g.err != nil {
+		err := g.err
+		if errors.Is(err, io.EOF) {
+			err = protoErr(ErrKindHandshake, "stdout closed before the ready frame (the worker exited: %s)", p.waitExit(time.Second))
+		}
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			pe.Kind = ErrKindHandshake
+		}
+		p.end(ExitHandshake, err)
+		return err
+	}
+	var rd Ready
+	if err := json.Unmarshal(g.b, &rd); err != nil || rd.Type != TypeReady {
+		err := protoErr(ErrKindHandshake, "first frame %q is not {\"type\":\"ready\",\"version\":%d}", clip(g.b), ProtocolVersion)
+		p.end(ExitHandshake, err)
+		return err
+	}
+	if rd.Version != ProtocolVersion {
+		err := protoErr(ErrKindHandshake, "worker speaks version %d; qslice speaks %d", rd.Version, ProtocolVersion)
+		p.end(ExitHandshake, err)
+		return err
+	}
+	if rd.MaxInFlight > 0 && rd.MaxInFlight < p.maxInFlight {
+		p.maxInFlight = rd.MaxInFlight
+	}
+	go p.readLoop()
+	return nil
+}
+
+// waitExit describes how the process exited, waiting at most d for it.
+func (p *proc) waitExit(d time.Duration) string {
+	select {
+	case <-p.exited:
+		return p.state.String()
+	case <-time.After(d):
+		return "still running"
+	}
+}
+
+// readLoop hands each answer to its call; any protocol error ends the worker.
+func (p *proc) readLoop() {
+	defer func() {
+		<-p.exited
+		close(p.done)
+	}()
+	var scratch []byte
+	for {
+		b, err := readFrame(p.r, scratch)
+		if err != nil {
+			p.mu.Lock()
+			ended := p.ended
+			p.mu.Unlock()
+			switch {
+			case ended:
+			case errors.Is(err, io.EOF):
+				p.end(ExitDied, fmt.Errorf("worker closed stdout: %s", p.waitExit(2*time.Second)))
+			case isProto(err):
+				p.end(ExitProtocol, err)
+			default:
+				p.end(ExitDied, fmt.Errorf("reading the worker's stdout: %w", err))
+			}
+			return
+		}
+		scratch = b
+		a, err := parseAnswer(b)
+		if err != nil {
+			p.end(ExitProtocol, err)
+			return
+		}
+		p.mu.Lock()
+		c := p.pending[*a.ID]
+		if c != nil {
+			delete(p.pending, *a.ID)
+			p.inFlight--
+			p.answered = true
+		}
+		p.mu.Unlock()
+		if c == nil {
+			p.end(ExitProtocol, protoErr(ErrKindID, "%s answer for id %d, which is not in flight on this worker", a.Type, *a.ID))
+			return
+		}
+		c.res <- result{answer: a}
+	}
+}
+
+func isProto(err error) bool {
+	var pe *ProtocolError
+	return errors.As(err, &pe)
+}
+
+// reserve takes one in-flight place on p, or reports false when p is full or ended.
+func (p *proc) reserve() (*call, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ended || p.inFlight >= p.maxInFlight {
+		return nil, false
+	}
+	p.nextID++
+	c := &call{id: p.nextID, res: make(chan result, 1)}
+	p.pending[c.id] = c
+	p.inFlight++
+	return c, true
+}
+
+// send writes one message frame. A write error ends the worker (the call then gets its result
+// from end).
+func (p *proc) send(c *call, hdr *Header, body []byte) {
+	hdr.ID = c.id
+	p.writers.Add(1)
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	js, err := json.Marshal(hdr)
+	if err != nil {
+		p.writers.Add(-1)
+		p.end(ExitDied, fmt.Errorf("encode header: %w", err))
+		return
+	}
+	p.scratch = appendFrameHeader(p.scratch[:0], len(js), len(body))
+	p.w.Write(p.scratch)
+	p.w.Write(js)
+	p.w.Write(body)
+	if p.writers.Add(-1) == 0 {
+		err = p.w.Flush()
+	}
+	if err == nil {
+		err = p.wErr()
+	}
+	if err != nil {
+		p.end(ExitDied, fmt.Errorf("writing to the worker's stdin: %w", err))
+	}
+}
+
+// wErr reports a sticky write error of the buffered writer (a write that failed before a flush).
+func (p *proc) wErr() error {
+	_, err := p.w.Write(nil)
+	return err
+}
+
+// end ends the worker once: kills its process group (unless it was asked to stop), closes the
+// pipes and answers every call in flight with the reason.
+func (p *proc) end(reason string, err error) {
+	p.mu.Lock()
+	if p.ended {
+		p.mu.Unlock()
+		return
+	}
+	p.ended = true
+	p.reason, p.endErr = reason, err
+	pending := p.pending
+	p.pending = map[uint64]*call{}
+	p.inFlight = 0
+	p.mu.Unlock()
+
+	if reason != ExitStopped {
+		_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+	}
+	// Closing the pipes unblocks a writer stuck on a full pipe and the reader.
+	p.stdin.Close()
+	if reason != ExitStopped {
+		p.stdout.Close()
+	}
+	werr := fmt.Errorf("%w (%s): %w", errEnded, reason, err)
+	for _, c := range pending {
+		c.res <- result{err: werr}
+	}
+}
+
+// stop closes stdin so the worker finishes and exits, and kills its process group if it has not
+// exited within grace.
+func (p *proc) stop(grace time.Duration) {
+	p.end(ExitStopped, errors.New("stopped"))
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+		p.log.Warn("worker did not exit within its grace after stdin was closed; killing its process group", "grace", grace)
+	}
+	// Whatever the leader did, nothing of the group may outlive the pool.
+	_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+	p.stdout.Close()
+}
+
+// inflight reports how many messages are in flight and the limit.
+func (p *proc) load() (n, limit int, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inFlight, p.maxInFlight, !p.ended
+}
+
+// outcome returns the exit reason and error once ended.
+func (p *proc) outcome() (reason string, err error, answered bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reason, p.endErr, p.answered
+}
+
+// kill ends the worker for reason unless it ended already.
+func (p *proc) kill(reason string, cause error) { p.end(reason, cause) }

@@ -1,0 +1,68 @@
+# A worker for qslice's tests, built on the reference library. The message body says what to do:
+#   ok | fail:<reason> | exception:<text> | retry:<delay> | die | garbage | sleep:<seconds> | print
+# and "once:<command>" does the command the first time it sees the message id, then "ok".
+# TEST_WORKER_MODE=exit|badversion|silent breaks the worker before it serves anything.
+# TEST_WORKER_RECORD=<file>: one JSON line per message (its header fields, pid, lock present).
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.environ["QSLICE_WORKER_LIB"])
+import qslice_worker as qw  # noqa: E402
+
+mode = os.environ.get("TEST_WORKER_MODE", "")
+if mode == "exit":
+    sys.exit(3)
+out = os.dup(1)
+os.dup2(2, 1)
+if mode == "silent":
+    time.sleep(60)
+if mode == "badversion":
+    os.read(0, 65536)
+    h = b'{"type":"ready","version":99}'
+    os.write(out, b"%d 0\n%s" % (len(h), h))
+    time.sleep(60)
+state = os.environ.get("TEST_WORKER_STATE", "")
+record = os.environ.get("TEST_WORKER_RECORD", "")
+lockdir = os.environ.get("TEST_WORKER_LOCKDIR", "")
+
+
+def handle(m):
+    if record:
+        rec = {k: getattr(m, k) for k in qw.Message.__slots__ if k != "body"}
+        rec["pid"] = os.getpid()
+        rec["lock_held"] = bool(lockdir and m.lock and os.path.exists(os.path.join(lockdir, m.lock)))
+        with open(record, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    cmd = m.body.decode()
+    if cmd.startswith("once:"):
+        marker = os.path.join(state, m.message_id)
+        if os.path.exists(marker):
+            return
+        open(marker, "w").close()
+        cmd = cmd[5:]
+    cmd, _, arg = cmd.partition(":")
+    if cmd == "ok":
+        return
+    if cmd == "fail":
+        raise qw.Fail(arg)
+    if cmd == "exception":
+        raise ValueError(arg)
+    if cmd == "retry":
+        raise qw.Retry("asked by the test", delay=float(arg) if arg else None)
+    if cmd == "die":
+        os._exit(7)
+    if cmd == "garbage":
+        os.write(out, b"hello world\n")
+        time.sleep(10)
+    if cmd == "sleep":
+        time.sleep(float(arg))
+        return
+    if cmd == "print":
+        print("noise on stdout")
+        return
+    raise qw.Fail("unknown test command %r" % cmd)
+
+
+qw.run(handle, out_fd=out)
