@@ -169,7 +169,7 @@ func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.L
 	for _, q := range cfg.Queues {
 		c.queueCheckID[q.Name] = c.serviceID + ":queue:" + q.Name
 	}
-	c.meta = c.buildMeta(map[string][]int{}, false)
+	c.meta = c.buildMeta(map[string][]int{}, false, nil)
 	c.status = Status{Mode: "consul", NodeID: cfg.NodeID}
 	return c, nil
 }
@@ -286,10 +286,12 @@ type kvSnapshot struct {
 }
 
 type memberEntry struct {
-	node      string
-	live      bool
-	draining  bool
-	liveSince time.Time // published by the node itself (Meta live_since); zero if absent
+	node     string
+	live     bool
+	draining bool
+	// unavailable: queues the node cannot work (Meta unavailable, comma-separated).
+	unavailable map[string]bool
+	liveSince   time.Time // published by the node itself (Meta live_since); zero if absent
 }
 
 // lockValue is the JSON value of a slice key. While locked, Node is the owner; once released,
@@ -452,7 +454,7 @@ func (c *ConsulCoordinator) watchMembers(ctx context.Context) {
 				continue
 			}
 			ms = append(ms, memberEntry{node: e.Service.Meta["node"], live: entryLive(e), draining: e.Service.Meta["draining"] == "true",
-				liveSince: parseUnixMilli(e.Service.Meta["live_since"])})
+				unavailable: parseQueueList(e.Service.Meta["unavailable"]), liveSince: parseUnixMilli(e.Service.Meta["live_since"])})
 		}
 		return meta.LastIndex, nil
 	}, func(bool) {
@@ -479,6 +481,38 @@ func entryLive(e *api.ServiceEntry) bool {
 		}
 	}
 	return alive
+}
+
+// parseQueueList reads Meta unavailable: "in,out" -> {in, out}; nil when empty.
+func parseQueueList(s string) map[string]bool {
+	if s == "" {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, q := range strings.Split(s, ",") {
+		if q != "" {
+			out[q] = true
+		}
+	}
+	return out
+}
+
+// unavailableQueues asks the health source (when it can say) which queues this node cannot work.
+func (c *ConsulCoordinator) unavailableQueues() map[string]bool {
+	qa, ok := c.health.(QueueAvailability)
+	if !ok {
+		return nil
+	}
+	var out map[string]bool
+	for q := range qa.UnavailableQueues() {
+		if c.known(SliceID{Queue: q}) {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[q] = true
+		}
+	}
+	return out
 }
 
 func parseUnixMilli(s string) time.Time {
@@ -509,14 +543,15 @@ func (c *ConsulCoordinator) processingSlices() map[string][]int {
 }
 
 // buildMeta is the loop's part of the service Meta; the keeper adds live_since.
-func (c *ConsulCoordinator) buildMeta(owned map[string][]int, draining bool) map[string]string {
+func (c *ConsulCoordinator) buildMeta(owned map[string][]int, draining bool, unavailable map[string]bool) map[string]string {
 	return map[string]string{
-		"cluster":  c.cfg.Cluster,
-		"node":     c.cfg.NodeID,
-		"version":  c.cfg.Version,
-		"queues":   queuesMeta(c.cfg.Queues),
-		"owned":    ownedMeta(c.cfg.Queues, owned),
-		"draining": strconv.FormatBool(draining),
+		"unavailable": strings.Join(slices.Sorted(maps.Keys(unavailable)), ","),
+		"cluster":     c.cfg.Cluster,
+		"node":        c.cfg.NodeID,
+		"version":     c.cfg.Version,
+		"queues":      queuesMeta(c.cfg.Queues),
+		"owned":       ownedMeta(c.cfg.Queues, owned),
+		"draining":    strconv.FormatBool(draining),
 	}
 }
 
@@ -549,17 +584,19 @@ type loopState struct {
 	releasedAt map[SliceID]uint64          // ModifyIndex of our last release (stale-snapshot guard)
 	destroyed  map[string]bool             // stale sessions already destroyed
 	draining   bool
-	stopping   bool
-	stopBy     time.Time
-	notBefore  time.Time             // acquisitions back off until then
-	retryAt    map[SliceID]time.Time // a refused lock (held, lock-delay) is retried after one RenewInterval
-	staleAt    map[SliceID]uint64    // KV snapshot index at which an acquisition found the key changed
-	quarantine time.Time             // no acquisitions until then (after a Consul state reset)
-	waiters    []chan error          // pending Drain calls, buffered 1
-	acqBackoff backoff.BackOff
-	kv         *kvSnapshot
-	members    []memberEntry
-	plan       Plan
+	// unavailable: queues this node cannot work now (QueueAvailability), published in Meta.
+	unavailable map[string]bool
+	stopping    bool
+	stopBy      time.Time
+	notBefore   time.Time             // acquisitions back off until then
+	retryAt     map[SliceID]time.Time // a refused lock (held, lock-delay) is retried after one RenewInterval
+	staleAt     map[SliceID]uint64    // KV snapshot index at which an acquisition found the key changed
+	quarantine  time.Time             // no acquisitions until then (after a Consul state reset)
+	waiters     []chan error          // pending Drain calls, buffered 1
+	acqBackoff  backoff.BackOff
+	kv          *kvSnapshot
+	members     []memberEntry
+	plan        Plan
 }
 
 // Run registers the node, keeps its lease, watches the cluster and moves slices until ctx is
@@ -714,14 +751,18 @@ func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.Wa
 
 	c.reconcileKV(ctx, st, now)
 
+	if u := c.unavailableQueues(); !maps.Equal(u, st.unavailable) {
+		c.log.Warn("queues this node cannot work changed: their slices go to other nodes", "unavailable", strings.Join(slices.Sorted(maps.Keys(u)), ","))
+		st.unavailable = u
+	}
 	in := PlanInput{
-		Self: c.cfg.NodeID, Now: now, HoldDown: c.cfg.HoldDown, SelfDraining: st.draining || st.stopping,
+		Self: c.cfg.NodeID, Now: now, HoldDown: c.cfg.HoldDown, SelfDraining: st.draining || st.stopping, SelfUnavailable: st.unavailable,
 		StuckHandoff: c.cfg.StuckHandoff, StuckAfter: c.cfg.StuckAfter, Queues: c.cfg.Queues,
 		Slices: c.sliceStates(st, lease.criticalSince),
 	}
 	for _, m := range st.members {
 		if m.live {
-			in.Members = append(in.Members, Member{Node: m.node, HealthySince: m.liveSince, Draining: m.draining})
+			in.Members = append(in.Members, Member{Node: m.node, HealthySince: m.liveSince, Draining: m.draining, Unavailable: m.unavailable})
 		}
 	}
 	st.plan = ComputePlan(in)
@@ -1147,7 +1188,7 @@ func (c *ConsulCoordinator) publish(st *loopState, now time.Time) {
 		}
 	}
 	c.publishTokens(st)
-	meta := c.buildMeta(ownedByQueue, st.draining || st.stopping)
+	meta := c.buildMeta(ownedByQueue, st.draining || st.stopping, st.unavailable)
 	c.mu.Lock()
 	c.status.Draining = st.draining
 	c.status.Owned = owned

@@ -48,6 +48,15 @@ type HealthSource interface {
 	SliceHealth(SliceID) Health
 }
 
+// QueueAvailability is optionally implemented by a HealthSource: the queues this node cannot
+// work at all now, each with the reason (their filesystem does not answer here). The Consul
+// coordinator hands their slices off at once (reason unavailable, whatever StuckHandoff says),
+// takes none of them, and publishes the list in its service Meta (`unavailable`) so that no
+// other node hands it any. Called from the coordinator's loop: cheap and safe for concurrent use.
+type QueueAvailability interface {
+	UnavailableQueues() map[string]string
+}
+
 // Coordinator decides which slices this node processes and tells the Assignee.
 type Coordinator interface {
 	// Run owns everything; on ctx cancel it releases slices cleanly (drain in-flight, then
@@ -73,6 +82,8 @@ const (
 	ReasonLeaseLost = "lease_lost" // this node lost a lock it held (session invalidated, key taken)
 	ReasonReleased  = "released"   // given up on shutdown
 	ReasonStuck     = "stuck"      // handed off because its worker kept failing here (StuckHandoff)
+	// ReasonUnavailable: handed off because its queue's filesystem does not answer here.
+	ReasonUnavailable = "unavailable"
 )
 
 // Slice states in Status.Slices.

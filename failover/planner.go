@@ -17,6 +17,9 @@ type Member struct {
 	HealthySince time.Time
 	// Draining nodes take no slices.
 	Draining bool
+	// Unavailable lists queues the node cannot work now (their filesystem does not answer
+	// there): it takes none of their slices.
+	Unavailable map[string]bool
 }
 
 // Avoid keeps a slice away from a node until a time (after a stuck hand-off).
@@ -49,11 +52,14 @@ type PlanInput struct {
 	HoldDown time.Duration
 	// SelfDraining overrides what Members says about Self (the local decision is authoritative).
 	SelfDraining bool
-	StuckHandoff bool
-	StuckAfter   time.Duration
-	Queues       []QueueSpec
-	Members      []Member
-	Slices       map[SliceID]SliceState
+	// SelfUnavailable overrides what Members says about Self's unavailable queues: Self hands
+	// their slices off at once (reason unavailable) and takes none, whatever StuckHandoff says.
+	SelfUnavailable map[string]bool
+	StuckHandoff    bool
+	StuckAfter      time.Duration
+	Queues          []QueueSpec
+	Members         []Member
+	Slices          map[SliceID]SliceState
 	// Weight ranks nodes for a slice, highest first; nil means Rendezvous.
 	Weight func(s SliceID, node string) uint64
 }
@@ -97,8 +103,10 @@ type Plan struct {
 //   - among candidates, only settled ones count while at least one is settled (hold-down);
 //   - the target is the first candidate in the slice's explicit Home list, else the candidate
 //     with the highest Weight (ties: the smaller node ID);
+//   - members that cannot work the slice's queue (Unavailable) are not candidates;
 //   - Self acquires a slice only when it is free and Self is its target; Self hands off a slice
-//     it holds when it drains (always), when the slice is stuck (critical for StuckAfter, and
+//     it holds when it drains (always), when its queue is unavailable here (always), when the
+//     slice is stuck (critical for StuckAfter, and
 //     another candidate exists), or when the target is another node (fail-back).
 //
 // Nobody ever takes a held slice: a slice changes hands only through its holder's release or
@@ -118,6 +126,8 @@ func ComputePlan(in PlanInput) Plan {
 				switch {
 				case r.selfDraining:
 					p.Release = append(p.Release, Move{Slice: s, From: in.Self, To: target, Reason: ReasonDrain})
+				case in.SelfUnavailable[s.Queue]:
+					p.Release = append(p.Release, Move{Slice: s, From: in.Self, To: target, Reason: ReasonUnavailable})
 				case in.StuckHandoff && !st.CriticalSince.IsZero() && !in.Now.Before(st.CriticalSince.Add(in.StuckAfter)):
 					if alt := r.target(q, s, st.Avoid, in.Self); alt != "" && alt != in.Self {
 						p.Release = append(p.Release, Move{Slice: s, From: in.Self, To: alt, Reason: ReasonStuck})
@@ -140,7 +150,8 @@ func acquireReason(self string, st SliceState) string {
 		return ReasonAcquired
 	case st.PrevReason == "":
 		return ReasonFailover // the holder lost its session
-	case st.PrevReason == ReasonFailback, st.PrevReason == ReasonDrain, st.PrevReason == ReasonStuck, st.PrevReason == ReasonReleased:
+	case st.PrevReason == ReasonFailback, st.PrevReason == ReasonDrain, st.PrevReason == ReasonStuck, st.PrevReason == ReasonReleased,
+		st.PrevReason == ReasonUnavailable:
 		return st.PrevReason
 	default:
 		return ReasonAcquired
@@ -169,7 +180,7 @@ func newRanker(in PlanInput) *ranker {
 			continue // first entry of a duplicated node wins
 		}
 		if m.Node == in.Self {
-			m.Draining = in.SelfDraining
+			m.Draining, m.Unavailable = in.SelfDraining, in.SelfUnavailable
 		}
 		settled := m.HealthySince.IsZero() || !in.Now.Before(m.HealthySince.Add(in.HoldDown))
 		r.byNode[m.Node] = len(r.members)
@@ -206,7 +217,7 @@ func (r *ranker) target(q QueueSpec, s SliceID, avoid []Avoid, exclude string) s
 		pool, anySettled = pool[:0], false
 		for i := range r.members {
 			m := &r.members[i]
-			if m.Draining || m.Node == exclude || (!ignoreAvoid && avoided(m.Node)) {
+			if m.Draining || m.Unavailable[s.Queue] || m.Node == exclude || (!ignoreAvoid && avoided(m.Node)) {
 				continue
 			}
 			pool = append(pool, m)

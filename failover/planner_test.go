@@ -305,13 +305,14 @@ type cluster struct {
 	now      time.Time
 	live     map[string]time.Time // node -> healthy since (zero: settled)
 	draining map[string]bool
+	unavail  map[string]map[string]bool // node -> queues it cannot work
 	state    map[SliceID]SliceState
 	changes  int // ownership changes so far
 }
 
 func newCluster(queues []QueueSpec, holdDown time.Duration, nodes ...string) *cluster {
 	c := &cluster{queues: queues, holdDown: holdDown, now: t0, live: map[string]time.Time{},
-		draining: map[string]bool{}, state: map[SliceID]SliceState{}}
+		draining: map[string]bool{}, unavail: map[string]map[string]bool{}, state: map[SliceID]SliceState{}}
 	for _, n := range nodes {
 		c.live[n] = time.Time{}
 	}
@@ -321,7 +322,7 @@ func newCluster(queues []QueueSpec, holdDown time.Duration, nodes ...string) *cl
 func (c *cluster) members() []Member {
 	var ms []Member
 	for n, since := range c.live {
-		ms = append(ms, Member{Node: n, HealthySince: since, Draining: c.draining[n]})
+		ms = append(ms, Member{Node: n, HealthySince: since, Draining: c.draining[n], Unavailable: c.unavail[n]})
 	}
 	return ms
 }
@@ -350,7 +351,7 @@ func (c *cluster) settle(t *testing.T) {
 		}
 		slices.Sort(nodes)
 		for _, n := range nodes {
-			p := ComputePlan(PlanInput{Self: n, Now: c.now, HoldDown: c.holdDown, SelfDraining: c.draining[n],
+			p := ComputePlan(PlanInput{Self: n, Now: c.now, HoldDown: c.holdDown, SelfDraining: c.draining[n], SelfUnavailable: c.unavail[n],
 				Queues: c.queues, Members: c.members(), Slices: c.state})
 			for _, m := range p.Release {
 				c.state[m.Slice] = SliceState{Prev: n, PrevReason: m.Reason}
@@ -520,6 +521,70 @@ func TestPlannerDrainMovesEverythingAndTakesNone(t *testing.T) {
 	c.settle(t)
 	if len(c.owners()["b"]) == 0 {
 		t.Fatalf("undrained b got nothing back")
+	}
+}
+
+// A node whose filesystem of one queue does not answer hands that queue's slices off at once and
+// takes none of them (even from a dying node), keeps its other queues, and gets its share back
+// once the queue is available again. When no node can work a queue, its slices stay free.
+func TestPlannerUnavailableQueue(t *testing.T) {
+	qs := []QueueSpec{{Name: "out", Slices: 16}, {Name: "in", Slices: 16}}
+	c := newCluster(qs, time.Minute, "a", "b", "c")
+	c.settle(t)
+	inBefore := 0
+	for _, s := range c.owners()["b"] {
+		if s.Queue == "in" {
+			inBefore++
+		}
+	}
+	c.unavail["b"] = map[string]bool{"out": true}
+	c.settle(t)
+	countB := func() (out, in int) {
+		for _, s := range c.owners()["b"] {
+			if s.Queue == "out" {
+				out++
+			} else {
+				in++
+			}
+		}
+		return
+	}
+	if out, in := countB(); out != 0 || in != inBefore || len(c.owners()[""]) != 0 {
+		t.Fatalf("b unavailable for out: b owns %d out and %d in (had %d in), %d unowned", out, in, inBefore, len(c.owners()[""]))
+	}
+	for s, st := range c.state {
+		if s.Queue == "out" && st.Owner == "" {
+			t.Fatalf("slice %s unowned", s)
+		}
+	}
+	c.kill("a")
+	c.settle(t)
+	if out, _ := countB(); out != 0 {
+		t.Fatalf("b took %d out slices of the dead a while out is unavailable there", out)
+	}
+	delete(c.unavail, "b")
+	c.settle(t)
+	if out, _ := countB(); out == 0 {
+		t.Fatalf("b got no out slice back once out was available again")
+	}
+	c.unavail["b"] = map[string]bool{"out": true}
+	c.unavail["c"] = map[string]bool{"out": true}
+	c.settle(t)
+	for _, q := range []string{"out", "in"} {
+		for i := 0; i < 16; i++ {
+			st := c.state[SliceID{q, i}]
+			if q == "out" && st.Owner != "" {
+				t.Fatalf("nobody can work out, yet %s/%d is owned by %s", q, i, st.Owner)
+			}
+			if q == "in" && st.Owner == "" {
+				t.Fatalf("in/%d unowned although in is available everywhere", i)
+			}
+		}
+	}
+	p := ComputePlan(PlanInput{Self: "b", Now: c.now, Queues: qs, Members: c.members(), SelfUnavailable: map[string]bool{"out": true},
+		Slices: map[SliceID]SliceState{{"out", 0}: {Owner: "b"}}})
+	if len(p.Release) != 1 || p.Release[0].Reason != ReasonUnavailable {
+		t.Fatalf("release of an unavailable queue's slice: %v, want one with reason %s", moves(p.Release), ReasonUnavailable)
 	}
 }
 
