@@ -21,11 +21,11 @@ const (
 	ProtocolVersion = 1
 	ClientName      = "qslice"
 
-	maxHeaderLine = 64          // "<header length> <body length>\n": two decimals and a space
-	MaxHeader     = 1 << 20     // a JSON header larger than this is a protocol error
-	maxAnswerBody = 0           // version 1 answers carry no body
-	maxFrameBody  = 1<<31 - 1   // what the header line may announce towards the worker
-	maxReasonLen  = 4096        // a fail reason is cut to this for the shunt record
+	maxHeaderLine = 64        // "<header length> <body length>\n": two decimals and a space
+	MaxHeader     = 1 << 20   // a JSON header larger than this is a protocol error
+	maxAnswerBody = 0         // version 1 answers carry no body
+	maxFrameBody  = 1<<31 - 1 // what the header line may announce towards the worker
+	maxReasonLen  = 4096      // a fail reason is cut to this for the shunt record
 	maxDelay      = 24 * time.Hour
 )
 

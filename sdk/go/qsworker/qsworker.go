@@ -59,7 +59,9 @@ type RetryError struct {
 func (e *RetryError) Error() string { return "retry later: " + e.Reason }
 
 // Retry returns an error that makes qslice retry the message after delay (0: its backoff).
-func Retry(delay time.Duration, reason string) error { return &RetryError{Reason: reason, Delay: delay} }
+func Retry(delay time.Duration, reason string) error {
+	return &RetryError{Reason: reason, Delay: delay}
+}
 
 // Run serves messages on stdin and stdout until qslice closes stdin.
 func Run(handle func(*Message) error) error { return Serve(os.Stdin, os.Stdout, handle) }
