@@ -39,8 +39,10 @@ const (
 type Options struct {
 	Mode    Mode
 	Version string
-	Logger  *slog.Logger
-	Tracer  trace.TracerProvider // nil: no tracing
+	// Revision is the VCS commit of the build (the revision label of qslice_build_info).
+	Revision string
+	Logger   *slog.Logger
+	Tracer   trace.TracerProvider // nil: no tracing
 	// Observer, when set, also receives every runner event (tests use it as a ledger).
 	Observer runner.Observer
 	// Handlers overrides the handler of a queue by name (embedding qslice as a library, tests).
@@ -96,7 +98,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, workers: map[string]worker{},
 		runners: map[string]*runner.Runner{}, supervisors: map[string]*supervise.Supervisor{}}
-	a.reg = exporters.NewRegistry(opts.Version)
+	a.reg = exporters.NewRegistry(opts.Version, opts.Revision)
 
 	var queueNames []string
 	for _, q := range cfg.Queues {

@@ -48,7 +48,7 @@ func BenchmarkScrape(b *testing.B) {
 		b.Fatal(err)
 	}
 	p.ScanOnce(context.Background())
-	reg := NewRegistry("bench")
+	reg := NewRegistry("bench", "abc123")
 	reg.MustRegister(NewCollector(CollectorOptions{
 		Probe: p, Ownership: owned,
 		Coordinator: coordinator{LeaseValid: true, LeaseRemaining: 10 * time.Second, Owners: owners,

@@ -286,7 +286,7 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	NewRunnerMetrics(reg, []string{"q"})
-	reg.MustRegister(NewRegistry("v"))
+	reg.MustRegister(NewRegistry("v", "abc123"))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -33,9 +33,9 @@ const (
 )
 
 // NewRegistry returns a private registry with the Go runtime, process and build information
-// collectors, plus qslice_build_info{version,goversion}. Register the Collector and the
+// collectors, plus qslice_build_info{version,revision,goversion}. Register the Collector and the
 // RunnerMetrics into it.
-func NewRegistry(version string) *prometheus.Registry {
+func NewRegistry(version, revision string) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -44,7 +44,7 @@ func NewRegistry(version string) *prometheus.Registry {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "qslice_build_info",
 			Help:        "Always 1; the labels tell which qslice version runs.",
-			ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+			ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()},
 		}, func() float64 { return 1 }),
 	)
 	return reg

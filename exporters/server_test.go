@@ -53,7 +53,7 @@ func get(t testing.TB, c *http.Client, url, user, pass string) (int, string) {
 
 func TestServerEndpoints(t *testing.T) {
 	p := fixture(t)
-	reg := NewRegistry("1.2.3")
+	reg := NewRegistry("1.2.3", "abc123")
 	reg.MustRegister(fixtureCollector(p))
 	if _, err := NewRunnerMetrics(reg, []string{"in"}); err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestServerEndpoints(t *testing.T) {
 	code, body := get(t, c, base+"/metrics", "", "")
 	for _, want := range []string{
 		`qslice_queue_ready_messages{queue="in",slice="0"} 2`,
-		`qslice_build_info{goversion="go`, `version="1.2.3"} 1`,
+		`qslice_build_info{goversion="go`, `revision="abc123",version="1.2.3"} 1`,
 		"go_goroutines ", "process_cpu_seconds_total", "go_build_info",
 		`qslice_messages_handled_total{outcome="done",queue="in"} 0`,
 		"promhttp_metric_handler_requests_total",
@@ -144,7 +144,7 @@ func writeWebConfig(t *testing.T, dir, user, pass string) (string, *x509.CertPoo
 
 func TestServerTLSAndBasicAuth(t *testing.T) {
 	webCfg, pool := writeWebConfig(t, t.TempDir(), "prometheus", "s3cret")
-	_, base := startServer(t, ServerConfig{Registry: NewRegistry("test"), WebConfigFile: webCfg}, "https")
+	_, base := startServer(t, ServerConfig{Registry: NewRegistry("test", "abc123"), WebConfigFile: webCfg}, "https")
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	if code, _ := get(t, c, base+"/metrics", "", ""); code != 401 {
 		t.Errorf("/metrics without credentials: %d, want 401", code)
@@ -170,9 +170,9 @@ func TestServerConfigErrors(t *testing.T) {
 	bad := filepath.Join(dir, "web.yml")
 	os.WriteFile(bad, []byte("basic_auth_users:\n  u: not-a-bcrypt-hash\n"), 0o600)
 	for _, cfg := range []ServerConfig{
-		{Registry: NewRegistry("t"), ListenAddresses: []string{"127.0.0.1:0"}, WebConfigFile: bad},
-		{Registry: NewRegistry("t"), ListenAddresses: []string{"127.0.0.1:0"}, WebConfigFile: filepath.Join(dir, "missing.yml")},
-		{Registry: NewRegistry("t"), ListenAddresses: []string{"256.0.0.1:0"}},
+		{Registry: NewRegistry("t", "abc123"), ListenAddresses: []string{"127.0.0.1:0"}, WebConfigFile: bad},
+		{Registry: NewRegistry("t", "abc123"), ListenAddresses: []string{"127.0.0.1:0"}, WebConfigFile: filepath.Join(dir, "missing.yml")},
+		{Registry: NewRegistry("t", "abc123"), ListenAddresses: []string{"256.0.0.1:0"}},
 		{ListenAddresses: []string{"127.0.0.1:0"}},
 	} {
 		if s, err := NewServer(cfg); err == nil {
@@ -181,7 +181,7 @@ func TestServerConfigErrors(t *testing.T) {
 		}
 	}
 	// A server that never runs releases its port on Close, and Close is idempotent.
-	s, err := NewServer(ServerConfig{Registry: NewRegistry("t"), ListenAddresses: []string{"127.0.0.1:0"}})
+	s, err := NewServer(ServerConfig{Registry: NewRegistry("t", "abc123"), ListenAddresses: []string{"127.0.0.1:0"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/qslice/qslice/internal/buildinfo"
 )
 
 // Exit codes.
@@ -29,8 +32,8 @@ const (
 	exitUnhealthy = 3
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// build is this binary's version, revision and date (see internal/buildinfo).
+var build = buildinfo.Get()
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -113,8 +116,9 @@ through Consul, and moves to another node when its owner stops reporting.
 Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (status).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version,
+		Version:       build.String(),
 	}
+	root.SetVersionTemplate("qslice {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
@@ -144,13 +148,24 @@ func isUsage(err error) bool {
 }
 
 func newVersionCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "version",
-		Short: "Print qslice's version",
-		Args:  cobra.NoArgs,
+		Short: "Print qslice's version, VCS revision and build date",
+		Long: `Print the version (the module version for ` + "`go install`" + `, the tag for a release, "dev" for a
+local build), the VCS commit and its date, from the build information Go embeds. --json prints
+them as an object.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			fmt.Fprintln(cmd.OutOrStdout(), "qslice", version)
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(build)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "qslice", build)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }

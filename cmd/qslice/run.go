@@ -59,7 +59,7 @@ handler: are only observed.`
 			}
 			log := g.logger()
 			ctx := cmd.Context()
-			tp, shutdownTracing, err := exporters.NewTracerProvider(ctx, "qslice", version)
+			tp, shutdownTracing, err := exporters.NewTracerProvider(ctx, "qslice", build.Version)
 			if err != nil {
 				return usageErr("tracing: %v (check the OTEL_* environment variables)", err)
 			}
@@ -70,7 +70,7 @@ handler: are only observed.`
 					log.Warn("flushing traces failed", "err", err)
 				}
 			}()
-			a, err := agent.New(cfg, agent.Options{Mode: mode, Version: version, Logger: log, Tracer: tp})
+			a, err := agent.New(cfg, agent.Options{Mode: mode, Version: build.Version, Revision: build.Revision, Logger: log, Tracer: tp})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
