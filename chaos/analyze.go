@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/qslice/qslice/runner/queue"
 )
 
 // FaultRecord is a fault as it happened.
@@ -37,9 +39,12 @@ type Leftover struct {
 }
 
 // Explained reports whether a leftover is a designed outcome of the faults: a message found in
-// flight after crashes or lost leases MaxAttempts times goes to bad/ on purpose.
-func (l Leftover) Explained() bool {
-	return l.Where == "bad" && strings.Contains(l.Reason, "found in flight after a crash")
+// flight after crashes or lost leases MaxAttempts times goes to bad/ on purpose, with qslice's own
+// reason for it, after handlings the ledger saw start (handlings: how many). A message in bad/ for
+// any other reason (unreadable, corrupt, ...) or that no handler ever started is not explained:
+// the faults alone cannot put it there.
+func (l Leftover) Explained(handlings int) bool {
+	return l.Where == "bad" && handlings > 0 && strings.HasPrefix(l.Reason, queue.ReasonInFlightTooOften+" ")
 }
 
 // Input is everything Analyze looks at.
@@ -116,9 +121,10 @@ type Report struct {
 	// cluster that did not process every slice again within the settle timeout, a node that did
 	// not stop. Err reports them.
 	Problems []string
-	// NodeErrors are ERROR lines of the nodes' logs, but for Consul being unreachable (which
-	// Consul restarts cause); reported, not judged.
-	NodeErrors []string
+	// NodeErrors are the ERROR lines of the nodes' logs that no fault of the run explains (see
+	// ExpectedErrors); Err fails the run on them. ExpectedNodeErrors counts the explained ones.
+	NodeErrors         []string
+	ExpectedNodeErrors int
 }
 
 // maxDetails bounds the detail lists.
@@ -219,7 +225,7 @@ func Analyze(in Input) Report {
 		if !completed {
 			if ls := left[id]; len(ls) > 0 {
 				r.Stranded++
-				if ls[0].Explained() {
+				if ls[0].Explained(len(hs)) {
 					r.StrandedExplained++
 				}
 				addDetail(&r.StrandedDetails, fmt.Sprintf("%s: %s %s (%d handlings, none completed)", id, ls[0].Where, ls[0].Reason, len(hs)))
@@ -362,6 +368,9 @@ func (r *Report) Err() error {
 	}
 	if len(r.Problems) > 0 {
 		errs = append(errs, fmt.Errorf("%d problems during the run:\n  %s", len(r.Problems), strings.Join(r.Problems, "\n  ")))
+	}
+	if len(r.NodeErrors) > 0 {
+		errs = append(errs, fmt.Errorf("ERROR lines in the node logs that no fault explains:\n  %s", strings.Join(r.NodeErrors, "\n  ")))
 	}
 	if r.MalformedLedgerLine > 0 {
 		errs = append(errs, fmt.Errorf("%d malformed ledger lines", r.MalformedLedgerLine))

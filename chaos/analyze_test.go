@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"github.com/qslice/qslice/runner/queue"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -122,12 +123,12 @@ func TestAnalyze(t *testing.T) {
 			}
 		}},
 		{"lost and stranded", Input{
-			Enqueued:  []string{"a", "b", "c", "d"},
-			Handlings: []Handling{h("a", "n1", 0, 10)},
+			Enqueued: []string{"a", "b", "c", "d"},
 			Leftovers: []Leftover{
-				{ID: "c", Where: "bad", Reason: `{"reason":"found in flight after a crash or a lost lease 3 times"}`},
+				{ID: "c", Where: "bad", Reason: "found in flight after a crash or a lost lease 3 times: the handler never finished it"},
 				{ID: "d", Where: "in-flight"},
 			},
+			Handlings: []Handling{h("a", "n1", 0, 10), h("c", "n1", 2, -1)},
 		}, func(t *testing.T, r Report) {
 			if r.Lost != 1 || r.LostIDs[0] != "b" || r.Stranded != 2 || r.StrandedExplained != 1 {
 				t.Fatalf("lost %d %v, stranded %d (%d explained)", r.Lost, r.LostIDs, r.Stranded, r.StrandedExplained)
@@ -481,5 +482,56 @@ panic: not json
 	}
 	if nl.Errors != 2 {
 		t.Errorf("Errors = %d, want 2 (one ERROR line, one non-JSON line)", nl.Errors)
+	}
+}
+
+// TestLeftoverExplained: only qslice's own "too many attempts" reason, after handlings the ledger
+// saw, explains a message in bad/.
+func TestLeftoverExplained(t *testing.T) {
+	ours := queue.ReasonInFlightTooOften + " 3 times: the handler never finished it"
+	cases := []struct {
+		l         Leftover
+		handlings int
+		want      bool
+	}{
+		{Leftover{Where: "bad", Reason: ours}, 3, true},
+		{Leftover{Where: "bad", Reason: ours}, 1, true},
+		{Leftover{Where: "bad", Reason: ours}, 0, false}, // never handled: the faults cannot explain it
+		{Leftover{Where: "bad", Reason: "found in flight after a crash and unreadable: bad checksum"}, 2, false},
+		{Leftover{Where: "bad", Reason: "unparsable reason file: x"}, 2, false},
+		{Leftover{Where: "shunt", Reason: ours}, 2, false},
+		{Leftover{Where: "in-flight"}, 2, false},
+	}
+	for _, c := range cases {
+		if got := c.l.Explained(c.handlings); got != c.want {
+			t.Errorf("%+v with %d handlings: Explained = %v, want %v", c.l, c.handlings, got, c.want)
+		}
+	}
+}
+
+// TestNodeErrorsAreJudged: an ERROR line fails the run unless a fault of the run, active at that
+// time, is listed as causing it.
+func TestNodeErrorsAreJudged(t *testing.T) {
+	faults := []FaultRecord{fault(KindConsulRestart, "", 1000, 1100, 3000), fault(KindKill, "n2", 50000, 50100, 52000)}
+	cases := []struct {
+		l    ErrorLine
+		want bool
+	}{
+		{ErrorLine{At: at(2000), Msg: "consul request failing; retrying with backoff"}, true},
+		{ErrorLine{At: at(3000).Add(errorSettle - time.Second), Msg: "consul request failing; retrying with backoff"}, true},
+		{ErrorLine{At: at(3000).Add(errorSettle + time.Second), Msg: "consul request failing; retrying with backoff"}, false},
+		{ErrorLine{At: at(500), Msg: "consul request failing; retrying with backoff"}, false},   // before any fault
+		{ErrorLine{At: at(51000), Msg: "consul request failing; retrying with backoff"}, false}, // a kill does not explain it
+		{ErrorLine{At: at(2000), Msg: "claim failed; the file is left in place"}, false},
+		{ErrorLine{Line: "panic: runtime error"}, false},
+	}
+	for _, c := range cases {
+		if got := ExpectedError(c.l, faults); got != c.want {
+			t.Errorf("%+v: expected = %v, want %v", c.l, got, c.want)
+		}
+	}
+	r := Report{NodeErrors: []string{"n1.log: claim failed"}}
+	if err := r.Err(); err == nil || !strings.Contains(err.Error(), "claim failed") {
+		t.Errorf("Err with an unexplained ERROR line = %v", err)
 	}
 }

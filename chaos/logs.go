@@ -18,10 +18,21 @@ type NodeLog struct {
 	Changes map[string]int
 	// ChangeLines are those lines, in order, as "time slice from->to reason".
 	ChangeLines []OwnershipChange
-	// Errors counts ERROR lines.
+	// Errors counts ERROR lines and lines that are not JSON (a panic's stack, say); ErrorLines
+	// holds the first maxErrorLines of them, to be judged against the run's faults.
 	Errors     int
-	ErrorLines []string
+	ErrorLines []ErrorLine
 }
+
+// ErrorLine is one ERROR line of a node's log (Msg and At are empty for a line that is not JSON).
+type ErrorLine struct {
+	At   time.Time
+	Msg  string
+	Line string
+}
+
+// maxErrorLines bounds the error lines kept per log; the rest are counted and fail the run.
+const maxErrorLines = 10000
 
 // OwnershipChange is one "slice ownership changed" log line.
 type OwnershipChange struct {
@@ -48,8 +59,8 @@ func ReadNodeLog(path string) (NodeLog, error) {
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			if strings.TrimSpace(line) != "" {
 				out.Errors++
-				if len(out.ErrorLines) < maxDetails {
-					out.ErrorLines = append(out.ErrorLines, line)
+				if len(out.ErrorLines) < maxErrorLines {
+					out.ErrorLines = append(out.ErrorLines, ErrorLine{Line: line})
 				}
 			}
 			continue
@@ -67,8 +78,8 @@ func ReadNodeLog(path string) (NodeLog, error) {
 		}
 		if str("level") == "ERROR" {
 			out.Errors++
-			if len(out.ErrorLines) < maxDetails {
-				out.ErrorLines = append(out.ErrorLines, line)
+			if len(out.ErrorLines) < maxErrorLines {
+				out.ErrorLines = append(out.ErrorLines, ErrorLine{At: at, Msg: msg, Line: line})
 			}
 		}
 	}

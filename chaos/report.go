@@ -47,7 +47,7 @@ func (r *Report) Print(w io.Writer) {
 		{"unexplained repeats", r.UnexplainedDetails}, {"cut off Consul, not stopped", r.PartitionDetails},
 		{"blackholes (lease and slices back: from the healing)", r.BlackholeDetails},
 		{"metrics vs log", r.MetricMismatches}, {"problems", r.Problems},
-		{"ERROR lines in the node logs (Consul outages aside)", r.NodeErrors},
+		{"ERROR lines in the node logs that no fault explains", r.NodeErrors},
 	} {
 		if len(list.items) == 0 {
 			continue

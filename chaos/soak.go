@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -345,6 +346,7 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 		Lease: cl.cfg.Lease()}
 	logged := map[string]int{}
 	var nodeErrors []string
+	expected := 0
 	for _, n := range cl.Nodes {
 		for _, p := range n.Logs() {
 			nl, err := ReadNodeLog(p)
@@ -356,9 +358,14 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 				logged[k] += v
 			}
 			for _, l := range nl.ErrorLines {
-				if !strings.Contains(l, "consul request failing") && len(nodeErrors) < maxDetails {
-					nodeErrors = append(nodeErrors, fmt.Sprintf("%s: %s", filepath.Base(p), l))
+				if ExpectedError(l, faults) {
+					expected++
+				} else if len(nodeErrors) < maxDetails {
+					nodeErrors = append(nodeErrors, fmt.Sprintf("%s: %s", filepath.Base(p), l.Line))
 				}
+			}
+			if nl.Errors > len(nl.ErrorLines) && len(nodeErrors) < maxDetails {
+				nodeErrors = append(nodeErrors, fmt.Sprintf("%s: %d more ERROR lines, not judged", filepath.Base(p), nl.Errors-len(nl.ErrorLines)))
 			}
 		}
 	}
@@ -366,7 +373,40 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 	rep.MalformedLedgerLine = malformed
 	rep.LoggedChanges = logged
 	rep.NodeErrors = nodeErrors
+	rep.ExpectedNodeErrors = expected
 	return &rep, nil
+}
+
+// ExpectedErrors are the ERROR messages (their beginnings) that a fault of each kind may make a
+// node log, from the fault's start until errorSettle after it was undone: a node cut off Consul,
+// or whose Consul restarts, logs its failing requests once per outage. Any other ERROR line, or a
+// line that is not JSON (a panic), fails the run.
+var ExpectedErrors = map[Kind][]string{
+	KindConsulRestart: {"consul request failing"},
+	KindPartition:     {"consul request failing"},
+	KindBlackhole:     {"consul request failing"},
+}
+
+// errorSettle is how long after a fault was undone its expected errors may still be logged: a
+// restarted Consul elects a leader and syncs its agent before every request succeeds again.
+const errorSettle = 30 * time.Second
+
+// ExpectedError reports whether some fault of the run explains an ERROR line of a node log.
+func ExpectedError(l ErrorLine, faults []FaultRecord) bool {
+	if l.Msg == "" || l.At.IsZero() {
+		return false
+	}
+	for _, f := range faults {
+		if l.At.Before(f.At) || (!f.End.IsZero() && l.At.After(f.End.Add(errorSettle))) {
+			continue
+		}
+		for _, m := range ExpectedErrors[f.Kind] {
+			if strings.HasPrefix(l.Msg, m) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Leftovers lists the message files of a queue directory and of its shunt and bad directories
@@ -427,7 +467,14 @@ func Leftovers(queueDir string) ([]Leftover, error) {
 		id := strings.TrimSuffix(f, queue.SuffixBad)
 		l := Leftover{ID: id, Where: "bad"}
 		if b, err := os.ReadFile(filepath.Join(d.BadDir, id+queue.SuffixWhy)); err == nil {
-			l.Reason = strings.TrimSpace(string(b))
+			var why queue.BadReason
+			if json.Unmarshal(b, &why) == nil && why.Reason != "" {
+				l.Reason = why.Reason
+			} else {
+				l.Reason = "unparsable reason file: " + strings.TrimSpace(string(b))
+			}
+		} else {
+			l.Reason = "no reason file: " + err.Error()
 		}
 		out = append(out, l)
 	}

@@ -47,13 +47,17 @@ func fillQueue(b *testing.B, dir string, n int) {
 }
 
 // rawDrain is the floor the engine is measured against: workers that rename each file to .bak,
-// read it and unlink it, from a name list made by one listing.
-func rawDrain(b *testing.B, dir string, workers int) {
+// read it and unlink it, from a name list made by one listing. Every step must succeed and the
+// directory must be empty at the end, or the benchmark fails: a floor that skips work is no floor.
+func rawDrain(b *testing.B, dir string, workers, n int) {
 	var names []string
 	if err := queue.ScanNames(dir, func(n string) error { names = append(names, n); return nil }); err != nil {
 		b.Fatal(err)
 	}
-	var next atomic.Int64
+	if len(names) != n {
+		b.Fatalf("raw: %d files listed, want %d", len(names), n)
+	}
+	var next, drained atomic.Int64
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
@@ -66,29 +70,60 @@ func rawDrain(b *testing.B, dir string, workers int) {
 				}
 				p := filepath.Join(dir, names[i])
 				bak := p[:len(p)-4] + ".bak"
-				if syscall.Rename(p, bak) != nil {
+				if err := syscall.Rename(p, bak); err != nil {
+					b.Errorf("raw: rename %s: %v", p, err)
 					continue
 				}
 				if _, err := os.ReadFile(bak); err != nil {
 					b.Error(err)
 				}
-				syscall.Unlink(bak)
+				if err := syscall.Unlink(bak); err != nil {
+					b.Errorf("raw: unlink %s: %v", bak, err)
+					continue
+				}
+				drained.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
+	if drained.Load() != int64(n) {
+		b.Fatalf("raw: drained %d files, want %d", drained.Load(), n)
+	}
+	requireEmpty(b, dir)
 }
 
+// requireEmpty fails the benchmark unless dir holds nothing: every message was finished, none left
+// ready, in flight or moved aside.
+func requireEmpty(b *testing.B, dirs ...string) {
+	b.Helper()
+	for _, dir := range dirs {
+		ents, err := os.ReadDir(dir)
+		if err != nil && !os.IsNotExist(err) {
+			b.Fatal(err)
+		}
+		if len(ents) > 0 {
+			b.Fatalf("%s holds %d entries after the drain (first %s): work was lost or left behind", dir, len(ents), ents[0].Name())
+		}
+	}
+}
+
+// engineDrain runs the engine over dir until the handler has seen all n messages, then checks the
+// work: every message handled exactly once, the queue, shunt and bad directories empty.
 func engineDrain(b *testing.B, dir string, workers, n int) {
 	var done atomic.Int64
+	var seen sync.Map // Name.Base -> struct{}
 	all := make(chan struct{})
 	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		if _, dup := seen.LoadOrStore(m.Name.Base, struct{}{}); dup {
+			b.Errorf("engine: %s handled twice", m.Name.Base)
+		}
 		if done.Add(1) == int64(n) {
 			close(all)
 		}
 		return nil
 	})
-	d := queue.NewDir(dir, filepath.Join(filepath.Dir(dir), "shunt"), filepath.Join(filepath.Dir(dir), "bad"))
+	shunt, bad := filepath.Join(filepath.Dir(dir), "shunt"), filepath.Join(filepath.Dir(dir), "bad")
+	d := queue.NewDir(dir, shunt, bad)
 	r, err := New(Config{Queue: "bench", Dir: d, Slices: 1, Concurrency: workers, Handler: h, PollInterval: 5 * time.Millisecond})
 	if err != nil {
 		b.Fatal(err)
@@ -102,8 +137,18 @@ func engineDrain(b *testing.B, dir string, workers, n int) {
 	case <-time.After(5 * time.Minute):
 		b.Fatalf("engine handled %d of %d in 5 minutes", done.Load(), n)
 	}
+	// The last handlings' files are removed just after their handlers return: give them a moment.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if ents, err := os.ReadDir(dir); err == nil && len(ents) == 0 {
+			break
+		}
+	}
 	cancel()
 	<-ran
+	if got := done.Load(); got != int64(n) {
+		b.Fatalf("engine: %d handlings, want %d", got, n)
+	}
+	requireEmpty(b, dir, shunt, bad)
 }
 
 // BenchmarkThroughput measures the runner with a no-op handler against the raw rename+read+unlink
@@ -129,7 +174,7 @@ func BenchmarkThroughput(b *testing.B) {
 				fillQueue(b, dir, n)
 				b.StartTimer()
 				t0 := time.Now()
-				rawDrain(b, dir, 2)
+				rawDrain(b, dir, 2, n)
 				rawTime += time.Since(t0)
 				b.StopTimer()
 				fillQueue(b, dir, n)

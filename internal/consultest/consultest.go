@@ -114,6 +114,10 @@ func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
+		if os.Getenv(EnvBinary) != "" {
+			// Set but wrong is a broken set-up, not a missing part: skipping would hide it.
+			t.Fatal(err)
+		}
 		t.Skip(err.Error())
 	}
 	o := options{logLevel: "info"}

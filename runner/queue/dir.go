@@ -15,6 +15,10 @@ import (
 	"time"
 )
 
+// ReasonInFlightTooOften begins the reason recorded for a message moved to bad/ because it was
+// found in flight MaxAttempts times: each handling was cut off (crash, lost lease) before it ended.
+const ReasonInFlightTooOften = "found in flight after a crash or a lost lease"
+
 // MaxAttempts is how many times a message may be claimed and then found in flight after a crash
 // (or a lost lease) before it is moved to bad/ instead of being tried again. Mailman uses 3 too.
 const MaxAttempts = 3
@@ -262,7 +266,7 @@ func (d *Dir) Recover(n Name, now time.Time) (RecoverResult, error) {
 	}
 	m.Attempts++
 	if m.Attempts >= MaxAttempts {
-		reason := fmt.Sprintf("found in flight after a crash or a lost lease %d times: the handler never finished it", m.Attempts)
+		reason := fmt.Sprintf("%s %d times: the handler never finished it", ReasonInFlightTooOften, m.Attempts)
 		if err := d.MoveToBad(n, SuffixInFlight, reason, m.Attempts, now); err != nil {
 			return 0, err
 		}

