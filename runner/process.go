@@ -35,7 +35,8 @@ func (r *Runner) process(runCtx, shutdownCtx context.Context, it item, buf []byt
 			r.mu.Unlock()
 			return buf
 		}
-		if _, dup := r.inflight[n.Base]; dup {
+		_, dup := r.inflight[n.Base]
+		if _, stuck := r.abandoned[n.Base]; dup || stuck {
 			r.mu.Unlock()
 			return buf
 		}
@@ -47,6 +48,17 @@ func (r *Runner) process(runCtx, shutdownCtx context.Context, it item, buf []byt
 			if !errors.Is(err, queue.ErrGone) {
 				r.log.Error("claim failed; the file is left in place", "file", filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixReady)), "err", err)
 			}
+			return buf
+		}
+		if r.abandonedNow(n.Base) {
+			// The claim was blocked in the filesystem while the queue was fenced and landed
+			// afterwards: nobody else knows this file is in flight, so give it back at once.
+			if err := r.cfg.Dir.Release(n); err != nil {
+				r.log.Error("a claim landed after the queue was fenced and could not be given back; it is recovered when its slice is next taken", "file", n.Base, "slice", slice, "err", err)
+			} else {
+				r.log.Warn("a claim landed after the queue was fenced; the message was given back to ready, not handled", "file", n.Base, "slice", slice)
+			}
+			r.done(n.Base, slice)
 			return buf
 		}
 	} else {
@@ -75,6 +87,10 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	start := r.cfg.Now()
 	path := filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixInFlight))
 	data, err := r.cfg.Dir.ReadInFlightInto(n, buf)
+	if err != nil && r.abandonedNow(n.Base) {
+		r.log.Warn("reading a claimed message failed after the queue was fenced; it is left in flight for the next owner", "file", n.Base, "slice", slice, "err", err)
+		return true, buf
+	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			r.log.Error("claimed file vanished before it could be read (removed by hand?)", "file", path)
@@ -114,6 +130,13 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 
 	herr := r.withLock(hctx, msg, func() error { return r.cfg.Handler.Handle(hctx, msg) })
 	took := r.cfg.Now().Sub(start)
+	if r.abandonedNow(n.Base) {
+		// Fenced: the slice may already be another node's, which recovers the file; removing,
+		// shunting or releasing it now could act on that node's claim of the same name.
+		r.log.Warn("handler returned after the queue was fenced; the message is left in flight for the next owner", "file", n.Base, "slice", slice, "handler_error", herr)
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
+		return true, buf
+	}
 	if !r.leaseValid() {
 		// Settle only while the lease proves the slice is still ours. A handler can return after
 		// the lease lapsed (a paused machine resumes its handlers before qslice can kill them);
@@ -159,6 +182,9 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 // node may own the slice and have recovered and claimed the file under the same name, so it is
 // left in flight for whoever recovers the slice next (counting an attempt).
 func (r *Runner) giveBack(n queue.Name, slice int) {
+	if r.abandonedNow(n.Base) {
+		return
+	}
 	if !r.leaseValid() {
 		r.log.Warn("not giving a message back: the lease lapsed; it is left in flight for the next owner", "file", n.Base, "slice", slice)
 		return
@@ -178,6 +204,10 @@ func (r *Runner) shunt(n queue.Name, slice int, meta queue.Meta, body []byte, ca
 }
 
 func (r *Runner) moveToBad(n queue.Name, slice int, reason string, attempts int) {
+	if r.abandonedNow(n.Base) {
+		r.log.Warn("not moving a message to bad/: the queue was fenced; it is left in flight for the next owner", "file", n.Base, "reason", reason)
+		return
+	}
 	if err := r.cfg.Dir.MoveToBad(n, queue.SuffixInFlight, reason, attempts, r.cfg.Now()); err != nil {
 		r.log.Error("could not move a bad message aside; it stays in flight", "file", n.Base, "reason", reason, "err", err)
 		return

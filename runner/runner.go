@@ -177,6 +177,11 @@ type Runner struct {
 	lease    *leaseGen // current lease generation; handlers started under it die with it
 	skipped  map[string]bool
 	wake     chan struct{}
+	// fenced: the queue's filesystem does not answer here (Fence); nothing is claimed.
+	fenced bool
+	// abandoned: files in flight when the runner was fenced (or stopped with work stuck), whose
+	// goroutines have not returned; nothing settles them. Base name -> slice.
+	abandoned map[string]int
 }
 
 type releaseWaiter struct {
@@ -370,8 +375,29 @@ func (r *Runner) Run(ctx context.Context) error {
 		defer close(work)
 		return r.dispatch(gctx, work)
 	})
-	err := g.Wait()
-	workers.Wait()
+	finished := make(chan error, 1)
+	go func() { // joined below, or left behind when blocked in the filesystem
+		err := g.Wait()
+		workers.Wait()
+		finished <- err
+	}()
+	var err error
+	select {
+	case err = <-finished:
+	case <-ctx.Done():
+		t := time.NewTimer(r.cfg.ShutdownGrace + StuckSlack)
+		select {
+		case err = <-finished:
+			t.Stop()
+		case <-t.C:
+			// Handlers were cancelled at the end of the grace; whoever has not returned since is
+			// blocked in the filesystem. Stop anyway, leaving their files in flight.
+			stopLease()
+			<-leaseDone
+			r.abandonStuck()
+			return nil
+		}
+	}
 	stopLease()
 	<-leaseDone
 	cancelShutdown(errShutdown)
@@ -380,6 +406,36 @@ func (r *Runner) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// StuckSlack is how long Run waits past ShutdownGrace for handlers it cancelled and for
+// directory listings to return before it stops without them: a cancelled handler's process
+// group is killed at once, so only a goroutine blocked in the filesystem takes longer.
+const StuckSlack = 2 * time.Second
+
+// abandonStuck is Run's last act when work is stuck in the filesystem at shutdown: it abandons
+// every message still in flight here (nothing settles it later) and says what it left behind.
+func (r *Runner) abandonStuck() {
+	r.mu.Lock()
+	if r.abandoned == nil {
+		r.abandoned = map[string]int{}
+	}
+	var names []string
+	for base, s := range r.inflight {
+		r.abandoned[base] = s
+		r.count[s]--
+		names = append(names, base)
+	}
+	clear(r.inflight)
+	for _, e := range r.retries {
+		e.timer.Stop()
+	}
+	r.retries = r.retries[:0]
+	r.notifyWaitersLocked()
+	r.mu.Unlock()
+	slices.Sort(names)
+	r.log.Error("stopped with work stuck in the filesystem: these messages stay in flight for the next owner's recovery",
+		"in_flight_left", len(names), "files", names, "waited", r.cfg.ShutdownGrace+StuckSlack)
 }
 
 // releaseRetries returns every message waiting for a retry to ready (at shutdown).
@@ -454,10 +510,10 @@ func (r *Runner) watchLease(ctx context.Context) error {
 // keeps the slice. There is only ever one live generation, so a lapse cancels every handler.
 // r.mu must be held.
 func (r *Runner) liveLeaseLocked() *leaseGen {
-	if !r.leaseValid() {
+	if r.fenced || !r.leaseValid() {
 		return nil
 	}
-	if errors.Is(context.Cause(r.lease.ctx), errLeaseLost) {
+	if cause := context.Cause(r.lease.ctx); errors.Is(cause, errLeaseLost) || errors.Is(cause, errFenced) {
 		c, cancel := context.WithCancelCause(context.Background())
 		r.lease = &leaseGen{ctx: c, cancel: cancel}
 	}
@@ -480,7 +536,7 @@ func (r *Runner) dispatch(ctx context.Context, work chan<- item) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if !r.leaseValid() {
+		if !r.leaseValid() || r.Fenced() {
 			if !r.sleep(ctx, 100*time.Millisecond) {
 				return nil
 			}
@@ -681,6 +737,9 @@ func (r *Runner) recoverPending(ctx context.Context) {
 		s := queue.SliceOf(n.Digest, r.cfg.Slices)
 		r.mu.Lock()
 		_, mine := r.inflight[n.Base]
+		if _, stuck := r.abandoned[n.Base]; stuck {
+			mine = true // its earlier handling here is still blocked in the filesystem
+		}
 		stillPending := r.pending[s]
 		r.mu.Unlock()
 		if mine || !stillPending {
@@ -720,6 +779,8 @@ func (r *Runner) done(base string, slice int) {
 	if _, ok := r.inflight[base]; ok {
 		delete(r.inflight, base)
 		r.count[slice]--
+	} else if _, ok := r.abandoned[base]; ok {
+		delete(r.abandoned, base) // counted released when it was abandoned
 	}
 	r.notifyWaitersLocked()
 	r.mu.Unlock()

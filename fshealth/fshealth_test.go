@@ -1,0 +1,207 @@
+package fshealth
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qslice/qslice/internal/clock"
+)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func TestJudge(t *testing.T) {
+	const to, ra = 10 * time.Second, 30 * time.Second
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	cases := []struct {
+		name   string
+		o      Observations
+		now    time.Time
+		want   bool
+		reason string
+	}{
+		{"no probe yet, within the bound", Observations{Start: t0}, at(10), true, ""},
+		{"no probe ever answered", Observations{Start: t0, PendingFrom: at(0)}, at(11), false, "waiting for 11s"},
+		{"good probes", Observations{Start: t0, LastGood: at(98), GoodSince: at(0)}, at(100), true, ""},
+		{"a probe hangs, not yet beyond the bound", Observations{Start: t0, LastGood: at(90), PendingFrom: at(91)}, at(100), true, ""},
+		{"a probe hangs beyond the bound", Observations{Start: t0, LastGood: at(89), PendingFrom: at(89)}, at(100), false, "not answering"},
+		{"errors beyond the bound", Observations{Start: t0, LastGood: at(80), LastErr: syscall.ENOTCONN}, at(100), false, "transport endpoint is not connected"},
+		{"errors within the bound", Observations{Start: t0, LastGood: at(95), LastErr: syscall.EIO}, at(100), true, ""},
+		{"too slow", Observations{Start: t0, LastGood: at(80), LastTook: 12 * time.Second}, at(100), false, "too slow"},
+		{"unavailable, answering for less than the hold-down",
+			Observations{Start: t0, Unavailable: true, LastGood: at(99), GoodSince: at(80)}, at(100), false, "answering again for 20s"},
+		{"unavailable, answering for the hold-down",
+			Observations{Start: t0, Unavailable: true, LastGood: at(109), GoodSince: at(80)}, at(110), true, ""},
+		{"unavailable, last probe failed", Observations{Start: t0, Unavailable: true, LastGood: at(99), LastErr: syscall.EIO}, at(100), false, "failing"},
+		{"unavailable, hung again", Observations{Start: t0, Unavailable: true, LastGood: at(70), GoodSince: at(30), PendingFrom: at(70)}, at(100), false, "not answering"},
+	}
+	for _, c := range cases {
+		got, reason := Judge(c.o, c.now, to, ra)
+		if got != c.want || !strings.Contains(reason, c.reason) {
+			t.Errorf("%s: Judge = %v %q, want %v containing %q", c.name, got, reason, c.want, c.reason)
+		}
+	}
+}
+
+// gate is a fake filesystem: probes answer at once until it is cut, then block until healed.
+type gate struct {
+	mu    sync.Mutex
+	open  chan struct{}
+	err   error
+	calls int
+}
+
+func newGate() *gate { g := &gate{open: make(chan struct{})}; close(g.open); return g }
+
+func (g *gate) probe(string, string) error {
+	g.mu.Lock()
+	ch, err := g.open, g.err
+	g.calls++
+	g.mu.Unlock()
+	<-ch
+	return err
+}
+func (g *gate) cut() { g.mu.Lock(); g.open = make(chan struct{}); g.mu.Unlock() }
+func (g *gate) heal() {
+	g.mu.Lock()
+	close(g.open)
+	g.mu.Unlock()
+}
+
+func waitFor(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if f() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestWatcherHangAndRecovery drives a watcher with a fake clock over a filesystem that hangs:
+// unavailable once no probe answered for Timeout, one probe outstanding at a time, Run returns
+// at once while a probe is stuck, available again only after RecoverAfter of good probes.
+func TestWatcherHangAndRecovery(t *testing.T) {
+	clk := clock.NewFake(t0)
+	g := newGate()
+	var changes []State
+	var chMu sync.Mutex
+	w, err := New(Config{Name: "in", Dir: "/nowhere", Node: "n1", Clock: clk, probe: g.probe,
+		OnChange: func(s State) { chMu.Lock(); changes = append(changes, s); chMu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	step := func() { // one interval: a probe starts (and, with the gate open, completes)
+		<-clk.Created()
+		clk.Advance(DefaultInterval)
+	}
+	for i := 0; i < 5; i++ {
+		want := uint64(i + 1)
+		step()
+		waitFor(t, "a probe to complete", func() bool { return w.State().Probes >= want })
+	}
+	if st := w.State(); !st.Available || st.Failures != 0 {
+		t.Fatalf("healthy filesystem: %+v", st)
+	}
+	g.cut()
+	cutAt := clk.Now()
+	for clk.Now().Sub(cutAt) <= DefaultTimeout+DefaultInterval {
+		step()
+	}
+	st := w.State()
+	if st.Available || !st.Hung || !strings.Contains(st.Reason, "not answering") {
+		t.Fatalf("after %s of hang: %+v", clk.Now().Sub(cutAt), st)
+	}
+	g.mu.Lock()
+	calls := g.calls
+	g.mu.Unlock()
+	if calls != 6 {
+		t.Errorf("%d probes started, want 6: one outstanding at a time", calls)
+	}
+	chMu.Lock()
+	if len(changes) != 1 || changes[0].Available {
+		t.Errorf("OnChange calls: %+v, want one (unavailable)", changes)
+	}
+	chMu.Unlock()
+
+	g.heal()
+	waitFor(t, "the stuck probe to report", func() bool { return w.State().Probes >= 6 })
+	healAt := clk.Now()
+	for clk.Now().Sub(healAt) < DefaultRecoverAfter-DefaultInterval {
+		n := w.State().Probes
+		step()
+		waitFor(t, "a probe to complete", func() bool { return w.State().Probes > n })
+		if st := w.State(); st.Available {
+			t.Fatalf("available again %s after the heal, before the hold-down %s", clk.Now().Sub(healAt), DefaultRecoverAfter)
+		}
+	}
+	for i := 0; i < 3 && !w.State().Available; i++ {
+		n := w.State().Probes
+		step()
+		waitFor(t, "a probe to complete", func() bool { return w.State().Probes > n })
+	}
+	if st := w.State(); !st.Available {
+		t.Fatalf("not available %s after the heal: %+v", clk.Now().Sub(healAt), st)
+	}
+
+	// Run returns at once even with a probe stuck in the filesystem.
+	g.cut()
+	step()
+	time.Sleep(10 * time.Millisecond) // the probe goroutine parks in the gate; nothing asserted on it
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return while a probe was stuck")
+	}
+	g.heal()
+}
+
+// TestProbeRealDirectory: the probe succeeds on a directory, leaves no canary, and fails on a
+// missing one with the operation named.
+func TestProbeRealDirectory(t *testing.T) {
+	dir := t.TempDir()
+	canary := filepath.Join(dir, ".qslice-fscheck-n1.tmp")
+	if err := Probe(dir, canary); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(canary); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("canary left behind: %v", err)
+	}
+	err := Probe(filepath.Join(dir, "missing"), canary)
+	if err == nil || !strings.Contains(err.Error(), "stat") {
+		t.Fatalf("probe of a missing directory: %v", err)
+	}
+	if err := os.Chmod(dir, 0o500); err == nil && os.Geteuid() != 0 {
+		if err := Probe(dir, canary); err == nil || !strings.Contains(err.Error(), "create canary") {
+			t.Fatalf("probe of a read-only directory: %v", err)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, "dir: must be set"},
+		{Config{Dir: "/q", Timeout: -1}, "must not be negative"},
+		{Config{Dir: "/q", Interval: 10 * time.Second, Timeout: 5 * time.Second}, "must be below timeout"},
+	} {
+		if _, err := New(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("New(%+v) = %v, want an error containing %q", c.cfg, err, c.want)
+		}
+	}
+}
