@@ -100,11 +100,16 @@ func TestWatcherHangAndRecovery(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	step := func() { // one interval: a probe starts (and, with the gate open, completes)
-		<-clk.Created()
+	// One interval: the tick fires, the loop starts a probe (unless one is outstanding) and
+	// re-arms its timer, which Created reports.
+	step := func() {
 		clk.Advance(DefaultInterval)
+		<-clk.Created()
 	}
-	for i := 0; i < 5; i++ {
+	<-clk.Created() // the first tick (at once): probe 1 starts
+	<-clk.Created() // re-armed
+	waitFor(t, "a probe to complete", func() bool { return w.State().Probes >= 1 })
+	for i := 1; i < 5; i++ {
 		want := uint64(i + 1)
 		step()
 		waitFor(t, "a probe to complete", func() bool { return w.State().Probes >= want })
@@ -121,11 +126,11 @@ func TestWatcherHangAndRecovery(t *testing.T) {
 	if st.Available || !st.Hung || !strings.Contains(st.Reason, "not answering") {
 		t.Fatalf("after %s of hang: %+v", clk.Now().Sub(cutAt), st)
 	}
-	g.mu.Lock()
-	calls := g.calls
-	g.mu.Unlock()
-	if calls != 6 {
-		t.Errorf("%d probes started, want 6: one outstanding at a time", calls)
+	calls := func() int { g.mu.Lock(); defer g.mu.Unlock(); return g.calls }
+	waitFor(t, "the hung probe to start", func() bool { return calls() == 6 })
+	step()
+	if n := calls(); n != 6 {
+		t.Errorf("%d probes started, want 6: one outstanding at a time", n)
 	}
 	chMu.Lock()
 	if len(changes) != 1 || changes[0].Available {
