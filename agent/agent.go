@@ -21,6 +21,7 @@ import (
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/supervise"
+	workerpool "github.com/qslice/qslice/runner/worker"
 )
 
 // Mode selects what the agent runs.
@@ -69,6 +70,7 @@ type Agent struct {
 	workers     map[string]worker // by queue, only the coordinated queues
 	runners     map[string]*runner.Runner
 	supervisors map[string]*supervise.Supervisor
+	pools       map[string]*workerpool.Pool // queues with handler.worker
 
 	mu      sync.Mutex
 	running bool
@@ -97,7 +99,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, workers: map[string]worker{},
-		runners: map[string]*runner.Runner{}, supervisors: map[string]*supervise.Supervisor{}}
+		runners: map[string]*runner.Runner{}, supervisors: map[string]*supervise.Supervisor{}, pools: map[string]*workerpool.Pool{}}
 	a.reg = exporters.NewRegistry(opts.Version, opts.Revision)
 
 	var queueNames []string
@@ -143,6 +145,11 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a.health.probe = a.probe
 
 	// Workers of the coordinated queues.
+	if opts.Mode == ModeRun {
+		if err := a.newPools(cfg.Queues); err != nil {
+			return nil, err
+		}
+	}
 	var coordinated []config.Queue
 	for _, q := range cfg.Queues {
 		switch {
@@ -163,6 +170,11 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 			if h, ok := opts.Handlers[q.Name]; ok {
 				rc.Handler = h
 			}
+			pool := a.pools[q.Name]
+			if pool != nil {
+				wc, _ := q.WorkerConfig()
+				rc.Handler, rc.Concurrency = pool, wc.RunnerConcurrency()
+			}
 			if err := rc.Dir.Ensure(); err != nil {
 				return nil, fmt.Errorf("queue %s: %w (check the path and its permissions)", q.Name, err)
 			}
@@ -181,6 +193,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 			}
 			a.runners[q.Name] = r
 			a.workers[q.Name] = r
+			if pool != nil {
+				a.workers[q.Name] = workerQueue{r, pool}
+			}
 			coordinated = append(coordinated, q)
 		}
 	}
@@ -327,6 +342,9 @@ func (a *Agent) NodeHealthy() error { return a.unhealthy() }
 
 // SliceHealth implements failover.HealthSource.
 func (a *Agent) SliceHealth(id failover.SliceID) failover.Health {
+	if h, critical := a.poolHealth(id.Queue); critical {
+		return h
+	}
 	if s, ok := a.supervisors[id.Queue]; ok {
 		if h, ok := s.Health()[id.Index]; ok && h.State == supervise.HealthCritical {
 			return failover.Health{Status: failover.StatusCritical, Output: h.Reason}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/queue"
 	"github.com/qslice/qslice/runner/supervise"
+	"github.com/qslice/qslice/runner/worker"
 )
 
 // Config is the whole configuration of one qslice node.
@@ -90,12 +92,15 @@ type Queue struct {
 	ShutdownGrace time.Duration    `yaml:"shutdown_grace"`
 }
 
-// Handler is the exec handler: one command per message.
+// Handler is how qslice runs each message: exec (one command per message) or worker (long-lived
+// processes speaking docs/worker-protocol.md); a Go handler is given by a program embedding qslice.
 type Handler struct {
-	Exec    []string          `yaml:"exec"`
-	Dir     string            `yaml:"dir"`
-	Env     map[string]string `yaml:"env"`
-	Timeout time.Duration     `yaml:"timeout"`
+	Exec     []string          `yaml:"exec"`
+	Worker   []string          `yaml:"worker"`    // persistent workers: `concurrency` processes per node
+	InFlight int               `yaml:"in_flight"` // worker: messages in flight per process (pipelining)
+	Dir      string            `yaml:"dir"`
+	Env      map[string]string `yaml:"env"`
+	Timeout  time.Duration     `yaml:"timeout"`
 }
 
 // Retry is the backoff for messages whose handler exits 75.
@@ -258,8 +263,18 @@ func (c *Config) validate(root *yaml.Node) error {
 			bad(p, "needs either handler (qslice runs each message) or supervise (qslice runs per-slice workers)")
 		case q.Handler != nil && q.Supervise != nil:
 			bad(p, "has both handler and supervise; choose one")
-		case q.Handler != nil && len(q.Handler.Exec) == 0:
-			bad(p+".handler.exec", "must name a command, e.g. [\"/usr/local/bin/deliver\"]")
+		case q.Handler != nil && len(q.Handler.Exec) == 0 && len(q.Handler.Worker) == 0:
+			bad(p+".handler", "needs exec (one process per message, e.g. [\"/usr/local/bin/deliver\"]) or worker (long-lived processes speaking the worker protocol, e.g. [\"/usr/bin/python3\", \"/srv/runner.py\"])")
+		case q.Handler != nil && len(q.Handler.Exec) > 0 && len(q.Handler.Worker) > 0:
+			bad(p+".handler", "has both exec and worker; choose one")
+		case q.Handler != nil && len(q.Handler.Exec) > 0 && q.Handler.InFlight != 0:
+			bad(p+".handler.in_flight", "applies to worker handlers only")
+		case q.Handler != nil && len(q.Handler.Worker) > 0 && (q.Handler.Worker[0] == "" || q.Handler.InFlight < 0 || q.Handler.InFlight > 1024):
+			if q.Handler.Worker[0] == "" {
+				bad(p+".handler.worker", "must name a program")
+			} else {
+				bad(p+".handler.in_flight", "must be between 1 and 1024 (got %d)", q.Handler.InFlight)
+			}
 		case q.Supervise != nil:
 			if _, err := q.SuperviseConfig(); err != nil {
 				for _, e := range flatten(err) {
@@ -376,6 +391,9 @@ func (q *Queue) applyDefaults() {
 	q.LockTimeout, q.ShutdownGrace, q.Retry = d.LockTimeout, d.ShutdownGrace, Retry(d.Retry)
 	if q.Handler != nil {
 		q.Handler.Timeout = d.HandlerTimeout
+		if len(q.Handler.Worker) > 0 && q.Handler.InFlight == 0 {
+			q.Handler.InFlight = worker.DefaultInFlight
+		}
 	}
 }
 
@@ -403,9 +421,27 @@ func (q Queue) RunnerConfig() runner.Config {
 		for k, v := range q.Handler.Env {
 			env = append(env, k+"="+v)
 		}
-		rc.Handler = &runner.ExecHandler{Command: q.Handler.Exec, Dir: q.Handler.Dir, Env: env}
+		if len(q.Handler.Exec) > 0 {
+			rc.Handler = &runner.ExecHandler{Command: q.Handler.Exec, Dir: q.Handler.Dir, Env: env}
+		}
 	}
 	return rc
+}
+
+// WorkerConfig returns the worker pool settings of a queue with handler.worker (without lease,
+// metrics and logger, which the agent adds), and false for other queues. The runner of such a
+// queue needs WorkerConfig().RunnerConcurrency() goroutines.
+func (q Queue) WorkerConfig() (worker.Config, bool) {
+	if q.Handler == nil || len(q.Handler.Worker) == 0 {
+		return worker.Config{}, false
+	}
+	env := make([]string, 0, len(q.Handler.Env))
+	for k, v := range q.Handler.Env {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	return worker.Config{Queue: q.Name, Command: q.Handler.Worker, Dir: q.Handler.Dir, Env: env,
+		Workers: q.RunnerConfig().WithDefaults().Concurrency, InFlight: q.Handler.InFlight}, true
 }
 
 // SuperviseConfig returns the supervisor settings of queue q.
@@ -467,4 +503,25 @@ func (c *Config) Redacted() ([]byte, error) {
 		cp.Consul = &k
 	}
 	return yaml.Marshal(&cp)
+}
+
+// HandlerKinds explains the ways a queue's messages can be handled, for `config check`.
+const HandlerKinds = `handler kinds: exec runs one process per message (body on stdin, metadata in QSLICE_*
+variables; exit 0 done, 75 retry, other shunts); worker keeps concurrency long-lived processes
+per node that take messages over the framed protocol of docs/worker-protocol.md (done, retry,
+fail; in_flight pipelined per process); a Go handler runs in process, in a program that embeds
+qslice (agent.Options.Handlers). supervise: instead runs one external runner per owned slice that
+reads the queue itself.`
+
+// Explain says in one line how queue q is worked (after defaults were applied).
+func (q Queue) Explain() string {
+	switch {
+	case q.Supervise != nil:
+		return fmt.Sprintf("queue %s: supervise: one `%s` process per owned slice, reading the queue itself", q.Name, strings.Join(q.Supervise.Command, " "))
+	case q.Handler != nil && len(q.Handler.Worker) > 0:
+		return fmt.Sprintf("queue %s: handler.worker: %d long-lived %s processes per node (concurrency), %d messages in flight each (in_flight), worker protocol v%d", q.Name, q.Concurrency, q.Handler.Worker[0], q.Handler.InFlight, worker.ProtocolVersion)
+	case q.Handler != nil:
+		return fmt.Sprintf("queue %s: handler.exec: one %s process per message, %d at once per node (concurrency)", q.Name, q.Handler.Exec[0], q.Concurrency)
+	}
+	return fmt.Sprintf("queue %s: no handler", q.Name)
 }

@@ -36,6 +36,10 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 		"invalid-consul-timing.yml":         {"consul.", "lock_delay"},
 		"invalid-supervise-placeholder.yml": {"queues[0].supervise.command[1]: unknown placeholder {nslices}"},
 		"invalid-both.yml":                  {"has both handler and supervise"},
+		"invalid-worker.yml": {"invalid-worker.yml:5: queues[0].handler: has both exec and worker",
+			"invalid-worker.yml:9: queues[1].handler.in_flight: must be between 1 and 1024 (got 5000)",
+			"invalid-worker.yml:13: queues[2].handler.in_flight: applies to worker handlers only",
+			"invalid-worker.yml:17: queues[3].handler: needs exec", "or worker"},
 	}
 	for file, wants := range cases {
 		t.Run(file, func(t *testing.T) {
@@ -82,5 +86,25 @@ func TestTokenFileAndRedaction(t *testing.T) {
 	out, _ := c.Redacted()
 	if strings.Contains(string(out), "inline-secret") || strings.Contains(string(out), "s3cret") {
 		t.Errorf("secret printed:\n%s", out)
+	}
+}
+
+// TestWorkerQueue: handler.worker gets its pool settings; in_flight defaults to 16 and the runner
+// of the queue needs concurrency x in_flight goroutines.
+func TestWorkerQueue(t *testing.T) {
+	c, err := Parse(filepath.Join(t.TempDir(), "c.yaml"), []byte("queues:\n  - {name: in, dir: q, slices: 2, concurrency: 3, handler: {worker: [python3, w.py], env: {A: b}}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := c.Queues[0]
+	wc, ok := q.WorkerConfig()
+	if !ok || wc.Workers != 3 || wc.InFlight != 16 || wc.RunnerConcurrency() != 48 || wc.Command[1] != "w.py" || wc.Env[0] != "A=b" {
+		t.Errorf("worker config = %+v, ok %v", wc, ok)
+	}
+	if q.RunnerConfig().Handler != nil {
+		t.Errorf("a worker queue's runner config has an exec handler")
+	}
+	if !strings.Contains(q.Explain(), "handler.worker: 3 long-lived python3 processes") {
+		t.Errorf("explain: %s", q.Explain())
 	}
 }
