@@ -74,7 +74,7 @@ func start(t *testing.T, cmd []string, pc func(*Config), rc func(*runner.Config)
 	}
 	e.metrics = m
 	cfg := Config{Queue: "in", Command: cmd, Workers: 2, InFlight: 4, Metrics: m, Logger: testLogger(t),
-		RestartInitial: 20 * time.Millisecond, RestartMax: 200 * time.Millisecond, HandshakeTimeout: 5 * time.Second,
+		RestartInitial: 20 * time.Millisecond, RestartMax: 200 * time.Millisecond, HandshakeTimeout: 30 * time.Second,
 		Env: []string{"QSLICE_WORKER_LIB=" + libDir(t), "TEST_WORKER_STATE=" + state, "TEST_WORKER_RECORD=" + e.record,
 			"TEST_WORKER_LOCKDIR=" + e.lockDir}}
 	if pc != nil {
@@ -200,7 +200,7 @@ func TestPythonWorkerAnswers(t *testing.T) {
 	e := start(t, pythonWorker(t), nil, nil)
 	t0 := time.Now()
 	e.enqueue("ok", "fail:no such list", "exception:boom", "once:retry:0.4", "print", "ok")
-	waitFor(t, "queue empty", 20*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	waitFor(t, "queue empty", 60*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
 	if took := time.Since(t0); took < 400*time.Millisecond {
 		t.Errorf("done after %s; the retry asked for 0.4 s", took)
 	}
@@ -224,7 +224,7 @@ func TestHeaderCarriesTheExecEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "handled", 20*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	waitFor(t, "handled", 60*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
 	recs := e.records()
 	if len(recs) != 1 {
 		t.Fatalf("%d records, want 1", len(recs))
@@ -263,7 +263,7 @@ func TestWorkerDeathRetriesEveryMessageInFlight(t *testing.T) {
 	e := start(t, pythonWorker(t), func(c *Config) { c.Workers = 1 }, nil)
 	bodies := []string{"sleep:0.05", "once:die", "sleep:0.05", "ok", "ok", "ok"}
 	e.enqueue(bodies...)
-	waitFor(t, "queue empty", 20*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	waitFor(t, "queue empty", 60*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
 	if len(e.shunted()) != 0 {
 		t.Errorf("shunted %v, want nothing", e.shunted())
 	}
@@ -284,7 +284,7 @@ func TestWorkerDeathRetriesEveryMessageInFlight(t *testing.T) {
 func TestGarbageIsAProtocolErrorAndRetried(t *testing.T) {
 	e := start(t, pythonWorker(t), func(c *Config) { c.Workers = 1 }, nil)
 	e.enqueue("once:garbage", "ok")
-	waitFor(t, "queue empty", 20*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	waitFor(t, "queue empty", 60*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
 	if len(e.shunted()) != 0 {
 		t.Errorf("shunted %v, want nothing", e.shunted())
 	}
@@ -302,7 +302,7 @@ func TestTimeoutKillsRestartsAndRetries(t *testing.T) {
 	e := start(t, pythonWorker(t), func(c *Config) { c.Workers = 1; c.InFlight = 1 },
 		func(c *runner.Config) { c.HandlerTimeout = 500 * time.Millisecond })
 	e.enqueue("once:sleep:30", "sleep:30")
-	waitFor(t, "queue empty", 30*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	waitFor(t, "queue empty", 120*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
 	sh := e.shunted()
 	if len(sh) != 1 || !strings.Contains(sh["sleep:30"], "ended 3 times") {
 		t.Errorf("shunted = %v; want only sleep:30, after 3 kills", sh)
@@ -327,7 +327,7 @@ func TestCrashLoopMakesThePoolCritical(t *testing.T) {
 		c.CrashLoop = 3
 	}, nil)
 	e.enqueue("ok", "ok")
-	waitFor(t, "critical", 20*time.Second, func() bool { c, _ := e.pool.Health(); return c })
+	waitFor(t, "critical", 60*time.Second, func() bool { c, _ := e.pool.Health(); return c })
 	_, why := e.pool.Health()
 	if !strings.Contains(why, "crash loop") || !strings.Contains(why, "exit status 3") {
 		t.Errorf("health reason %q: want the crash loop and the exit status", why)
@@ -345,7 +345,7 @@ func TestCrashLoopMakesThePoolCritical(t *testing.T) {
 // TestHandshakeRejectsAWrongVersion: the version mismatch is named.
 func TestHandshakeRejectsAWrongVersion(t *testing.T) {
 	e := start(t, pythonWorker(t), func(c *Config) { c.Env = append(c.Env, "TEST_WORKER_MODE=badversion") }, nil)
-	waitFor(t, "critical", 20*time.Second, func() bool { c, _ := e.pool.Health(); return c })
+	waitFor(t, "critical", 60*time.Second, func() bool { c, _ := e.pool.Health(); return c })
 	if _, why := e.pool.Health(); !strings.Contains(why, "version 99") {
 		t.Errorf("health reason %q: want the version named", why)
 	}
@@ -366,7 +366,7 @@ func TestLeaseLapseStopsEveryWorker(t *testing.T) {
 	l.until.Store(time.Now().Add(time.Hour).UnixNano())
 	e := start(t, pythonWorker(t), func(c *Config) { c.Lease = l }, nil)
 	e.enqueue("sleep:30")
-	waitFor(t, "the worker handling it", 20*time.Second, func() bool { return len(e.records()) == 1 })
+	waitFor(t, "the worker handling it", 60*time.Second, func() bool { return len(e.records()) == 1 })
 	pid := int(e.records()[0]["pid"].(float64))
 	l.until.Store(time.Now().Add(-time.Second).UnixNano())
 	waitFor(t, "the worker killed", 5*time.Second, func() bool { return syscall.Kill(pid, 0) != nil })
@@ -379,14 +379,14 @@ func TestLeaseLapseStopsEveryWorker(t *testing.T) {
 		t.Errorf("%v workers started while the lease was lapsed, want still the first 2", n)
 	}
 	l.until.Store(time.Now().Add(time.Hour).UnixNano())
-	waitFor(t, "workers back", 20*time.Second, func() bool { return e.pool.Ready() == 2 })
+	waitFor(t, "workers back", 60*time.Second, func() bool { return e.pool.Ready() == 2 })
 }
 
 // TestShutdownLeavesNoWorker: stopping the runner and the pool ends every worker process.
 func TestShutdownLeavesNoWorker(t *testing.T) {
 	e := start(t, pythonWorker(t), nil, nil)
 	e.enqueue("ok", "ok", "ok")
-	waitFor(t, "queue empty", 20*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	waitFor(t, "queue empty", 60*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
 	var pids []int
 	for _, r := range e.records() {
 		pids = append(pids, int(r["pid"].(float64)))

@@ -228,6 +228,11 @@ func (p *proc) waitExit(d time.Duration) string {
 	select {
 	case <-p.exited:
 		return p.state.String()
+	default:
+	}
+	select {
+	case <-p.exited:
+		return p.state.String()
 	case <-time.After(d):
 		return "still running"
 	}
