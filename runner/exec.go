@@ -10,11 +10,16 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/qslice/qslice/runner/proctree"
 )
+
+// killWait bounds how long killing a handling's processes may take before qslice gives up on
+// them: SIGKILL is immediate except for a process blocked in the kernel (a hung NFS server).
+const killWait = 10 * time.Second
 
 // ExitRetry is the exit status with which an exec handler asks to be retried later (EX_TEMPFAIL
 // from sysexits.h, as mail software uses it).
@@ -23,7 +28,9 @@ const ExitRetry = 75
 // ExecHandler runs one command per message: the payload body on stdin, the metadata in environment
 // variables (see Env). Exit 0 means done, exit 75 retry later, anything else shunts the message with
 // the exit status and the tail of stderr. When the handler's context ends (timeout, lost lease,
-// shutdown) the command's whole process group is killed.
+// shutdown) the command's whole process group is killed, and when the command exits, whatever
+// it left in its group is killed too. The process tree is recorded next to the in-flight file
+// (queue.SuffixProcs) so that it can be killed after a crash of qslice (runner/proctree).
 type ExecHandler struct {
 	Command []string // program and arguments
 	Dir     string   // working directory; empty: the runner's
@@ -42,13 +49,46 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 	var stderr tailBuffer
 	cmd.Stdout = nil
 	cmd.Stderr = &stderr
-	// Its own process group, so that a timeout kills whatever the command started too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
-	err := cmd.Run()
+	// Its own process group, marked in the environment, recorded next to the in-flight file
+	// before it starts: whatever ends this handling, even a SIGKILL of qslice, no process of it
+	// runs when the message runs again (runner/proctree).
+	rec, err := proctree.New()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRetry, err)
+	}
+	rec.Prepare(cmd)
+	var file *proctree.File
+	if m.procsPath != "" {
+		if file, err = proctree.Create(m.procsPath, rec); err != nil {
+			return fmt.Errorf("%w: %w", ErrRetry, err)
+		}
+		m.procsWritten = true
+	}
+	if err := proctree.Start(cmd, &rec); err != nil {
+		if file != nil {
+			file.Close()
+		}
+		return fmt.Errorf("run %s: %w", h.Command[0], err)
+	}
+	if file != nil {
+		if err := file.Started(rec); err != nil {
+			_ = cmd.Cancel()
+			if _, survivors := proctree.Wait(cmd, &rec); survivors != nil {
+				return fmt.Errorf("%s: %w; not retried: %w", h.Command[0], err, survivors)
+			}
+			return fmt.Errorf("%w: %w", ErrRetry, err)
+		}
+	}
+	// When Wait returns, the group is gone and, after a failure (the message may run again: a
+	// retry, a requeue from shunt), so is every process marked as this handling's. A survivor
+	// of SIGKILL (stuck in the kernel) must not overlap a retry: the message is shunted.
+	err, survivors := proctree.Wait(cmd, &rec)
 	if err == nil {
-		return nil
+		return nil // done: the message is removed and never runs again
+	}
+	if survivors != nil {
+		return fmt.Errorf("%s: %w; not retried: %w", h.Command[0], err, survivors)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: killed: %w", h.Command[0], context.Cause(ctx))

@@ -3,7 +3,9 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	oteltrace "go.opentelemetry.io/otel/trace"
 
+	"github.com/qslice/qslice/runner/proctree"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -158,5 +161,134 @@ func TestLockWaitSpan(t *testing.T) {
 	}
 	if attrs["qslice.lock.result"] != "acquired" || attrs["qslice.lock"] != filepath.Join(lockDir, "list-a.lck") {
 		t.Errorf("lock wait attributes %v", attrs)
+	}
+}
+
+// Whatever way a handling ends, nothing it started still runs afterwards: what it left in its
+// group (exit 0), and on a failure also what left the group but carries its marker (setsid),
+// since the message may run again.
+func TestExecHandlerLeavesNoProcessBehind(t *testing.T) {
+	for _, c := range []struct{ name, script string }{
+		{"exit 0, child in the group", `sleep 300 & echo $! > "$PIDF"; exit 0`},
+		{"exit 75, detached child", `setsid sleep 300 & echo $! > "$PIDF"; sleep 0.2; exit 75`},
+		{"exit 3, detached child", `setsid sleep 300 & echo $! > "$PIDF"; sleep 0.2; exit 3`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pidFile := filepath.Join(t.TempDir(), "pid")
+			h := &ExecHandler{Command: []string{"sh", "-c", c.script}, Env: []string{"PIDF=" + pidFile}}
+			_ = h.Handle(context.Background(), execMsg())
+			data, err := os.ReadFile(pidFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+			t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+			if running(pid) {
+				t.Fatalf("process %d of the handling still runs after Handle returned", pid)
+			}
+		})
+	}
+}
+
+// running reports whether pid is a live process (not a zombie).
+func running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+// The runner records the handler's process tree next to the in-flight file while it runs and
+// removes the record once the handling ended.
+func TestExecHandlerTreeRecordedWhileRunning(t *testing.T) {
+	d := newTestDir(t)
+	enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
+	out := filepath.Join(t.TempDir(), "record")
+	h := &ExecHandler{Command: []string{"sh", "-c", `cat "$QDIR/$QSLICE_MESSAGE_ID.procs.json" > "$OUT.tmp"; echo $$ >> "$OUT.tmp"; mv "$OUT.tmp" "$OUT"`},
+		Env: []string{"QDIR=" + d.Path, "OUT=" + out}}
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Logger: testLogger(t), PollInterval: 10 * time.Millisecond})
+	r.SetSlices([]int{0})
+	startRunner(t, r)
+	waitFor(t, "message handled", 10*time.Second, func() bool { return len(dirFiles(t, d.Path, "")) == 0 })
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	rec, err := proctree.Read(writeTemp(t, strings.Join(lines[:len(lines)-1], "\n")))
+	if err != nil {
+		t.Fatalf("record seen by the handler %q: %v", b, err)
+	}
+	if strconv.Itoa(rec.PGID) != lines[len(lines)-1] || rec.StartTicks == 0 || !rec.Local() {
+		t.Errorf("record %+v, want the handler's own group %s, its start time, this host", rec, lines[len(lines)-1])
+	}
+}
+
+func writeTemp(t *testing.T, s string) string {
+	p := filepath.Join(t.TempDir(), "f")
+	must(t, os.WriteFile(p, []byte(s), 0o644))
+	return p
+}
+
+// A qslice killed with SIGKILL leaves a handler's grandchild running and its record next to the
+// in-flight file. The runner that recovers the message kills the survivor first: the message
+// runs again only when no process of the earlier handling runs. A record of another host is
+// left to that host.
+func TestRecoveryKillsSurvivorsOfEarlierHandling(t *testing.T) {
+	for _, foreign := range []bool{false, true} {
+		t.Run(map[bool]string{false: "this host", true: "another host"}[foreign], func(t *testing.T) {
+			d := newTestDir(t)
+			n := enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))[0]
+			must(t, d.Claim(n))
+			// The earlier handling: started here, as the dead qslice would have.
+			rec, err := proctree.New()
+			must(t, err)
+			if foreign {
+				rec.Host += "-elsewhere"
+			}
+			old := exec.Command("sh", "-c", "sleep 300 & echo $! >&3; wait")
+			rec.Prepare(old)
+			pr, pw, err := os.Pipe()
+			must(t, err)
+			old.ExtraFiles = []*os.File{pw}
+			f, err := proctree.Create(filepath.Join(d.Path, n.Base+queue.SuffixProcs), rec)
+			must(t, err)
+			must(t, proctree.Start(old, &rec))
+			must(t, f.Started(rec))
+			pw.Close()
+			var sleeper int
+			_, err = fmt.Fscan(pr, &sleeper)
+			must(t, err)
+			t.Cleanup(func() {
+				_ = syscall.Kill(-rec.PGID, syscall.SIGKILL)
+				_ = syscall.Kill(sleeper, syscall.SIGKILL)
+				_ = old.Wait()
+			})
+
+			ran := filepath.Join(t.TempDir(), "ran")
+			// The new handling records whether the old one's processes still ran when it started.
+			// (kill -0 would count a zombie, which runs nothing: the state in /proc tells.)
+			h := &ExecHandler{Command: []string{"sh", "-c", `case "$(cut -d' ' -f3 /proc/$OLD/stat 2>/dev/null)" in ""|Z|X) echo alone;; *) echo overlap;; esac > "$RAN.tmp"; mv "$RAN.tmp" "$RAN"`},
+				Env: []string{"OLD=" + strconv.Itoa(sleeper), "RAN=" + ran}}
+			r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Logger: testLogger(t), PollInterval: 10 * time.Millisecond})
+			startRunner(t, r)
+			r.SetSlices([]int{0})
+			waitFor(t, "message handled again", 10*time.Second, func() bool { _, err := os.Stat(ran); return err == nil })
+			got, _ := os.ReadFile(ran)
+			want := "alone\n"
+			if foreign {
+				want = "overlap\n" // this host cannot kill another's processes: that host does
+			}
+			if string(got) != want {
+				t.Errorf("the new handling saw %q, want %q", got, want)
+			}
+			if foreign != running(sleeper) {
+				t.Errorf("earlier handling's grandchild running = %v, want %v", running(sleeper), foreign)
+			}
+			waitFor(t, "records gone", 10*time.Second, func() bool { return len(dirFiles(t, d.Path, queue.SuffixProcs)) == 0 })
+		})
 	}
 }

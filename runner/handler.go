@@ -29,6 +29,9 @@ type Message struct {
 	// handler writing to a system that can check it passes it along so that system refuses the
 	// writes of an owner that lost the slice (QSLICE_FENCING_TOKEN for exec handlers).
 	FencingToken uint64
+
+	procsPath    string // where ExecHandler records its process tree; "": nowhere
+	procsWritten bool   // ExecHandler wrote procsPath
 }
 
 // Handler processes one message. Returning nil means done: the file is removed. Returning an error

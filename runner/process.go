@@ -18,6 +18,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/qslice/qslice/runner/proctree"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -113,6 +114,7 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	if it.retry != nil {
 		msg.Retry = it.retry.retries
 	}
+	msg.procsPath = r.procsPath(n)
 
 	// The handler's context dies with the lease generation it was claimed under, at shutdown (after
 	// the grace period), and at the handler timeout.
@@ -147,6 +149,14 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
 		return true, buf
 	}
+	if msg.procsWritten && !errors.Is(context.Cause(hctx), errLeaseLost) {
+		// The handler's processes are gone (ExecHandler returns only then), and the lease still
+		// holds, so the record is ours: it goes before the message is settled, as after that
+		// another runner may claim the file and record its own handling.
+		if err := os.Remove(r.procsPath(n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			r.log.Warn("could not remove the record of a finished handling's processes", "file", r.procsPath(n), "err", err)
+		}
+	}
 	if herr == nil {
 		if err := r.cfg.Dir.Finish(n); err != nil {
 			// The handler succeeded but the file is still there: it will be handled again after a
@@ -175,6 +185,44 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	}
 	r.shunt(n, slice, meta, body, herr, took)
 	return true, buf
+}
+
+// procsPath is where an exec handler records the process tree handling n (runner/proctree).
+func (r *Runner) procsPath(n queue.Name) string {
+	return filepath.Join(r.cfg.Dir.Path, n.Base+queue.SuffixProcs)
+}
+
+// killSurvivors kills the processes of an earlier handling of n that are still alive on this
+// host, as recorded next to its in-flight file, before n is recovered and so can run again. It
+// fails when some survive SIGKILL (stuck in the kernel): n must then stay in flight. A record of
+// another host is that host's to act on (see proctree): it is logged and removed.
+func (r *Runner) killSurvivors(ctx context.Context, n queue.Name, slice int) error {
+	path := r.procsPath(n)
+	rec, err := proctree.Read(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case errors.Is(err, proctree.ErrNoRecord):
+		// The handling's starter died before it wrote the marker: nothing of it started.
+	case err != nil:
+		return fmt.Errorf("read the record of an earlier handling's processes: %w", err)
+	case !rec.Local():
+		r.log.Info("an earlier handling of this message ran on another host (or before a reboot); its processes are that host's to kill", "file", n.Base, "slice", slice, "handling", rec.String())
+	default:
+		kctx, cancel := context.WithTimeout(ctx, killWait)
+		killed, err := proctree.Kill(kctx, rec)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if killed > 0 {
+			r.log.Warn("killed processes of an earlier handling that outlived it, before recovering the message", "file", n.Base, "slice", slice, "killed", killed, "handling", rec.String())
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the record of an earlier handling: %w", err)
+	}
+	return nil
 }
 
 // giveBack returns an in-flight message of this runner to ready, unhandled: its slice moved away,

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/qslice/qslice/runner/proctree"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -348,6 +349,18 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer stopGrace()
 	defer cancelShutdown(errShutdown)
 
+	if _, ok := r.cfg.Handler.(*ExecHandler); ok {
+		// Handlers of an earlier qslice on this host that died (SIGKILL, OOM) may still run;
+		// their messages may be recovered and run again here or elsewhere: kill them first.
+		kctx, cancel := context.WithTimeout(ctx, killWait)
+		n, err := proctree.KillOrphans(kctx)
+		cancel()
+		if err != nil {
+			r.log.Error("could not kill the handler processes of a dead qslice", "err", err)
+		} else if n > 0 {
+			r.log.Warn("killed handler processes left by a qslice that died", "killed", n)
+		}
+	}
 	// A small buffer keeps workers busy while the dispatcher moves on; items are re-checked against
 	// the owned set and the lease when a worker takes them, so a buffer never outlives a narrowing.
 	work := make(chan item, r.cfg.Concurrency)
@@ -636,9 +649,9 @@ func (r *Runner) scan() ([]queue.Name, error) {
 }
 
 // isExpectedOther reports foreign names that are a normal part of a queue directory's life:
-// temporaries of files being written or recovered, and reason files.
+// temporaries of files being written or recovered, and the records of handlers' processes.
 func isExpectedOther(file []byte) bool {
-	return bytes.HasSuffix(file, []byte(".tmp"))
+	return bytes.HasSuffix(file, []byte(".tmp")) || bytes.HasSuffix(file, []byte(queue.SuffixProcs))
 }
 
 // maxSkippedNames bounds the memory spent remembering foreign files already reported.
@@ -743,6 +756,10 @@ func (r *Runner) recoverPending(ctx context.Context) {
 		stillPending := r.pending[s]
 		r.mu.Unlock()
 		if mine || !stillPending {
+			continue
+		}
+		if err := r.killSurvivors(ctx, n, s); err != nil {
+			r.log.Error("processes of an earlier handling of an in-flight file survive; it stays in flight and is not run again yet", "file", filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixInFlight)), "slice", s, "err", err)
 			continue
 		}
 		res, err := r.cfg.Dir.Recover(n, now)

@@ -15,8 +15,8 @@
 //     (Pdeathsig), and the marker in its environment (EnvMarker), which its descendants inherit.
 //  3. Once started, Started adds the group ID and the leader's start time (field 22 of
 //     /proc/<pid>/stat, in clock ticks since boot) to the file.
-//  4. When the handling ends in the starter's lifetime, the starter kills the group before it
-//     reaps the leader (so the group ID cannot be reused meanwhile): see Cmd.Wait.
+//  4. When the handling ends in the starter's lifetime, Wait kills the group before it reaps
+//     the leader (so the group ID cannot be reused meanwhile) and returns once it is gone.
 //  5. Before the message runs again after the starter died (recovery), the new starter reads
 //     the file and calls Kill, which returns only when no survivor is left (or fails: then the
 //     message must not run yet).

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -140,13 +141,26 @@ func killGroup(pgid int) error {
 	return nil
 }
 
-// waitExited blocks until process pid has exited, without reaping it.
-func waitExited(pid int) {
+// waitExited blocks until process pid has exited, without reaping it, and reports whether it
+// exited with status 0.
+func waitExited(pid int) (ok bool) {
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if err != unix.EINTR {
-			return
+		if err == unix.EINTR {
+			continue
 		}
+		if err != nil {
+			return false
+		}
+		// For SIGCHLD the union after si_signo, si_errno, si_code holds si_pid, si_uid,
+		// si_status; it is aligned to a pointer.
+		union := uintptr(4 * 3)
+		if unsafe.Sizeof(uintptr(0)) == 8 {
+			union = 4 * 4
+		}
+		status := *(*int32)(unsafe.Add(unsafe.Pointer(&info), union+8))
+		const cldExited = 1 // CLD_EXITED: si_status is the exit status, not a signal
+		return info.Code == cldExited && status == 0
 	}
 }

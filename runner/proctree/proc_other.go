@@ -40,4 +40,4 @@ func killGroup(pgid int) error {
 	return nil
 }
 
-func waitExited(int) {}
+func waitExited(int) bool { return false }

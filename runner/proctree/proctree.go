@@ -107,12 +107,42 @@ func Start(cmd *exec.Cmd, r *Record) error {
 
 // Wait waits for cmd's leader to exit, then kills whatever is left of its process group while
 // the leader, not yet reaped, still holds the group's number (so it cannot name another group
-// yet), and only then reaps it with cmd.Wait. When Wait returns, no process of the group runs.
-func Wait(cmd *exec.Cmd) error {
-	waitExited(cmd.Process.Pid)
-	_ = killGroup(cmd.Process.Pid)
-	return cmd.Wait()
+// yet), reaps it with cmd.Wait, and waits until no process of the group runs. When the leader
+// failed (a non-zero exit or a signal: the work may run again) and r is not nil, it also kills
+// every process marked as r's (Kill: those that left the group) before reaping, which also
+// closes the pipes they held. exitErr is cmd.Wait's error. survivors is non-nil when some
+// survived SIGKILL for GroupWait (stuck in the kernel, e.g. on a hung NFS server): then the work
+// must not run again yet.
+func Wait(cmd *exec.Cmd, r *Record) (exitErr, survivors error) {
+	pgid := cmd.Process.Pid
+	ok := waitExited(pgid)
+	_ = killGroup(pgid)
+	if !ok && r != nil && r.Local() {
+		ctx, cancel := context.WithTimeout(context.Background(), GroupWait)
+		_, survivors = Kill(ctx, *r)
+		cancel()
+	}
+	exitErr = cmd.Wait()
+	if survivors != nil {
+		return exitErr, survivors
+	}
+	// Killed members may take a moment to die; until they all have, they keep the group's
+	// number from being reused, so polling it stays safe.
+	deadline := time.Now().Add(GroupWait)
+	for !groupGone(pgid) {
+		if time.Now().After(deadline) {
+			return exitErr, fmt.Errorf("process group %d: %w after %s", pgid, ErrSurvivors, GroupWait)
+		}
+		time.Sleep(pollEvery)
+	}
+	return exitErr, nil
 }
+
+// GroupWait bounds how long Wait waits for the killed members of a group to die.
+const GroupWait = 10 * time.Second
+
+// ErrSurvivors says processes survived SIGKILL for longer than qslice waits.
+var ErrSurvivors = errors.New("processes survive SIGKILL")
 
 // File is a Record being written next to the file of what the tree works on.
 type File struct {
@@ -237,7 +267,7 @@ func Kill(ctx context.Context, recs ...Record) (int, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return len(killed), fmt.Errorf("kill survivors %v: still alive: %w", pidsOf(procs), context.Cause(ctx))
+			return len(killed), fmt.Errorf("kill %v: %w: %w", pidsOf(procs), ErrSurvivors, context.Cause(ctx))
 		case <-time.After(pollEvery):
 		}
 	}
@@ -279,7 +309,7 @@ func KillOrphans(ctx context.Context) (int, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return len(killed), fmt.Errorf("kill orphaned handler processes %v: still alive: %w", pidsOf(procs), context.Cause(ctx))
+			return len(killed), fmt.Errorf("kill orphaned handler processes %v: %w: %w", pidsOf(procs), ErrSurvivors, context.Cause(ctx))
 		case <-time.After(pollEvery):
 		}
 	}
@@ -292,6 +322,16 @@ func Survivors(r Record) ([]int, error) {
 	}
 	procs, err := scan(func(p proc) bool { return survivorOf(p, []Record{r}) })
 	return pidsOf(procs), err
+}
+
+// groupGone reports whether no live process is left in group pgid: kill(2) finds none, or all
+// it finds are zombies (they run nothing; an init that does not reap keeps them).
+func groupGone(pgid int) bool {
+	if syscall.Kill(-pgid, 0) != nil {
+		return true
+	}
+	procs, err := scan(func(p proc) bool { return p.st.pgrp == pgid })
+	return err != nil || len(procs) == 0 // without /proc (not Linux) kill(2) is all there is
 }
 
 func survivorOf(p proc, recs []Record) bool {

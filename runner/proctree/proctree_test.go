@@ -50,7 +50,8 @@ func starter(path string) int {
 		fmt.Println("error:", err)
 		return 1
 	}
-	select {}
+	time.Sleep(time.Hour) // (select{} would be a deadlock to the runtime: no other goroutine)
+	return 0
 }
 
 // alive reports whether pid runs (a zombie does not).
@@ -203,13 +204,34 @@ func TestKillRefusesForeignRecord(t *testing.T) {
 	}
 }
 
+// Wait kills what the leader left in its group before reaping it; after a failure also what
+// left the group, through the marker.
+func TestWaitAfterFailureKillsDetached(t *testing.T) {
+	cmd, rec, pids := startTree(t, "setsid sleep 300 & echo $!; sleep 0.1; exit 3", 1)
+	start := time.Now()
+	exitErr, survivors := Wait(cmd, &rec)
+	if exitErr == nil || survivors != nil {
+		t.Fatalf("Wait = %v, %v; want exit status 3, no survivors", exitErr, survivors)
+	}
+	if alive(pids[0]) {
+		t.Fatalf("detached process %d runs after Wait returned", pids[0])
+	}
+	// The detached child held the stdout pipe: killed before the reaping, it does not hold
+	// Wait up for cmd.WaitDelay.
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Wait took %s", d)
+	}
+}
+
 // Wait kills what the leader left in its group before reaping it.
 func TestWaitKillsGroupLeftovers(t *testing.T) {
 	cmd, _, pids := startTree(t, "sleep 300 & echo $!; exit 0", 1)
-	if err := Wait(cmd); err != nil {
-		t.Fatal(err)
+	if exitErr, survivors := Wait(cmd, nil); exitErr != nil || survivors != nil {
+		t.Fatal(exitErr, survivors)
 	}
-	waitGone(t, pids[0])
+	if alive(pids[0]) {
+		t.Fatalf("process %d of the group runs after Wait returned", pids[0])
+	}
 }
 
 // The promise itself: the starter dies by SIGKILL, its tree's grandchild survives it (Pdeathsig

@@ -18,6 +18,11 @@ const (
 	SuffixBad      = ".psv"     // preserved in the bad queue
 )
 
+// SuffixProcs is the suffix of "<base>.procs.json", the record (runner/proctree) of the process
+// tree of an exec handler working on the in-flight "<base>.bak", next to it. Not Mailman's; Mailman
+// ignores it as it ignores every suffix it does not know.
+const SuffixProcs = ".procs.json"
+
 // DigestLen is the number of hex digits of a SHA-1 digest in a queue file name.
 const DigestLen = 40
 
