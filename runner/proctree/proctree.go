@@ -251,9 +251,21 @@ func Kill(ctx context.Context, recs ...Record) (int, error) {
 			return 0, fmt.Errorf("kill %s: %w", r, ErrForeign)
 		}
 	}
-	killed := map[int]bool{}
+	return killAll(ctx, "kill", func(p proc) bool { return survivorOf(p, recs) })
+}
+
+// killAll SIGKILLs every process that match selects and waits until all of them are gone. A
+// process that was killed is followed by its PID and start time until it is a zombie or gone,
+// not found again through match: while it dies its environment already reads as empty.
+func killAll(ctx context.Context, what string, match func(p proc) bool) (int, error) {
+	killed := map[int]uint64{} // pid -> start ticks
 	for {
-		procs, err := scan(func(p proc) bool { return survivorOf(p, recs) })
+		procs, err := scan(func(p proc) bool {
+			if start, ok := killed[p.pid]; ok && start == p.st.start {
+				return true
+			}
+			return match(p)
+		})
 		if err != nil {
 			return len(killed), err
 		}
@@ -262,12 +274,12 @@ func Kill(ctx context.Context, recs ...Record) (int, error) {
 		}
 		for _, p := range procs {
 			if syscall.Kill(p.pid, syscall.SIGKILL) == nil {
-				killed[p.pid] = true
+				killed[p.pid] = p.st.start
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return len(killed), fmt.Errorf("kill %v: %w: %w", pidsOf(procs), ErrSurvivors, context.Cause(ctx))
+			return len(killed), fmt.Errorf("%s %v: %w: %w", what, pidsOf(procs), ErrSurvivors, context.Cause(ctx))
 		case <-time.After(pollEvery):
 		}
 	}
@@ -293,26 +305,7 @@ func KillOrphans(ctx context.Context) (int, error) {
 		}
 		return !a
 	}
-	killed := map[int]bool{}
-	for {
-		procs, err := scan(isOrphan)
-		if err != nil {
-			return len(killed), err
-		}
-		if len(procs) == 0 {
-			return len(killed), nil
-		}
-		for _, p := range procs {
-			if syscall.Kill(p.pid, syscall.SIGKILL) == nil {
-				killed[p.pid] = true
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return len(killed), fmt.Errorf("kill orphaned handler processes %v: %w: %w", pidsOf(procs), ErrSurvivors, context.Cause(ctx))
-		case <-time.After(pollEvery):
-		}
-	}
+	return killAll(ctx, "kill orphaned handler processes", isOrphan)
 }
 
 // Survivors lists the PIDs of r's processes that are still alive.
