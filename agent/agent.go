@@ -212,7 +212,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		}
 		fc.Queues = specs
 		fc.Version = opts.Version
-		c, err := failover.NewConsul(fc, assignee{a}, a, a.log, failover.SystemClock{}) // it names its own component
+		c, err := failover.NewConsul(fc, assignee{a}, a, a.log, nil) // it names its own component
 		if err != nil {
 			return nil, err
 		}

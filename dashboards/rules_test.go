@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/qslice/qslice/failover"
 )
 
 const (
@@ -249,5 +251,39 @@ func TestPromtoolCheckConfigExample(t *testing.T) {
 	out, err := exec.Command(promtool, "check", "config", cfg).CombinedOutput()
 	if err != nil {
 		t.Fatalf("promtool check config %s: %v\n%s", cfg, err, out)
+	}
+}
+
+// TestConsulOperationLabelsAreEmitted: every operation label the rules' tests, the rules and the
+// dashboards name is one the coordinator emits (failover.ConsulOps), so that no test exercises an
+// alert on a series that cannot exist.
+func TestConsulOperationLabelsAreEmitted(t *testing.T) {
+	known := map[string]bool{}
+	for _, op := range failover.ConsulOps() {
+		known[op.String()] = true
+	}
+	files, err := filepath.Glob(ruleTestGlob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, rulesFile)
+	more, _ := filepath.Glob("grafana/*.json")
+	files = append(files, more...)
+	re := regexp.MustCompile(`operation\s*=~?\s*\\?"([^"\\]*)\\?"`)
+	seen := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range re.FindAllSubmatch(b, -1) {
+			seen++
+			if !known[string(m[1])] {
+				t.Errorf("%s: operation=%q is not a failover.ConsulOp (known: %v)", f, m[1], failover.ConsulOps())
+			}
+		}
+	}
+	if seen == 0 {
+		t.Fatal("no operation label found in the rules' tests: the pattern is stale")
 	}
 }

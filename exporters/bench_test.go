@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner"
@@ -43,7 +45,7 @@ func BenchmarkScrape(b *testing.B) {
 		qcfg = append(qcfg, probes.QueueConfig{Name: name, Dir: dir, Slices: slices})
 		names = append(names, name)
 	}
-	p, err := probes.New(probes.Config{Queues: qcfg, Clock: fixedClock{t0}})
+	p, err := probes.New(probes.Config{Queues: qcfg, Clock: clock.NewFake(t0)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -52,7 +54,7 @@ func BenchmarkScrape(b *testing.B) {
 	reg.MustRegister(NewCollector(CollectorOptions{
 		Probe: p, Ownership: owned,
 		Coordinator: coordinator{LeaseValid: true, LeaseRemaining: 10 * time.Second, Owners: owners,
-			ConsulErrors: map[string]uint64{"session_renew": 1}, OwnershipChanges: map[string]uint64{"startup": 640}},
+			ConsulErrors: map[string]uint64{failover.OpSessionInfo.String(): 1}, OwnershipChanges: map[string]uint64{failover.ReasonAcquired: 640}},
 	}))
 	rm, err := NewRunnerMetrics(reg, names)
 	if err != nil {

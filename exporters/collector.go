@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/probes"
 )
 
@@ -31,7 +32,8 @@ type CoordinatorSource interface {
 
 // CoordinatorStatus is what the failover coordinator exposes for metrics. Counters are
 // cumulative since the process started. Keys of ConsulErrors and OwnershipChanges must come from a
-// small fixed set (operations such as "session_renew", "kv_acquire"; reasons such as "failover",
+// small fixed set (operations failover.ConsulOps(), exported as 0 until they fail when the lease is
+// not LeaseForever; reasons such as "failover",
 // "failback", "lease_lost"): beyond MaxEnumLabels distinct keys the rest are summed under "other".
 type CoordinatorStatus struct {
 	// LeaseValid: this node's session is provably valid (last confirmed renewal + TTL - margin
@@ -308,7 +310,15 @@ func (c *Collector) collectCoordinator(ch chan<- prometheus.Metric, slices map[s
 	if !st.LeaseForever {
 		gauge(ch, descLeaseLeft, max(0, st.LeaseRemaining.Seconds()))
 	}
-	for k, v := range capCounts(&c.consulOps, st.ConsulErrors) {
+	consulErrs := capCounts(&c.consulOps, st.ConsulErrors)
+	if !st.LeaseForever { // a node with Consul: every operation exported, 0 until it fails
+		for _, op := range failover.ConsulOps() {
+			if _, ok := consulErrs[op.String()]; !ok {
+				consulErrs[op.String()] = 0
+			}
+		}
+	}
+	for k, v := range consulErrs {
 		ch <- prometheus.MustNewConstMetric(descConsulErrs, prometheus.CounterValue, float64(v), k)
 	}
 	for k, v := range capCounts(&c.changeReasons, st.OwnershipChanges) {

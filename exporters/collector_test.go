@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/probes"
@@ -23,10 +25,6 @@ import (
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-type fixedClock struct{ t time.Time }
-
-func (c fixedClock) Now() time.Time { return c.t }
 
 // t0 is the tests' "now": 2023-11-14T22:13:20Z.
 var t0 = time.Unix(1700000000, 0)
@@ -124,7 +122,7 @@ func fixture(t *testing.T) *probes.Probe {
 		},
 		LockDirs: []probes.LockDirConfig{{Name: "mailman", Dir: locks,
 			Inspect: lockfile.InspectOptions{LocalHosts: []string{host}}}},
-		Clock: fixedClock{t0},
+		Clock: clock.NewFake(t0),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -140,8 +138,8 @@ func fixtureCollector(p *probes.Probe) *Collector {
 		Coordinator: coordinator{
 			LeaseValid:       true,
 			LeaseRemaining:   12500 * time.Millisecond,
-			ConsulErrors:     map[string]uint64{"session_renew": 3, "kv_acquire": 1},
-			OwnershipChanges: map[string]uint64{"startup": 3, "failover": 2},
+			ConsulErrors:     map[string]uint64{failover.OpSessionInfo.String(): 3, failover.OpAcquire.String(): 1},
+			OwnershipChanges: map[string]uint64{failover.ReasonAcquired: 3, failover.ReasonFailover: 2},
 			Owners: []SliceOwner{
 				{"in", 0, "node-a"}, {"in", 1, "node-b"}, {"in", 2, "node-a"}, {"in", 3, "node-b"},
 				{"in", 3, "node-c"},   // a second report for one slice: ignored
@@ -225,7 +223,7 @@ func TestCollectorInFlightAge(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "1699999000.0+"+queuetest.DigestIn(1, 2, 0)+".bak", 1)
 	now := testenv.FileCtime(t, filepath.Join(dir, "1699999000.0+"+queuetest.DigestIn(1, 2, 0)+".bak")).Add(90 * time.Second)
-	p, err := probes.New(probes.Config{Queues: []probes.QueueConfig{{Name: "q", Dir: dir, Slices: 2}}, Clock: fixedClock{now}})
+	p, err := probes.New(probes.Config{Queues: []probes.QueueConfig{{Name: "q", Dir: dir, Slices: 2}}, Clock: clock.NewFake(now)})
 	if err != nil {
 		t.Fatal(err)
 	}

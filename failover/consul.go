@@ -22,6 +22,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-cleanhttp"
+	"github.com/qslice/qslice/internal/clock"
+	"github.com/qslice/qslice/internal/retry"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
@@ -48,7 +50,7 @@ type ConsulCoordinator struct {
 	a         Assignee
 	health    HealthSource
 	log       *slog.Logger
-	clock     Clock
+	clk       clock.Clock
 
 	prefix       string // qslice/<cluster>/
 	serviceID    string
@@ -78,7 +80,7 @@ type ConsulCoordinator struct {
 	status     Status
 	changes    map[string]uint64
 	errCount   map[string]uint64
-	failing    map[string]error   // op -> explained error, while failing
+	failing    map[ConsulOp]error // op -> explained error, while failing
 	outage     *outage            // nil unless a request failed and Consul has not been fine since
 	tokens     map[SliceID]uint64 // fencing token of each owned slice; see FencingToken
 	tracer     trace.Tracer       // see SetTracer
@@ -89,8 +91,8 @@ type ConsulCoordinator struct {
 var _ Coordinator = (*ConsulCoordinator)(nil)
 
 // NewConsul validates cfg (after defaults) and builds a coordinator; nothing talks to Consul
-// before Run. health may be nil (always healthy), logger nil (discard), clock nil (SystemClock).
-func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.Logger, clock Clock) (*ConsulCoordinator, error) {
+// before Run. health may be nil (always healthy), logger nil (discard), clk nil (the system clock).
+func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.Logger, clk clock.Clock) (*ConsulCoordinator, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("consul config: %w", err)
@@ -104,8 +106,8 @@ func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.L
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if clock == nil {
-		clock = SystemClock{}
+	if clk == nil {
+		clk = clock.System{}
 	}
 	acfg := api.DefaultConfig()
 	if cfg.Address != "" {
@@ -148,7 +150,7 @@ func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.L
 		return nil, fmt.Errorf("consul client for %s: %w", acfg.Address, err)
 	}
 	c := &ConsulCoordinator{
-		cfg: cfg, client: client, transport: transport, addr: acfg.Address, a: a, health: health, log: logger.With("component", "failover", "node", cfg.NodeID), clock: clock,
+		cfg: cfg, client: client, transport: transport, addr: acfg.Address, a: a, health: health, log: logger.With("component", "failover", "node", cfg.NodeID), clk: clk,
 		prefix:       "qslice/" + cfg.Cluster + "/",
 		serviceID:    "qslice-" + cfg.Cluster + "-" + cfg.NodeID,
 		queueCheckID: map[string]string{},
@@ -160,7 +162,7 @@ func NewConsul(cfg ConsulConfig, a Assignee, health HealthSource, logger *slog.L
 		done:         make(chan struct{}),
 		changes:      map[string]uint64{},
 		errCount:     map[string]uint64{},
-		failing:      map[string]error{},
+		failing:      map[ConsulOp]error{},
 		tracer:       noop.NewTracerProvider().Tracer(tracerName),
 		watchGen:     make(chan struct{}),
 		processing:   map[string][]int{},
@@ -199,7 +201,7 @@ func (c *ConsulCoordinator) Status() Status {
 	s.OwnershipChanges = cloneCounts(c.changes)
 	s.ConsulErrors = cloneCounts(c.errCount)
 	s.ConsulError = c.lastErr
-	now := c.clock.Now()
+	now := c.clk.Now()
 	s.LeaseValid = now.Before(c.lease.deadline)
 	if s.LeaseValid {
 		s.LeaseRemaining = c.lease.deadline.Sub(now)
@@ -364,22 +366,22 @@ func (c *ConsulCoordinator) resetConnections() {
 // blockingLoop runs fetch as a Consul blocking query forever, following the blocking-query
 // rules: the index goes back to 0 when it moves backwards, is never left at 0, and the loop is
 // rate-limited to one request per WatchMinInterval; errors back off exponentially with jitter.
-func (c *ConsulCoordinator) blockingLoop(ctx context.Context, op string, fetch func(ctx context.Context, q *api.QueryOptions) (uint64, error), publish func(reset bool)) {
+func (c *ConsulCoordinator) blockingLoop(ctx context.Context, op ConsulOp, fetch func(ctx context.Context, q *api.QueryOptions) (uint64, error), publish func(reset bool)) {
 	var index uint64
 	// Backoff tops out at one TTL: after an outage the watches are back within a TTL of the keeper.
 	b := c.newBackoff(c.cfg.WatchMinInterval, c.cfg.TTL)
 	var last time.Time
 	for ctx.Err() == nil {
 		if !last.IsZero() {
-			if d := c.cfg.WatchMinInterval - c.clock.Now().Sub(last); d > 0 {
+			if d := c.cfg.WatchMinInterval - c.clk.Now().Sub(last); d > 0 {
 				select {
 				case <-ctx.Done():
 					return
-				case <-c.clock.After(d):
+				case <-clock.After(c.clk, d):
 				}
 			}
 		}
-		last = c.clock.Now()
+		last = c.clk.Now()
 		var newIndex uint64
 		gctx, stop := c.watchContext(ctx)
 		err := c.call(gctx, op, func(ctx context.Context) error {
@@ -399,7 +401,7 @@ func (c *ConsulCoordinator) blockingLoop(ctx context.Context, op string, fetch f
 			select {
 			case <-ctx.Done():
 				return
-			case <-c.clock.After(b.NextBackOff()):
+			case <-clock.After(c.clk, b.NextBackOff()):
 			}
 			continue
 		}
@@ -420,7 +422,7 @@ func (c *ConsulCoordinator) blockingLoop(ctx context.Context, op string, fetch f
 
 func (c *ConsulCoordinator) watchKV(ctx context.Context) {
 	var snap *kvSnapshot
-	c.blockingLoop(ctx, "kv_watch", func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+	c.blockingLoop(ctx, OpKVWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
 		pairs, meta, err := c.client.KV().List(c.prefix, q)
 		if err != nil {
 			return 0, err
@@ -443,7 +445,7 @@ func (c *ConsulCoordinator) watchKV(ctx context.Context) {
 
 func (c *ConsulCoordinator) watchMembers(ctx context.Context) {
 	var ms []memberEntry
-	c.blockingLoop(ctx, "member_watch", func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+	c.blockingLoop(ctx, OpMemberWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
 		entries, meta, err := c.client.Health().Service(ServiceName, "", false, q)
 		if err != nil {
 			return 0, err
@@ -628,7 +630,7 @@ func (c *ConsulCoordinator) Run(ctx context.Context) error {
 		"lock_delay", c.cfg.LockDelay, "hold_down", c.cfg.HoldDown, "lease_margin", c.cfg.LeaseMargin)
 	ctxDone := ctx.Done()
 	for {
-		now := c.clock.Now()
+		now := c.clk.Now()
 		if st.stopping && ((len(st.owned) == 0 && len(st.releasing) == 0) || !now.Before(st.stopBy)) {
 			break
 		}
@@ -654,7 +656,7 @@ func (c *ConsulCoordinator) Run(ctx context.Context) error {
 			}
 		case req := <-c.ctl:
 			c.handleCtl(st, req)
-		case <-c.clock.After(next):
+		case <-clock.After(c.clk, next):
 		}
 		c.step(inner, st, &wg)
 	}
@@ -699,7 +701,7 @@ func (c *ConsulCoordinator) handleCtl(st *loopState, req ctlReq) {
 // step brings the world one move closer to the plan. It never blocks on the assignee; it makes
 // Consul calls bounded by RequestTimeout each.
 func (c *ConsulCoordinator) step(ctx context.Context, st *loopState, wg *sync.WaitGroup) {
-	now := c.clock.Now()
+	now := c.clk.Now()
 	c.mu.Lock()
 	lease := c.lease
 	if c.kvSnap != nil {
@@ -843,7 +845,7 @@ func (c *ConsulCoordinator) reconcileKV(ctx context.Context, st *loopState, now 
 		case e.session != "" && e.session != st.session && e.value.Node == c.cfg.NodeID && !st.destroyed[e.session]:
 			st.destroyed[e.session] = true
 			c.log.Warn("destroying a session left by a previous run of this node", "session", e.session, "slice", s.String())
-			_ = c.call(ctx, "session_destroy", func(ctx context.Context) error {
+			_ = c.call(ctx, OpSessionDestroy, func(ctx context.Context) error {
 				_, err := c.client.Session().Destroy(e.session, (&api.WriteOptions{}).WithContext(ctx))
 				return err
 			})
@@ -862,7 +864,7 @@ func (c *ConsulCoordinator) known(s SliceID) bool {
 
 func (c *ConsulCoordinator) lost(st *loopState, s SliceID, to, why string) {
 	delete(st.owned, s)
-	c.traceLost(s, c.clock.Now(), why)
+	c.traceLost(s, c.clk.Now(), why)
 	c.log.Warn("slice lock lost", "slice", s.String(), "why", why)
 	c.changed(s, c.cfg.NodeID, to, ReasonLeaseLost)
 }
@@ -978,7 +980,7 @@ func (c *ConsulCoordinator) releaseDrained(ctx context.Context, st *loopState, n
 		body, _ := json.Marshal(v)
 		var idx uint64
 		var gone bool
-		err := c.call(ctx, "release", func(ctx context.Context) error {
+		err := c.call(ctx, OpRelease, func(ctx context.Context) error {
 			ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
 				{Verb: api.KVUnlock, Key: c.sliceKey(s), Value: body, Session: h.session},
 				{Verb: api.KVGet, Key: c.sliceKey(s)},
@@ -1003,12 +1005,12 @@ func (c *ConsulCoordinator) releaseDrained(ctx context.Context, st *loopState, n
 		}
 		delete(st.owned, s)
 		if gone {
-			c.traceHandoff(s, h, c.clock.Now(), "lease_lost")
+			c.traceHandoff(s, h, c.clk.Now(), "lease_lost")
 			c.changed(s, c.cfg.NodeID, "", ReasonLeaseLost)
 			continue
 		}
 		st.releasedAt[s] = idx
-		c.traceHandoff(s, h, c.clock.Now(), "released")
+		c.traceHandoff(s, h, c.clk.Now(), "released")
 		c.changed(s, c.cfg.NodeID, h.handoff.To, h.handoff.Reason)
 	}
 }
@@ -1025,9 +1027,9 @@ func liveAvoid(av []Avoid, now time.Time) []Avoid {
 
 // acquire tries the planned acquisitions, for at most one RenewInterval.
 func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time.Time) {
-	start := c.clock.Now()
+	start := c.clk.Now()
 	for _, m := range st.plan.Acquire {
-		if c.clock.Now().Sub(start) > c.cfg.RenewInterval {
+		if c.clk.Now().Sub(start) > c.cfg.RenewInterval {
 			return
 		}
 		if st.owned[m.Slice] != nil || st.releasing[m.Slice] != nil || now.Before(st.retryAt[m.Slice]) {
@@ -1049,8 +1051,8 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 		body, _ := json.Marshal(v)
 		var got *api.KVPair
 		var stale bool
-		callStart := c.clock.Now()
-		err := c.call(ctx, "acquire", func(ctx context.Context) error {
+		callStart := c.clk.Now()
+		err := c.call(ctx, OpAcquire, func(ctx context.Context) error {
 			ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
 				check,
 				{Verb: api.KVLock, Key: key, Value: body, Session: st.session},
@@ -1075,7 +1077,7 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 			return nil
 		})
 		if err != nil {
-			st.notBefore = c.clock.Now().Add(st.acqBackoff.NextBackOff())
+			st.notBefore = c.clk.Now().Add(st.acqBackoff.NextBackOff())
 			return
 		}
 		st.acqBackoff.Reset()
@@ -1090,7 +1092,7 @@ func (c *ConsulCoordinator) acquire(ctx context.Context, st *loopState, now time
 		delete(st.retryAt, m.Slice)
 		delete(st.staleAt, m.Slice)
 		st.owned[m.Slice] = &held{session: st.session, token: got.ModifyIndex, lockIndex: got.LockIndex, since: now, value: v}
-		c.traceAcquire(m, callStart, c.clock.Now(), got.ModifyIndex)
+		c.traceAcquire(m, callStart, c.clk.Now(), got.ModifyIndex)
 		c.changed(m.Slice, m.From, c.cfg.NodeID, m.Reason)
 	}
 }
@@ -1219,12 +1221,12 @@ func (c *ConsulCoordinator) finish(st *loopState) error {
 	session := c.lease.session
 	c.mu.Unlock()
 	ctx := context.Background()
-	try := func(op string, f func(ctx context.Context) error) {
+	try := func(op ConsulOp, f func(ctx context.Context) error) {
 		b := c.newBackoff(c.cfg.RequestTimeout/2, c.cfg.RequestTimeout)
 		var err error
 		for i := 0; i < shutdownCallAttempts; i++ {
 			if i > 0 {
-				<-c.clock.After(b.NextBackOff())
+				<-clock.After(c.clk, b.NextBackOff())
 			}
 			if err = c.call(ctx, op, f); err == nil {
 				return
@@ -1233,13 +1235,13 @@ func (c *ConsulCoordinator) finish(st *loopState) error {
 		errs = append(errs, err)
 	}
 	if session != "" {
-		try("session_destroy", func(ctx context.Context) error {
+		try(OpSessionDestroy, func(ctx context.Context) error {
 			_, err := c.client.Session().Destroy(session, (&api.WriteOptions{}).WithContext(ctx))
 			return err
 		})
 	}
 	if c.registered.Load() {
-		try("deregister", func(ctx context.Context) error {
+		try(OpDeregister, func(ctx context.Context) error {
 			return c.client.Agent().ServiceDeregisterOpts(c.serviceID, (&api.QueryOptions{}).WithContext(ctx))
 		})
 	}
@@ -1258,20 +1260,14 @@ func (c *ConsulCoordinator) finish(st *loopState) error {
 // ---- calls and errors ----
 
 func (c *ConsulCoordinator) newBackoff(initial, maxInterval time.Duration) backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = max(initial, time.Millisecond)
-	b.MaxInterval = max(maxInterval, b.InitialInterval)
-	b.RandomizationFactor = 0.5
-	b.Multiplier = 2
-	b.MaxElapsedTime = 0 // retry forever; the owner's context stops it
-	b.Reset()
-	return b
+	// Retry forever; the owner's context stops it.
+	return retry.New(retry.Policy{Initial: max(initial, time.Millisecond), Max: maxInterval, Jitter: 0.5}, c.clk)
 }
 
 // requestTimeout is how long op may take: RequestTimeout, or for a blocking query its wait
 // plus Consul's jitter (wait/16) plus RequestTimeout.
-func (c *ConsulCoordinator) requestTimeout(op string) time.Duration {
-	if op == "kv_watch" || op == "member_watch" {
+func (c *ConsulCoordinator) requestTimeout(op ConsulOp) time.Duration {
+	if op.Blocking() {
 		return watchWait + watchWait/16 + c.cfg.RequestTimeout
 	}
 	return c.cfg.RequestTimeout
@@ -1279,7 +1275,7 @@ func (c *ConsulCoordinator) requestTimeout(op string) time.Duration {
 
 // call runs one Consul request with RequestTimeout (blocking queries set their own), counts and
 // explains failures, and logs each change of Consul's state once.
-func (c *ConsulCoordinator) call(ctx context.Context, op string, f func(ctx context.Context) error) error {
+func (c *ConsulCoordinator) call(ctx context.Context, op ConsulOp, f func(ctx context.Context) error) error {
 	rctx, cancel := context.WithTimeout(ctx, c.requestTimeout(op))
 	err := f(rctx)
 	cancel()
@@ -1308,7 +1304,7 @@ type outage struct {
 // noteOK clears op's failure and every "Consul unavailable" failure: Consul answered. Failures
 // such as a denied permission stay until their own operation succeeds. "consul answers again"
 // is logged once per outage, after nothing failed for one TTL.
-func (c *ConsulCoordinator) noteOK(op string) {
+func (c *ConsulCoordinator) noteOK(op ConsulOp) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.outage == nil {
@@ -1324,7 +1320,7 @@ func (c *ConsulCoordinator) noteOK(op string) {
 		return
 	}
 	c.lastErr = ""
-	now := c.clock.Now()
+	now := c.clk.Now()
 	if c.outage.clearSince.IsZero() {
 		c.outage.clearSince = now
 	}
@@ -1337,18 +1333,18 @@ func (c *ConsulCoordinator) noteOK(op string) {
 
 // noteErr counts a failure, keeps it as the current state, and logs it when its problem is new
 // in this outage.
-func (c *ConsulCoordinator) noteErr(op string, err error) {
+func (c *ConsulCoordinator) noteErr(op ConsulOp, err error) {
 	problem := err.Error()
 	if ce := (*ConsulError)(nil); errors.As(err, &ce) {
 		problem = ce.Problem
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.errCount[op]++
+	c.errCount[op.String()]++
 	c.failing[op] = err
 	c.lastErr = err.Error()
 	if c.outage == nil {
-		c.outage = &outage{start: c.clock.Now(), problems: map[string]bool{}}
+		c.outage = &outage{start: c.clk.Now(), problems: map[string]bool{}}
 	}
 	c.outage.clearSince = time.Time{}
 	if !c.outage.problems[problem] {
@@ -1388,18 +1384,8 @@ func (e *ConsulError) Unwrap() []error {
 	return []error{e.Kind, e.Err}
 }
 
-var opNames = map[string]string{
-	"register": "register service", "check_ttl": "update TTL check", "session_create": "create session",
-	"session_info": "confirm session", "session_destroy": "destroy session", "session_cleanup": "list stale sessions", "kv_watch": "watch slice locks",
-	"member_watch": "watch members", "acquire": "acquire slice lock", "release": "release slice lock",
-	"deregister": "deregister service",
-}
-
-func (c *ConsulCoordinator) explain(op string, err error) error {
-	e := &ConsulError{Op: opNames[op], Addr: c.addr, Err: err}
-	if e.Op == "" {
-		e.Op = op
-	}
+func (c *ConsulCoordinator) explain(op ConsulOp, err error) error {
+	e := &ConsulError{Op: op.Description(), Addr: c.addr, Err: err}
 	var se api.StatusError
 	var ne net.Error
 	msg := err.Error()

@@ -132,18 +132,6 @@ type SliceStatus struct {
 	State string // Slice* constants
 }
 
-// Clock is the time source. Tests inject a fake; production uses SystemClock.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-// SystemClock is the real clock; its times carry a monotonic reading.
-type SystemClock struct{}
-
-func (SystemClock) Now() time.Time                         { return time.Now() }
-func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
 // Errors callers can test with errors.Is.
 var (
 	// ErrPermissionDenied: Consul refused the ACL token.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/qslice/qslice/internal/clock"
 )
 
 // leaseDeadline is D = min(tTTL + TTL, tConfirm + LockDelay) - margin (see the timing constants
@@ -58,7 +59,7 @@ type keeper struct {
 func (k *keeper) run(ctx context.Context) {
 	c := k.c
 	k.criticalFrom = map[SliceID]time.Time{}
-	k.liveSince = c.clock.Now()
+	k.liveSince = c.clk.Now()
 	b := c.newBackoff(c.cfg.RenewInterval/4, 2*c.cfg.RenewInterval)
 	for {
 		wait := c.cfg.RenewInterval
@@ -67,7 +68,7 @@ func (k *keeper) run(ctx context.Context) {
 		} else {
 			b.Reset()
 		}
-		next := c.clock.After(wait)
+		next := clock.After(c.clk, wait)
 	idle:
 		for {
 			select {
@@ -77,7 +78,7 @@ func (k *keeper) run(ctx context.Context) {
 				break idle
 			case <-c.metaDirty:
 				// Owned slices changed: show it in the Meta soon, at most every RenewInterval/4.
-				if !k.unhealthy && k.registered && !c.clock.Now().Before(k.lastReg.Add(c.cfg.RenewInterval/4)) {
+				if !k.unhealthy && k.registered && !c.clk.Now().Before(k.lastReg.Add(c.cfg.RenewInterval/4)) {
 					meta := maps.Clone(c.wantMeta())
 					meta["live_since"] = strconv.FormatInt(k.liveSince.UnixMilli(), 10)
 					if !maps.Equal(meta, k.regMeta) {
@@ -107,9 +108,9 @@ func (k *keeper) round(ctx context.Context) error {
 	// Confirm the session first: if it is gone, live_since restarts and must reach the Meta
 	// before the check passes again, or peers would see this node settled for a moment.
 	if k.session != "" {
-		sent := c.clock.Now()
+		sent := c.clk.Now()
 		var se *api.SessionEntry
-		err := c.call(ctx, "session_info", func(ctx context.Context) error {
+		err := c.call(ctx, OpSessionInfo, func(ctx context.Context) error {
 			var err error
 			// RequireConsistent: a leader that has confirmed its leadership answers, so "found"
 			// proves the session existed after sent (the lease argument relies on it).
@@ -119,7 +120,7 @@ func (k *keeper) round(ctx context.Context) error {
 		switch {
 		case err != nil:
 			errs = append(errs, err)
-			if !c.clock.Now().Before(c.ValidUntil()) {
+			if !c.clk.Now().Before(c.ValidUntil()) {
 				// The lease lapsed: this node is not settled, whatever becomes of its session.
 				// Passing the check with the old live_since would let peers hand slices back at
 				// once when Consul answers again, before this node learns its session is gone.
@@ -136,7 +137,7 @@ func (k *keeper) round(ctx context.Context) error {
 	}
 
 	if k.freshSince && healthErr == nil {
-		k.liveSince, k.freshSince = c.clock.Now(), false // live again from the pass below
+		k.liveSince, k.freshSince = c.clk.Now(), false // live again from the pass below
 	}
 	meta := maps.Clone(c.wantMeta())
 	meta["live_since"] = strconv.FormatInt(k.liveSince.UnixMilli(), 10)
@@ -150,8 +151,8 @@ func (k *keeper) round(ctx context.Context) error {
 	}
 
 	if healthErr == nil {
-		sent := c.clock.Now()
-		if err := c.call(ctx, "check_ttl", func(ctx context.Context) error {
+		sent := c.clk.Now()
+		if err := c.call(ctx, OpCheckTTL, func(ctx context.Context) error {
 			return c.client.Agent().UpdateTTLOpts(c.aliveCheckID, "ok", api.HealthPassing, (&api.QueryOptions{}).WithContext(ctx))
 		}); err != nil {
 			if unknownCheck(err) {
@@ -165,9 +166,9 @@ func (k *keeper) round(ctx context.Context) error {
 	}
 
 	if k.session == "" && healthErr == nil { // Consul refuses a session bound to a critical check
-		sent := c.clock.Now()
+		sent := c.clk.Now()
 		var id string
-		err := c.call(ctx, "session_create", func(ctx context.Context) error {
+		err := c.call(ctx, OpSessionCreate, func(ctx context.Context) error {
 			var err error
 			id, _, err = c.client.Session().Create(&api.SessionEntry{
 				Name:          c.sessionName,
@@ -196,7 +197,7 @@ func (k *keeper) round(ctx context.Context) error {
 func (k *keeper) destroyStaleSessions(ctx context.Context, current string) {
 	c := k.c
 	var all []*api.SessionEntry
-	err := c.call(ctx, "session_cleanup", func(ctx context.Context) error {
+	err := c.call(ctx, OpSessionCleanup, func(ctx context.Context) error {
 		se, _, err := c.client.Session().Info(current, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil || se == nil {
 			return err
@@ -212,7 +213,7 @@ func (k *keeper) destroyStaleSessions(ctx context.Context, current string) {
 			continue
 		}
 		c.log.Warn("destroying a session left by a previous run of this node", "session", se.ID)
-		_ = c.call(ctx, "session_destroy", func(ctx context.Context) error {
+		_ = c.call(ctx, OpSessionDestroy, func(ctx context.Context) error {
 			_, err := c.client.Session().Destroy(se.ID, (&api.WriteOptions{}).WithContext(ctx))
 			return err
 		})
@@ -265,7 +266,7 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 		Meta:   meta,
 		Checks: checks,
 	}
-	err := c.call(ctx, "register", func(ctx context.Context) error {
+	err := c.call(ctx, OpRegister, func(ctx context.Context) error {
 		// Not ReplaceExistingChecks: it would also remove Consul's own maintenance check.
 		return c.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx))
 	})
@@ -276,7 +277,7 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 		c.log.Info("service registered", "service_id", c.serviceID, "check", c.aliveCheckID)
 		k.removeStaleQueueChecks(ctx)
 	}
-	k.registered, k.regMeta, k.lastReg = true, meta, c.clock.Now()
+	k.registered, k.regMeta, k.lastReg = true, meta, c.clk.Now()
 	c.registered.Store(true)
 	return nil
 }
@@ -286,7 +287,7 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 func (k *keeper) removeStaleQueueChecks(ctx context.Context) {
 	c := k.c
 	var checks map[string]*api.AgentCheck
-	if err := c.call(ctx, "register", func(ctx context.Context) error {
+	if err := c.call(ctx, OpRegister, func(ctx context.Context) error {
 		var err error
 		checks, err = c.client.Agent().ChecksWithFilterOpts(fmt.Sprintf("ServiceID == %q", c.serviceID), (&api.QueryOptions{}).WithContext(ctx))
 		return err
@@ -300,7 +301,7 @@ func (k *keeper) removeStaleQueueChecks(ctx context.Context) {
 	for id := range checks {
 		if strings.HasPrefix(id, c.serviceID+":queue:") && !want[id] {
 			c.log.Info("removing the check of a queue no longer configured", "check", id)
-			_ = c.call(ctx, "register", func(ctx context.Context) error {
+			_ = c.call(ctx, OpRegister, func(ctx context.Context) error {
 				return c.client.Agent().CheckDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx))
 			})
 		}
@@ -311,7 +312,7 @@ func (k *keeper) removeStaleQueueChecks(ctx context.Context) {
 // tracks since when each slice has been critical.
 func (k *keeper) passQueueChecks(ctx context.Context) []error {
 	c := k.c
-	now := c.clock.Now()
+	now := c.clk.Now()
 	processing := c.processingSlices()
 	seen := map[SliceID]bool{}
 	var errs []error
@@ -341,7 +342,7 @@ func (k *keeper) passQueueChecks(ctx context.Context) []error {
 		if len(bad) > 0 {
 			out += "\n" + strings.Join(bad, "\n")
 		}
-		if err := c.call(ctx, "check_ttl", func(ctx context.Context) error {
+		if err := c.call(ctx, OpCheckTTL, func(ctx context.Context) error {
 			return c.client.Agent().UpdateTTLOpts(c.queueCheckID[q.Name], out, worst, (&api.QueryOptions{}).WithContext(ctx))
 		}); err != nil {
 			errs = append(errs, err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/qslice/qslice/internal/clock"
 )
 
 func TestLeaseDeadline(t *testing.T) {
@@ -151,11 +152,11 @@ func TestExplainErrors(t *testing.T) {
 		{fmt.Errorf("get: %w", context.DeadlineExceeded), "timed out", ErrConsulUnavailable},
 		{errors.New("tls: failed to verify certificate: x509: certificate signed by unknown authority"), "TLS failure: check consul.tls", ErrConsulUnavailable},
 	}
-	if got := c.explain("kv_watch", context.DeadlineExceeded).Error(); !strings.Contains(got, "no answer within 5m21.75s") {
+	if got := c.explain(OpKVWatch, context.DeadlineExceeded).Error(); !strings.Contains(got, "no answer within 5m21.75s") {
 		t.Errorf("a blocking query's timeout quotes the wrong limit: %q", got)
 	}
 	for _, tc := range cases {
-		got := c.explain("register", tc.err)
+		got := c.explain(OpRegister, tc.err)
 		if !strings.Contains(got.Error(), tc.want) {
 			t.Errorf("explain(%v) = %q, want it to contain %q", tc.err, got, tc.want)
 		}
@@ -187,12 +188,6 @@ func TestNewConsulAddressAndTLS(t *testing.T) {
 	}
 }
 
-// stepClock is a Clock whose time moves only when the test says so.
-type stepClock struct{ now time.Time }
-
-func (c *stepClock) Now() time.Time                       { return c.now }
-func (c *stepClock) After(time.Duration) <-chan time.Time { return make(chan time.Time) }
-
 // TestConsulStateLogging replays what a Consul restart looks like from one node (taken from a
 // real run): requests fail as unreachable, then time out during the leader election, a request
 // sent during the election fails after others succeeded, the agent is slow while it syncs. The
@@ -200,7 +195,7 @@ func (c *stepClock) After(time.Duration) <-chan time.Time { return make(chan tim
 // once Consul has been fine for a TTL.
 func TestConsulStateLogging(t *testing.T) {
 	logs := &syncBuffer{}
-	clk := &stepClock{now: time.Unix(1_800_000_000, 0)}
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
 	c, err := NewConsul(ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:8500", TTL: 2 * time.Second},
 		newFakeAssignee("n", newLedger()), nil, slog.New(slog.NewTextHandler(logs, nil)), clk)
 	if err != nil {
@@ -211,7 +206,7 @@ func TestConsulStateLogging(t *testing.T) {
 	ok := func(context.Context) error { return nil }
 	fail := func(e error) func(context.Context) error { return func(context.Context) error { return e } }
 	ctx := context.Background()
-	step := func(d time.Duration) { clk.now = clk.now.Add(d) }
+	step := clk.Advance
 	lines := func(msg string, want int) {
 		t.Helper()
 		if n := logs.count(msg); n != want {
@@ -219,55 +214,55 @@ func TestConsulStateLogging(t *testing.T) {
 		}
 	}
 
-	_ = c.call(ctx, "kv_watch", fail(refused))
-	_ = c.call(ctx, "session_info", fail(refused))
+	_ = c.call(ctx, OpKVWatch, fail(refused))
+	_ = c.call(ctx, OpSessionInfo, fail(refused))
 	lines("consul request failing", 1)
 	if e := c.Status().ConsulError; !strings.Contains(e, "unreachable") {
 		t.Fatalf("Status.ConsulError = %q", e)
 	}
 	step(time.Second)
-	_ = c.call(ctx, "session_info", fail(timeout))
+	_ = c.call(ctx, OpSessionInfo, fail(timeout))
 	lines("consul request failing", 2) // a new problem
 	step(time.Second)
-	_ = c.call(ctx, "kv_watch", ok) // the servers answer...
+	_ = c.call(ctx, OpKVWatch, ok) // the servers answer...
 	if e := c.Status().ConsulError; e != "" {
 		t.Fatalf("Status.ConsulError = %q while Consul answers", e)
 	}
 	step(200 * time.Millisecond)
-	_ = c.call(ctx, "check_ttl", fail(timeout)) // ...and a slow request still times out
-	_ = c.call(ctx, "session_info", fail(timeout))
+	_ = c.call(ctx, OpCheckTTL, fail(timeout)) // ...and a slow request still times out
+	_ = c.call(ctx, OpSessionInfo, fail(timeout))
 	lines("consul request failing", 2)
 	if e := c.Status().ConsulError; !strings.Contains(e, "timed out") {
 		t.Fatalf("Status.ConsulError = %q, want the current failure", e)
 	}
 	step(100 * time.Millisecond)
-	_ = c.call(ctx, "check_ttl", ok)
+	_ = c.call(ctx, OpCheckTTL, ok)
 	step(time.Second)
-	_ = c.call(ctx, "session_info", ok)
+	_ = c.call(ctx, OpSessionInfo, ok)
 	lines("consul answers again", 0) // fine for 1s < TTL
 	step(time.Second)
-	_ = c.call(ctx, "check_ttl", ok)
+	_ = c.call(ctx, OpCheckTTL, ok)
 	lines("consul answers again", 1)
 	if !strings.Contains(logs.String(), "outage=2.3s") {
 		t.Errorf("the recovery line does not say how long the outage lasted:\n%s", logs)
 	}
-	_ = c.call(ctx, "check_ttl", ok)
+	_ = c.call(ctx, OpCheckTTL, ok)
 	lines("consul answers again", 1)
 
 	// A new outage logs its problem again.
-	_ = c.call(ctx, "session_info", fail(timeout))
+	_ = c.call(ctx, OpSessionInfo, fail(timeout))
 	lines("consul request failing", 3)
 
 	// A denied permission is not cleared by another op's answer.
-	_ = c.call(ctx, "acquire", fail(api.StatusError{Code: 403, Body: "Permission denied"}))
+	_ = c.call(ctx, OpAcquire, fail(api.StatusError{Code: 403, Body: "Permission denied"}))
 	step(5 * time.Second)
-	_ = c.call(ctx, "session_info", ok)
-	_ = c.call(ctx, "session_info", ok)
+	_ = c.call(ctx, OpSessionInfo, ok)
+	_ = c.call(ctx, OpSessionInfo, ok)
 	if e := c.Status().ConsulError; !strings.Contains(e, "permission denied") {
 		t.Fatalf("Status.ConsulError = %q, want the denied permission to stay", e)
 	}
 	lines("consul answers again", 1)
-	if n := c.Status().ConsulErrors["session_info"]; n != 4 {
+	if n := c.Status().ConsulErrors[OpSessionInfo.String()]; n != 4 {
 		t.Errorf("session_info failures counted = %d, want 4", n)
 	}
 }

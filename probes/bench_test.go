@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qslice/qslice/internal/clock"
 )
 
 // Benchmarks of the queue probe against a bare directory listing of the same directory.
@@ -165,7 +167,7 @@ func BenchmarkScanQueue(b *testing.B) {
 				}
 				listing += time.Since(t)
 				b.StartTimer()
-				q := ScanQueue(context.Background(), cfg, SystemClock{})
+				q := ScanQueue(context.Background(), cfg, clock.System{})
 				if q.Err != nil || q.Ready+q.InFlight != n {
 					b.Fatalf("scan: err %v, %d ready + %d in flight, want %d", q.Err, q.Ready, q.InFlight, n)
 				}

@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"fmt"
+	"github.com/qslice/qslice/internal/clock"
 	"os"
 	"time"
 
@@ -76,11 +77,11 @@ func (l *LockDirSnapshot) carry(prev *LockDirSnapshot) {
 //
 // lockfile.ScanDir cannot be interrupted: ctx is checked before it starts, and a scan that
 // finishes after ctx ended keeps its (complete) data and records ErrBudget among its Errors.
-func ScanLockDir(ctx context.Context, cfg LockDirConfig, clock Clock) (snap *LockDirSnapshot) {
-	if clock == nil {
-		clock = SystemClock{}
+func ScanLockDir(ctx context.Context, cfg LockDirConfig, clk clock.Clock) (snap *LockDirSnapshot) {
+	if clk == nil {
+		clk = clock.System{}
 	}
-	start := clock.Now()
+	start := clk.Now()
 	snap = &LockDirSnapshot{Config: cfg, Attempted: start}
 	var errs errList
 	defer func() {
@@ -89,7 +90,7 @@ func ScanLockDir(ctx context.Context, cfg LockDirConfig, clock Clock) (snap *Loc
 			snap.HasData, snap.Locks = false, nil
 		}
 		snap.Errors, snap.Dropped = errs.errs, errs.dropped
-		snap.Duration = clock.Now().Sub(start)
+		snap.Duration = clk.Now().Sub(start)
 	}()
 	if err := cfg.Validate(); err != nil {
 		snap.Err = err
@@ -108,7 +109,7 @@ func ScanLockDir(ctx context.Context, cfg LockDirConfig, clock Clock) (snap *Loc
 	infos, ferrs := lockfile.ScanDir(ctx, cfg.Dir, start, cfg.Inspect)
 	if err := ctx.Err(); err != nil {
 		// ScanDir stopped, or finished late: either way the budget is blown; keep the last data.
-		snap.Err = withHint(fmt.Errorf("scan lock dir %s: stopped after %v: %w: %w", cfg.Dir, clock.Now().Sub(start), ErrBudget, err))
+		snap.Err = withHint(fmt.Errorf("scan lock dir %s: stopped after %v: %w: %w", cfg.Dir, clk.Now().Sub(start), ErrBudget, err))
 		return snap
 	}
 	for _, e := range ferrs {

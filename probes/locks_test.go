@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner/lockfile"
 )
 
@@ -86,7 +87,7 @@ os._exit(0)
 	before := listTree(t, dir)
 
 	l := ScanLockDir(context.Background(), LockDirConfig{Name: "mailman", Dir: dir,
-		Inspect: lockfile.InspectOptions{LocalHosts: local}}, fixedClock{now})
+		Inspect: lockfile.InspectOptions{LocalHosts: local}}, clock.NewFake(now))
 	if l.Err != nil || len(l.Errors) != 0 {
 		t.Fatalf("Err %v Errors %v", l.Err, l.Errors)
 	}

@@ -7,16 +7,9 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
+
+	"github.com/qslice/qslice/internal/clock"
 )
-
-// Clock tells the time. Tests inject a fixed clock so that ages and durations are deterministic.
-type Clock interface{ Now() time.Time }
-
-// SystemClock is the real clock (with its monotonic reading, so durations are immune to steps).
-type SystemClock struct{}
-
-// Now returns time.Now().
-func (SystemClock) Now() time.Time { return time.Now() }
 
 // Timing defaults.
 //
@@ -41,7 +34,7 @@ type Config struct {
 	LockDirs []LockDirConfig
 	Interval time.Duration // between the starts of two cycles; 0 = DefaultInterval
 	Timeout  time.Duration // budget of one target's scan; 0 = DefaultTimeout
-	Clock    Clock         // nil = SystemClock
+	Clock    clock.Clock   // nil = clock.System
 	Logger   *slog.Logger  // nil = discard
 }
 
@@ -90,7 +83,7 @@ var ErrNotReady = errors.New("probe: first scan not completed yet")
 // Probe rescans its targets every interval and keeps the latest snapshot. It only reads the disk.
 type Probe struct {
 	cfg    Config
-	clock  Clock
+	clock  clock.Clock
 	log    *slog.Logger
 	latest atomic.Pointer[Snapshot]
 }
@@ -107,7 +100,7 @@ func New(cfg Config) (*Probe, error) {
 		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = SystemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/internal/queuetest"
 )
 
@@ -49,7 +50,7 @@ func TestProbeScanOnceKeepsLastGoodData(t *testing.T) {
 	p, err := New(Config{
 		Queues:   []QueueConfig{cfg, {Name: "out", Dir: out, Slices: 1, ShuntDir: cfg.ShuntDir, BadDir: cfg.BadDir}},
 		LockDirs: []LockDirConfig{{Name: "mailman", Dir: locks}},
-		Clock:    fixedClock{t0},
+		Clock:    clock.NewFake(t0),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +162,7 @@ for i in range(slices):
 	if err != nil {
 		t.Fatalf("mailman: %v\n%s", err, out)
 	}
-	q := ScanQueue(context.Background(), QueueConfig{Name: "in", Dir: in, Slices: slices}, SystemClock{})
+	q := ScanQueue(context.Background(), QueueConfig{Name: "in", Dir: in, Slices: slices}, clock.System{})
 	if q.Err != nil || q.Ignored != 0 || q.Ready != n-claimed || q.InFlight != claimed {
 		t.Fatalf("Err %v ignored %v ready %d in flight %d", q.Err, q.IgnoredSome, q.Ready, q.InFlight)
 	}

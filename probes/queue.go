@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qslice/qslice/internal/clock"
 	"io/fs"
 	"math"
 	"os"
@@ -169,19 +170,19 @@ type auxResult struct {
 // ScanQueue scans one queue directory (and its shunt and bad directories) without changing
 // anything. It never fails as a whole: problems are in the snapshot's Err and Errors. ctx bounds the
 // scan: when it ends first, Err wraps ErrBudget.
-func ScanQueue(ctx context.Context, cfg QueueConfig, clock Clock) *QueueSnapshot {
-	return scanQueue(ctx, cfg, clock, nil)
+func ScanQueue(ctx context.Context, cfg QueueConfig, clk clock.Clock) *QueueSnapshot {
+	return scanQueue(ctx, cfg, clk, nil)
 }
 
-func scanQueue(ctx context.Context, cfg QueueConfig, clock Clock, aux auxCounts) *QueueSnapshot {
-	return scanQueueHook(ctx, cfg, clock, aux, nil)
+func scanQueue(ctx context.Context, cfg QueueConfig, clk clock.Clock, aux auxCounts) *QueueSnapshot {
+	return scanQueueHook(ctx, cfg, clk, aux, nil)
 }
 
-func scanQueueHook(ctx context.Context, cfg QueueConfig, clock Clock, aux auxCounts, afterChunk func([]dirEnt)) (snap *QueueSnapshot) {
-	if clock == nil {
-		clock = SystemClock{}
+func scanQueueHook(ctx context.Context, cfg QueueConfig, clk clock.Clock, aux auxCounts, afterChunk func([]dirEnt)) (snap *QueueSnapshot) {
+	if clk == nil {
+		clk = clock.System{}
 	}
-	start := clock.Now()
+	start := clk.Now()
 	snap = &QueueSnapshot{Config: cfg, Attempted: start}
 	var errs errList
 	defer func() {
@@ -190,7 +191,7 @@ func scanQueueHook(ctx context.Context, cfg QueueConfig, clock Clock, aux auxCou
 			snap.HasData = false
 		}
 		snap.Errors, snap.Dropped = errs.errs, errs.dropped
-		snap.Duration = clock.Now().Sub(start)
+		snap.Duration = clk.Now().Sub(start)
 	}()
 	if err := cfg.Validate(); err != nil {
 		snap.Err = err

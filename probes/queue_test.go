@@ -13,14 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/runner/queue"
 )
-
-type fixedClock struct{ t time.Time }
-
-func (c fixedClock) Now() time.Time { return c.t }
 
 // t0 is the fake "now" of the tests: 2023-11-14T22:13:20Z.
 var t0 = time.Unix(1700000000, 0)
@@ -94,7 +91,7 @@ func TestScanQueueCountsEverything(t *testing.T) {
 	claimed := testenv.FileCtime(t, matches[0])
 	now := claimed.Add(90 * time.Second)
 
-	q := ScanQueue(context.Background(), cfg, fixedClock{now})
+	q := ScanQueue(context.Background(), cfg, clock.NewFake(now))
 	if q.Err != nil || len(q.Errors) != 0 {
 		t.Fatalf("Err = %v, Errors = %v", q.Err, q.Errors)
 	}
@@ -148,7 +145,7 @@ func TestScanQueueCountsEverything(t *testing.T) {
 
 	// Without bytes the counts are the same and no ready file is stat'ed.
 	cfg.NoBytes = true
-	q2 := ScanQueue(context.Background(), cfg, fixedClock{now})
+	q2 := ScanQueue(context.Background(), cfg, clock.NewFake(now))
 	if q2.Err != nil || q2.Ready != 6 || q2.Bytes != 0 || q2.PerSlice[2].InFlight != 1 || !q2.PerSlice[2].OldestClaim.Equal(claimed) {
 		t.Errorf("NoBytes scan: err %v ready %d bytes %d slice 2 %+v", q2.Err, q2.Ready, q2.Bytes, q2.PerSlice[2])
 	}
@@ -157,7 +154,7 @@ func TestScanQueueCountsEverything(t *testing.T) {
 func TestScanQueueNeverModifies(t *testing.T) {
 	cfg := buildQueue(t, t.TempDir())
 	before := listTree(t, filepath.Dir(cfg.Dir))
-	ScanQueue(context.Background(), cfg, fixedClock{t0})
+	ScanQueue(context.Background(), cfg, clock.NewFake(t0))
 	if after := listTree(t, filepath.Dir(cfg.Dir)); after != before {
 		t.Errorf("tree changed:\n%s\nbecame\n%s", before, after)
 	}
@@ -193,7 +190,7 @@ func TestScanQueueSliceCounts(t *testing.T) {
 				writeFile(t, dir, "1699999000.0+"+queuetest.DigestIn(i, n, 0)+".pck", 1)
 				writeFile(t, dir, "1699999001.0+"+lastIn(i, n)+".pck", 1)
 			}
-			q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: n}, fixedClock{t0})
+			q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: n}, clock.NewFake(t0))
 			if q.Err != nil {
 				t.Fatal(q.Err)
 			}
@@ -212,7 +209,7 @@ func TestScanQueueSliceCounts(t *testing.T) {
 		})
 	}
 	for _, n := range []int{0, -1, queue.MaxSlices + 1} {
-		q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: t.TempDir(), Slices: n}, fixedClock{t0})
+		q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: t.TempDir(), Slices: n}, clock.NewFake(t0))
 		if q.Err == nil || q.HasData {
 			t.Errorf("slices %d: Err = %v, want a validation error", n, q.Err)
 		}
@@ -267,7 +264,7 @@ func TestScanQueueVanishedFiles(t *testing.T) {
 		os.Rename(filepath.Join(dir, "1699999000.0+"+queuetest.DigestIn(0, 1, 0)+".pck"), filepath.Join(dir, "x.claimed"))
 		os.Remove(filepath.Join(dir, "1699999000.0+"+queuetest.DigestIn(0, 1, 9)+".bak"))
 	}
-	q := scanQueueHook(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 1}, fixedClock{t0}, nil, hook)
+	q := scanQueueHook(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 1}, clock.NewFake(t0), nil, hook)
 	if q.Err != nil {
 		t.Fatalf("vanishing files failed the scan: %v", q.Err)
 	}
@@ -305,7 +302,7 @@ func TestScanQueueProgress(t *testing.T) {
 	}
 	var calls []int
 	q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 4, NoBytes: true,
-		Progress: func(n int) { calls = append(calls, n) }}, fixedClock{t0})
+		Progress: func(n int) { calls = append(calls, n) }}, clock.NewFake(t0))
 	if q.Err != nil {
 		t.Fatal(q.Err)
 	}
@@ -335,7 +332,7 @@ func TestScanQueueBytesCap(t *testing.T) {
 		counted bool
 		bytes   int64
 	}{{0, false, true, 1000}, {10, false, true, 1000}, {9, false, false, 0}, {1, false, false, 0}, {0, true, false, 0}} {
-		q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 2, BytesMaxFiles: c.cap, NoBytes: c.noBytes}, fixedClock{t0})
+		q := ScanQueue(context.Background(), QueueConfig{Name: "q", Dir: dir, Slices: 2, BytesMaxFiles: c.cap, NoBytes: c.noBytes}, clock.NewFake(t0))
 		if q.Err != nil {
 			t.Fatal(q.Err)
 		}

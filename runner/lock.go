@@ -21,7 +21,7 @@ func (r *Runner) acquireLock(ctx context.Context, msg *Message, path string) (re
 	}
 	wctx, cancel := context.WithTimeout(ctx, r.cfg.LockTimeout)
 	defer cancel()
-	start := r.cfg.Now()
+	start := r.cfg.Clock.Now()
 	_, span := r.tracer.Start(ctx, "lock wait", trace.WithAttributes(attribute.String("qslice.lock", path)))
 	got, err := l.Lock(wctx)
 	switch {
@@ -36,7 +36,7 @@ func (r *Runner) acquireLock(ctx context.Context, msg *Message, path string) (re
 		span.SetStatus(codes.Error, err.Error())
 	}
 	span.End()
-	waited := r.cfg.Now().Sub(start)
+	waited := r.cfg.Clock.Now().Sub(start)
 	switch {
 	case err == nil && got.Broke:
 		r.cfg.Observer.LockWait(r.cfg.Queue, msg.Slice, waited, LockBroke)

@@ -15,9 +15,10 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
-	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/qslice/qslice/internal/retry"
 	"github.com/qslice/qslice/runner/proctree"
 	"github.com/qslice/qslice/runner/queue"
 )
@@ -85,7 +86,7 @@ func (r *Runner) process(runCtx, shutdownCtx context.Context, it item, buf []byt
 // message stays in flight here (waiting for a retry).
 func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, buf []byte) (settled bool, _ []byte) {
 	n, slice := it.name, it.slice
-	start := r.cfg.Now()
+	start := r.cfg.Clock.Now()
 	path := filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixInFlight))
 	data, err := r.cfg.Dir.ReadInFlightInto(n, buf)
 	if err != nil && r.abandonedNow(n.Base) {
@@ -131,7 +132,7 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	defer span.End()
 
 	herr := r.withLock(hctx, msg, func() error { return r.cfg.Handler.Handle(hctx, msg) })
-	took := r.cfg.Now().Sub(start)
+	took := r.cfg.Clock.Now().Sub(start)
 	if r.abandonedNow(n.Base) {
 		// Fenced: the slice may already be another node's, which recovers the file; removing,
 		// shunting or releasing it now could act on that node's claim of the same name.
@@ -243,7 +244,7 @@ func (r *Runner) giveBack(n queue.Name, slice int) {
 }
 
 func (r *Runner) shunt(n queue.Name, slice int, meta queue.Meta, body []byte, cause error, took time.Duration) {
-	if err := r.cfg.Dir.Shunt(n, meta, body, cause, r.cfg.Now()); err != nil {
+	if err := r.cfg.Dir.Shunt(n, meta, body, cause, r.cfg.Clock.Now()); err != nil {
 		r.log.Error("handler failed and the message could not be shunted; it stays in flight and is recovered later", "file", n.Base, "handler_error", cause, "err", err)
 		return
 	}
@@ -256,7 +257,7 @@ func (r *Runner) moveToBad(n queue.Name, slice int, reason string, attempts int)
 		r.log.Warn("not moving a message to bad/: the queue was fenced; it is left in flight for the next owner", "file", n.Base, "reason", reason)
 		return
 	}
-	if err := r.cfg.Dir.MoveToBad(n, queue.SuffixInFlight, reason, attempts, r.cfg.Now()); err != nil {
+	if err := r.cfg.Dir.MoveToBad(n, queue.SuffixInFlight, reason, attempts, r.cfg.Clock.Now()); err != nil {
 		r.log.Error("could not move a bad message aside; it stays in flight", "file", n.Base, "reason", reason, "err", err)
 		return
 	}
@@ -280,10 +281,10 @@ func (r *Runner) withLock(ctx context.Context, msg *Message, fn func() error) er
 	if err != nil {
 		return err
 	}
-	held := r.cfg.Now()
+	held := r.cfg.Clock.Now()
 	defer func() {
 		release()
-		r.cfg.Observer.LockHold(r.cfg.Queue, msg.Slice, r.cfg.Now().Sub(held))
+		r.cfg.Observer.LockHold(r.cfg.Queue, msg.Slice, r.cfg.Clock.Now().Sub(held))
 	}()
 	return fn()
 }
@@ -343,21 +344,13 @@ func (h *retryHeap) Pop() any {
 	return e
 }
 
-type nowClock func() time.Time
-
-func (c nowClock) Now() time.Time { return c() }
-
 // scheduleRetry keeps the message in flight and hands it out again after an exponential backoff;
 // once the backoff's total time is used up, the message is shunted.
 func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Duration) bool {
 	e := it.retry
 	if e == nil {
-		bo := backoff.NewExponentialBackOff()
-		bo.InitialInterval = r.cfg.Retry.Initial
-		bo.MaxInterval = r.cfg.Retry.Max
-		bo.MaxElapsedTime = r.cfg.Retry.MaxElapsed
-		bo.Clock = nowClock(r.cfg.Now)
-		bo.Reset()
+		bo := retry.New(retry.Policy{Initial: r.cfg.Retry.Initial, Max: r.cfg.Retry.Max, Jitter: backoff.DefaultRandomizationFactor,
+			Multiplier: backoff.DefaultMultiplier, MaxElapsed: r.cfg.Retry.MaxElapsed}, r.cfg.Clock)
 		e = &retryEntry{name: it.name, slice: it.slice, bo: bo}
 	}
 	d := e.bo.NextBackOff()
@@ -372,7 +365,7 @@ func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Dura
 		return true
 	}
 	e.retries++
-	e.due = r.cfg.Now().Add(d)
+	e.due = r.cfg.Clock.Now().Add(d)
 	r.mu.Lock()
 	heap.Push(&r.retries, e)
 	r.mu.Unlock()
@@ -384,7 +377,7 @@ func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Dura
 
 // dueRetries pops the retries whose time has come.
 func (r *Runner) dueRetries() []*retryEntry {
-	now := r.cfg.Now()
+	now := r.cfg.Clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []*retryEntry
@@ -408,7 +401,7 @@ func (r *Runner) untilNextRetry(limit time.Duration) time.Duration {
 	if len(r.retries) == 0 {
 		return limit
 	}
-	if d := r.retries[0].due.Sub(r.cfg.Now()); d < limit {
+	if d := r.retries[0].due.Sub(r.cfg.Clock.Now()); d < limit {
 		return max(d, time.Millisecond)
 	}
 	return limit

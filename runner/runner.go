@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner/proctree"
 	"github.com/qslice/qslice/runner/queue"
 )
@@ -54,8 +55,8 @@ type Config struct {
 	Observer Observer
 	Tracer   trace.TracerProvider
 	Logger   *slog.Logger
-	Now      func() time.Time
-	Hostname string // for lock files; default os.Hostname
+	Clock    clock.Clock // nil: the system clock
+	Hostname string      // for lock files; default os.Hostname
 }
 
 // RetryPolicy is the exponential backoff for messages whose handler asked to retry later.
@@ -147,8 +148,8 @@ func (c *Config) applyDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Clock == nil {
+		c.Clock = clock.System{}
 	}
 	if c.Hostname == "" {
 		c.Hostname, _ = os.Hostname()
@@ -330,7 +331,7 @@ func (r *Runner) poke() {
 }
 
 func (r *Runner) leaseValid() bool {
-	return r.cfg.Now().Before(r.cfg.Lease.ValidUntil())
+	return r.cfg.Clock.Now().Before(r.cfg.Lease.ValidUntil())
 }
 
 // Run processes messages until ctx is cancelled. Then it stops claiming, lets running handlers finish
@@ -742,7 +743,7 @@ func (r *Runner) recoverPending(ctx context.Context) {
 		r.log.Error("recovering in-flight files of new slices failed; will retry before claiming from them", "dir", r.cfg.Dir.Path, "slices", list, "err", err)
 		return
 	}
-	now := r.cfg.Now()
+	now := r.cfg.Clock.Now()
 	for _, n := range found {
 		if ctx.Err() != nil || !r.leaseValid() {
 			return

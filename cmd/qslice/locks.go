@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner/lockfile"
 )
@@ -23,13 +24,13 @@ type locksOptions struct {
 	hosts   []string
 	slop    time.Duration
 	timeout time.Duration
-	clock   probes.Clock
+	clock   clock.Clock
 }
 
 // newLocksCmd returns "qslice locks DIR... [--json]": inspect every flufl.lock / Mailman 2.1
 // lock in the given directories, read-only.
 func newLocksCmd() *cobra.Command {
-	o := locksOptions{clock: probes.SystemClock{}}
+	o := locksOptions{clock: clock.System{}}
 	cmd := &cobra.Command{
 		Use:   "locks DIR...",
 		Short: "Show the lock files of lock directories: holders, ages, expiry, waiters (read-only)",

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner/lockfile"
 )
 
@@ -48,7 +49,7 @@ func TestLocksJSON(t *testing.T) {
 	dir, now := locksTestDir(t)
 	var out bytes.Buffer
 	before := time.Now()
-	if err := runLocks(context.Background(), &out, []string{dir}, locksOptions{json: true, slop: lockfile.DefaultSlop, clock: statsClock{now}}); err != nil {
+	if err := runLocks(context.Background(), &out, []string{dir}, locksOptions{json: true, slop: lockfile.DefaultSlop, clock: clock.NewFake(now)}); err != nil {
 		t.Fatal(err)
 	}
 	var got []map[string]any
@@ -74,7 +75,7 @@ func TestLocksJSON(t *testing.T) {
 	}
 	// With no slop the Mailman lock is just as expired; with a 1 minute slop it is not yet.
 	out.Reset()
-	runLocks(context.Background(), &out, []string{dir}, locksOptions{json: true, slop: time.Minute, clock: statsClock{now}})
+	runLocks(context.Background(), &out, []string{dir}, locksOptions{json: true, slop: time.Minute, clock: clock.NewFake(now)})
 	json.Unmarshal(out.Bytes(), &got)
 	if got[1]["expired"] != false {
 		t.Errorf("with --slop 1m: %v", got[1])
@@ -103,14 +104,14 @@ func TestLocksTableAndErrors(t *testing.T) {
 
 	empty := t.TempDir()
 	out.Reset()
-	if err := runLocks(context.Background(), &out, []string{empty}, locksOptions{clock: statsClock{now}}); err != nil {
+	if err := runLocks(context.Background(), &out, []string{empty}, locksOptions{clock: clock.NewFake(now)}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "0 held") {
 		t.Errorf("empty dir:\n%s", out.String())
 	}
 	out.Reset()
-	if err := runLocks(context.Background(), &out, []string{empty}, locksOptions{json: true, clock: statsClock{now}}); err != nil || strings.TrimSpace(out.String()) != "[]" {
+	if err := runLocks(context.Background(), &out, []string{empty}, locksOptions{json: true, clock: clock.NewFake(now)}); err != nil || strings.TrimSpace(out.String()) != "[]" {
 		t.Errorf("empty dir JSON: %v %q", err, out.String())
 	}
 	cmd = newLocksCmd()

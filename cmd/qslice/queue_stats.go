@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner/queue"
 )
@@ -27,8 +28,8 @@ type queueStatsOptions struct {
 	shunt    string
 	bad      string
 	timeout  time.Duration
-	clock    probes.Clock // tests inject a fixed clock
-	shuntSet bool         // --shunt was given (possibly "")
+	clock    clock.Clock // tests inject a fixed clock
+	shuntSet bool        // --shunt was given (possibly "")
 	badSet   bool
 	progress *progressLine // nil: quiet
 }
@@ -40,7 +41,7 @@ type queueStatsOptions struct {
 // It scans one queue directory, read-only, and prints its backlog per slice. Register it with
 // queueCmd.AddCommand(newQueueStatsCmd()).
 func newQueueStatsCmd() *cobra.Command {
-	o := queueStatsOptions{clock: probes.SystemClock{}}
+	o := queueStatsOptions{clock: clock.System{}}
 	cmd := &cobra.Command{
 		Use:   "stats DIR",
 		Short: "Show a queue directory's backlog per slice (read-only)",

@@ -10,12 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/internal/queuetest"
 )
-
-type statsClock struct{ t time.Time }
-
-func (c statsClock) Now() time.Time { return c.t }
 
 var statsT0 = time.Unix(1700000000, 0)
 
@@ -45,7 +42,7 @@ func statsQueue(t *testing.T) string {
 func TestQueueStatsJSON(t *testing.T) {
 	dir := statsQueue(t)
 	var out bytes.Buffer
-	err := runQueueStats(context.Background(), &out, dir, queueStatsOptions{slices: 4, json: true, clock: statsClock{statsT0}})
+	err := runQueueStats(context.Background(), &out, dir, queueStatsOptions{slices: 4, json: true, clock: clock.NewFake(statsT0)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +78,7 @@ func TestQueueStatsJSON(t *testing.T) {
 func TestQueueStatsTable(t *testing.T) {
 	dir := statsQueue(t)
 	var out bytes.Buffer
-	if err := runQueueStats(context.Background(), &out, dir, queueStatsOptions{slices: 4, clock: statsClock{statsT0}}); err != nil {
+	if err := runQueueStats(context.Background(), &out, dir, queueStatsOptions{slices: 4, clock: clock.NewFake(statsT0)}); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(out.String(), "\n")
@@ -107,7 +104,7 @@ func TestQueueStatsTable(t *testing.T) {
 		}
 	}
 	out.Reset()
-	runQueueStats(context.Background(), &out, dir, queueStatsOptions{slices: 4, nonEmpty: true, noBytes: true, clock: statsClock{statsT0}})
+	runQueueStats(context.Background(), &out, dir, queueStatsOptions{slices: 4, nonEmpty: true, noBytes: true, clock: clock.NewFake(statsT0)})
 	if !strings.Contains(out.String(), "2 empty slices not shown") {
 		t.Errorf("--non-empty:\n%s", out.String())
 	}

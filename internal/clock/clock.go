@@ -30,3 +30,6 @@ type systemTimer struct{ t *time.Timer }
 
 func (t systemTimer) C() <-chan time.Time { return t.t.C }
 func (t systemTimer) Stop() bool          { return t.t.Stop() }
+
+// After returns a channel that receives the time once d has passed on c, like time.After.
+func After(c Clock, d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }

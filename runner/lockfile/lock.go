@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/qslice/qslice/internal/retry"
 )
 
 // Timing defaults. flufl.lock and Mailman 2.1 hard-code the first two; a lock shared with them
@@ -198,7 +200,9 @@ func (l *Lock) Lock(ctx context.Context) (Acquired, error) {
 		return Acquired{}, err
 	}
 	var acq Acquired
-	pause := max(l.retryMax/64, time.Millisecond)
+	// Pauses start at RetryInterval/64 and double up to RetryInterval, each uniform in [d/2, d]:
+	// a backoff of 3d/4 with a jitter of 1/3.
+	pauses := retry.New(retry.Policy{Initial: 3 * max(l.retryMax/64, time.Millisecond) / 4, Max: 3 * l.retryMax / 4, Jitter: 1.0 / 3}, l.clock)
 	lastTouch := start
 	for {
 		again := 0
@@ -218,8 +222,7 @@ func (l *Lock) Lock(ctx context.Context) (Acquired, error) {
 			}
 			again++
 		}
-		t := l.clock.NewTimer(pause/2 + rand.N(pause/2+1))
-		pause = min(2*pause, l.retryMax)
+		t := l.clock.NewTimer(pauses.NextBackOff())
 		select {
 		case <-ctx.Done():
 			t.Stop()

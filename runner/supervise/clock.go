@@ -1,10 +1,6 @@
 package supervise
 
-import (
-	"time"
-
-	"github.com/qslice/qslice/internal/clock"
-)
+import "github.com/qslice/qslice/internal/clock"
 
 // Clock is the time source for the durations with meaning: grace, restart
 // backoff, crash-loop window and stable run. Tests inject a fake one.
@@ -15,8 +11,3 @@ type Timer = clock.Timer
 
 // RealClock is the wall clock.
 type RealClock = clock.System
-
-// backoffClock adapts Clock to backoff.Clock.
-type backoffClock struct{ c Clock }
-
-func (b backoffClock) Now() time.Time { return b.c.Now() }

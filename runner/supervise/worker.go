@@ -11,6 +11,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sys/unix"
+
+	"github.com/qslice/qslice/internal/retry"
 )
 
 // Wall-clock timings of the stop sequence. They detect events that Unix does
@@ -42,14 +44,8 @@ const (
 func (s *Supervisor) runSlot(ctx context.Context, sl *slot) {
 	log := s.log.With("slice", sl.slice)
 	bcfg := s.cfg.RestartBackoff
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(bcfg.Initial),
-		backoff.WithMaxInterval(bcfg.Max),
-		backoff.WithMultiplier(bcfg.Multiplier),
-		backoff.WithRandomizationFactor(bcfg.jitter()),
-		backoff.WithMaxElapsedTime(0), // never give up
-		backoff.WithClockProvider(backoffClock{s.clock}),
-	)
+	b := retry.New(retry.Policy{Initial: bcfg.Initial, Max: bcfg.Max, Multiplier: bcfg.Multiplier,
+		Jitter: bcfg.jitter()}, s.clock) // never gives up
 	s.mu.Lock()
 	s.stats[sl.slice].tracker.stable() // a new ownership starts with a clean record
 	s.mu.Unlock()
