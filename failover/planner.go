@@ -100,7 +100,9 @@ type Plan struct {
 // Rules, for each slice:
 //   - candidates are the live members that do not drain and are not avoided for the slice (if
 //     every non-draining member is avoided, avoidance is ignored);
-//   - among candidates, only settled ones count while at least one is settled (hold-down);
+//   - among candidates, only settled ones count while at least one is settled (hold-down); the
+//     node holding the slice counts as settled for it (a holder whose lease lapsed and came back
+//     with its session keeps its slices);
 //   - the target is the first candidate in the slice's explicit Home list, else the candidate
 //     with the highest Weight (ties: the smaller node ID);
 //   - members that cannot work the slice's queue (Unavailable) are not candidates;
@@ -118,7 +120,7 @@ func ComputePlan(in PlanInput) Plan {
 		for i := 0; i < q.Slices; i++ {
 			s := SliceID{q.Name, i}
 			st := in.Slices[s]
-			target := r.target(q, s, st.Avoid, "")
+			target := r.target(q, s, st.Avoid, "", st.Owner)
 			p.Target[s] = target
 			p.Home[s] = r.home(q, s)
 			switch {
@@ -129,7 +131,7 @@ func ComputePlan(in PlanInput) Plan {
 				case in.SelfUnavailable[s.Queue]:
 					p.Release = append(p.Release, Move{Slice: s, From: in.Self, To: target, Reason: ReasonUnavailable})
 				case in.StuckHandoff && !st.CriticalSince.IsZero() && !in.Now.Before(st.CriticalSince.Add(in.StuckAfter)):
-					if alt := r.target(q, s, st.Avoid, in.Self); alt != "" && alt != in.Self {
+					if alt := r.target(q, s, st.Avoid, in.Self, ""); alt != "" && alt != in.Self {
 						p.Release = append(p.Release, Move{Slice: s, From: in.Self, To: alt, Reason: ReasonStuck})
 					}
 				case target != "" && target != in.Self:
@@ -199,7 +201,15 @@ func (r *ranker) weight(s SliceID, seed uint64, m *rankMember) uint64 {
 
 // target picks the owner of s among live, non-draining members, honouring avoidance, hold-down
 // and the home list. exclude, when set, is treated as avoided too.
-func (r *ranker) target(q QueueSpec, s SliceID, avoid []Avoid, exclude string) string {
+//
+// holder is the node holding s ("" when free). While some candidate is settled, the holder
+// competes as if settled too: the hold-down keeps slices from a node that comes back, it must
+// not push a slice away from the node that holds it. A holder that is not settled is one whose
+// lease lapsed and came back with its session (a Consul restart or leader election, a short
+// partition, a pause: its live_since restarts); without this rule it would hand its own slices
+// to the first settled peer and take them back a hold-down later, two moves per slice for a
+// fault that needed none.
+func (r *ranker) target(q QueueSpec, s SliceID, avoid []Avoid, exclude, holder string) string {
 	avoided := func(node string) bool {
 		if node == exclude {
 			return true
@@ -230,7 +240,7 @@ func (r *ranker) target(q QueueSpec, s SliceID, avoid []Avoid, exclude string) s
 	if anySettled {
 		settled := pool[:0:0]
 		for _, m := range pool {
-			if m.settled {
+			if m.settled || m.Node == holder {
 				settled = append(settled, m)
 			}
 		}

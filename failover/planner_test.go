@@ -128,6 +128,37 @@ func TestComputePlanTable(t *testing.T) {
 			acquire: []string{"out/1 a->b (failback)"},
 		},
 		{
+			name: "holder not settled (its lease lapsed, session kept) keeps its slice against settled peers",
+			in: PlanInput{Self: "a", Queues: q2, Now: t0, HoldDown: 10 * time.Second, Weight: pref,
+				Members: []Member{{Node: "a", HealthySince: t0.Add(-time.Second)}, {Node: "b"}, {Node: "c"}},
+				Slices:  map[SliceID]SliceState{{"out", 0}: {Owner: "a"}, {"out", 1}: {Owner: "b"}}},
+			targets:     map[string]string{"out/0": "a", "out/1": "b"},
+			wantNoMoves: true,
+		},
+		{
+			name: "holder not settled hands a slice to a settled node that outranks it",
+			in: PlanInput{Self: "b", Queues: q2, Now: t0, HoldDown: 10 * time.Second, Weight: pref,
+				Members: []Member{{Node: "a"}, {Node: "b", HealthySince: t0.Add(-time.Second)}},
+				Slices:  map[SliceID]SliceState{{"out", 0}: {Owner: "b"}, {"out", 1}: {Owner: "b"}}},
+			release: []string{"out/0 b->a (failback)"},
+			targets: map[string]string{"out/0": "a", "out/1": "b"},
+		},
+		{
+			name: "a free slice still waits for the hold-down of its home node",
+			in: PlanInput{Self: "b", Queues: q2, Now: t0, HoldDown: 10 * time.Second, Weight: pref,
+				Members: []Member{{Node: "a", HealthySince: t0.Add(-time.Second)}, {Node: "b"}},
+				Slices:  map[SliceID]SliceState{{"out", 0}: {Prev: "a"}, {"out", 1}: {Owner: "b"}}},
+			acquire: []string{"out/0 a->b (failover)"},
+			targets: map[string]string{"out/0": "b"},
+		},
+		{
+			name: "cluster boot: the first node up hands the others their share at once",
+			in: PlanInput{Self: "a", Queues: q2, Now: t0, HoldDown: time.Minute, Weight: pref,
+				Members: []Member{{Node: "a", HealthySince: t0}, {Node: "b", HealthySince: t0}},
+				Slices:  map[SliceID]SliceState{{"out", 0}: {Owner: "a"}, {"out", 1}: {Owner: "a"}}},
+			release: []string{"out/1 a->b (failback)"},
+		},
+		{
 			name: "cluster boot: nobody settled yet, everyone takes its share",
 			in: PlanInput{Self: "b", Queues: q2, Now: t0, HoldDown: time.Minute, Weight: pref,
 				Members: []Member{{Node: "a", HealthySince: t0}, {Node: "b", HealthySince: t0}}},
@@ -502,6 +533,39 @@ func TestPlannerBouncingNodeDoesNotFlap(t *testing.T) {
 	}
 }
 
+// A Consul restart (or leader election, or a short cut) lapses every lease while the sessions
+// survive; each node restarts its live_since, a few hundred milliseconds apart. Nothing may move:
+// not when the first of them is settled again, nor when the others follow.
+func TestPlannerLapsedLeasesWithSessionsKeptMoveNothing(t *testing.T) {
+	qs := []QueueSpec{{Name: "out", Slices: 64}}
+	c := newCluster(qs, time.Minute, "a", "b", "c", "d")
+	c.settle(t)
+	stable := c.owners()
+	changes := c.changes
+	for i, n := range []string{"a", "b", "c", "d"} {
+		c.live[n] = c.now.Add(time.Duration(i) * 300 * time.Millisecond)
+	}
+	for step := 0; step < 70; step++ { // through the hold-down of every node, 100 ms at a time
+		c.now = c.now.Add(100 * time.Millisecond)
+		c.settle(t)
+	}
+	if c.changes != changes {
+		t.Fatalf("%d ownership changes after the leases lapsed with sessions kept; want none", c.changes-changes)
+	}
+	if got := c.owners(); !reflect.DeepEqual(got, stable) {
+		t.Fatalf("ownership changed: %v, want %v", got, stable)
+	}
+	// One node alone lapsing (a short partition of it) moves nothing either.
+	c.live["b"] = c.now
+	for step := 0; step < 70; step++ {
+		c.now = c.now.Add(time.Second)
+		c.settle(t)
+	}
+	if c.changes != changes {
+		t.Fatalf("%d ownership changes after b's lease lapsed with its session kept; want none", c.changes-changes)
+	}
+}
+
 func TestPlannerDrainMovesEverythingAndTakesNone(t *testing.T) {
 	qs := []QueueSpec{{Name: "out", Slices: 16}, {Name: "in", Slices: 16}}
 	c := newCluster(qs, time.Minute, "a", "b", "c")
@@ -619,7 +683,7 @@ func TestRendezvousDistribution(t *testing.T) {
 	count := map[string]int{}
 	for i := 0; i < 1000; i++ {
 		r := newRanker(PlanInput{Members: members(nodes...)})
-		count[r.target(QueueSpec{Name: "out", Slices: 1000}, SliceID{"out", i}, nil, "")]++
+		count[r.target(QueueSpec{Name: "out", Slices: 1000}, SliceID{"out", i}, nil, "", "")]++
 	}
 	for _, n := range nodes {
 		if count[n] < 150 || count[n] > 250 {
