@@ -1,0 +1,198 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/qslice/qslice/internal/testenv"
+	"github.com/qslice/qslice/runner"
+	"github.com/qslice/qslice/runner/queue"
+)
+
+// benchRoots: tmpfs when present, and the normal disk (QSLICE_BENCH_DIR, else the temp dir).
+func benchRoots() [][2]string {
+	var roots [][2]string
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		roots = append(roots, [2]string{"tmpfs", "/dev/shm"})
+	}
+	disk := os.Getenv("QSLICE_BENCH_DIR")
+	if disk == "" {
+		disk = os.TempDir()
+	}
+	return append(roots, [2]string{"disk", disk})
+}
+
+func benchFill(b *testing.B, dir string, n int) {
+	var buf bytes.Buffer
+	if err := queue.Encode(&buf, queue.Meta{}, []byte("hello")); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("%d.%06d+%040x.pck", 1_700_000_000+i/1000, i%1000, uint64(i)*0x9E3779B97F4A7C15)
+		if err := os.WriteFile(filepath.Join(dir, name), buf.Bytes(), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// outcomes counts the runner's outcomes; anything but done fails the benchmark.
+type outcomes struct {
+	runner.NopObserver
+	done, other atomic.Int64
+}
+
+func (o *outcomes) Handled(_ string, _ int, out runner.Outcome, _ time.Duration) {
+	if out == runner.OutcomeDone {
+		o.done.Add(1)
+	} else {
+		o.other.Add(1)
+	}
+}
+
+// kind is one way of handling messages in the benchmark.
+type kind struct {
+	name        string
+	n           int // messages (slow kinds get fewer)
+	concurrency int // runner goroutines
+	handler     func(b *testing.B) (runner.Handler, *Pool)
+}
+
+// drain fills dir with n messages and returns how long the runner took to handle them all. It
+// verifies the work: every message reached the handler exactly once and was done, and the queue,
+// shunt and bad directories are empty at the end.
+func drain(b *testing.B, base string, k kind) time.Duration {
+	dir := filepath.Join(base, k.name, "in")
+	d := queue.NewDir(dir, "", "")
+	if err := d.Ensure(); err != nil {
+		b.Fatal(err)
+	}
+	benchFill(b, dir, k.n)
+	h, pool := k.handler(b)
+	var seen sync.Map
+	var dups atomic.Int64
+	counted := runner.HandlerFunc(func(ctx context.Context, m *runner.Message) error {
+		err := h.Handle(ctx, m)
+		if err == nil {
+			if _, dup := seen.LoadOrStore(m.Name.Base, true); dup {
+				dups.Add(1)
+			}
+		}
+		return err
+	})
+	obs := &outcomes{}
+	r, err := runner.New(runner.Config{Queue: "bench", Dir: d, Slices: 1, Concurrency: k.concurrency, Handler: counted,
+		PollInterval: 5 * time.Millisecond, Observer: obs, HandlerTimeout: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	poolCtx, stopPool := context.WithCancel(context.Background())
+	poolDone := make(chan struct{})
+	if pool != nil {
+		go func() { pool.Run(poolCtx); close(poolDone) }()
+		deadline := time.Now().Add(time.Minute)
+		for pool.Ready() < pool.cfg.Workers { // start-up is not part of the figure
+			if time.Now().After(deadline) {
+				b.Fatal("workers not ready within a minute")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	} else {
+		close(poolDone)
+	}
+	defer func() { stopPool(); <-poolDone }()
+	r.SetSlices([]int{0})
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	t0 := time.Now()
+	go func() { r.Run(ctx); close(ran) }()
+	deadline := t0.Add(10 * time.Minute)
+	for obs.done.Load()+obs.other.Load() < int64(k.n) {
+		if time.Now().After(deadline) {
+			b.Fatalf("%s: %d of %d handled in 10 minutes", k.name, obs.done.Load(), k.n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	took := time.Since(t0)
+	cancel()
+	<-ran
+	n := 0
+	seen.Range(func(any, any) bool { n++; return true })
+	if obs.other.Load() != 0 || dups.Load() != 0 || n != k.n || obs.done.Load() != int64(k.n) {
+		b.Fatalf("%s: %d done, %d other outcomes, %d distinct messages handled, %d handled twice; want %d done exactly once",
+			k.name, obs.done.Load(), obs.other.Load(), n, dups.Load(), k.n)
+	}
+	for _, sub := range []string{dir, d.ShuntDir, d.BadDir} {
+		if ents, err := os.ReadDir(sub); err != nil && !os.IsNotExist(err) || len(ents) != 0 {
+			b.Fatalf("%s: %s holds %d entries at the end (%v), want none", k.name, sub, len(ents), err)
+		}
+	}
+	return took
+}
+
+// BenchmarkHandlerKinds measures, in one run, on tmpfs and on disk, the messages per second of
+// the engine with: a no-op Go handler (in process), a no-op Python persistent worker
+// (sdk/python/qslice_worker.py), a no-op Python exec handler, and the exec handler `true`. All
+// use concurrency 2 (the worker: 2 processes with in_flight 16). Reported per file system:
+// <kind>_msgs/s and the ratios pyworker/go and pyworker/pyexec. QSLICE_BENCH_FILES sets the
+// message count of the fast kinds (default 50000); the exec kinds get 1/2500
+// (python3 starts ~30 times a second here) and 1/50 of it.
+//
+//	go test -run '^$' -bench HandlerKinds -benchtime 1x ./runner/worker/
+func BenchmarkHandlerKinds(b *testing.B) {
+	py := testenv.RequirePython(b, "json", "python3")
+	n := 50000
+	if s := os.Getenv("QSLICE_BENCH_FILES"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	lib, err := filepath.Abs("../../sdk/python/qslice_worker.py")
+	if err != nil {
+		b.Fatal(err)
+	}
+	noop := runner.HandlerFunc(func(context.Context, *runner.Message) error { return nil })
+	poolCfg := Config{Queue: "bench", Command: []string{py, lib}, Workers: 2, InFlight: 16}
+	kinds := []kind{
+		{"go", n, 2, func(*testing.B) (runner.Handler, *Pool) { return noop, nil }},
+		{"pyworker", n, poolCfg.RunnerConcurrency(), func(b *testing.B) (runner.Handler, *Pool) {
+			p, err := New(poolCfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return p, p
+		}},
+		{"pyexec", max(n/2500, 10), 2, func(*testing.B) (runner.Handler, *Pool) {
+			return &runner.ExecHandler{Command: []string{py, "-c", "import sys; sys.stdin.buffer.read()"}}, nil
+		}},
+		{"true", max(n/50, 20), 2, func(*testing.B) (runner.Handler, *Pool) {
+			return &runner.ExecHandler{Command: []string{"true"}}, nil
+		}},
+	}
+	for _, root := range benchRoots() {
+		b.Run(root[0], func(b *testing.B) {
+			rate := map[string]float64{}
+			for i := 0; i < b.N; i++ {
+				base, err := os.MkdirTemp(root[1], "qslice-bench-kinds-")
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, k := range kinds {
+					took := drain(b, base, k)
+					rate[k.name] += float64(k.n) / took.Seconds() / float64(b.N)
+				}
+				os.RemoveAll(base)
+			}
+			for _, k := range kinds {
+				b.ReportMetric(rate[k.name], k.name+"_msgs/s")
+			}
+			b.ReportMetric(rate["pyworker"]/rate["go"], "pyworker/go")
+			b.ReportMetric(rate["pyworker"]/rate["pyexec"], "pyworker/pyexec")
+		})
+	}
+}
