@@ -98,6 +98,7 @@ type Handler struct {
 	Exec     []string          `yaml:"exec"`
 	Worker   []string          `yaml:"worker"`    // persistent workers: `concurrency` processes per node
 	InFlight int               `yaml:"in_flight"` // worker: messages in flight per process (pipelining)
+	Payload  string            `yaml:"payload"`   // native (default) or raw: foreign files (Mailman pickles) handed over whole
 	Dir      string            `yaml:"dir"`
 	Env      map[string]string `yaml:"env"`
 	Timeout  time.Duration     `yaml:"timeout"`
@@ -298,6 +299,9 @@ func (c *Config) validate(root *yaml.Node) error {
 		if q.Concurrency < 0 {
 			bad(p+".concurrency", "must not be negative")
 		}
+		if q.Handler != nil && q.Handler.Payload != "" && q.Handler.Payload != "native" && q.Handler.Payload != "raw" {
+			bad(p+".handler.payload", "%q: must be native or raw", q.Handler.Payload)
+		}
 		if q.Handler != nil && q.Handler.Timeout < 0 {
 			bad(p+".handler.timeout", "must not be negative")
 		}
@@ -391,6 +395,9 @@ func (q *Queue) applyDefaults() {
 	q.LockTimeout, q.ShutdownGrace, q.Retry = d.LockTimeout, d.ShutdownGrace, Retry(d.Retry)
 	if q.Handler != nil {
 		q.Handler.Timeout = d.HandlerTimeout
+		if q.Handler.Payload == "" {
+			q.Handler.Payload = "native"
+		}
 		if len(q.Handler.Worker) > 0 && q.Handler.InFlight == 0 {
 			q.Handler.InFlight = worker.DefaultInFlight
 		}
@@ -421,6 +428,7 @@ func (q Queue) RunnerConfig() runner.Config {
 		for k, v := range q.Handler.Env {
 			env = append(env, k+"="+v)
 		}
+		rc.RawPayloads = q.Handler.Payload == "raw"
 		if len(q.Handler.Exec) > 0 {
 			rc.Handler = &runner.ExecHandler{Command: q.Handler.Exec, Dir: q.Handler.Dir, Env: env}
 		}

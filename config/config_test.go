@@ -39,7 +39,8 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 		"invalid-worker.yml": {"invalid-worker.yml:5: queues[0].handler: has both exec and worker",
 			"invalid-worker.yml:9: queues[1].handler.in_flight: must be between 1 and 1024 (got 5000)",
 			"invalid-worker.yml:13: queues[2].handler.in_flight: applies to worker handlers only",
-			"invalid-worker.yml:17: queues[3].handler: needs exec", "or worker"},
+			"invalid-worker.yml:17: queues[3].handler: needs exec", "or worker",
+			"invalid-worker.yml:21: queues[4].handler.payload: \"pickle\": must be native or raw"},
 	}
 	for file, wants := range cases {
 		t.Run(file, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -103,6 +104,9 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	}
 	buf = data
 	meta, body, err := queue.Decode(data)
+	if err != nil && r.cfg.RawPayloads && !bytes.HasPrefix(data, []byte("QSLICE")) {
+		meta, body, err = queue.Meta{}, data, nil
+	}
 	if err != nil {
 		r.moveToBad(n, slice, "unreadable payload: "+err.Error(), 0)
 		return true, buf

@@ -39,6 +39,10 @@ type Config struct {
 
 	Handler        Handler
 	HandlerTimeout time.Duration // 0: no timeout
+	// RawPayloads hands a file that is not a native qslice payload (a pickle Mailman wrote, say)
+	// to the handler whole, with empty metadata, instead of moving it to bad. Shunting stores it
+	// in the native format with the file as body; recovery after a crash moves it to bad.
+	RawPayloads bool
 
 	// LockDir is where lock files named by messages live (Meta.Lock is relative to it).
 	LockDir      string

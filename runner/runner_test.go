@@ -888,3 +888,36 @@ func TestRetryAfterUsesTheHandlersDelay(t *testing.T) {
 		t.Errorf("%d files shunted, want none", n)
 	}
 }
+
+// TestRawPayloadsReachTheHandlerWhole: with RawPayloads a file that is not a native payload (a
+// Mailman pickle) is handed over byte for byte; without, it goes to bad.
+func TestRawPayloadsReachTheHandlerWhole(t *testing.T) {
+	for _, raw := range []bool{true, false} {
+		d := newTestDir(t)
+		pickle := []byte("\x80\x04\x95 not a qslice payload")
+		name := "1700000000.000001+" + strings.Repeat("ab", 20) + ".pck"
+		must(t, os.WriteFile(filepath.Join(d.Path, name), pickle, 0o644))
+		got := make(chan []byte, 1)
+		h := HandlerFunc(func(ctx context.Context, m *Message) error { got <- bytes.Clone(m.Body); return nil })
+		r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Logger: testLogger(t), PollInterval: 10 * time.Millisecond, RawPayloads: raw})
+		r.SetSlices([]int{0})
+		stop := startRunner(t, r)
+		if raw {
+			select {
+			case b := <-got:
+				if !bytes.Equal(b, pickle) {
+					t.Errorf("body %q, want the file %q", b, pickle)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("raw payload never reached the handler")
+			}
+			waitFor(t, "queue empty", 10*time.Second, func() bool { return len(dirFiles(t, d.Path, "")) == 0 })
+		} else {
+			waitFor(t, "moved to bad", 10*time.Second, func() bool { return len(dirFiles(t, d.BadDir, ".psv")) == 1 })
+			if len(got) != 0 {
+				t.Error("a foreign payload reached the handler without RawPayloads")
+			}
+		}
+		stop()
+	}
+}

@@ -173,3 +173,96 @@ qslice_worker.run(handle)
 		}
 	}
 }
+
+// TestMailmanPckWorkerUnderQslice: .pck files written by Mailman 3's own Switchboard are handed
+// whole (payload: raw) to examples/workers/mailman_pck_worker.py under `qslice run`, which archives
+// each into its list's Maildir, once, and leaves the queue empty; a forged pickle is shunted.
+func TestMailmanPckWorkerUnderQslice(t *testing.T) {
+	py := testenv.RequirePython(t, "mailman.core.switchboard", "mailman3")
+	qslice, _ := buildBinaries(t)
+	root := t.TempDir()
+	lib, _ := filepath.Abs("python")
+	workerPath, _ := filepath.Abs("../examples/workers/mailman_pck_worker.py")
+	qdir := filepath.Join(root, "queue", "archive")
+	os.MkdirAll(qdir, 0o755)
+	const n = 20
+	enq := exec.Command(py, "-c", `
+import email, sys
+from mailman.core.switchboard import Switchboard
+sb = Switchboard("archive", sys.argv[1])
+for i in range(int(sys.argv[2])):
+    msg = email.message_from_string("From: a@example.com\nTo: test@example.com\nSubject: number %d\n\nbody %d\n" % (i, i))
+    sb.enqueue(msg, listid="test.example.com")
+# A forged entry that names a function a queue entry never does.
+import os, pickle
+with open(os.path.join(sys.argv[1], "1700000000.5+" + "0" * 40 + ".pck"), "wb") as f:
+    f.write(pickle.dumps(os.system) + pickle.dumps({}))
+`, qdir, fmt.Sprint(n))
+	if out, err := enq.CombinedOutput(); err != nil {
+		t.Fatalf("Mailman enqueue: %v\n%s", err, out)
+	}
+	archives := filepath.Join(root, "archives")
+	cfgPath := filepath.Join(root, "qslice.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`listen: 127.0.0.1:0
+queues:
+  - name: archive
+    dir: %s
+    slices: 2
+    concurrency: 1
+    poll_interval: 20ms
+    handler:
+      worker: [%s, %s]
+      payload: raw
+      env: {ARCHIVE_DIR: %q, QSLICE_WORKER_LIB: %q}
+`, qdir, py, workerPath, archives, lib)), 0o644)
+	cmd := exec.Command(qslice, "run", "--config", cfgPath)
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("qslice log:\n%s", log.String())
+		}
+	}()
+	box := filepath.Join(archives, "test.example.com", "new")
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		got, _ := os.ReadDir(box)
+		left, _ := os.ReadDir(qdir)
+		if len(got) == n && len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d archived, %d files left in the queue after 90 s", len(got), n, len(left))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	subjects := map[string]bool{}
+	ents, _ := os.ReadDir(box)
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(box, e.Name()))
+		for _, line := range strings.Split(string(b), "\n") {
+			if s, ok := strings.CutPrefix(line, "Subject: "); ok {
+				subjects[s] = true
+			}
+		}
+		if !strings.Contains(string(b), "X-Mailman-Archived-At:") {
+			t.Errorf("%s lacks the header the archive runner adds", e.Name())
+		}
+	}
+	if len(subjects) != n {
+		t.Errorf("%d distinct subjects archived, want %d", len(subjects), n)
+	}
+	shunted, _ := os.ReadDir(filepath.Join(root, "queue", "shunt"))
+	if len(shunted) != 1 {
+		t.Fatalf("%d files shunted, want the forged one", len(shunted))
+	}
+	b, _ := os.ReadFile(filepath.Join(root, "queue", "shunt", shunted[0].Name()))
+	if !strings.Contains(string(b), "never does") {
+		t.Errorf("the forged pickle's shunt record does not say why: %q", b)
+	}
+}
