@@ -66,6 +66,7 @@ type Agent struct {
 	reg    *prometheus.Registry
 	server *exporters.Server
 	health *healthTracker
+	fs     *fsWatch // filesystem health of the queues worked here
 
 	workers     map[string]worker // by queue, only the coordinated queues
 	runners     map[string]*runner.Runner
@@ -199,6 +200,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 			coordinated = append(coordinated, q)
 		}
 	}
+	if a.fs, err = newFSWatch(cfg, a); err != nil {
+		return nil, err
+	}
 	specs := make([]failover.QueueSpec, 0, len(coordinated))
 	for _, q := range coordinated {
 		specs = append(specs, failover.QueueSpec{Name: q.Name, Slices: q.Slices, Home: q.Home})
@@ -228,6 +232,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		Probe: a.probe, Ownership: ownership{a}, Coordinator: coordStatus{a}, Queues: slicesByQueue,
 	}))
 	a.reg.MustRegister(exporters.NewNodeCollector(a, 0))
+	a.reg.MustRegister(exporters.NewFSCollector(a.fs.States))
 	var listen []string
 	if cfg.Listen != "" {
 		listen = []string{cfg.Listen}
@@ -291,7 +296,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return a.probe.Run(gctx) })
+	g.Go(func() error { return leaveBehind(gctx, a.log, "probe", probeStopBound, a.probe.Run) })
+	g.Go(func() error { return a.fs.Run(gctx) })
 	g.Go(func() error { return a.server.Run(gctx) })
 	g.Go(func() error { return a.coord.Run(gctx) })
 	g.Go(func() error {
@@ -342,6 +348,9 @@ func (a *Agent) NodeHealthy() error { return a.unhealthy() }
 
 // SliceHealth implements failover.HealthSource.
 func (a *Agent) SliceHealth(id failover.SliceID) failover.Health {
+	if h, ok := a.fsSliceHealth(id); ok {
+		return h
+	}
 	if h, critical := a.poolHealth(id.Queue); critical {
 		return h
 	}

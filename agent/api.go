@@ -22,8 +22,21 @@ type Status struct {
 	ConsulError           string            `json:"consul_error,omitempty"`
 	Slices                []SliceView       `json:"slices"`
 	Locks                 []probes.LockView `json:"locks"`
-	Problems              []string          `json:"problems"` // unowned or unhealthy slices, failed scans: non-empty makes `status` exit 3
+	Filesystems           []FSView          `json:"filesystems"` // one per queue worked here
+	Problems              []string          `json:"problems"`    // unowned or unhealthy slices, failed scans: non-empty makes `status` exit 3
 	GeneratedAt           time.Time         `json:"generated_at"`
+}
+
+// FSView is the filesystem health of one queue directory on this node.
+type FSView struct {
+	Queue            string    `json:"queue"`
+	Dir              string    `json:"dir"`
+	Available        bool      `json:"available"`
+	Since            time.Time `json:"since"`
+	Reason           string    `json:"reason,omitempty"`
+	LastProbeSeconds float64   `json:"last_probe_seconds"`
+	LastGood         time.Time `json:"last_good,omitzero"`
+	StuckFiles       []string  `json:"stuck_files,omitempty"` // abandoned messages whose operations have not returned
 }
 
 // SliceView is one slice in the status.
@@ -49,6 +62,18 @@ func (a *Agent) Status() Status {
 		Slices: []SliceView{}, Locks: []probes.LockView{}, Problems: []string{}}
 	if st.ConsulError != "" {
 		st.Problems = append(st.Problems, "consul: "+st.ConsulError)
+	}
+	st.Filesystems = []FSView{}
+	for _, fs := range a.fs.States() {
+		v := FSView{Queue: fs.Name, Dir: fs.Dir, Available: fs.Available, Since: fs.Since.UTC(), Reason: fs.Reason,
+			LastProbeSeconds: fs.LastLatency.Seconds(), LastGood: fs.LastGood.UTC()}
+		if r := a.runners[fs.Name]; r != nil {
+			v.StuckFiles = r.StuckFiles()
+		}
+		if !fs.Available {
+			st.Problems = append(st.Problems, fmt.Sprintf("queue %s: filesystem of %s unavailable on this node: %s", fs.Name, fs.Dir, fs.Reason))
+		}
+		st.Filesystems = append(st.Filesystems, v)
 	}
 	mine := map[failover.SliceID]bool{}
 	for _, o := range cs.Owned {

@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/fshealth"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/queue"
 	"github.com/qslice/qslice/runner/supervise"
@@ -71,6 +72,16 @@ type Probes struct {
 type Health struct {
 	MaxAge     time.Duration `yaml:"max_age"`     // warning when the oldest ready message is older
 	StallAfter time.Duration `yaml:"stall_after"` // warning when a non-empty backlog made no progress for this long
+	// Filesystem: when a queue directory's filesystem counts as unavailable on this node.
+	Filesystem FSHealth `yaml:"filesystem"`
+}
+
+// FSHealth configures the filesystem watch of each queue directory (package fshealth, where
+// the defaults are reasoned).
+type FSHealth struct {
+	Interval     time.Duration `yaml:"interval"`      // between probes (stat, readdir, canary write+fsync+remove)
+	Timeout      time.Duration `yaml:"timeout"`       // no probe answered for this long: unavailable, slices handed off
+	RecoverAfter time.Duration `yaml:"recover_after"` // probes answered for this long: available again, slices come back
 }
 
 // Queue is one queue directory and how it is worked.
@@ -132,7 +143,8 @@ func Defaults() Config {
 		Cluster: "default",
 		Listen:  "127.0.0.1:9466",
 		Probes:  Probes{Interval: 15 * time.Second, Budget: 10 * time.Second, Bytes: true, BytesMaxFiles: 50_000},
-		Health:  Health{MaxAge: 15 * time.Minute, StallAfter: 5 * time.Minute},
+		Health: Health{MaxAge: 15 * time.Minute, StallAfter: 5 * time.Minute, Filesystem: FSHealth{
+			Interval: fshealth.DefaultInterval, Timeout: fshealth.DefaultTimeout, RecoverAfter: fshealth.DefaultRecoverAfter}},
 	}
 }
 
@@ -240,6 +252,14 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if c.Probes.Budget <= 0 || c.Probes.Budget > c.Probes.Interval {
 		bad("probes.budget", "must be positive and at most probes.interval (%s)", c.Probes.Interval)
+	}
+	if fs := c.Health.Filesystem; fs.Interval <= 0 {
+		bad("health.filesystem.interval", "must be positive")
+	} else if fs.Timeout <= fs.Interval {
+		bad("health.filesystem.timeout", "must be above health.filesystem.interval (%s), got %s", fs.Interval, fs.Timeout)
+	}
+	if c.Health.Filesystem.RecoverAfter <= 0 {
+		bad("health.filesystem.recover_after", "must be positive")
 	}
 	if len(c.Queues) == 0 {
 		bad("queues", "at least one queue is needed")

@@ -41,6 +41,7 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 			"invalid-worker.yml:13: queues[2].handler.in_flight: applies to worker handlers only",
 			"invalid-worker.yml:17: queues[3].handler: needs exec", "or worker",
 			"invalid-worker.yml:21: queues[4].handler.payload: \"pickle\": must be native or raw"},
+		"invalid-fs-health.yml": {"invalid-fs-health.yml:4: health.filesystem.timeout: must be above health.filesystem.interval (5s), got 3s", "health.filesystem.recover_after: must be positive"},
 	}
 	for file, wants := range cases {
 		t.Run(file, func(t *testing.T) {

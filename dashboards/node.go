@@ -123,6 +123,15 @@ func node() *dashboard.DashboardBuilder {
 			unitNone, half,
 			q(`qslice_queue_scan_success{`+selOneQueue+`}`, "queue {{queue}}"),
 			q(`qslice_lock_scan_success{`+selOne+`}`, "locks {{lock}}")).Min(0).Max(1)).
+		WithPanel(graph("Queue filesystem", "1 while each queue directory's filesystem answers this node's probe (stat, readdir, canary create+fsync+remove) within health.filesystem.timeout; 0 while it does not (its slices are handed to other nodes) and until it has answered for recover_after.",
+			unitNone, third,
+			q(`qslice_queue_filesystem_available{`+selOneQueue+`}`, "{{queue}}")).Min(0).Max(1)).
+		WithPanel(graph("Filesystem probe duration", "How long this node's last completed filesystem probe of each queue directory took. A hung probe shows as no new value until it returns.",
+			unitSeconds, third,
+			q(`qslice_queue_filesystem_probe_seconds{`+selOneQueue+`}`, "{{queue}}"))).
+		WithPanel(bars("Filesystem probe failures", "Filesystem probes that failed or took longer than health.filesystem.timeout, per interval and queue.",
+			unitCount, third,
+			q(`sum by (queue) (increase(qslice_queue_filesystem_probe_failures_total{`+selOneQueue+`}[$__rate_interval]))`, "{{queue}}"))).
 		WithRow(row("Process")).
 		WithPanel(graph("CPU", "CPU time the agent used per second (1 = one core).",
 			unitCPU, third,

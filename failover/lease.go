@@ -314,6 +314,10 @@ func (k *keeper) passQueueChecks(ctx context.Context) []error {
 	c := k.c
 	now := c.clk.Now()
 	processing := c.processingSlices()
+	var unavailable map[string]string
+	if qa, ok := c.health.(QueueAvailability); ok {
+		unavailable = qa.UnavailableQueues()
+	}
 	seen := map[SliceID]bool{}
 	var errs []error
 	for _, q := range c.cfg.Queues {
@@ -339,6 +343,9 @@ func (k *keeper) passQueueChecks(ctx context.Context) []error {
 			}
 		}
 		out := fmt.Sprintf("%d slices processed here: %s", len(processing[q.Name]), FormatRanges(processing[q.Name]))
+		if why, ok := unavailable[q.Name]; ok { // critical even when every slice is gone
+			worst, bad = StatusCritical, append(bad, why)
+		}
 		if len(bad) > 0 {
 			out += "\n" + strings.Join(bad, "\n")
 		}
