@@ -85,7 +85,10 @@ func TestTokenFileAndRedaction(t *testing.T) {
 		t.Fatalf("token = %q, %v", fc.Token, err)
 	}
 	c.Consul.Token = "inline-secret"
-	out, _ := c.Redacted()
+	out, err := c.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if strings.Contains(string(out), "inline-secret") || strings.Contains(string(out), "s3cret") {
 		t.Errorf("secret printed:\n%s", out)
 	}

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/qslice/qslice/internal/testenv"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -230,6 +232,8 @@ func TestEndToEndAlertsFire(t *testing.T) {
 	deadline := time.Now().Add(e2eTimeout)
 
 	// Messages written two hours ago into the stalled queue: their age comes from their names.
+	// wantStalled: the slices (of the config's 2) that hold them.
+	wantStalled := map[string]bool{}
 	n := startNode(t, e2eConfig, func(dir string) {
 		qdir := filepath.Join(dir, "queue", "stuck")
 		if err := os.MkdirAll(qdir, 0o755); err != nil {
@@ -237,9 +241,11 @@ func TestEndToEndAlertsFire(t *testing.T) {
 		}
 		d := queue.NewDir(qdir, filepath.Join(dir, "queue", "shunt"), filepath.Join(dir, "queue", "bad"))
 		for i := range 6 {
-			if _, err := d.Enqueue(queue.Meta{}, []byte(fmt.Sprintf("message %d", i)), time.Now().Add(-2*time.Hour)); err != nil {
+			name, err := d.Enqueue(queue.Meta{}, []byte(fmt.Sprintf("message %d", i)), time.Now().Add(-2*time.Hour))
+			if err != nil {
 				t.Fatal(err)
 			}
+			wantStalled[strconv.Itoa(queue.SliceOf(name.Digest, 2))] = true
 		}
 		// The crash-looping queue is empty: its alert comes from the worker, not the backlog.
 		if err := os.MkdirAll(filepath.Join(dir, "queue", "crash"), 0o755); err != nil {
@@ -258,6 +264,9 @@ func TestEndToEndAlertsFire(t *testing.T) {
 		{"alertname": "QsliceSliceBacklogOld", "queue": "stuck", "severity": "critical"},
 		// Joined with qslice_node_info: the node's name and cluster (the defaults) are labels.
 		{"alertname": "QsliceWorkerCrashLooping", "queue": "crash", "slice": "0", "node": "e2e", "cluster": "default", "severity": "warning"},
+	}
+	for slice := range wantStalled {
+		want = append(want, map[string]string{"alertname": "QsliceSliceStalled", "queue": "stuck", "slice": slice})
 	}
 	var last []promAlert
 	waitFor(t, time.Until(deadline), "stale-lock, stalled-slice, old-backlog and crash-loop alerts firing", func() (bool, string) {
@@ -298,14 +307,14 @@ func TestEndToEndAlertsFire(t *testing.T) {
 			t.Errorf("alert %s fires for a healthy part: %v", a.Labels["alertname"], a.Labels)
 		}
 	}
-	// Every stalled slice of "stuck" is reported (two slices, six messages spread over them).
+	// Exactly the slices of "stuck" that hold messages are reported stalled.
 	stalled := map[string]bool{}
 	for _, a := range last {
 		if a.State == "firing" && matches(a, map[string]string{"alertname": "QsliceSliceStalled", "queue": "stuck"}) {
 			stalled[a.Labels["slice"]] = true
 		}
 	}
-	if len(stalled) == 0 {
-		t.Errorf("no stalled slice of queue stuck reported")
+	if !maps.Equal(stalled, wantStalled) {
+		t.Errorf("stalled slices of queue stuck reported: %v, want %v", stalled, wantStalled)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/qslice/qslice/runner/worker"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,14 +241,12 @@ qslice_queue_oldest_in_flight_age_seconds{queue="q",slice="1"} 90
 }
 
 func TestCollectorWithoutSources(t *testing.T) {
-	var nilProbe *probes.Probe
 	p, _ := probes.New(probes.Config{})
 	for _, c := range []*Collector{NewCollector(CollectorOptions{}), NewCollector(CollectorOptions{Probe: p})} {
 		if n := testutil.CollectAndCount(c); n != 0 {
 			t.Errorf("%d metrics without sources or before the first scan, want 0", n)
 		}
 	}
-	_ = nilProbe
 }
 
 func TestLabelCap(t *testing.T) {
@@ -282,10 +281,19 @@ func TestMetricsDocumented(t *testing.T) {
 	for _, d := range allDescs {
 		names = append(names, descName(d))
 	}
-	reg := prometheus.NewRegistry()
-	NewRunnerMetrics(reg, []string{"q"})
-	reg.MustRegister(NewRegistry("v", "abc123"))
-	mfs, err := reg.Gather()
+	// Every family a component registers, whether or not it has a series yet (a vector without
+	// label values gathers nothing): its descriptors say what it can export.
+	rec := &recordingRegisterer{Registerer: prometheus.NewRegistry()}
+	if _, err := NewRunnerMetrics(rec, []string{"q"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := worker.NewMetrics(rec, []string{"q"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rec.collectors {
+		names = append(names, collectorNames(c)...)
+	}
+	mfs, err := NewRegistry("v", "abc123").Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,11 +302,44 @@ func TestMetricsDocumented(t *testing.T) {
 			names = append(names, mf.GetName())
 		}
 	}
+	if len(names) < len(allDescs)+10 {
+		t.Fatalf("only %d metric names found: the test no longer sees the components' metrics", len(names))
+	}
 	for _, n := range names {
 		if !strings.Contains(string(doc), "`"+n+"`") {
 			t.Errorf("%s is not in docs/metrics.md", n)
 		}
 	}
+}
+
+// recordingRegisterer registers with the wrapped registerer and remembers each collector.
+type recordingRegisterer struct {
+	prometheus.Registerer
+	collectors []prometheus.Collector
+}
+
+func (r *recordingRegisterer) Register(c prometheus.Collector) error {
+	r.collectors = append(r.collectors, c)
+	return r.Registerer.Register(c)
+}
+
+func (r *recordingRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// collectorNames are the fully-qualified names of the descriptors c describes.
+func collectorNames(c prometheus.Collector) []string {
+	ch := make(chan *prometheus.Desc)
+	go func() { c.Describe(ch); close(ch) }()
+	var out []string
+	for d := range ch {
+		out = append(out, descName(d))
+	}
+	return out
 }
 
 // TestStandaloneLeaseNotExported: a lease that never ends has no remaining time to graph.

@@ -82,7 +82,9 @@ os._exit(0)
 		}
 		local = append(local, strings.Fields(string(out))[0])
 	} else {
-		t.Log("no python3 with flufl.lock: the dead-holder case is not covered")
+		// CI has flufl.lock (.ci/apt-packages.txt): without it the dead-holder case would go
+		// unchecked, so the test skips, and CI's allow-list refuses that skip.
+		t.Skip("no python3 with flufl.lock (Debian package python3-flufl.lock): the dead-holder case needs it; set QSLICE_PYTHON3")
 	}
 	before := listTree(t, dir)
 
@@ -94,10 +96,7 @@ os._exit(0)
 	if after := listTree(t, dir); after != before {
 		t.Errorf("the scan changed the directory:\n%s\nbecame\n%s", before, after)
 	}
-	wantHeld, wantDead := 2, 0
-	if flufl != "" {
-		wantHeld, wantDead = 3, 1
-	}
+	wantHeld, wantDead := 3, 1
 	if l.Held != wantHeld || l.Expired != 1 || l.Waiters != 1 || l.OrphanedClaims != 1 || l.HolderDead != wantDead || l.Anomalous != 0 {
 		t.Errorf("held %d expired %d waiters %d orphaned %d dead %d anomalous %d; want %d 1 1 1 %d 0",
 			l.Held, l.Expired, l.Waiters, l.OrphanedClaims, l.HolderDead, l.Anomalous, wantHeld, wantDead)
