@@ -28,6 +28,10 @@ type FaultRecord struct {
 	// reached.
 	Silenced, Held        int
 	LeaseBack, SlicesBack time.Duration
+	// KindFSCut only (SlicesBack too). Detected: from Done (the cut) until the node's status
+	// showed the queue's filesystem unavailable; Elsewhere: until every slice was processed by
+	// another node.
+	Detected, Elsewhere time.Duration
 }
 
 // Leftover is a file of a message still somewhere after the run: in the queue directory, in
@@ -60,6 +64,9 @@ type Input struct {
 	// KindBlackhole) at Done cannot hold a valid lease past Done + Lease, since its last renewal
 	// was sent before.
 	Lease time.Duration
+	// FSTimeout is the nodes' health.filesystem.timeout: a node whose mount is cut
+	// (KindFSCut) at Done starts no handling from Done + FSTimeout + lapseWithin until healed.
+	FSTimeout time.Duration
 }
 
 // fenceSlack allows for the instant between a handler's check of its lease deadline and the
@@ -109,6 +116,13 @@ type Report struct {
 	// over the blackholes that got that far; BlackholeDetails has one line per blackhole.
 	BlackholeLeaseBack, BlackholeSlicesBack Stats
 	BlackholeDetails                        []string
+	// FSCutDetected, FSCutElsewhere and FSCutSlicesBack summarize the fscut measurements
+	// (FaultRecord.Detected, Elsewhere, SlicesBack); FSCutDetails has one line per fscut.
+	// LateAfterFence counts filesystem operations that returned after their node fenced the
+	// queue (from the node logs): the late completions the fencing had to absorb.
+	FSCutDetected, FSCutElsewhere, FSCutSlicesBack Stats
+	FSCutDetails                                   []string
+	LateAfterFence                                 int
 	MalformedLedgerLine                     int
 	// OwnershipChanges sums the nodes' qslice_ownership_changes_total by reason, over every
 	// process (each process's last scrape); LoggedChanges counts the "slice ownership changed"
@@ -293,6 +307,38 @@ func Analyze(in Input) Report {
 				f.NodeName, stamp(f.Done), stamp(f.End), in.Lease+lapseWithin))
 		}
 	}
+	// A node whose filesystem is cut starts nothing once it must have noticed, until healed.
+	var fsDet, fsElse, fsBack []time.Duration
+	for _, f := range in.Faults {
+		if f.Kind != KindFSCut || f.Done.IsZero() || f.End.IsZero() {
+			continue
+		}
+		noticed := f.Done.Add(in.FSTimeout + lapseWithin)
+		for _, h := range in.Handlings {
+			if h.Node == f.NodeName && h.Start.After(noticed) && h.Start.Before(f.End) {
+				r.HandledWhileCut++
+				addDetail(&r.PartitionDetails, fmt.Sprintf("%s: handled on %s at %s, its filesystem cut since %s (timeout %s), healed %s",
+					h.ID, h.Node, stamp(h.Start), stamp(f.Done), in.FSTimeout, stamp(f.End)))
+			}
+		}
+		d := func(x time.Duration) string {
+			if x == 0 {
+				return "not reached"
+			}
+			return x.Round(time.Millisecond).String()
+		}
+		addDetail(&r.FSCutDetails, fmt.Sprintf("%s (%s): filesystem cut %s, healed %s; unavailable reported after %s, slices processed elsewhere after %s; after the healing, slices back after %s",
+			f, f.NodeName, stamp(f.Done), stamp(f.End), d(f.Detected), d(f.Elsewhere), d(f.SlicesBack)))
+		for _, p := range []struct {
+			v   time.Duration
+			out *[]time.Duration
+		}{{f.Detected, &fsDet}, {f.Elsewhere, &fsElse}, {f.SlicesBack, &fsBack}} {
+			if p.v > 0 {
+				*p.out = append(*p.out, p.v)
+			}
+		}
+	}
+	r.FSCutDetected, r.FSCutElsewhere, r.FSCutSlicesBack = Summarize(fsDet), Summarize(fsElse), Summarize(fsBack)
 	// How long blackholed nodes took to come back after the healing.
 	var leaseBack, slicesBack []time.Duration
 	for _, f := range in.Faults {

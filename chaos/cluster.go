@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/qslice/qslice/agent"
+	"github.com/qslice/qslice/fshealth"
 )
 
 // Binaries are the programs a cluster runs.
@@ -59,9 +60,37 @@ type ClusterConfig struct {
 	Bin                      Binaries
 	// Dir holds the queue, the configs, the ledgers and the logs; required.
 	Dir string
+	// FS, when set, puts the queue on a shared filesystem with one mount per node (a
+	// glustertest bed): node i works the queue through NodeRoots[i], the harness (feeder and
+	// final checks) through SharedRoot, and KindFSCut acts on node i's mount through FS.
+	FS         FSBed
+	SharedRoot string
+	NodeRoots  []string
+	// FSHealth goes to every node's health.filesystem section when set (interval, timeout,
+	// recover_after); zero fields keep qslice's defaults.
+	FSHealth FSHealthConfig
 	// ConsulAddr is host:port of the Consul HTTP API; required.
 	ConsulAddr string
 	Log        *slog.Logger // the harness's own log; nil discards
+}
+
+// FSBed cuts and heals one node's mount of the shared filesystem.
+type FSBed interface {
+	Cut(node int) error
+	Heal(node int) error
+}
+
+// FSHealthConfig is a node's health.filesystem section.
+type FSHealthConfig struct {
+	Interval, Timeout, RecoverAfter time.Duration
+}
+
+// EffectiveTimeout returns the filesystem timeout in effect (qslice's default when unset).
+func (f FSHealthConfig) EffectiveTimeout() time.Duration {
+	if f.Timeout == 0 {
+		return fshealth.DefaultTimeout
+	}
+	return f.Timeout
 }
 
 // DefaultClusterConfig: 3 nodes, 8 slices, TTL 2 s, lock-delay 1 s, hold-down 3 s (the shortest
@@ -152,7 +181,14 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	if cfg.Dir == "" || cfg.ConsulAddr == "" || cfg.Bin.Qslice == "" || cfg.Bin.Handler == "" {
 		return nil, errors.New("chaos cluster: Dir, ConsulAddr and Bin are required")
 	}
-	c := &Cluster{cfg: cfg, log: cfg.Log, QueueDir: filepath.Join(cfg.Dir, "queue", "in"),
+	root := cfg.Dir
+	if cfg.FS != nil {
+		if cfg.SharedRoot == "" || len(cfg.NodeRoots) != cfg.Nodes {
+			return nil, fmt.Errorf("chaos cluster: with FS, SharedRoot and one NodeRoots entry per node (%d) are required", cfg.Nodes)
+		}
+		root = cfg.SharedRoot
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Log, QueueDir: filepath.Join(root, "queue", "in"),
 		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}}
 	for _, d := range []string{c.QueueDir, filepath.Join(cfg.Dir, "logs")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -208,8 +244,23 @@ func (c *Cluster) LedgerPaths() []string {
 	return out
 }
 
+// nodeQueueDir is the queue directory as node n reaches it.
+func (c *Cluster) nodeQueueDir(n *Node) string {
+	if c.cfg.FS != nil {
+		return filepath.Join(c.cfg.NodeRoots[n.Index], "queue", "in")
+	}
+	return c.QueueDir
+}
+
 func (c *Cluster) writeConfig(n *Node) error {
+	fsh := map[string]any{}
+	for k, d := range map[string]time.Duration{"interval": c.cfg.FSHealth.Interval, "timeout": c.cfg.FSHealth.Timeout, "recover_after": c.cfg.FSHealth.RecoverAfter} {
+		if d > 0 {
+			fsh[k] = d.String()
+		}
+	}
 	cfg := map[string]any{
+		"health":  map[string]any{"filesystem": fsh},
 		"node":    n.Name,
 		"cluster": "chaos",
 		"listen":  n.Listen,
@@ -219,7 +270,7 @@ func (c *Cluster) writeConfig(n *Node) error {
 		},
 		"probes": map[string]any{"interval": "1s", "budget": "1s"},
 		"queues": []any{map[string]any{
-			"name": "in", "dir": c.QueueDir, "slices": c.cfg.Slices, "concurrency": c.cfg.Concurrency,
+			"name": "in", "dir": c.nodeQueueDir(n), "slices": c.cfg.Slices, "concurrency": c.cfg.Concurrency,
 			"poll_interval": c.cfg.PollInterval.String(), "shutdown_grace": "20s",
 			"retry": map[string]any{"initial": "100ms", "max": "1s", "max_elapsed": "5m"},
 			"handler": map[string]any{

@@ -11,9 +11,12 @@ import (
 
 // NodeLog is what the harness reads from one qslice process's JSON log.
 type NodeLog struct {
-	// Lapses are the instants the runner reported a lapsed lease: it cancelled (killed) every
-	// running handler then, and leaves their files in flight for the next owner.
+	// Lapses are the instants the runner reported a lapsed lease, or fenced its queue: it
+	// cancelled (killed) every running handler then, and leaves their files in flight for the
+	// next owner. LateAfterFence counts operations that returned from the filesystem after the
+	// fence (claims given back, handlers whose message was left in flight).
 	Lapses []time.Time
+	LateAfterFence int
 	// Changes counts "slice ownership changed" lines by reason.
 	Changes map[string]int
 	// ChangeLines are those lines, in order, as "time slice from->to reason".
@@ -69,8 +72,13 @@ func ReadNodeLog(path string) (NodeLog, error) {
 		at, _ := time.Parse(time.RFC3339Nano, str("time"))
 		msg := str("msg")
 		switch {
-		case str("component") == "runner" && strings.Contains(msg, "lease lapsed"):
+		case str("component") == "runner" && (strings.Contains(msg, "lease lapsed") || strings.HasPrefix(msg, "queue fenced") ||
+			strings.HasPrefix(msg, "stopped with work stuck")):
+			// A fence (the queue's filesystem does not answer) and a shutdown with work stuck in
+			// the filesystem also kill the running handlers and leave their files in flight.
 			out.Lapses = append(out.Lapses, at)
+		case strings.Contains(msg, "after the queue was fenced"):
+			out.LateAfterFence++
 		case msg == "slice ownership changed":
 			r := str("reason")
 			out.Changes[r]++

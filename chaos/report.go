@@ -26,12 +26,18 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "concurrent duplicates:    %d\n", r.ConcurrentDuplicates)
 	fmt.Fprintf(w, "repeats after crash:      %d\n", r.RepeatsAfterCrash)
 	fmt.Fprintf(w, "unexplained repeats:      %d\n", r.UnexplainedRepeats)
-	if r.Faults[KindPartition]+r.Faults[KindBlackhole] > 0 {
+	if r.Faults[KindPartition]+r.Faults[KindBlackhole]+r.Faults[KindFSCut] > 0 {
 		fmt.Fprintf(w, "handled while cut off:    %d (partitions and blackholes without a lapsed lease: %d)\n", r.HandledWhileCut, r.PartitionsUnlapsed)
 	}
 	if n := r.Faults[KindBlackhole]; n > 0 {
 		fmt.Fprintf(w, "blackhole heal to lease:  %s (of %d)\n", r.BlackholeLeaseBack, n)
 		fmt.Fprintf(w, "blackhole heal to slices: %s (of %d)\n", r.BlackholeSlicesBack, n)
+	}
+	if n := r.Faults[KindFSCut]; n > 0 {
+		fmt.Fprintf(w, "fscut to unavailable:     %s (of %d)\n", r.FSCutDetected, n)
+		fmt.Fprintf(w, "fscut to processed else:  %s (of %d)\n", r.FSCutElsewhere, n)
+		fmt.Fprintf(w, "fscut heal to slices:     %s (of %d)\n", r.FSCutSlicesBack, n)
+		fmt.Fprintf(w, "late after fence:         %d filesystem operations returned after their queue was fenced\n", r.LateAfterFence)
 	}
 	fmt.Fprintf(w, "ownership changes:        metrics %s (last scrape of each process); log lines %s (all)\n",
 		formatCounts(r.OwnershipChanges), formatIntCounts(r.LoggedChanges))
@@ -46,6 +52,7 @@ func (r *Report) Print(w io.Writer) {
 		{"lost", r.LostIDs}, {"left on disk", r.StrandedDetails}, {"concurrent duplicates", r.DuplicateDetails},
 		{"unexplained repeats", r.UnexplainedDetails}, {"cut off Consul, not stopped", r.PartitionDetails},
 		{"blackholes (lease and slices back: from the healing)", r.BlackholeDetails},
+		{"filesystem cuts", r.FSCutDetails},
 		{"metrics vs log", r.MetricMismatches}, {"problems", r.Problems},
 		{"ERROR lines in the node logs that no fault explains", r.NodeErrors},
 	} {

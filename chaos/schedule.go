@@ -36,10 +36,16 @@ const (
 	// (a firewall or NAT dropping its flow table). The node hears nothing on an old connection
 	// until its own timeouts.
 	KindBlackhole Kind = "blackhole"
+	// KindFSCut: the node's own mount of the shared filesystem stops answering for Hold (its
+	// GlusterFS client's link to the server drops every packet) while Consul and the other
+	// nodes' mounts work on, as a hung NFS mount on one host; then the link comes back, and
+	// operations blocked in the filesystem meanwhile complete late. Needs a cluster on
+	// per-node mounts (ClusterConfig.FS).
+	KindFSCut Kind = "fscut"
 )
 
 // Kinds lists every fault kind, in report order.
-var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition, KindBlackhole}
+var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition, KindBlackhole, KindFSCut}
 
 // ParseKinds parses "kill=2,pause=2" into counts.
 func ParseKinds(s string) (map[Kind]int, error) {
@@ -95,6 +101,10 @@ type ScheduleParams struct {
 	Takeover time.Duration
 	GapMin   time.Duration
 	GapMax   time.Duration
+	// FSHold is the shortest hold of an fscut (drawn up to 2 s more); 0 means 20 s: longer than
+	// the filesystem timeout plus a hand-off, shorter than GlusterFS's 42 s ping-timeout, so
+	// operations blocked by the cut are carried out late, at the healing.
+	FSHold time.Duration
 }
 
 // NewSchedule draws a deterministic schedule from seed: counts[k] faults of kind k in a random
@@ -146,6 +156,12 @@ func drawFault(rng *rand.Rand, seq int, k Kind, p ScheduleParams) Fault {
 		f.Hold = between(500*time.Millisecond, 3*time.Second)
 	case KindDrain:
 		f.Hold = between(time.Second, 4*time.Second)
+	case KindFSCut:
+		lo := p.FSHold
+		if lo == 0 {
+			lo = 20 * time.Second
+		}
+		f.Hold = between(lo, lo+2*time.Second)
 	}
 	return f
 }

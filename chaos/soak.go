@@ -41,7 +41,9 @@ type SoakOptions struct {
 	// a sixteenth, and a watch left on a silent connection hears nothing for that long), so that
 	// a slow recovery is measured; one slower than SettleTimeout is a problem all the same.
 	RecoverTimeout time.Duration
-	Log            *slog.Logger
+	// FSHold is the shortest hold of an fscut (ScheduleParams.FSHold).
+	FSHold time.Duration
+	Log    *slog.Logger
 }
 
 // RunSoak runs the cluster's nodes, feeds messages, injects the faults one after the other,
@@ -87,7 +89,7 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 
 	scr := newScraper(cl)
 	params := ScheduleParams{Nodes: len(cl.Nodes), Lease: cl.cfg.Lease(), Takeover: cl.cfg.TTL + cl.cfg.LockDelay + time.Second,
-		GapMin: time.Second, GapMax: 3 * time.Second}
+		GapMin: time.Second, GapMax: 3 * time.Second, FSHold: o.FSHold}
 	var schedule []Fault
 	rng := NewRand(o.Seed)
 	if len(o.Faults) > 0 {
@@ -172,7 +174,7 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 	// Kills, pauses, partitions and blackholes strike while the node runs a handler, when it
 	// gets one within 3 s.
 	busy := false
-	if f.Kind == KindKill || f.Kind == KindPause || f.Kind == KindPartition || f.Kind == KindBlackhole {
+	if f.Kind == KindKill || f.Kind == KindPause || f.Kind == KindPartition || f.Kind == KindBlackhole || f.Kind == KindFSCut {
 		busy = n.WaitBusy(3 * time.Second)
 	}
 	log.Info("fault", "fault", f.String(), "node", rec.NodeName, "handler_running", busy)
@@ -250,6 +252,8 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 			errs = append(errs, fmt.Errorf("%s had no connection to Consul while blackholed: does it reach Consul through its proxy?", n.Name))
 		}
 		errs = append(errs, measureRecovery(ctx, cl, n, &rec, o, log))
+	case KindFSCut:
+		errs = append(errs, applyFSCut(ctx, cl, n, f, &rec, o, log)...)
 	}
 	if rec.End.IsZero() {
 		rec.End = time.Now()
@@ -282,6 +286,69 @@ func measureRecovery(ctx context.Context, cl *Cluster, n *Node, rec *FaultRecord
 			rec.LeaseBack.Round(time.Millisecond), rec.SlicesBack.Round(time.Millisecond), o.SettleTimeout)
 	}
 	return nil
+}
+
+// applyFSCut cuts node n's mount of the shared filesystem for f.Hold and measures: how long the
+// node took to report the queue's filesystem unavailable (its HTTP status must answer all along:
+// nothing there may block on the filesystem), until every slice was processed and none by n
+// (its slices handed off and taken by nodes that reach the filesystem), and, after the healing,
+// until the cluster converged with n's slices back (the filesystem hold-down, then Consul's).
+func applyFSCut(ctx context.Context, cl *Cluster, n *Node, f Fault, rec *FaultRecord, o SoakOptions, log *slog.Logger) []error {
+	if cl.cfg.FS == nil {
+		return []error{errors.New("fscut needs a cluster on per-node mounts (ClusterConfig.FS)")}
+	}
+	var errs []error
+	if err := cl.cfg.FS.Cut(n.Index); err != nil {
+		return []error{err}
+	}
+	rec.Done = time.Now()
+	bound := cl.cfg.FSHealth.EffectiveTimeout() + 5*time.Second
+	if err := pollUntil(bound, func() error {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := n.Status(sctx)
+		if err != nil {
+			return fmt.Errorf("status of %s while its filesystem is cut (it must answer): %w", n.Name, err)
+		}
+		for _, fs := range st.Filesystems {
+			if fs.Queue == "in" && !fs.Available {
+				return nil
+			}
+		}
+		return errors.New("filesystem still reported available")
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("cut off its filesystem, %s did not report it unavailable within %s: %w", n.Name, bound, err))
+	} else {
+		rec.Detected = time.Since(rec.Done)
+	}
+	if err := pollUntil(time.Until(rec.Done.Add(f.Hold)), func() error {
+		o, err := cl.Ownership(ctx)
+		if err != nil {
+			return err
+		}
+		for s := 0; s < cl.cfg.Slices; s++ {
+			if !o.Processing[s] || o.ProcessedBy[s] == n.Name {
+				return fmt.Errorf("slice %d processed by %q", s, o.ProcessedBy[s])
+			}
+		}
+		return nil
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("cut off its filesystem, %s's slices were not all processed elsewhere within the hold %s: %w", n.Name, f.Hold, err))
+	} else {
+		rec.Elsewhere = time.Since(rec.Done)
+	}
+	sleepCtx(ctx, time.Until(rec.Done.Add(f.Hold)))
+	errs = append(errs, cl.cfg.FS.Heal(n.Index))
+	rec.End = time.Now()
+	log.Info("filesystem healed", "node", n.Name, "detected", rec.Detected.Round(time.Millisecond), "processed_elsewhere", rec.Elsewhere.Round(time.Millisecond))
+	timeout := max(o.SettleTimeout, 2*time.Minute)
+	if err := cl.WaitOwned(ctx, timeout, true); err != nil {
+		errs = append(errs, fmt.Errorf("healed, the cluster did not converge with %s's slices back within %s: %w", n.Name, timeout, err))
+	} else {
+		rec.SlicesBack = time.Since(rec.End)
+	}
+	log.Info("filesystem cut recovered", "node", n.Name, "slices_back", rec.SlicesBack.Round(time.Millisecond))
+	return errs
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
@@ -343,10 +410,10 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 		return nil, err
 	}
 	in := Input{Enqueued: enqueued, Handlings: PairHandlings(evs), Faults: faults, Lapses: map[string][]time.Time{}, Leftovers: left,
-		Lease: cl.cfg.Lease()}
+		Lease: cl.cfg.Lease(), FSTimeout: cl.cfg.FSHealth.EffectiveTimeout()}
 	logged := map[string]int{}
 	var nodeErrors []string
-	expected := 0
+	expected, late := 0, 0
 	for _, n := range cl.Nodes {
 		for _, p := range n.Logs() {
 			nl, err := ReadNodeLog(p)
@@ -354,6 +421,7 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 				return nil, err
 			}
 			in.Lapses[n.Name] = append(in.Lapses[n.Name], nl.Lapses...)
+			late += nl.LateAfterFence
 			for k, v := range nl.Changes {
 				logged[k] += v
 			}
@@ -374,6 +442,7 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 	rep.LoggedChanges = logged
 	rep.NodeErrors = nodeErrors
 	rep.ExpectedNodeErrors = expected
+	rep.LateAfterFence = late
 	return &rep, nil
 }
 
@@ -385,6 +454,11 @@ var ExpectedErrors = map[Kind][]string{
 	KindConsulRestart: {"consul request failing"},
 	KindPartition:     {"consul request failing"},
 	KindBlackhole:     {"consul request failing"},
+	// The node whose filesystem hangs and then fails (GlusterFS: ENOTCONN after its
+	// ping-timeout) says so, and says what it leaves behind.
+	KindFSCut: {"queue filesystem unavailable", "queue fenced", "claim failed", "scanning the queue directory failed",
+		"recovering in-flight files", "could not recover an in-flight file", "handler succeeded but the file could not be removed",
+		"a claim landed after the queue was fenced", "could not give a message back", "stopped with work stuck"},
 }
 
 // errorSettle is how long after a fault was undone its expected errors may still be logged: a
