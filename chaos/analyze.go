@@ -123,7 +123,7 @@ type Report struct {
 	FSCutDetected, FSCutElsewhere, FSCutSlicesBack Stats
 	FSCutDetails                                   []string
 	LateAfterFence                                 int
-	MalformedLedgerLine                     int
+	MalformedLedgerLine                            int
 	// OwnershipChanges sums the nodes' qslice_ownership_changes_total by reason, over every
 	// process (each process's last scrape); LoggedChanges counts the "slice ownership changed"
 	// log lines by reason.

@@ -22,7 +22,7 @@ func TestChaosGlusterFS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos run on GlusterFS takes about two minutes; skipped with -short")
 	}
-	consul := consultest.Start(t) // skips when Consul is absent
+	consul := consultest.Start(t)                              // skips when Consul is absent
 	bed := glustertest.New(t, glustertest.Options{Clients: 4}) // skips unless root with GlusterFS
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()

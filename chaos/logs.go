@@ -15,7 +15,7 @@ type NodeLog struct {
 	// cancelled (killed) every running handler then, and leaves their files in flight for the
 	// next owner. LateAfterFence counts operations that returned from the filesystem after the
 	// fence (claims given back, handlers whose message was left in flight).
-	Lapses []time.Time
+	Lapses         []time.Time
 	LateAfterFence int
 	// Changes counts "slice ownership changed" lines by reason.
 	Changes map[string]int
