@@ -115,9 +115,44 @@ type ConsulConfig struct {
 //
 // Hold-down. HoldDown >= TTL (checked): a node that flaps faster than the TTL never looks
 // healthy for a whole hold-down, so its slices stay where they went.
+//
+// The defaults: a crashed node's slices are processed elsewhere about TTL + LockDelay = 7 s
+// after its last renewal (the failover benchmark: median <= 8 s, p95 <= 10 s;
+// docs/failover.md has the figures), against 30 s with Consul's customary 15 s + 15 s.
+//
+//   - TTL 4.5 s is the larger part because it buys what pages operators: a node briefly slow
+//     or cut off keeps its session, so nothing moves. It tolerates a stall (GC, frozen VM,
+//     SIGSTOP) up to StallTolerance = 3 s and a cut off its agent up to CutTolerance = 2.25 s;
+//     it stays below what Consul's own failure detection of a dead agent takes (serf suspicion
+//     of at least 4 s at 10 nodes, 6.8 s at 50, 9.2 s at 200), which is what moves the slices
+//     of a machine that died with its agent.
+//   - LockDelay 2.5 s is the smaller part: it bounds how long a node processes without a
+//     consistent read (the lease, LockDelay - LeaseMargin = 2 s after the last confirmation
+//     sent), so a Consul leader election longer than about 1.5 s pauses processing (the locks
+//     stay: nothing moves, processing resumes when a leader answers). It must exceed the lease
+//     margin, 0.5 s here, which covers a handler's kill latency: a handler group that takes
+//     longer to die needs a larger lease_margin (and so a larger lock_delay).
+//   - RenewInterval, RequestTimeout and LeaseMargin are a fifth of min(TTL, LockDelay): 0.5 s.
+//     Consul load per node: 1 + queues TTL updates every 0.5 s to its own agent (they reach the
+//     servers only on a status change) and 2 consistent reads per second at the leader for the
+//     session: 100/s at 50 nodes, 400/s at 200 (a consistent read costs the leader one
+//     heartbeat round, which Raft shares between concurrent reads). The watches do not depend
+//     on these timings (WatchMinInterval).
+//   - HoldDown 60 s: a node must stay up a minute (some eight failover times) before its
+//     slices come back, so a node that crash-loops, or whose Consul connection flaps, never
+//     pulls slices back and forth; the cost is a minute of its share processed by its peers.
+//
+// Consul's own limits, checked against Consul 1.13: qslice binds its session to checks (the
+// alive TTL check and serfHealth), not to a session TTL, so the session TTL minimum (10 s,
+// session_ttl_min) and its 2x grace do not apply; an agent TTL check has no minimum (qslice
+// requires 1 s); lock-delay is capped at 60 s (MaxLockDelay). An agent persists a TTL check's
+// status across its restart until the TTL (in whole seconds) runs out, so an agent restarted
+// within CutTolerance keeps the check passing, provided it does not leave the cluster when it
+// stops: leave_on_terminate is true by default on client agents, and leaving ends every session
+// of the node (docs/failover.md).
 const (
-	DefaultTTL                            = 15 * time.Second
-	DefaultLockDelay                      = 15 * time.Second // Consul's own default
+	DefaultTTL                            = 4500 * time.Millisecond
+	DefaultLockDelay                      = 2500 * time.Millisecond
 	DefaultHoldDown                       = 60 * time.Second
 	DefaultStuckAfter                     = 2 * time.Minute
 	DefaultDeregisterCriticalServiceAfter = 10 * time.Minute
@@ -174,6 +209,28 @@ func (c ConsulConfig) WithDefaults() ConsulConfig {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
 	return c
+}
+
+// StallTolerance is the longest the node may stall (its process paused or starved: a GC pause,
+// a frozen VM, SIGSTOP) and keep its session, and so its slices: c must have its defaults.
+//
+// The agent's TTL timer restarts when it receives a pass. The last pass before the stall was
+// sent at most RenewInterval plus one round (at most RequestTimeout) before it; after the stall
+// the keeper's overdue round confirms the session (at most RequestTimeout) and passes the
+// check. So a stall d keeps the check passing when d + RenewInterval + 2*RequestTimeout < TTL.
+// The lease may lapse meanwhile (it is shorter): processing pauses, nothing moves.
+func (c ConsulConfig) StallTolerance() time.Duration {
+	return c.TTL - c.RenewInterval - 2*c.RequestTimeout
+}
+
+// CutTolerance is the longest the node may be cut off its Consul agent (a network blip, the
+// agent restarting with its check state kept) and keep its session: as StallTolerance, plus
+// the keeper's backoff when the cut heals (it retries every RenewInterval/4 doubling up to
+// RenewInterval, with 50% jitter: at most 1.5 RenewInterval). The Consul agent's own part is
+// not included: a client agent that leaves the cluster when stopped (leave_on_terminate, true by
+// default on clients) or that serf declares failed ends every session of its node.
+func (c ConsulConfig) CutTolerance() time.Duration {
+	return c.StallTolerance() - 3*c.RenewInterval/2
 }
 
 // FieldError is one invalid configuration field.

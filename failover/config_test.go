@@ -16,9 +16,14 @@ func TestConfigDefaultsAreValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)
 	}
-	if c.TTL != 15*time.Second || c.LockDelay != 15*time.Second || c.RenewInterval != 3*time.Second ||
-		c.RequestTimeout != 3*time.Second || c.LeaseMargin != 3*time.Second {
+	if c.TTL != 4500*time.Millisecond || c.LockDelay != 2500*time.Millisecond || c.HoldDown != time.Minute || c.RenewInterval != 500*time.Millisecond ||
+		c.RequestTimeout != 500*time.Millisecond || c.LeaseMargin != 500*time.Millisecond {
 		t.Errorf("unexpected defaults: %+v", c)
+	}
+	// What the defaults tolerate without a move (docs/failover.md quotes these): a stall of 3 s
+	// (so a 1 s pause with room to spare) and a cut off the agent of 2.25 s.
+	if c.StallTolerance() != 3*time.Second || c.CutTolerance() != 2250*time.Millisecond {
+		t.Errorf("tolerances %s / %s, want 3s / 2.25s", c.StallTolerance(), c.CutTolerance())
 	}
 	// The test timings (TTL 2s, lock-delay 1s) are valid too and derive 200ms steps.
 	c = validConfig()
@@ -29,6 +34,9 @@ func TestConfigDefaultsAreValid(t *testing.T) {
 	}
 	if c.RenewInterval != 200*time.Millisecond || c.LeaseMargin != 200*time.Millisecond {
 		t.Errorf("derived %s / %s, want 200ms", c.RenewInterval, c.LeaseMargin)
+	}
+	if c.StallTolerance() != 1400*time.Millisecond || c.CutTolerance() != 1100*time.Millisecond {
+		t.Errorf("tolerances %s / %s, want 1.4s / 1.1s", c.StallTolerance(), c.CutTolerance())
 	}
 }
 
@@ -41,10 +49,10 @@ func TestConfigValidateFieldErrors(t *testing.T) {
 		{"bad names", func(c *ConsulConfig) { c.Cluster, c.NodeID = "a/b", "" }, []string{"cluster: must match", "node_id: must match"}},
 		{"ttl too short", func(c *ConsulConfig) { c.TTL = 500 * time.Millisecond }, []string{"ttl: must be >= 1s"}},
 		{"lock-delay over Consul's cap", func(c *ConsulConfig) { c.LockDelay = 61 * time.Second }, []string{"lock_delay: must be > 0 and <= 1m0s"}},
-		{"hold-down shorter than TTL", func(c *ConsulConfig) { c.HoldDown = 10 * time.Second }, []string{"hold_down: must be >= ttl (15s)"}},
+		{"hold-down shorter than TTL", func(c *ConsulConfig) { c.HoldDown = 4 * time.Second }, []string{"hold_down: must be >= ttl (4.5s)"}},
 		{"renew too slow for the TTL", func(c *ConsulConfig) { c.RenewInterval = 5 * time.Second }, []string{"renew_interval: must be > 0 and < ttl/3"}},
 		{"lease arithmetic", func(c *ConsulConfig) { c.LeaseMargin = 8 * time.Second },
-			[]string{"lease_margin: 2*renew_interval + request_timeout + lease_margin (17s) must be < min(ttl, lock_delay) (15s)"}},
+			[]string{"lease_margin: 2*renew_interval + request_timeout + lease_margin (9.5s) must be < min(ttl, lock_delay) (2.5s)"}},
 		{"short lock-delay breaks the lease", func(c *ConsulConfig) { c.LockDelay = 2 * time.Second },
 			[]string{"lease_margin: 2*renew_interval + request_timeout + lease_margin"}},
 		{"margin below drift", func(c *ConsulConfig) { c.LeaseMargin = time.Millisecond }, []string{"lease_margin: must be >= 50ms"}},

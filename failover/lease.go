@@ -60,7 +60,10 @@ func (k *keeper) run(ctx context.Context) {
 	c := k.c
 	k.criticalFrom = map[SliceID]time.Time{}
 	k.liveSince = c.clk.Now()
-	b := c.newBackoff(c.cfg.RenewInterval/4, 2*c.cfg.RenewInterval)
+	// Retries back off up to one RenewInterval only: the keeper's requests go to the local agent
+	// and cost no more than its renewals, and after a cut heals the next pass must come soon
+	// (ConsulConfig.CutTolerance).
+	b := c.newBackoff(c.cfg.RenewInterval/4, c.cfg.RenewInterval)
 	for {
 		wait := c.cfg.RenewInterval
 		if err := k.round(ctx); err != nil {
