@@ -921,3 +921,45 @@ func TestRawPayloadsReachTheHandlerWhole(t *testing.T) {
 		stop()
 	}
 }
+
+// TestWorkerRechecksOwnershipBeforeClaiming pins the rule that a worker claims a buffered message
+// only while its slice is still owned: an item taken from the dispatcher's buffer after a
+// narrowing (or after a scan made before it) must be left in place, unclaimed and unhandled.
+// Deterministic: it hands the worker step such an item directly.
+func TestWorkerRechecksOwnershipBeforeClaiming(t *testing.T) {
+	d := newTestDir(t)
+	names := enqueueN(t, d, 64, time.Now().Add(-time.Minute))
+	var handled atomic.Int32
+	r, err := New(Config{Queue: "q", Dir: d, Slices: 2, Logger: testLogger(t),
+		Handler: HandlerFunc(func(context.Context, *Message) error { handled.Add(1); return nil })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetSlices([]int{0})
+	ctx := context.Background()
+	r.recoverPending(ctx) // what the dispatcher does before claiming from a widened slice
+	var owned, foreign int
+	for _, n := range names {
+		slice := queue.SliceOf(n.Digest, 2)
+		r.process(ctx, ctx, item{name: n, slice: slice}, nil)
+		ready := fileExists(filepath.Join(d.Path, n.FileName(queue.SuffixReady)))
+		switch {
+		case slice == 1 && !ready:
+			t.Fatalf("%s of slice 1, not owned, was claimed", n.Base)
+		case slice == 1:
+			foreign++
+		case ready:
+			t.Fatalf("%s of owned slice 0 was not handled", n.Base)
+		default:
+			owned++
+		}
+	}
+	if owned == 0 || foreign == 0 || int(handled.Load()) != owned {
+		t.Fatalf("owned %d, foreign %d, handled %d: want both slices represented and only the owned handled", owned, foreign, handled.Load())
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
