@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qslice/qslice/internal/safefile"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -51,7 +52,14 @@ func newEnqueueCmd(g *globals) *cobra.Command {
 				if m.Extra == nil {
 					m.Extra = map[string]string{}
 				}
+				if _, dup := m.Extra[k]; dup {
+					return usageErr("--meta %q: key %q given twice", kv, k)
+				}
 				m.Extra[k] = v
+			}
+			// Refuse here what the runner would refuse later (and shunt or call corrupt).
+			if err := queue.ValidateMeta(m); err != nil {
+				return usageErr("%v", err)
 			}
 			body, err := io.ReadAll(g.stdin)
 			if err != nil {
@@ -79,12 +87,16 @@ type lsEntry struct {
 	AgeSeconds float64 `json:"age_seconds"`
 	Bytes      int64   `json:"bytes"`
 	Error      string  `json:"error,omitempty"`
+	// Refused says why runners will not read this file (not a regular file, or over the size
+	// limit); it is also the error shown with --why.
+	Refused string `json:"refused,omitempty"`
 }
 
 var stateBySuffix = map[string]string{queue.SuffixReady: "ready", queue.SuffixInFlight: "in-flight", queue.SuffixBad: "bad"}
 
 func newLsCmd(g *globals) *cobra.Command {
 	var slices, limit int
+	var maxBytes int64
 	var asJSON, why bool
 	cmd := &cobra.Command{
 		Use:   "ls DIR",
@@ -106,11 +118,23 @@ func newLsCmd(g *globals) *cobra.Command {
 					s := queue.SliceOf(n.Digest, slices)
 					e.Slice = &s
 				}
-				if st, err := os.Stat(filepath.Join(dir, f)); err == nil {
-					e.Bytes = st.Size()
+				// Lstat: a link is shown as what it is, never followed.
+				if st, kind, err := safefile.Lstat(filepath.Join(dir, f)); err == nil {
+					switch {
+					case !st.Mode().IsRegular():
+						e.Refused = "a " + kind + ", not a regular file: runners move it to bad/ (or skip it) unread"
+					case st.Size() > maxBytes:
+						e.Refused = fmt.Sprintf("%d bytes, over max_message_bytes %d: runners move it to bad/ unread", st.Size(), maxBytes)
+					default:
+						e.Bytes = st.Size()
+					}
 				}
 				if why {
-					e.Error = failureReason(dir, n)
+					if e.Refused != "" {
+						e.Error = "refused: " + e.Refused
+					} else {
+						e.Error = failureReason(dir, n, maxBytes)
+					}
 				}
 				out = append(out, e)
 				return nil
@@ -153,21 +177,30 @@ func newLsCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&slices, "slices", 0, "slice count, to show each message's slice")
 	cmd.Flags().IntVar(&limit, "limit", 0, "show at most this many (0: all)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().BoolVar(&why, "why", false, "read each message's recorded failure (shunt and bad directories)")
+	cmd.Flags().BoolVar(&why, "why", false, "read each message's recorded failure (shunt and bad directories), and say why odd files are refused")
+	cmd.Flags().Int64Var(&maxBytes, "max-bytes", queue.DefaultMaxMessageBytes, "the queue's max_message_bytes: larger files are flagged, never read")
 	return cmd
 }
 
-// failureReason returns what was recorded when a message was moved aside, or "".
-func failureReason(dir string, n queue.Name) string {
+// failureReason returns what was recorded when a message was moved aside, or "". It reads only
+// regular files (never through a link, never blocking on a FIFO) of at most maxBytes.
+func failureReason(dir string, n queue.Name, maxBytes int64) string {
 	if n.Suffix == queue.SuffixBad {
 		var r queue.BadReason
-		if b, err := os.ReadFile(filepath.Join(dir, n.Base+queue.SuffixWhy)); err == nil && json.Unmarshal(b, &r) == nil {
+		b, err := safefile.Read(filepath.Join(dir, n.Base+queue.SuffixWhy), queue.MaxHeader, nil)
+		if err != nil && queue.Unsafe(err) {
+			return "reason file refused: " + err.Error()
+		}
+		if err == nil && json.Unmarshal(b, &r) == nil {
 			return r.Reason
 		}
 		return ""
 	}
-	data, err := os.ReadFile(filepath.Join(dir, n.FileName(n.Suffix)))
+	data, err := safefile.Read(filepath.Join(dir, n.FileName(n.Suffix)), maxBytes, nil)
 	if err != nil {
+		if queue.Unsafe(err) {
+			return "refused: " + err.Error()
+		}
 		return ""
 	}
 	m, _, err := queue.Decode(data)
@@ -187,13 +220,14 @@ func oneLine(s string, max int) string {
 
 func newShowCmd(g *globals) *cobra.Command {
 	var body bool
+	var maxBytes int64
 	cmd := &cobra.Command{
 		Use:   "show FILE",
 		Short: "Show one message's metadata (and with --body its payload)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := args[0]
-			data, err := os.ReadFile(path)
+			data, err := safefile.Read(path, maxBytes, nil)
 			if err != nil {
 				return err
 			}
@@ -212,7 +246,7 @@ func newShowCmd(g *globals) *cobra.Command {
 				out["enqueued_by_name"] = n.Time().UTC()
 			}
 			if n.Suffix == queue.SuffixBad {
-				out["bad_reason"] = failureReason(filepath.Dir(path), n)
+				out["bad_reason"] = failureReason(filepath.Dir(path), n, maxBytes)
 			}
 			var buf bytes.Buffer
 			enc := json.NewEncoder(&buf)
@@ -225,11 +259,13 @@ func newShowCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&body, "body", false, "write the payload body to stdout instead")
+	cmd.Flags().Int64Var(&maxBytes, "max-bytes", queue.DefaultMaxMessageBytes, "refuse files larger than this (the queue's max_message_bytes)")
 	return cmd
 }
 
 func newRequeueCmd(g *globals) *cobra.Command {
 	var to string
+	var maxBytes int64
 	cmd := &cobra.Command{
 		Use:   "requeue DIR [FILE...]",
 		Short: "Move shunted or bad messages back to their queue (like Mailman's unshunt)",
@@ -256,7 +292,7 @@ Without FILE arguments every message in DIR is requeued. Fix the cause first, or
 			progress := newProgress(g.stderr)
 			var failed int
 			for i, f := range files {
-				if _, err := queue.Requeue(dir, filepath.Base(f), to); err != nil {
+				if _, err := queue.Requeue(dir, filepath.Base(f), to, maxBytes); err != nil {
 					fmt.Fprintln(g.stderr, "qslice:", err)
 					failed++
 				}
@@ -271,5 +307,6 @@ Without FILE arguments every message in DIR is requeued. Fix the cause first, or
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "queue directory to move them to (default: the recorded queue of origin)")
+	cmd.Flags().Int64Var(&maxBytes, "max-bytes", queue.DefaultMaxMessageBytes, "refuse files larger than this (the queue's max_message_bytes)")
 	return cmd
 }

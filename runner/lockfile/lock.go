@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -16,6 +15,9 @@ import (
 	"time"
 
 	"github.com/qslice/qslice/internal/retry"
+	"golang.org/x/sys/unix"
+
+	"github.com/qslice/qslice/internal/safefile"
 )
 
 // Timing defaults. flufl.lock and Mailman 2.1 hard-code the first two; a lock shared with them
@@ -58,6 +60,10 @@ var (
 	ErrNotLocked = errors.New("lock not held")
 	// ErrAlreadyLocked: Lock or TryLock on a Lock that already holds it.
 	ErrAlreadyLocked = errors.New("lock already held by this Lock")
+	// ErrNotRegular: the lock's name is taken by something that is not a regular file (a FIFO,
+	// a socket, a directory, a symbolic link): no lock program made it. It is never opened,
+	// followed or broken; someone must remove it.
+	ErrNotRegular = safefile.ErrNotRegular
 )
 
 // Options configure a Lock. The zero value gives flufl.lock's behaviour.
@@ -394,6 +400,14 @@ func (l *Lock) attempt(acq *Acquired) (outcome, error) {
 		}
 		return 0, fmt.Errorf("lock %s: stat: %w", l.path, err)
 	}
+	if !cur.regular {
+		fi, _ := os.Lstat(l.path)
+		kind := "special file"
+		if fi != nil {
+			kind = safefile.KindOf(fi.Mode())
+		}
+		return 0, fmt.Errorf("lock %s: %w (remove it by hand; no lock program makes one)", l.path, &safefile.NotRegularError{Path: l.path, Kind: kind})
+	}
 	if !l.claimSOK {
 		mine, err := lstat(l.claim)
 		if err != nil {
@@ -537,7 +551,9 @@ func (l *Lock) holds() (bool, error) {
 // server would stamp the flush over an earlier mtime.
 func (l *Lock) writeClaim(now time.Time) error {
 	l.claimSOK = false
-	fd, err := syscall.Open(l.claim, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_TRUNC|syscall.O_CLOEXEC, 0o666)
+	// O_NOFOLLOW|O_NONBLOCK: whatever sits under our claim's name, we never write through a link
+	// nor wait for a FIFO's reader.
+	fd, err := syscall.Open(l.claim, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_TRUNC|syscall.O_CLOEXEC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o666)
 	if err != nil {
 		return fmt.Errorf("lock %s: create claim %s: %w (the directory must exist and be writable)", l.path, l.claim, err)
 	}
@@ -622,10 +638,10 @@ func describeFile(name string) string {
 	return fmt.Sprintf("held by host %s pid %d until %s", c.Host, c.PID, exp)
 }
 
-// touch sets a file's atime and mtime, as flufl.lock's _touch does.
+// touch sets a file's atime and mtime, as flufl.lock's _touch does, without following a link.
 func touch(path string, t time.Time) error {
-	ts := syscall.NsecToTimespec(t.UnixNano())
-	if err := syscall.UtimesNano(path, []syscall.Timespec{ts, ts}); err != nil {
+	ts := unix.NsecToTimespec(t.UnixNano())
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return &os.PathError{Op: "utimes", Path: path, Err: err}
 	}
 	return nil
@@ -639,19 +655,10 @@ func removeFile(name string) error {
 	return nil
 }
 
-// readSmall reads at most maxContent bytes of a file.
+// readSmall reads a lock or claim file of at most maxContent bytes: only a regular file, never
+// through a link, never waiting on a FIFO.
 func readSmall(name string) ([]byte, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	buf := make([]byte, maxContent)
-	n, err := io.ReadFull(f, buf)
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return nil, err
-	}
-	return buf[:n], nil
+	return safefile.Read(name, maxContent, nil)
 }
 
 // effectiveSlop is the clock slop an option asks for: 0 means DefaultSlop, a negative value none.

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/qslice/qslice/internal/safefile"
 )
 
 // ReasonInFlightTooOften begins the reason recorded for a message moved to bad/ because it was
@@ -22,6 +24,10 @@ const ReasonInFlightTooOften = "found in flight after a crash or a lost lease"
 // MaxAttempts is how many times a message may be claimed and then found in flight after a crash
 // (or a lost lease) before it is moved to bad/ instead of being tried again. Mailman uses 3 too.
 const MaxAttempts = 3
+
+// DefaultMaxMessageBytes is the default of max_message_bytes: well above what a mail server accepts
+// (Postfix's message_size_limit defaults to 10 MB), far below what would hurt a node.
+const DefaultMaxMessageBytes = 64 << 20
 
 // ErrGone is returned when a file that was about to be moved no longer exists: another runner
 // claimed it first, or an operator removed it. It is not a failure.
@@ -33,6 +39,9 @@ type Dir struct {
 	Path     string // the queue directory
 	ShuntDir string // failed messages, as ready .pck files that can be requeued
 	BadDir   string // messages that could not be handled at all, preserved byte for byte as .psv
+	// MaxBytes bounds what is read of one message file (max_message_bytes); 0 means
+	// DefaultMaxMessageBytes. A larger file is moved to bad/ unread.
+	MaxBytes int64
 
 	syncPath, syncShunt, syncBad dirSyncer // one group committer per directory
 }
@@ -117,36 +126,29 @@ func (d *Dir) ReadInFlight(n Name) ([]byte, error) {
 }
 
 // ReadInFlightInto is ReadInFlight reading into buf's spare capacity (reused between messages by the
-// runner: one open, reads and a close, no stat).
+// runner). Only a regular file of at most MaxBytes is read, never through a symbolic link and
+// never blocking (a FIFO): otherwise the error wraps safefile.ErrNotRegular or ErrTooLarge, and
+// the file, being claimed, is ours to move to bad/.
 func (d *Dir) ReadInFlightInto(n Name, buf []byte) ([]byte, error) {
 	path := filepath.Join(d.Path, n.Base+SuffixInFlight)
-	// Plain syscalls: os.Open would register the descriptor with the network poller, which costs
-	// more than the read itself for a small regular file.
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	b, err := safefile.Read(path, d.maxBytes(), buf)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	defer syscall.Close(fd)
-	buf = buf[:0]
-	if cap(buf) < 512 {
-		buf = make([]byte, 0, 4096)
+	return b, nil
+}
+
+func (d *Dir) maxBytes() int64 {
+	if d.MaxBytes > 0 {
+		return d.MaxBytes
 	}
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		k, err := syscall.Read(fd, buf[len(buf):cap(buf)])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", path, &os.PathError{Op: "read", Path: path, Err: err})
-		}
-		if k == 0 {
-			return buf, nil
-		}
-		buf = buf[:len(buf)+k]
-	}
+	return DefaultMaxMessageBytes
+}
+
+// Unsafe reports whether err (from reading a message) is about the file itself, not the disk: it
+// is not a regular file, or too large. Such a file is moved aside, never retried.
+func Unsafe(err error) bool {
+	return errors.Is(err, safefile.ErrNotRegular) || errors.Is(err, safefile.ErrTooLarge)
 }
 
 // rename is rename(2) without os.Rename's extra lstat of the target (which only serves to refuse
@@ -255,6 +257,12 @@ func (d *Dir) Recover(n Name, now time.Time) (RecoverResult, error) {
 		if errors.Is(err, os.ErrNotExist) {
 			return 0, fmt.Errorf("recover %s: %w", n.Base, ErrGone)
 		}
+		if Unsafe(err) {
+			if err := d.MoveToBad(n, SuffixInFlight, "found in flight and refused: "+err.Error(), 0, now); err != nil {
+				return 0, err
+			}
+			return MovedBad, nil
+		}
 		return 0, err
 	}
 	m, body, err := Decode(data)
@@ -289,21 +297,10 @@ func (d *Dir) Recover(n Name, now time.Time) (RecoverResult, error) {
 	return Requeued, nil
 }
 
-// writeFileSync creates path (truncating a leftover of an earlier crash), writes data and fsyncs it.
+// writeFileSync creates path (removing a leftover of an earlier crash, never writing through a
+// link), writes data and fsyncs it.
 func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return safefile.WriteSync(path, data, 0o644)
 }
 
 func parseWhen(s string) (float64, error) {

@@ -9,20 +9,26 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/qslice/qslice/internal/safefile"
 )
 
 // Requeue moves a message from a shunt directory (a ".pck" file) or a bad directory (a ".psv" file with
 // its ".why.json") back to a queue: to, or the queue of origin recorded with it when to is empty.
 // The error, failure time and attempt count are cleared so the message starts afresh. The new ready
 // file is complete and durable before the old one is removed: a crash in between leaves a copy in
-// both places, never in neither. It returns the path of the new ready file.
-func Requeue(dir, file, to string) (string, error) {
+// both places, never in neither. It returns the path of the new ready file. Only a regular file of
+// at most maxBytes (0: DefaultMaxMessageBytes) is read, never through a link.
+func Requeue(dir, file, to string, maxBytes int64) (string, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxMessageBytes
+	}
 	n, err := ParseName(file)
 	if err != nil {
 		return "", fmt.Errorf("requeue %s: %w", filepath.Join(dir, file), err)
 	}
 	src := filepath.Join(dir, file)
-	data, err := os.ReadFile(src)
+	data, err := safefile.Read(src, maxBytes, nil)
 	if err != nil {
 		return "", fmt.Errorf("requeue: %w", err)
 	}
@@ -35,7 +41,7 @@ func Requeue(dir, file, to string) (string, error) {
 		to = m.Origin
 		if n.Suffix == SuffixBad {
 			var r BadReason
-			if b, err := os.ReadFile(why); err == nil && json.Unmarshal(b, &r) == nil && r.Origin != "" {
+			if b, err := safefile.Read(why, MaxHeader, nil); err == nil && json.Unmarshal(b, &r) == nil && r.Origin != "" {
 				to = r.Origin
 			}
 		}

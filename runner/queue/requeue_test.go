@@ -30,7 +30,7 @@ func TestRequeueFromShuntAndBad(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []struct{ dir, file string }{{d.ShuntDir, a.Base + SuffixReady}, {d.BadDir, b.Base + SuffixBad}} {
-		dst, err := Requeue(c.dir, c.file, "")
+		dst, err := Requeue(c.dir, c.file, "", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,7 +52,7 @@ func TestRequeueFromShuntAndBad(t *testing.T) {
 	// A Mailman pickle is refused with a message saying why, and left where it is.
 	p := "1700000009.5+" + strings.Repeat("d", 40) + SuffixReady
 	os.WriteFile(filepath.Join(d.ShuntDir, p), []byte("\x80\x04garbage"), 0o644)
-	if _, err := Requeue(d.ShuntDir, p, d.Path); err == nil || !strings.Contains(err.Error(), "only qslice's own") {
+	if _, err := Requeue(d.ShuntDir, p, d.Path, 0); err == nil || !strings.Contains(err.Error(), "only qslice's own") {
 		t.Errorf("requeue of a pickle: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(d.ShuntDir, p)); err != nil {
