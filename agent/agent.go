@@ -468,3 +468,8 @@ func (m multiObserver) Skipped(q string, r string) {
 		x.Skipped(q, r)
 	}
 }
+func (m multiObserver) Fault(q string, r runner.FaultReason, err error) {
+	for _, x := range m {
+		x.Fault(q, r, err)
+	}
+}

@@ -25,6 +25,13 @@ type healthTracker struct {
 
 	mu       sync.Mutex
 	progress map[failover.SliceID]*sliceProgress
+	faults   map[string]map[runner.FaultReason]*activeFault // by queue: the runner's disk faults
+}
+
+// activeFault is a disk fault of a queue's runner that has not cleared yet.
+type activeFault struct {
+	since time.Time
+	err   string
 }
 
 type sliceProgress struct {
@@ -35,7 +42,8 @@ type sliceProgress struct {
 }
 
 func newHealthTracker(cfg config.Health, now func() time.Time) *healthTracker {
-	return &healthTracker{cfg: cfg, now: now, progress: map[failover.SliceID]*sliceProgress{}}
+	return &healthTracker{cfg: cfg, now: now, progress: map[failover.SliceID]*sliceProgress{},
+		faults: map[string]map[runner.FaultReason]*activeFault{}}
 }
 
 func (h *healthTracker) get(id failover.SliceID) *sliceProgress {
@@ -49,6 +57,9 @@ func (h *healthTracker) get(id failover.SliceID) *sliceProgress {
 
 // slice reports the health of one owned slice.
 func (h *healthTracker) slice(id failover.SliceID) failover.Health {
+	if f, ok := h.fault(id.Queue); ok {
+		return f
+	}
 	snap := h.probe.Latest()
 	if snap == nil {
 		return failover.Health{Status: failover.StatusPassing, Output: "no scan yet"}
@@ -106,7 +117,53 @@ func (h *healthTracker) Handled(q string, s int, o runner.Outcome, _ time.Durati
 func (h *healthTracker) LockWait(string, int, time.Duration, runner.LockResult) {}
 func (h *healthTracker) LockHold(string, int, time.Duration)                    {}
 func (h *healthTracker) Recovered(string, int, string)                          {}
-func (h *healthTracker) Skipped(string, string)                                 {}
+
+// Fault records a disk fault of a queue's runner, or its end (err == nil).
+func (h *healthTracker) Fault(q string, r runner.FaultReason, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := h.faults[q]
+	if err == nil {
+		delete(m, r)
+		return
+	}
+	if m == nil {
+		m = map[runner.FaultReason]*activeFault{}
+		h.faults[q] = m
+	}
+	if f := m[r]; f != nil {
+		f.err = err.Error()
+		return
+	}
+	m[r] = &activeFault{since: h.now(), err: err.Error()}
+}
+
+// fault judges a queue's slices by the runner's disk faults: warning while one persists, critical
+// once the oldest has lasted longer than health.stall_after (so that, in Consul mode, the slices
+// can move to a node whose view of the disk works, and alerts fire).
+func (h *healthTracker) fault(q string) (failover.Health, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var oldest *activeFault
+	var reason runner.FaultReason
+	for r, f := range h.faults[q] {
+		if oldest == nil || f.since.Before(oldest.since) || f.since.Equal(oldest.since) && r < reason {
+			oldest, reason = f, r
+		}
+	}
+	if oldest == nil {
+		return failover.Health{}, false
+	}
+	lasted := h.now().Sub(oldest.since)
+	st := failover.StatusWarning
+	if h.cfg.StallAfter > 0 && lasted > h.cfg.StallAfter {
+		st = failover.StatusCritical
+	}
+	return failover.Health{Status: st, Output: fmt.Sprintf(
+		"disk fault (%s) for %s: %s; retried with backoff, messages left in place (see the runbook QsliceRunnerDiskFault)",
+		reason, lasted.Round(time.Second), oldest.err)}, true
+}
+func (h *healthTracker) Skipped(string, string) {}
 
 // lockfileHosts returns inspection options naming this host as lock files spell it (Python's
 // getfqdn and Go's os.Hostname can differ), so that dead local holders are recognised.

@@ -101,6 +101,9 @@ type Queue struct {
 	Supervise     *Supervise       `yaml:"supervise"` // or: qslice supervises external per-slice workers
 	Retry         Retry            `yaml:"retry"`
 	ShutdownGrace time.Duration    `yaml:"shutdown_grace"`
+	// MaxMessageBytes: a queue file larger than this is never read; it goes to bad/ with the
+	// reason. Default queue.DefaultMaxMessageBytes (64 MiB).
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
 }
 
 // Handler is how qslice runs each message: exec (one command per message) or worker (long-lived
@@ -322,6 +325,9 @@ func (c *Config) validate(root *yaml.Node) error {
 		if q.Handler != nil && q.Handler.Payload != "" && q.Handler.Payload != "native" && q.Handler.Payload != "raw" {
 			bad(p+".handler.payload", "%q: must be native or raw", q.Handler.Payload)
 		}
+		if q.MaxMessageBytes < 0 {
+			bad(p+".max_message_bytes", "must be positive (0 or absent: %d)", queue.DefaultMaxMessageBytes)
+		}
 		if q.Handler != nil && q.Handler.Timeout < 0 {
 			bad(p+".handler.timeout", "must not be negative")
 		}
@@ -407,6 +413,9 @@ func (q *Queue) applyDefaults() {
 	if q.Dir != "" && q.BadDir == "" {
 		q.BadDir = filepath.Join(filepath.Dir(q.Dir), "bad")
 	}
+	if q.MaxMessageBytes == 0 {
+		q.MaxMessageBytes = queue.DefaultMaxMessageBytes
+	}
 	if q.Supervise != nil {
 		return
 	}
@@ -439,6 +448,7 @@ func (q Queue) RunnerConfig() runner.Config {
 		Retry:         runner.RetryPolicy(q.Retry),
 		ShutdownGrace: q.ShutdownGrace,
 	}
+	rc.Dir.MaxBytes = q.MaxMessageBytes
 	if q.Handler != nil {
 		rc.HandlerTimeout = q.Handler.Timeout
 		if rc.HandlerTimeout == 0 {

@@ -296,6 +296,7 @@ func TestEndToEndAlertsFire(t *testing.T) {
 		"QsliceSliceUnowned": true, "QsliceSliceOwnedTwice": true, "QsliceNodeDown": true,
 		"QsliceAgentAbsent": true, "QsliceQueueScanFailing": true, "QsliceLockScanFailing": true,
 		"QsliceConsulUnreachable": true, "QsliceLeaseInvalid": true, "QsliceNodeDrainedTooLong": true,
+		"QsliceRunnerDiskFault": true,
 	}
 	for _, a := range last {
 		if a.State != "firing" {

@@ -98,6 +98,7 @@ var requiredAlerts = []string{
 	"QsliceSliceUnowned", "QsliceSliceOwnedTwice", "QsliceNodeDown", "QsliceAgentAbsent",
 	"QsliceQueueScanFailing", "QsliceConsulUnreachable", "QsliceLeaseInvalid",
 	"QsliceWorkerCrashLooping", "QsliceSliceUnhealthy", "QsliceNodeDrainedTooLong",
+	"QsliceRunnerDiskFault",
 }
 
 func TestRulesWellFormed(t *testing.T) {

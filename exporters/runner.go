@@ -47,6 +47,8 @@ type RunnerMetrics struct {
 	lockTOs    *prometheus.CounterVec
 	recovered  *prometheus.CounterVec
 	skipped    *prometheus.CounterVec
+	faults     *prometheus.CounterVec
+	faultOn    *prometheus.GaugeVec
 
 	queues                     map[string]bool // nil: any queue accepted
 	outcomes, results, reasons labelCap
@@ -104,8 +106,16 @@ func NewRunnerMetrics(reg prometheus.Registerer, queues []string) (*RunnerMetric
 			Name: "qslice_skipped_files_total",
 			Help: "Files the runner skipped while scanning its queue (foreign or malformed names), by reason.",
 		}, []string{"queue", "reason"}),
+		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qslice_runner_faults_total",
+			Help: "Disk faults met by the runner (a claim, read, the lock, shunt or bad directory failing), by reason; each is retried with backoff, the message left in place.",
+		}, []string{"queue", "reason"}),
+		faultOn: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "qslice_runner_fault_active",
+			Help: "1 while a disk fault of this reason persists in the queue's runner (it has not succeeded since), else 0.",
+		}, []string{"queue", "reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.perSlice, m.handleDur, m.lockWait, m.lockHold, m.lockBreaks, m.lockTOs, m.recovered, m.skipped} {
+	for _, c := range []prometheus.Collector{m.handled, m.perSlice, m.handleDur, m.lockWait, m.lockHold, m.lockBreaks, m.lockTOs, m.recovered, m.skipped, m.faults, m.faultOn} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register runner metrics: %w", err)
 		}
@@ -122,8 +132,12 @@ func NewRunnerMetrics(reg prometheus.Registerer, queues []string) (*RunnerMetric
 			m.lockHold.WithLabelValues(q)
 			m.lockBreaks.WithLabelValues(q)
 			m.lockTOs.WithLabelValues(q)
-			for _, r := range []string{"requeued", "bad"} {
+			for _, r := range []string{"requeued", "bad", "failed"} {
 				m.recovered.WithLabelValues(q, m.results.value(r))
+			}
+			for _, r := range runner.FaultReasons {
+				m.faults.WithLabelValues(q, string(r))
+				m.faultOn.WithLabelValues(q, string(r))
 			}
 		}
 	}
@@ -175,6 +189,18 @@ func (m *RunnerMetrics) Recovered(queue string, _ int, result string) {
 // Skipped records a file the runner skipped.
 func (m *RunnerMetrics) Skipped(queue string, reason string) {
 	m.skipped.WithLabelValues(m.queue(queue), m.reasons.value(reason)).Inc()
+}
+
+// Fault records a disk fault of the runner, or that it cleared (err == nil). Reasons are the
+// runner's fixed set.
+func (m *RunnerMetrics) Fault(queue string, reason runner.FaultReason, err error) {
+	q := m.queue(queue)
+	if err == nil {
+		m.faultOn.WithLabelValues(q, string(reason)).Set(0)
+		return
+	}
+	m.faults.WithLabelValues(q, string(reason)).Inc()
+	m.faultOn.WithLabelValues(q, string(reason)).Set(1)
 }
 
 // labelCap admits the first MaxEnumLabels-1 distinct values of a label and maps the rest to

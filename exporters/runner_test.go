@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +36,11 @@ func TestRunnerMetrics(t *testing.T) {
 	obs.Recovered("in", 2, "requeued")
 	obs.Recovered("in", 2, "bad")
 	obs.Skipped("out", "malformed")
+	eacces := fmt.Errorf("claim: %w", syscall.EACCES)
+	obs.Fault("in", runner.FaultClaim, eacces)
+	obs.Fault("in", runner.FaultClaim, eacces)
+	obs.Fault("in", runner.FaultLockDir, syscall.ENOSPC)
+	obs.Fault("in", runner.FaultLockDir, nil) // cleared
 
 	want := `
 # HELP qslice_messages_handled_total Messages whose handling ended, by outcome: done (processed), retry, shunted or bad (failed), released.
@@ -61,8 +67,10 @@ qslice_message_lock_timeouts_total{queue="out"} 1
 # HELP qslice_recovered_messages_total In-flight messages found when taking over a slice, by result: requeued or bad.
 # TYPE qslice_recovered_messages_total counter
 qslice_recovered_messages_total{queue="in",result="bad"} 1
+qslice_recovered_messages_total{queue="in",result="failed"} 0
 qslice_recovered_messages_total{queue="in",result="requeued"} 1
 qslice_recovered_messages_total{queue="out",result="bad"} 0
+qslice_recovered_messages_total{queue="out",result="failed"} 0
 qslice_recovered_messages_total{queue="out",result="requeued"} 0
 # HELP qslice_skipped_files_total Files the runner skipped while scanning its queue (foreign or malformed names), by reason.
 # TYPE qslice_skipped_files_total counter
@@ -72,6 +80,17 @@ qslice_skipped_files_total{queue="out",reason="malformed"} 1
 		"qslice_recovered_messages_total", "qslice_skipped_files_total"}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
+	}
+	for _, c := range []struct {
+		reason       runner.FaultReason
+		total, alive float64
+	}{{runner.FaultClaim, 2, 1}, {runner.FaultLockDir, 1, 0}, {runner.FaultShunt, 0, 0}} {
+		if got := testutil.ToFloat64(m.faults.WithLabelValues("in", string(c.reason))); got != c.total {
+			t.Errorf("qslice_runner_faults_total{reason=%q} = %v, want %v", c.reason, got, c.total)
+		}
+		if got := testutil.ToFloat64(m.faultOn.WithLabelValues("in", string(c.reason))); got != c.alive {
+			t.Errorf("qslice_runner_fault_active{reason=%q} = %v, want %v", c.reason, got, c.alive)
+		}
 	}
 	// Histograms: counts and sums.
 	for _, c := range []struct {

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/qslice/qslice/runner/proctree"
+	"github.com/qslice/qslice/runner/queue"
 )
 
 // killWait bounds how long killing a handling's processes may take before qslice gives up on
@@ -148,19 +149,9 @@ func Env(ctx context.Context, m *Message) []string {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		env = append(env, "QSLICE_META_"+envKey(k)+"="+m.Meta.Extra[k])
+		env = append(env, "QSLICE_META_"+queue.EnvKey(k)+"="+m.Meta.Extra[k])
 	}
 	return env
-}
-
-func envKey(k string) string {
-	b := []byte(strings.ToUpper(k))
-	for i, c := range b {
-		if !('A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
-			b[i] = '_'
-		}
-	}
-	return string(b)
 }
 
 // tailBuffer keeps the last 4 KiB written to it: enough of stderr to say why a handler failed.

@@ -46,12 +46,15 @@ func (r *Runner) acquireLock(ctx context.Context, msg *Message, path string) (re
 	case ctx.Err() != nil:
 		return nil, fmt.Errorf("wait for lock %s: %w", path, context.Cause(ctx))
 	default:
-		r.cfg.Observer.LockWait(r.cfg.Queue, msg.Slice, waited, LockTimeout)
 		if errors.Is(err, lockfile.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+			r.cfg.Observer.LockWait(r.cfg.Queue, msg.Slice, waited, LockTimeout)
 			return nil, fmt.Errorf("%w: %w", ErrRetry, err)
 		}
-		return nil, fmt.Errorf("take lock %s: %w", path, err)
+		// The lock directory failed (EACCES, ENOSPC, EIO, a FIFO under the lock's name): the
+		// message goes back to ready and the runner backs off; it is not the message's fault.
+		return nil, &DiskFault{Reason: FaultLockDir, Err: fmt.Errorf("take lock %s: %w", path, err)}
 	}
+	r.faults.clear(FaultLockDir)
 	return func() {
 		if err := l.Unlock(); err != nil {
 			r.log.Error("could not release lock", "lock", path, "err", err)

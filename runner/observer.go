@@ -29,7 +29,9 @@ type Observer interface {
 	LockWait(queue string, slice int, waited time.Duration, result LockResult)
 	LockHold(queue string, slice int, held time.Duration)
 	Recovered(queue string, slice int, result string) // "requeued" or "bad": in-flight files found when widening
-	Skipped(queue string, reason string)              // foreign or malformed names met while scanning
+	Skipped(queue string, reason string)              // foreign or malformed names met while scanning; "tmp_removed": a leftover *.tmp removed
+	// Fault reports one occurrence of a disk fault (err != nil), or that it cleared (err == nil).
+	Fault(queue string, reason FaultReason, err error)
 }
 
 // NopObserver ignores every event.
@@ -40,3 +42,4 @@ func (NopObserver) LockWait(string, int, time.Duration, LockResult) {}
 func (NopObserver) LockHold(string, int, time.Duration)             {}
 func (NopObserver) Recovered(string, int, string)                   {}
 func (NopObserver) Skipped(string, string)                          {}
+func (NopObserver) Fault(string, FaultReason, error)                {}

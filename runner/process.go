@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -34,7 +33,8 @@ func (r *Runner) process(runCtx, shutdownCtx context.Context, it item, buf []byt
 	stopping := runCtx.Err() != nil
 	if it.retry == nil {
 		r.mu.Lock()
-		if lease = r.liveLeaseLocked(); !r.owned[slice] || lease == nil || stopping {
+		if lease = r.liveLeaseLocked(); !r.owned[slice] || lease == nil || stopping || r.faults.wait() > 0 {
+			// (A disk fault's backoff also holds back items already handed out.)
 			r.mu.Unlock()
 			return buf
 		}
@@ -49,7 +49,9 @@ func (r *Runner) process(runCtx, shutdownCtx context.Context, it item, buf []byt
 		if err := r.cfg.Dir.Claim(n); err != nil {
 			r.done(n.Base, slice)
 			if !errors.Is(err, queue.ErrGone) {
-				r.log.Error("claim failed; the file is left in place", "file", filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixReady)), "err", err)
+				// EACCES, EROFS, EIO, ...: the file stays ready; claiming pauses (backoff).
+				r.faults.report(FaultClaim, err)
+				r.avoidClaim(n.Base)
 			}
 			return buf
 		}
@@ -64,12 +66,14 @@ func (r *Runner) process(runCtx, shutdownCtx context.Context, it item, buf []byt
 			r.done(n.Base, slice)
 			return buf
 		}
+		r.faults.clear(FaultClaim)
 	} else {
 		r.mu.Lock()
 		owned := r.owned[slice]
 		lease = r.liveLeaseLocked()
 		r.mu.Unlock()
 		if !owned || lease == nil || stopping {
+			r.readDone(it)
 			r.giveBack(n, slice)
 			r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, 0)
 			r.done(n.Base, slice)
@@ -97,11 +101,19 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			r.log.Error("claimed file vanished before it could be read (removed by hand?)", "file", path)
+			r.readDone(it)
 			return true, buf
 		}
-		r.moveToBad(n, slice, "cannot read: "+err.Error(), 0)
-		return true, buf
+		if queue.Unsafe(err) {
+			// Not a regular file (a link, a FIFO, a socket, a device, a directory) or over
+			// max_message_bytes: it was never opened for reading or never read past the limit.
+			r.readDone(it)
+			r.moveToBad(n, slice, "refused: "+err.Error(), 0)
+			return true, buf
+		}
+		return r.readFailed(it, err), buf
 	}
+	r.readDone(it)
 	buf = data
 	meta, body, err := queue.Decode(data)
 	if err != nil && r.cfg.RawPayloads && !bytes.HasPrefix(data, []byte("QSLICE")) {
@@ -185,6 +197,15 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
 		return true, buf
 	}
+	var fault *DiskFault
+	if errors.As(herr, &fault) {
+		// The lock directory failed, not the message: it goes back to ready untouched and
+		// claiming pauses (backoff).
+		r.faults.report(fault.Reason, fault.Err)
+		r.giveBack(n, slice)
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
+		return true, buf
+	}
 	if errors.Is(herr, ErrRetry) {
 		return r.scheduleRetry(it, msg, herr, took), buf
 	}
@@ -244,14 +265,23 @@ func (r *Runner) giveBack(n queue.Name, slice int) {
 	}
 	if err := r.cfg.Dir.Release(n); err != nil {
 		r.log.Error("could not give a message back to ready; it stays in flight and is recovered when its slice is next widened", "file", n.Base, "slice", slice, "err", err)
+		r.faults.report(FaultRelease, err)
+		return
 	}
+	r.faults.clear(FaultRelease)
 }
 
 func (r *Runner) shunt(n queue.Name, slice int, meta queue.Meta, body []byte, cause error, took time.Duration) {
 	if err := r.cfg.Dir.Shunt(n, meta, body, cause, r.cfg.Clock.Now()); err != nil {
-		r.log.Error("handler failed and the message could not be shunted; it stays in flight and is recovered later", "file", n.Base, "handler_error", cause, "err", err)
+		// The shunt directory failed (EACCES, ENOSPC, EIO): the message goes back to ready and
+		// is handled again after the backoff, rather than lost or stuck in flight.
+		r.log.Warn("handler failed and the message could not be shunted; it goes back to ready", "file", n.Base, "handler_error", cause, "err", err)
+		r.faults.report(FaultShunt, err)
+		r.giveBack(n, slice)
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
 		return
 	}
+	r.faults.clear(FaultShunt)
 	r.log.Warn("handler failed; message moved to the shunt queue (requeue it with `qslice queue requeue`)", "file", n.Base, "slice", slice, "err", cause, "shunt_dir", r.cfg.Dir.ShuntDir)
 	r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeShunted, took)
 }
@@ -262,9 +292,16 @@ func (r *Runner) moveToBad(n queue.Name, slice int, reason string, attempts int)
 		return
 	}
 	if err := r.cfg.Dir.MoveToBad(n, queue.SuffixInFlight, reason, attempts, r.cfg.Clock.Now()); err != nil {
-		r.log.Error("could not move a bad message aside; it stays in flight", "file", n.Base, "reason", reason, "err", err)
+		if errors.Is(err, queue.ErrGone) {
+			return
+		}
+		r.log.Warn("could not move a bad message aside; it goes back to ready", "file", n.Base, "reason", reason, "err", err)
+		r.faults.report(FaultBad, err)
+		r.giveBack(n, slice)
+		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, 0)
 		return
 	}
+	r.faults.clear(FaultBad)
 	r.log.Warn("message moved to bad/", "file", n.Base, "slice", slice, "reason", reason, "bad_dir", r.cfg.Dir.BadDir)
 	r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeBad, 0)
 }
@@ -278,7 +315,7 @@ func (r *Runner) withLock(ctx context.Context, msg *Message, fn func() error) er
 	if r.cfg.LockDir == "" {
 		return fmt.Errorf("message names lock %q but the queue has no lock_dir configured", key)
 	}
-	if err := validLockKey(key); err != nil {
+	if err := queue.ValidateLockKey(key); err != nil {
 		return err
 	}
 	release, err := r.acquireLock(ctx, msg, filepath.Join(r.cfg.LockDir, key))
@@ -291,13 +328,6 @@ func (r *Runner) withLock(ctx context.Context, msg *Message, fn func() error) er
 		r.cfg.Observer.LockHold(r.cfg.Queue, msg.Slice, r.cfg.Clock.Now().Sub(held))
 	}()
 	return fn()
-}
-
-func validLockKey(key string) error {
-	if strings.Contains(key, "/") || key == "." || key == ".." || strings.ContainsAny(key, "|\x00") {
-		return fmt.Errorf("lock key %q: must be a plain file name (no '/', '|' or NUL)", key)
-	}
-	return nil
 }
 
 // startSpan opens the CONSUMER span of one message, linked to the trace context stored at enqueue.
@@ -333,6 +363,8 @@ type retryEntry struct {
 	bo      *backoff.ExponentialBackOff
 	timer   *time.Timer
 	index   int
+	reads   int       // failed reads of the file (EACCES, EIO, ...)
+	readErr time.Time // first failed read
 }
 
 type retryHeap []*retryEntry
@@ -377,6 +409,60 @@ func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Dura
 	r.log.Info("handler asked to retry later", "file", it.name.Base, "slice", it.slice, "retry", e.retries, "in", d.Round(time.Millisecond), "err", herr)
 	r.cfg.Observer.Handled(r.cfg.Queue, it.slice, OutcomeRetry, took)
 	return false
+}
+
+// maxReadAttempts is how often a claimed file that cannot be read (EACCES on a mode-000 file, EIO)
+// is tried, with the fault backoff in between (about 1 min with the defaults), before it is moved
+// to bad/ with the reason. On a shared NFS spool a permission problem is often fixed, or a
+// writer's late chmod lands, within that; after it the file is set aside, with `queue requeue`
+// to bring it back, instead of blocking a worker or being retried forever.
+const maxReadAttempts = 8
+
+// readFailed keeps a claimed file whose read failed in flight here and tries it again after a
+// backoff; after maxReadAttempts it goes to bad/. It returns whether the message is settled.
+func (r *Runner) readFailed(it item, err error) bool {
+	e := it.retry
+	if e == nil {
+		e = &retryEntry{name: it.name, slice: it.slice, bo: newFaultBackoff(r.cfg.FaultInitial, r.cfg.FaultMax, r.cfg.Clock)}
+	}
+	now := r.cfg.Clock.Now()
+	if e.reads == 0 {
+		e.readErr = now
+		r.mu.Lock()
+		r.reading++
+		r.mu.Unlock()
+	}
+	e.reads++
+	r.faults.report(FaultRead, err)
+	if e.reads >= maxReadAttempts {
+		it.retry = e
+		r.readDone(it)
+		r.moveToBad(it.name, it.slice, fmt.Sprintf("cannot read it (%d attempts over %s): %v; fix it and requeue it with `qslice queue requeue`",
+			e.reads, now.Sub(e.readErr).Round(time.Second), err), 0)
+		return true
+	}
+	d := e.bo.NextBackOff()
+	e.due = now.Add(d)
+	r.mu.Lock()
+	heap.Push(&r.retries, e)
+	r.mu.Unlock()
+	e.timer = time.AfterFunc(d, r.poke)
+	return false
+}
+
+// readDone ends the read retries of it, if any; FaultRead clears when none is left.
+func (r *Runner) readDone(it item) {
+	if it.retry == nil || it.retry.reads == 0 {
+		return
+	}
+	it.retry.reads = 0
+	r.mu.Lock()
+	r.reading--
+	left := r.reading
+	r.mu.Unlock()
+	if left == 0 {
+		r.faults.clear(FaultRead)
+	}
 }
 
 // dueRetries pops the retries whose time has come.

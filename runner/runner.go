@@ -51,6 +51,14 @@ type Config struct {
 
 	Retry RetryPolicy
 
+	// FaultInitial and FaultMax bound the pause after a disk fault (a claim, the lock directory,
+	// the shunt or bad directory failing): exponential from FaultInitial, capped at FaultMax,
+	// jittered. Defaults 500ms and 1m.
+	FaultInitial, FaultMax time.Duration
+	// TmpMaxAge: a "*.tmp" file of an owned slice whose last change is older than this is a
+	// leftover of a crashed or failed writer (ENOSPC) and is removed. Default 1h; negative: never.
+	TmpMaxAge time.Duration
+
 	// ShutdownGrace is how long running handlers may go on after Run's context is cancelled before
 	// they are cancelled too; their messages are then released back to ready.
 	ShutdownGrace time.Duration
@@ -79,6 +87,9 @@ var DefaultConfig = Config{
 	LockTimeout:    30 * time.Second,
 	Retry:          RetryPolicy{Initial: time.Second, Max: 5 * time.Minute, MaxElapsed: time.Hour},
 	ShutdownGrace:  30 * time.Second,
+	FaultInitial:   500 * time.Millisecond,
+	FaultMax:       time.Minute,
+	TmpMaxAge:      time.Hour,
 }
 
 // Validate reports the first field that makes c unusable.
@@ -140,6 +151,15 @@ func (c *Config) applyDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = d.ShutdownGrace
 	}
+	if c.FaultInitial <= 0 {
+		c.FaultInitial = d.FaultInitial
+	}
+	if c.FaultMax <= 0 {
+		c.FaultMax = d.FaultMax
+	}
+	if c.TmpMaxAge == 0 {
+		c.TmpMaxAge = d.TmpMaxAge
+	}
 	if c.Lease == nil {
 		c.Lease = ForeverLease{}
 	}
@@ -188,6 +208,9 @@ type Runner struct {
 	// abandoned: files in flight when the runner was fenced (or stopped with work stuck), whose
 	// goroutines have not returned; nothing settles them. Base name -> slice.
 	abandoned map[string]int
+	faults    *faults
+	reading   int                  // messages waiting to be read again after a read error (FaultRead)
+	noClaim   map[string]time.Time // base name -> not before: files whose claim failed
 }
 
 type releaseWaiter struct {
@@ -220,10 +243,12 @@ func New(cfg Config) (*Runner, error) {
 		inflight: map[string]int{},
 		count:    make([]int, cfg.Slices),
 		skipped:  map[string]bool{},
+		noClaim:  map[string]time.Time{},
 		wake:     make(chan struct{}, 1),
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r.lease = &leaseGen{ctx: ctx, cancel: cancel}
+	r.faults = newFaults(cfg.Queue, r.log, cfg.Observer, cfg.Clock, cfg.FaultInitial, cfg.FaultMax)
 	return r, nil
 }
 
@@ -297,6 +322,7 @@ func (r *Runner) SetSlices(want []int) <-chan struct{} {
 
 	for _, e := range giveBack {
 		e.timer.Stop()
+		r.readDone(item{retry: e})
 		r.giveBack(e.name, e.slice)
 		r.cfg.Observer.Handled(r.cfg.Queue, e.slice, OutcomeReleased, 0)
 		r.done(e.name.Base, e.slice)
@@ -464,6 +490,7 @@ func (r *Runner) releaseRetries() {
 	r.mu.Unlock()
 	for _, e := range entries {
 		e.timer.Stop()
+		r.readDone(item{retry: e})
 		r.giveBack(e.name, e.slice)
 		r.done(e.name.Base, e.slice)
 	}
@@ -560,6 +587,14 @@ func (r *Runner) dispatch(ctx context.Context, work chan<- item) error {
 			}
 			continue
 		}
+		if d := r.faults.wait(); d > 0 {
+			// A disk fault: no claim before its backoff has passed. Only the context ends the
+			// pause early; pokes (slice changes, retries) wait for it too.
+			if !sleepCtx(ctx, d) {
+				return nil
+			}
+			continue
+		}
 		r.recoverPending(ctx)
 		for _, e := range r.dueRetries() {
 			select {
@@ -571,8 +606,10 @@ func (r *Runner) dispatch(ctx context.Context, work chan<- item) error {
 		}
 		batch, err := r.scan()
 		if err != nil {
-			r.log.Error("scanning the queue directory failed; retrying", "dir", r.cfg.Dir.Path, "err", err)
+			r.faults.report(FaultScan, fmt.Errorf("list %s: %w", r.cfg.Dir.Path, err))
+			continue
 		}
+		r.faults.clear(FaultScan)
 		if len(batch) == 0 {
 			if !r.sleep(ctx, r.untilNextRetry(r.cfg.PollInterval)) {
 				return nil
@@ -588,12 +625,27 @@ func (r *Runner) dispatch(ctx context.Context, work chan<- item) error {
 				break batch
 			default:
 			}
+			if r.faults.wait() > 0 {
+				break batch
+			}
 			select {
 			case work <- item{name: n, slice: queue.SliceOf(n.Digest, r.cfg.Slices)}:
 			case <-ctx.Done():
 				return nil
 			}
 		}
+	}
+}
+
+// sleepCtx waits for d or until ctx ends (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -616,18 +668,31 @@ func (r *Runner) sleep(ctx context.Context, d time.Duration) bool {
 func (r *Runner) scan() ([]queue.Name, error) {
 	r.mu.Lock()
 	owned := slices.Clone(r.owned)
+	now := r.cfg.Clock.Now()
+	for b, until := range r.noClaim {
+		if !now.Before(until) {
+			delete(r.noClaim, b)
+		}
+	}
+	avoid := len(r.noClaim) > 0
 	r.mu.Unlock()
 	if !slices.Contains(owned, true) {
 		return nil, nil
 	}
 	h := &nameHeap{}
 	limit := r.cfg.BatchSize
-	err := queue.List(context.Background(), r.cfg.Dir.Path, func(_ *os.File, ents []queue.Entry) {
+	var tmpOld float64 // names whose time is before this may be leftovers
+	if r.cfg.TmpMaxAge > 0 {
+		tmpOld = float64(r.cfg.Clock.Now().Add(-r.cfg.TmpMaxAge).UnixNano()) / 1e9
+	}
+	err := queue.List(context.Background(), r.cfg.Dir.Path, func(f *os.File, ents []queue.Entry) {
 		for _, e := range ents {
 			k, when, digest := queue.ClassifyName(e.Name)
 			if k != queue.KindReady {
 				if k == queue.KindForeign && !isExpectedOther(e.Name) {
 					r.noteSkipped(e.Name)
+				} else if k == queue.KindForeign && tmpOld > 0 {
+					r.cleanTmp(f, e.Name, tmpOld, owned)
 				}
 				continue
 			}
@@ -638,6 +703,9 @@ func (r *Runner) scan() ([]queue.Name, error) {
 				continue
 			}
 			n := queue.Name{Base: string(e.Name[:len(e.Name)-len(queue.SuffixReady)]), When: when, Digest: digest, Suffix: queue.SuffixReady}
+			if avoid && r.claimAvoided(n.Base) {
+				continue
+			}
 			if h.Len() < limit {
 				heap.Push(h, n)
 			} else {
@@ -657,6 +725,56 @@ func (r *Runner) scan() ([]queue.Name, error) {
 // temporaries of files being written or recovered, and the records of handlers' processes.
 func isExpectedOther(file []byte) bool {
 	return bytes.HasSuffix(file, []byte(".tmp")) || bytes.HasSuffix(file, []byte(queue.SuffixProcs))
+}
+
+// maxNoClaim bounds the names remembered as failing to claim.
+const maxNoClaim = 10000
+
+// avoidClaim keeps a file whose claim failed out of the next scans for FaultMax, so that one
+// file the directory refuses to rename (say a directory sits under its in-flight name) cannot
+// keep the queue's other files waiting; a fault of the whole directory still backs off.
+func (r *Runner) avoidClaim(base string) {
+	r.mu.Lock()
+	if len(r.noClaim) < maxNoClaim {
+		r.noClaim[base] = r.cfg.Clock.Now().Add(r.cfg.FaultMax)
+	}
+	r.mu.Unlock()
+}
+
+func (r *Runner) claimAvoided(base string) bool {
+	r.mu.Lock()
+	_, ok := r.noClaim[base]
+	r.mu.Unlock()
+	return ok
+}
+
+// cleanTmp removes "<base>.pck.tmp" or "<base>.bak.tmp" of an owned slice when it was last changed
+// more than TmpMaxAge ago: a writer that crashed or failed (ENOSPC) left it, and nothing else ever
+// renames or reads it. The time in the name is checked first (it is never after the file's
+// mtime), so a young name costs nothing; an old one costs one fstatat.
+func (r *Runner) cleanTmp(dir *os.File, name []byte, before float64, owned []bool) {
+	base, ok := bytes.CutSuffix(name, []byte(".tmp"))
+	if !ok {
+		return
+	}
+	k, when, digest := queue.ClassifyName(base)
+	if (k != queue.KindReady && k != queue.KindInFlight) || when >= before || !owned[queue.SliceOf(digest, r.cfg.Slices)] {
+		return
+	}
+	file := string(name)
+	mtime, err := mtimeAt(dir, file)
+	if err != nil || float64(mtime.UnixNano())/1e9 >= before {
+		return
+	}
+	path := filepath.Join(r.cfg.Dir.Path, file)
+	if err := os.Remove(path); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			r.log.Warn("could not remove a leftover temporary file", "file", path, "err", err)
+		}
+		return
+	}
+	r.log.Info("removed a leftover temporary file (a writer crashed or failed)", "file", path, "modified", mtime)
+	r.cfg.Observer.Skipped(r.cfg.Queue, "tmp_removed")
 }
 
 // maxSkippedNames bounds the memory spent remembering foreign files already reported.
@@ -748,6 +866,7 @@ func (r *Runner) recoverPending(ctx context.Context) {
 		return
 	}
 	now := r.cfg.Clock.Now()
+	var requeued, bad, failed int
 	for _, n := range found {
 		if ctx.Err() != nil || !r.leaseValid() {
 			return
@@ -771,11 +890,15 @@ func (r *Runner) recoverPending(ctx context.Context) {
 		switch {
 		case errors.Is(err, queue.ErrGone):
 		case err != nil:
+			failed++
 			r.log.Error("could not recover an in-flight file; it stays where it is", "file", filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixInFlight)), "slice", s, "err", err)
+			r.cfg.Observer.Recovered(r.cfg.Queue, s, "failed")
 		case res == queue.MovedBad:
+			bad++
 			r.log.Warn("moved an in-flight file to bad: attempts exhausted or unreadable", "file", n.Base, "slice", s, "bad_dir", r.cfg.Dir.BadDir)
 			r.cfg.Observer.Recovered(r.cfg.Queue, s, "bad")
 		default:
+			requeued++
 			r.log.Info("recovered an in-flight file left by a crashed or fenced-off runner", "file", n.Base, "slice", s)
 			r.cfg.Observer.Recovered(r.cfg.Queue, s, "requeued")
 		}
@@ -791,7 +914,7 @@ func (r *Runner) recoverPending(ctx context.Context) {
 	}
 	r.mu.Unlock()
 	if len(promoted) > 0 {
-		r.log.Info("slices active", "slices", promoted, "recovered", len(found))
+		r.log.Info("slices active", "slices", promoted, "requeued", requeued, "moved_bad", bad, "recover_failed", failed)
 	}
 }
 

@@ -36,10 +36,44 @@ const (
 var build = buildinfo.Get()
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go onSignals(sigs, cancel, gracefulCommand(os.Args[1:]), os.Stderr, os.Exit)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	stop()
+	cancel()
 	os.Exit(code)
+}
+
+// onSignals turns SIGINT/SIGTERM into what the command needs. `qslice run` shuts down gracefully:
+// the first signal cancels ctx (running handlers get shutdown_grace), a second exits at once.
+// Every other command exits at once, whatever it is blocked on: each of their steps is atomic on
+// disk (a half-written enqueue is a *.tmp that runners clean up), so stopping anywhere is safe.
+func onSignals(sigs <-chan os.Signal, cancel context.CancelFunc, graceful bool, stderr io.Writer, exit func(int)) {
+	s := <-sigs
+	cancel()
+	if graceful {
+		s = <-sigs
+		fmt.Fprintln(stderr, "qslice: second signal, exiting at once")
+	}
+	code := 128 + 2 // SIGINT
+	if s == syscall.SIGTERM {
+		code = 128 + 15
+	}
+	exit(code)
+}
+
+// gracefulCommand reports whether args run the node, which stops gracefully on a signal.
+func gracefulCommand(args []string) bool {
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--log-format" || a == "--log-level":
+			i++ // the flag's value
+		case !strings.HasPrefix(a, "-"):
+			return a == "run"
+		}
+	}
+	return false
 }
 
 // exitError carries an exit code through cobra.
