@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -72,11 +73,19 @@ func oddFiles(t *testing.T, dir, outside string, maxBytes int64) map[string]stri
 	mk(2, "symbolic link", func(p string) error { return os.Symlink(filepath.Base(p), p) }) // a loop
 	mk(3, "FIFO", func(p string) error { return syscall.Mkfifo(p, 0o644) })
 	mk(4, "socket", func(p string) error {
-		l, err := net.Listen("unix", p)
-		if err == nil {
-			t.Cleanup(func() { l.Close() })
+		// Bound under a short path (sun_path holds 108 bytes), then renamed into place.
+		short, err := os.MkdirTemp("", "s")
+		if err != nil {
+			return err
 		}
-		return err
+		t.Cleanup(func() { os.RemoveAll(short) })
+		l, err := net.Listen("unix", filepath.Join(short, "s"))
+		if err != nil {
+			return err
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		t.Cleanup(func() { l.Close() })
+		return os.Rename(filepath.Join(short, "s"), p)
 	})
 	mk(5, "directory", func(p string) error { return os.Mkdir(p, 0o755) })
 	mk(6, "over the limit", func(p string) error { // sparse, far over the limit
@@ -290,8 +299,8 @@ func TestClaimFaultBacksOffAndOtherFilesProceed(t *testing.T) {
 }
 
 func TestUnreadableFileIsRetriedThenBad(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root reads mode-000 files; TestHostileDirectory covers this as an unprivileged process")
+	if testenv.Unprivileged(t) { // root reads mode-000 files
+		return
 	}
 	d := newTestDir(t)
 	n := enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))[0]
