@@ -86,8 +86,9 @@ func queues() *dashboard.DashboardBuilder {
 			q(`max by (queue) (qslice_queue_temp_files{`+selQueue+`})`, "{{queue}} being written"),
 			q(`max by (queue) (qslice_queue_ignored_files{`+selQueue+`})`, "{{queue}} ignored"),
 			q(`max by (queue) (qslice_queue_scan_file_errors{`+selQueue+`})`, "{{queue}} unreadable"))).
-		WithPanel(bars("Recovered and skipped files", "In-flight messages found when a node took a slice over (requeued or bad), and files a runner skipped (foreign or malformed names), per interval.",
+		WithPanel(bars("Recovered and skipped files, disk faults", "In-flight messages found when a node took a slice over (requeued, bad or failed), files a runner skipped (foreign or malformed names; leftover *.tmp removed), and disk faults the runners backed off from (claim, read, lock, shunt or bad directory), per interval.",
 			unitCount, half,
 			q(`sum by (queue, result) (increase(qslice_recovered_messages_total{`+selQueue+`}[$__rate_interval]))`, "{{queue}} recovered {{result}}"),
-			q(`sum by (queue, reason) (increase(qslice_skipped_files_total{`+selQueue+`}[$__rate_interval]))`, "{{queue}} skipped: {{reason}}")))
+			q(`sum by (queue, reason) (increase(qslice_skipped_files_total{`+selQueue+`}[$__rate_interval]))`, "{{queue}} skipped: {{reason}}"),
+			q(`sum by (queue, reason) (increase(qslice_runner_faults_total{`+selQueue+`}[$__rate_interval]))`, "{{queue}} disk fault: {{reason}}")))
 }
