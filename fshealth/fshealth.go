@@ -173,6 +173,9 @@ type Watcher struct {
 	state    State
 	probes   uint64
 	failures uint64
+	// told is the availability last logged and passed to OnChange: State may flip the verdict
+	// first (it judges at the time of the call), and the flip must still be told.
+	told bool
 }
 
 // New returns a watcher; it probes once Run runs.
@@ -189,6 +192,7 @@ func New(cfg Config) (*Watcher, error) {
 	w := &Watcher{cfg: cfg, canary: filepath.Join(cfg.Dir, ".qslice-fscheck-"+node+".tmp")}
 	w.obs = Observations{Start: now}
 	w.state = State{Name: cfg.Name, Dir: cfg.Dir, Available: true, Since: now}
+	w.told = true
 	return w, nil
 }
 
@@ -277,8 +281,10 @@ func (w *Watcher) record(r result) {
 
 func (w *Watcher) evaluate() {
 	w.mu.Lock()
-	flipped := w.judgeLocked(w.cfg.Clock.Now())
+	w.judgeLocked(w.cfg.Clock.Now())
 	st := w.state
+	flipped := st.Available != w.told
+	w.told = st.Available
 	w.mu.Unlock()
 	if !flipped {
 		return
