@@ -439,13 +439,16 @@ func (p *Pool) Handle(ctx context.Context, m *runner.Message) error {
 		}
 		pr.kill(reason, fmt.Errorf("message %s: %w", m.Name.Base, context.Cause(ctx)))
 		res = <-c.res
-		if res.err != nil && reason == ExitTimeout {
+		if res.err != nil && reason == ExitTimeout && !res.final {
 			return p.ended(m, fmt.Errorf("worker killed: %w", context.Cause(ctx)), true)
 		}
 	}
 	p.mu.Lock()
 	p.signalLocked()
 	p.mu.Unlock()
+	if res.err != nil && res.final {
+		return res.err // shunted: a retry could overlap the survivors
+	}
 	if res.err != nil {
 		ownFault := false
 		if r, _, _ := pr.outcome(); crash(r) {

@@ -31,6 +31,7 @@ type env struct {
 	runner  *runner.Runner
 	metrics *Metrics
 	record  string
+	state   string
 	lockDir string
 	stop    func()
 }
@@ -67,6 +68,7 @@ func start(t *testing.T, cmd []string, pc func(*Config), rc func(*runner.Config)
 	os.MkdirAll(e.lockDir, 0o755)
 	state := filepath.Join(root, "state")
 	os.MkdirAll(state, 0o755)
+	e.state = state
 	reg := prometheus.NewRegistry()
 	m, err := NewMetrics(reg, []string{"in"})
 	if err != nil {
@@ -399,5 +401,26 @@ func TestShutdownLeavesNoWorker(t *testing.T) {
 	}
 	if n := e.exits(ExitStopped); n != 2 {
 		t.Errorf("stopped exits = %v, want 2", n)
+	}
+}
+
+// TestKilledWorkersTreeIsGoneBeforeTheRetry: a worker killed for a timeout takes the processes it
+// started with it (its process group, runner/proctree), before its message is tried again.
+func TestKilledWorkersTreeIsGoneBeforeTheRetry(t *testing.T) {
+	e := start(t, pythonWorker(t), func(c *Config) { c.Workers = 1; c.InFlight = 1 },
+		func(c *runner.Config) { c.HandlerTimeout = time.Second })
+	n := e.enqueue("once:spawnsleep")
+	waitFor(t, "queue empty", 120*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	b, err := os.ReadFile(filepath.Join(e.state, n[0].Base+".child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	fmt.Sscan(string(b), &child)
+	if child == 0 || syscall.Kill(child, 0) == nil {
+		t.Errorf("the killed worker's child %d still runs", child)
+	}
+	if got := len(e.records()); got != 2 {
+		t.Errorf("%d handlings, want 2 (the killed one and the retry)", got)
 	}
 }

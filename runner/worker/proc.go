@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/qslice/qslice/runner/proctree"
 )
 
 // proc is one running worker process: its pipes, the messages in flight on it, and how it ended.
@@ -48,9 +50,10 @@ type proc struct {
 	endErr      error
 	ended       bool
 
-	done   chan struct{} // closed when the process was reaped and the reader stopped
-	exited chan struct{} // closed when the process was reaped
-	state  *os.ProcessState
+	done      chan struct{} // closed when the process was reaped and the reader stopped
+	exited    chan struct{} // closed when the process was reaped and its tree is gone
+	state     *os.ProcessState
+	survivors error // set before exited closes: processes of the tree outlived SIGKILL
 }
 
 // call is one message in flight on a proc.
@@ -62,6 +65,7 @@ type call struct {
 type result struct {
 	answer Answer
 	err    error // the worker ended before answering (then answer is empty)
+	final  bool  // err must not be retried: processes of the worker survived SIGKILL
 }
 
 // Exit reasons (the values of the reason label of qslice_worker_pool_exits_total).
@@ -108,8 +112,13 @@ func startProc(cfg *Config, index int, log *slog.Logger) (*proc, error) {
 	cmd.Dir = cfg.Dir
 	cmd.Env = append(append(os.Environ(), cfg.Env...), "QSLICE_QUEUE="+cfg.Queue, fmt.Sprintf("QSLICE_WORKER=%d", index))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
+	// Its own process group, SIGKILL when qslice dies, and a marker in its environment: after a
+	// kill -9 of qslice the restarted qslice kills what is left (proctree.KillOrphans).
+	rec, err := proctree.New()
+	if err == nil {
+		rec.Prepare(cmd)
+		err = proctree.Start(cmd, &rec)
+	}
 	inR.Close()
 	outW.Close()
 	errW.Close()
@@ -127,8 +136,10 @@ func startProc(cfg *Config, index int, log *slog.Logger) (*proc, error) {
 	}
 	go p.logStderr(errR)
 	go func() {
-		_ = cmd.Wait()
-		p.state = cmd.ProcessState
+		// Returns once the leader exited and no process of the worker's group (nor one marked
+		// as the worker's, after a failure) is left: only then are its messages retried.
+		_, survivors := proctree.Wait(cmd, &rec)
+		p.state, p.survivors = cmd.ProcessState, survivors
 		close(p.exited)
 	}()
 	return p, nil
@@ -360,10 +371,20 @@ func (p *proc) end(reason string, err error) {
 	if reason != ExitStopped {
 		p.stdout.Close()
 	}
-	werr := fmt.Errorf("%w (%s): %w", errEnded, reason, err)
-	for _, c := range pending {
-		c.res <- result{err: werr}
-	}
+	// The messages in flight are answered once no process of the worker is left, so a retry
+	// never overlaps what the worker was doing.
+	go func() {
+		<-p.exited
+		werr := fmt.Errorf("%w (%s): %w", errEnded, reason, err)
+		final := false
+		if p.survivors != nil {
+			werr = fmt.Errorf("%w; not retried: %w", werr, p.survivors)
+			final = true
+		}
+		for _, c := range pending {
+			c.res <- result{err: werr, final: final}
+		}
+	}()
 }
 
 // stop closes stdin so the worker finishes and exits, and kills its process group if it has not

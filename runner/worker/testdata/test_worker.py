@@ -59,6 +59,13 @@ def handle(m):
     if cmd == "sleep":
         time.sleep(float(arg))
         return
+    if cmd == "spawnsleep":  # a child that outlives the worker unless its tree is killed
+        import subprocess
+        child = subprocess.Popen(["sleep", "300"])
+        with open(os.path.join(state, m.message_id + ".child"), "w") as f:
+            f.write(str(child.pid))
+        time.sleep(30)
+        return
     if cmd == "print":
         print("noise on stdout")
         return
