@@ -120,3 +120,64 @@ func saveArtifacts(t *testing.T, dir string) {
 	}
 	t.Logf("artifacts saved in %s", dst)
 }
+
+// TestChaosWorker is the same verdict with the ledger handler as persistent workers
+// (handler.worker): 0 lost, 0 concurrent duplicates, every repeat explained by a fault. Smaller
+// than TestChaos (one fault of the kinds that strike a node's handlings) to keep CI short.
+func TestChaosWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos run takes about a minute; skipped with -short")
+	}
+	consul := consultest.Start(t) // skips when Consul is absent
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	bin, err := Build(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := NewCluster(ClusterConfig{Work: 20 * time.Millisecond, Worker: true, Dir: dir, ConsulAddr: consul.HTTPAddr, Bin: bin, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { saveArtifacts(t, dir) })
+	t.Cleanup(cl.Close)
+	faults := map[Kind]int{KindKill: 1, KindPause: 1, KindRestart: 1, KindPartition: 1}
+	rep, err := RunSoak(ctx, cl, consul, SoakOptions{Seed: 2, Faults: faults, Rate: 10, Messages: 240, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	rep.Print(&b)
+	t.Log("\n" + b.String())
+	if err := rep.Err(); err != nil {
+		t.Error(err)
+	}
+	for _, k := range Kinds {
+		if rep.Faults[k] != faults[k] {
+			t.Errorf("faults of kind %s: injected %d, want %d", k, rep.Faults[k], faults[k])
+		}
+	}
+	if rep.Messages < 200 {
+		t.Errorf("only %d messages enqueued", rep.Messages)
+	}
+	// The messages were handled by long-lived workers: far fewer handler pids than messages.
+	pids := map[int]bool{}
+	for _, p := range cl.LedgerPaths() {
+		evs, err := NewLedgerReader(p).Poll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			pids[e.PID] = true
+		}
+	}
+	if len(pids) == 0 || len(pids) > rep.Messages/4 {
+		t.Errorf("%d handler processes for %d messages: not persistent workers", len(pids), rep.Messages)
+	}
+	if t.Failed() {
+		for _, n := range cl.Nodes {
+			t.Logf("logs of %s: %v", n.Name, n.Logs())
+		}
+	}
+}

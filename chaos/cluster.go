@@ -54,7 +54,10 @@ type ClusterConfig struct {
 	Slices int // slices of the one queue, "in"
 	// TTL, LockDelay and HoldDown go to every node's consul: section.
 	TTL, LockDelay, HoldDown time.Duration
-	Concurrency              int           // handlers at once per node
+	Concurrency              int           // handlers at once per node (worker processes with Worker)
+	// Worker runs the ledger handler as persistent workers (handler.worker, in_flight 4) instead
+	// of one exec per message. Faults then strike whenever they come: a node always has children.
+	Worker bool
 	Work                     time.Duration // how long the handler works per message
 	PollInterval             time.Duration // the runners' rescan period of an empty queue
 	Bin                      Binaries
@@ -279,6 +282,11 @@ func (c *Cluster) writeConfig(n *Node) error {
 				"env":     map[string]string{"CHAOS_NODE": n.Name, "CHAOS_LEDGER": n.Ledger, "CHAOS_WORK": c.cfg.Work.String()},
 			},
 		}},
+	}
+	if c.cfg.Worker {
+		h := cfg["queues"].([]any)[0].(map[string]any)["handler"].(map[string]any)
+		delete(h, "exec")
+		h["worker"], h["in_flight"] = []string{c.cfg.Bin.Handler, "-worker"}, 4
 	}
 	b, err := yaml.Marshal(cfg)
 	if err != nil {

@@ -8,6 +8,10 @@
 // for CHAOS_WORK between them. The "end" line is the handler's commit point: a handling without
 // it had no effect.
 //
+// With the argument -worker it is a persistent worker instead (handler.worker, protocol of
+// docs/worker-protocol.md, built on sdk/go/qsworker): the same two lines per message, the same
+// work and fence, answering retry where the exec handler exits 75; pid is the worker's.
+//
 // Environment: CHAOS_LEDGER (the ledger file), CHAOS_NODE (the node's name), CHAOS_WORK (a
 // duration, default 5ms), and from qslice QSLICE_MESSAGE_ID, QSLICE_SLICE and, when the runner
 // provides it, QSLICE_LEASE_DEADLINE (RFC 3339): a handler that finds itself past it (a paused
@@ -21,12 +25,76 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/qslice/qslice/sdk/go/qsworker"
 )
 
 // exitRetry asks qslice to retry the message later (EX_TEMPFAIL).
 const exitRetry = 75
 
-func main() { os.Exit(run()) }
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-worker" {
+		os.Exit(runWorker())
+	}
+	os.Exit(run())
+}
+
+// runWorker serves messages as a persistent worker until qslice closes stdin.
+func runWorker() int {
+	node, ledger := os.Getenv("CHAOS_NODE"), os.Getenv("CHAOS_LEDGER")
+	work, err := workTime()
+	if node == "" || ledger == "" || err != nil {
+		fmt.Fprintln(os.Stderr, "qslice-chaos-handler -worker: CHAOS_NODE and CHAOS_LEDGER must be set, CHAOS_WORK a duration:", err)
+		return 2
+	}
+	f, err := os.OpenFile(ledger, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: open ledger: %v\n", err)
+		return 1
+	}
+	defer f.Close()
+	pid := strconv.Itoa(os.Getpid())
+	err = qsworker.Run(func(m *qsworker.Message) error {
+		var deadline time.Time
+		if m.LeaseDeadline != "" {
+			if deadline, err = time.Parse(time.RFC3339Nano, m.LeaseDeadline); err != nil {
+				return fmt.Errorf("lease_deadline: %w", err)
+			}
+		}
+		fenced := func() bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
+		line := func(what string) error {
+			_, err := f.WriteString(m.MessageID + " " + node + " " + what + " " + strconv.FormatInt(time.Now().UnixNano(), 10) +
+				" slice=" + strconv.Itoa(m.Slice) + " pid=" + pid + "\n")
+			return err
+		}
+		if fenced() {
+			return qsworker.Retry(0, "lease deadline passed before start")
+		}
+		if err := line("start"); err != nil {
+			return qsworker.Retry(0, "write ledger: "+err.Error())
+		}
+		time.Sleep(work)
+		if fenced() { // the commit point
+			return qsworker.Retry(0, "lease deadline passed before commit")
+		}
+		if err := line("end"); err != nil {
+			return qsworker.Retry(0, "write ledger: "+err.Error())
+		}
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler -worker: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func workTime() (time.Duration, error) {
+	if s := os.Getenv("CHAOS_WORK"); s != "" {
+		return time.ParseDuration(s)
+	}
+	return 5 * time.Millisecond, nil
+}
 
 func run() int {
 	id, node, ledger := os.Getenv("QSLICE_MESSAGE_ID"), os.Getenv("CHAOS_NODE"), os.Getenv("CHAOS_LEDGER")
@@ -34,14 +102,10 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "qslice-chaos-handler: QSLICE_MESSAGE_ID, CHAOS_NODE and CHAOS_LEDGER must be set")
 		return 2
 	}
-	work := 5 * time.Millisecond
-	if s := os.Getenv("CHAOS_WORK"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "qslice-chaos-handler: CHAOS_WORK: %v\n", err)
-			return 2
-		}
-		work = d
+	work, err := workTime()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: CHAOS_WORK: %v\n", err)
+		return 2
 	}
 	var deadline time.Time
 	if s := os.Getenv("QSLICE_LEASE_DEADLINE"); s != "" {

@@ -55,6 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		lockDelay = fs.Duration("lock-delay", time.Second, "consul.lock_delay of every node")
 		holdDown  = fs.Duration("hold-down", 3*time.Second, "consul.hold_down of every node (>= ttl)")
 		work      = fs.Duration("work", 5*time.Millisecond, "how long the handler works per message")
+		worker    = fs.Bool("worker", false, "run the ledger handler as persistent workers (handler.worker) instead of one exec per message")
 		verbose   = fs.Bool("v", false, "log what the harness does")
 		keep      = fs.Bool("keep", false, "keep the work directory (configs, ledgers, node logs) and print its path")
 	)
@@ -106,7 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			tb.Fatalf("%v", err)
 		}
 		cl, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: *nodes, Slices: *slices, TTL: *ttl, LockDelay: *lockDelay,
-			HoldDown: *holdDown, Work: *work, Bin: bin, Dir: dir, ConsulAddr: consul.HTTPAddr, Log: log})
+			HoldDown: *holdDown, Work: *work, Worker: *worker, Bin: bin, Dir: dir, ConsulAddr: consul.HTTPAddr, Log: log})
 		if err != nil {
 			tb.Fatalf("%v", err)
 		}
