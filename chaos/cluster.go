@@ -54,13 +54,13 @@ type ClusterConfig struct {
 	Slices int // slices of the one queue, "in"
 	// TTL, LockDelay and HoldDown go to every node's consul: section.
 	TTL, LockDelay, HoldDown time.Duration
-	Concurrency              int           // handlers at once per node (worker processes with Worker)
+	Concurrency              int // handlers at once per node (worker processes with Worker)
 	// Worker runs the ledger handler as persistent workers (handler.worker, in_flight 4) instead
 	// of one exec per message. Faults then strike whenever they come: a node always has children.
-	Worker bool
-	Work                     time.Duration // how long the handler works per message
-	PollInterval             time.Duration // the runners' rescan period of an empty queue
-	Bin                      Binaries
+	Worker       bool
+	Work         time.Duration // how long the handler works per message
+	PollInterval time.Duration // the runners' rescan period of an empty queue
+	Bin          Binaries
 	// Dir holds the queue, the configs, the ledgers and the logs; required.
 	Dir string
 	// FS, when set, puts the queue on a shared filesystem with one mount per node (a
