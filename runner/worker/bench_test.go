@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -195,4 +196,39 @@ func BenchmarkHandlerKinds(b *testing.B) {
 			b.ReportMetric(rate["pyworker"]/rate["pyexec"], "pyworker/pyexec")
 		})
 	}
+}
+
+// BenchmarkPoolHandle measures the pool alone (no files): 32 goroutines hand messages to 2 no-op
+// Python workers with in_flight 16. Reported: msgs/s.
+func BenchmarkPoolHandle(b *testing.B) {
+	py := testenv.RequirePython(b, "json", "python3")
+	lib, _ := filepath.Abs("../../sdk/python/qslice_worker.py")
+	p, err := New(Config{Queue: "bench", Command: []string{py, lib}, Workers: 2, InFlight: 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for p.Ready() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	name, _ := queue.ParseName("1700000000.000001+" + strings.Repeat("ab", 20) + ".pck")
+	b.SetParallelism(16)
+	b.ResetTimer()
+	t0 := time.Now()
+	var failed atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		m := &runner.Message{Queue: "bench", Slices: 1, Name: name, Body: []byte("hello"), LeaseDeadline: time.Now().Add(time.Hour)}
+		for pb.Next() {
+			if err := p.Handle(context.Background(), m); err != nil {
+				failed.Add(1)
+			}
+		}
+	})
+	if failed.Load() != 0 {
+		b.Fatalf("%d messages not done", failed.Load())
+	}
+	b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "msgs/s")
 }

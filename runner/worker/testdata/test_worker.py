@@ -60,10 +60,14 @@ def handle(m):
         time.sleep(float(arg))
         return
     if cmd == "spawnsleep":  # a child that outlives the worker unless its tree is killed
+        pidfile = os.path.join(state, m.message_id + ".child")
+        if os.path.exists(pidfile):  # a handling got as far as the child: done now
+            return
         import subprocess
         child = subprocess.Popen(["sleep", "300"])
-        with open(os.path.join(state, m.message_id + ".child"), "w") as f:
+        with open(pidfile + ".tmp", "w") as f:
             f.write(str(child.pid))
+        os.rename(pidfile + ".tmp", pidfile)
         time.sleep(30)
         return
     if cmd == "print":
