@@ -41,6 +41,9 @@ if [ "${QSLICE_ALLOW_SKIPS:-}" = 1 ]; then
 fi
 go test -count=1 -timeout 40m -json ./... "$@" | "$reporter" "${allow[@]}"
 
+echo "fuzz targets, a few seconds each:"
+scripts/fuzz.sh
+
 echo "benchmarks, once each at a small size:"
 QSLICE_BENCH_FILES=2000 go test -count=1 -run '^$' -bench . -benchtime 1x -timeout 20m ./... | grep -Ev '^(goos|goarch|cpu|pkg):'
 
