@@ -21,8 +21,9 @@ const SkipMessage = "GlusterFS test bed unavailable (needs root, glusterd and gl
 const (
 	serverAddr = "10.213.255.1"
 	prefix     = "qg"
-	// readyTimeout bounds glusterd's start, the volume's start and each mount.
-	readyTimeout = 60 * time.Second
+	// readyTimeout bounds glusterd's start, the volume's start and each mount (a loaded CI
+	// machine takes tens of seconds for the first two).
+	readyTimeout = 90 * time.Second
 	pollEvery    = 100 * time.Millisecond
 )
 
@@ -235,7 +236,10 @@ exec %[2]s -N -f %[3]s -p %[1]s/glusterd.pid -l %[1]s/log/glusterd.log`, b.Dir, 
 			return backoffStop{fmt.Errorf("glusterd exited: %s", bytes.TrimSpace(msg))}
 		default:
 		}
-		_, err := b.gluster(ctx, "volume", "list")
+		// Each try bounded: a CLI that connected before glusterd was ready can wait long.
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_, err := b.gluster(cctx, "volume", "list")
 		return err
 	}); err != nil {
 		return err

@@ -28,6 +28,7 @@ import (
 
 	"github.com/qslice/qslice/chaos"
 	"github.com/qslice/qslice/internal/consultest"
+	"github.com/qslice/qslice/internal/glustertest"
 )
 
 func main() {
@@ -58,6 +59,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		worker    = fs.Bool("worker", false, "run the ledger handler as persistent workers (handler.worker) instead of one exec per message")
 		verbose   = fs.Bool("v", false, "log what the harness does")
 		keep      = fs.Bool("keep", false, "keep the work directory (configs, ledgers, node logs) and print its path")
+		gluster   = fs.Bool("gluster", false, "put the queue on a GlusterFS volume with one mount per node, each in a network namespace of its own (root; allows -faults fscut=N)")
+		fsTimeout = fs.Duration("fs-timeout", 0, "health.filesystem.timeout of every node (0: qslice's default, 10s)")
+		fsEvery   = fs.Duration("fs-interval", 0, "health.filesystem.interval of every node (0: qslice's default, 2s)")
+		fsRecover = fs.Duration("fs-recover-after", 0, "health.filesystem.recover_after of every node (0: qslice's default, 30s)")
+		fsHold    = fs.Duration("fs-hold", 0, "shortest hold of an fscut fault (0: 20s, below GlusterFS's 42s ping-timeout)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -106,8 +112,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			tb.Fatalf("%v", err)
 		}
-		cl, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: *nodes, Slices: *slices, TTL: *ttl, LockDelay: *lockDelay,
-			HoldDown: *holdDown, Work: *work, Worker: *worker, Bin: bin, Dir: dir, ConsulAddr: consul.HTTPAddr, Log: log})
+		ccfg := chaos.ClusterConfig{Nodes: *nodes, Slices: *slices, TTL: *ttl, LockDelay: *lockDelay,
+			HoldDown: *holdDown, Work: *work, Worker: *worker, Bin: bin, Dir: dir, ConsulAddr: consul.HTTPAddr, Log: log,
+			FSHealth: chaos.FSHealthConfig{Interval: *fsEvery, Timeout: *fsTimeout, RecoverAfter: *fsRecover}}
+		if *gluster {
+			bed := glustertest.New(tb, glustertest.Options{Clients: *nodes + 1}) // the last mount is the harness's
+			ccfg.FS, ccfg.SharedRoot, ccfg.NodeRoots = bed, bed.Mounts[*nodes], bed.Mounts[:*nodes]
+		}
+		cl, err := chaos.NewCluster(ccfg)
 		if err != nil {
 			tb.Fatalf("%v", err)
 		}
@@ -132,7 +144,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return
 		}
 		rep, err := chaos.RunSoak(ctx, cl, consul, chaos.SoakOptions{Seed: *seed, Faults: counts, Duration: *duration,
-			Rate: *rate, Messages: *messages, Log: log})
+			Rate: *rate, Messages: *messages, FSHold: *fsHold, Log: log})
 		if err != nil {
 			tb.Fatalf("%v", err)
 		}
