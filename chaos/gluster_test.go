@@ -32,7 +32,11 @@ func TestChaosGlusterFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	fsh := FSHealthConfig{Interval: time.Second, Timeout: 5 * time.Second, RecoverAfter: 5 * time.Second}
+	// Consul timings a little above the harness's defaults (request timeout 400 ms instead of
+	// 200 ms): FUSE clients and glusterd load the machine, and a Consul request timing out is
+	// an unexplained ERROR line.
 	cl, err := NewCluster(ClusterConfig{Work: 20 * time.Millisecond, Dir: dir, ConsulAddr: consul.HTTPAddr, Bin: bin, Log: testLogger(t),
+		TTL: 3 * time.Second, LockDelay: 2 * time.Second, HoldDown: 3 * time.Second,
 		FS: bed, SharedRoot: bed.Mounts[3], NodeRoots: bed.Mounts[:3], FSHealth: fsh})
 	if err != nil {
 		t.Fatal(err)
