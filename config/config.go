@@ -167,7 +167,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %s", path, cleanYAMLError(err))
+		return nil, yamlError(path, err)
 	}
 	var root yaml.Node
 	_ = yaml.Unmarshal(data, &root)
@@ -176,6 +176,22 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// yamlError names the file and the line of each of yaml.v3's errors as FieldError does
+// ("qslice.yaml:5: unknown key ..."), one error per line.
+func yamlError(path string, err error) error {
+	var errs []error
+	lineRE := regexp.MustCompile(`^line (\d+): `)
+	for _, msg := range strings.Split(cleanYAMLError(err), "\n") {
+		msg = strings.TrimSpace(msg)
+		if m := lineRE.FindStringSubmatch(msg); m != nil {
+			errs = append(errs, fmt.Errorf("%s:%s: %s", path, m[1], msg[len(m[0]):]))
+		} else if msg != "" {
+			errs = append(errs, fmt.Errorf("%s: %s", path, msg))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // cleanYAMLError turns yaml.v3's messages into ones that name the key as the file spells it.
@@ -192,8 +208,11 @@ func cleanYAMLError(err error) string {
 func (c *Config) resolvePaths() {
 	base := filepath.Dir(c.path)
 	abs := func(p string) string {
-		if p == "" || filepath.IsAbs(p) {
+		if p == "" {
 			return p
+		}
+		if filepath.IsAbs(p) {
+			return filepath.Clean(p) // "/x/in/" is "/x/in": its shunt/ is /x/shunt, not /x/in/shunt
 		}
 		return filepath.Join(base, p)
 	}
@@ -228,21 +247,24 @@ func (e *FieldError) Error() string {
 	return fmt.Sprintf("%s: %s: %s", e.File, e.Field, e.Msg)
 }
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
-
 // Validate checks every field and returns all problems at once.
 func (c *Config) Validate() error { return c.validate(nil) }
 
+// Every rule lives with the component that depends on it and is only mapped to the file here:
+// names, slice counts and homes in failover (ValidateQueues, every mode; ValidateSettings,
+// Consul), a queue's runner settings in runner.Config.Validate, supervision in supervise. What
+// is checked here concerns the file as a whole: directories shared between queues, keys given
+// explicitly as 0 where 0 would silently mean the default, handler kinds.
 func (c *Config) validate(root *yaml.Node) error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, &FieldError{File: c.path, Line: lineOf(root, field), Field: field, Msg: fmt.Sprintf(format, args...)})
 	}
-	if !nameRE.MatchString(c.Node) {
-		bad("node", "%q: must be 1-64 letters, digits, '.', '_' or '-'", c.Node)
+	if err := failover.CheckName(c.Node); err != nil {
+		bad("node", "%v", err)
 	}
-	if !nameRE.MatchString(c.Cluster) {
-		bad("cluster", "%q: must be 1-64 letters, digits, '.', '_' or '-'", c.Cluster)
+	if err := failover.CheckName(c.Cluster); err != nil {
+		bad("cluster", "%v", err)
 	}
 	if c.Listen != "" && !strings.Contains(c.Listen, ":") {
 		bad("listen", "%q: want host:port, e.g. 127.0.0.1:9466", c.Listen)
@@ -264,24 +286,22 @@ func (c *Config) validate(root *yaml.Node) error {
 	if c.Health.Filesystem.RecoverAfter <= 0 {
 		bad("health.filesystem.recover_after", "must be positive")
 	}
-	if len(c.Queues) == 0 {
-		bad("queues", "at least one queue is needed")
+	if c.Health.MaxAge < 0 {
+		bad("health.max_age", "must not be negative (%s)", c.Health.MaxAge)
 	}
-	seen := map[string]bool{}
+	if c.Health.StallAfter < 0 {
+		bad("health.stall_after", "must not be negative (%s)", c.Health.StallAfter)
+	}
+	for _, e := range flatten(failover.ValidateQueues(c.QueueSpecs())) {
+		var fe *failover.FieldError
+		if errors.As(e, &fe) {
+			bad(fe.Field, "%s", fe.Problem)
+		} else {
+			bad("queues", "%v", e)
+		}
+	}
 	for i, q := range c.Queues {
 		p := fmt.Sprintf("queues[%d]", i)
-		if !nameRE.MatchString(q.Name) {
-			bad(p+".name", "%q: must be 1-64 letters, digits, '.', '_' or '-'", q.Name)
-		} else if seen[q.Name] {
-			bad(p+".name", "%q: used by two queues", q.Name)
-		}
-		seen[q.Name] = true
-		if q.Dir == "" {
-			bad(p+".dir", "must be set to the queue directory")
-		}
-		if err := queue.ValidateSlices(q.Slices); err != nil {
-			bad(p+".slices", "must be between 1 and %d (got %d)", queue.MaxSlices, q.Slices)
-		}
 		switch {
 		case q.Handler == nil && q.Supervise == nil:
 			bad(p, "needs either handler (qslice runs each message) or supervise (qslice runs per-slice workers)")
@@ -293,6 +313,8 @@ func (c *Config) validate(root *yaml.Node) error {
 			bad(p+".handler", "has both exec and worker; choose one")
 		case q.Handler != nil && len(q.Handler.Exec) > 0 && q.Handler.InFlight != 0:
 			bad(p+".handler.in_flight", "applies to worker handlers only")
+		case q.Handler != nil && len(q.Handler.Exec) > 0 && q.Handler.Exec[0] == "":
+			bad(p+".handler.exec", "must name a program")
 		case q.Handler != nil && len(q.Handler.Worker) > 0 && (q.Handler.Worker[0] == "" || q.Handler.InFlight < 0 || q.Handler.InFlight > 1024):
 			if q.Handler.Worker[0] == "" {
 				bad(p+".handler.worker", "must name a program")
@@ -311,16 +333,19 @@ func (c *Config) validate(root *yaml.Node) error {
 				}
 			}
 		}
-		for s, nodes := range q.Home {
-			if s < 0 || s >= q.Slices {
-				bad(fmt.Sprintf("%s.home.%d", p, s), "slice out of range 0..%d", q.Slices-1)
+		if q.Supervise == nil {
+			rc := q.RunnerConfig().WithDefaults()
+			if rc.Handler == nil {
+				rc.Handler = runner.HandlerFunc(nil) // worker or Go handlers: checked above
 			}
-			if len(nodes) == 0 {
-				bad(fmt.Sprintf("%s.home.%d", p, s), "must list at least one node")
+			for _, e := range flatten(rc.Validate()) {
+				var fe *runner.FieldError
+				if errors.As(e, &fe) && fe.Field != "slices" { // slices: failover's message above
+					bad(p+"."+fe.Field, "%s", fe.Problem)
+				} else if !errors.As(e, &fe) {
+					bad(p, "%v", e)
+				}
 			}
-		}
-		if q.Concurrency < 0 {
-			bad(p+".concurrency", "must not be negative")
 		}
 		if q.Handler != nil && q.Handler.Payload != "" && q.Handler.Payload != "native" && q.Handler.Payload != "raw" {
 			bad(p+".handler.payload", "%q: must be native or raw", q.Handler.Payload)
@@ -328,24 +353,40 @@ func (c *Config) validate(root *yaml.Node) error {
 		if q.MaxMessageBytes < 0 {
 			bad(p+".max_message_bytes", "must be positive (0 or absent: %d)", queue.DefaultMaxMessageBytes)
 		}
-		if q.Handler != nil && q.Handler.Timeout < 0 {
-			bad(p+".handler.timeout", "must not be negative")
+		for _, key := range zeroMeansDefault {
+			if v := valueOf(root, p+"."+key); v != nil && isZeroDuration(v.Value) {
+				bad(p+"."+key, "0 is not a valid value here (omit the key for the default)")
+			}
 		}
 	}
+	c.checkDirs(root, bad)
 	if c.Consul != nil {
 		if c.Consul.Token != "" && c.Consul.TokenFile != "" {
 			bad("consul.token", "set token or token_file, not both")
 		}
+		for _, key := range []string{"ttl", "lock_delay", "hold_down", "stuck_after"} {
+			if v := valueOf(root, "consul."+key); v != nil && isZeroDuration(v.Value) {
+				bad("consul."+key, "0 is not a valid value here (omit the key for the default)")
+			}
+		}
+		if c.Consul.StuckAfter < 0 {
+			bad("consul.stuck_after", "must not be negative (%s)", c.Consul.StuckAfter)
+		}
 		cc, err := c.FailoverConfig()
 		if err == nil {
-			err = cc.Validate()
+			err = cc.ValidateSettings()
 		}
 		if err != nil {
 			for _, e := range flatten(err) {
 				var fe *failover.FieldError
-				if errors.As(e, &fe) {
+				switch {
+				case errors.As(e, &fe) && fe.Field == "queues":
+					bad("queues", "%s", fe.Problem)
+				case errors.As(e, &fe) && (fe.Field == "cluster" || fe.Field == "node_id"):
+					// CheckName above said it, at the file's own key
+				case errors.As(e, &fe):
 					bad("consul."+strings.TrimPrefix(fe.Field, "consul."), "%s", fe.Problem)
-				} else {
+				default:
 					bad("consul", "%v", e)
 				}
 			}
@@ -354,7 +395,29 @@ func (c *Config) validate(root *yaml.Node) error {
 	return errors.Join(errs...)
 }
 
+// zeroMeansDefault lists the duration keys of a queue whose Go zero value selects the default:
+// written explicitly as 0 in the file, they are refused rather than silently replaced.
+var zeroMeansDefault = []string{"poll_interval", "lock_timeout", "shutdown_grace", "retry.initial", "retry.max", "retry.max_elapsed", "handler.timeout"}
+
+func isZeroDuration(s string) bool {
+	d, err := time.ParseDuration(s)
+	return (err == nil && d == 0) || s == "0"
+}
+
+// Warnings lists what is accepted but unwise, for the caller to print (a Consul token written
+// in the file in clear).
+func (c *Config) Warnings() []string {
+	var out []string
+	if c.Consul != nil && c.Consul.Token != "" {
+		out = append(out, fmt.Sprintf("%s: consul.token: the ACL token is written in the file in clear; prefer consul.token_file (a file only qslice's user can read) or CONSUL_HTTP_TOKEN", c.path))
+	}
+	return out
+}
+
 func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
 		var out []error
 		for _, e := range j.Unwrap() {
@@ -363,6 +426,42 @@ func flatten(err error) []error {
 		return out
 	}
 	return []error{err}
+}
+
+// valueOf returns the value node of a field path such as "queues[1].retry.max", nil when the
+// file does not set it.
+func valueOf(root *yaml.Node, path string) *yaml.Node {
+	if root == nil || len(root.Content) == 0 {
+		return nil
+	}
+	n := root.Content[0]
+	for _, part := range strings.Split(path, ".") {
+		key, idx := part, -1
+		if b := strings.IndexByte(part, '['); b >= 0 && strings.HasSuffix(part, "]") {
+			key = part[:b]
+			idx, _ = strconv.Atoi(part[b+1 : len(part)-1])
+		}
+		var next *yaml.Node
+		if n.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == key {
+					next = n.Content[i+1]
+					break
+				}
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		if idx >= 0 {
+			if next.Kind != yaml.SequenceNode || idx >= len(next.Content) {
+				return nil
+			}
+			next = next.Content[idx]
+		}
+		n = next
+	}
+	return n
 }
 
 // lineOf finds the line of a field path such as "queues[1].handler.exec" in the parsed document,

@@ -6,11 +6,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qslice/qslice/failover"
 )
 
 // FuzzParse: any bytes give a configuration or an error naming the file, never a panic; a
-// configuration that parses validates again unchanged and survives a round trip through
-// Redacted.
+// configuration that parses validates again unchanged, survives a round trip through Redacted,
+// and is accepted by every mode: the queue rules of the standalone coordinator and, with a
+// consul section, the Consul coordinator's whole validation (the rules cannot drift apart
+// again). Seeds: every file in testdata/, the examples and testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
 	for _, glob := range []string{"testdata/*.yml", "../examples/*.yaml"} {
 		files, _ := filepath.Glob(glob)
@@ -39,6 +43,18 @@ func FuzzParse(f *testing.F) {
 		}
 		if _, err := c.Redacted(); err != nil {
 			t.Fatalf("Redacted: %v", err)
+		}
+		if err := failover.ValidateQueues(c.QueueSpecs()); err != nil {
+			t.Fatalf("accepted, but standalone refuses: %v", err)
+		}
+		if c.Consul != nil && c.Consul.TokenFile == "" {
+			fc, err := c.FailoverConfig()
+			if err == nil {
+				err = fc.Validate()
+			}
+			if err != nil {
+				t.Fatalf("accepted, but the Consul coordinator refuses: %v", err)
+			}
 		}
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/qslice/qslice/runner/queue"
 )
 
 // QueueSpec describes one queue and how many slices it is cut into.
@@ -241,12 +243,30 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Problem }
 
+// The naming rules: the one definition every mode (standalone and Consul) and the config file
+// share, so a name that one of them refuses is refused by all, at load time.
 var (
 	// Node IDs and cluster names go into KV paths, service IDs and Meta values.
 	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	// Queue names go into KV paths and check IDs.
+	// Queue names go into KV paths, check IDs and the service Meta list ("in:8,out:64").
 	queueRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 )
+
+// CheckName checks a node ID or cluster name.
+func CheckName(s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%q: must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", s)
+	}
+	return nil
+}
+
+// CheckQueueName checks a queue name.
+func CheckQueueName(s string) error {
+	if !queueRE.MatchString(s) {
+		return fmt.Errorf("%q: must be 1-63 letters, digits, '_' or '-', starting with a letter or digit (no '.')", s)
+	}
+	return nil
+}
 
 // Validate checks c after WithDefaults and returns every problem, each a *FieldError, joined.
 func (c ConsulConfig) Validate() error {
@@ -254,11 +274,11 @@ func (c ConsulConfig) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, &FieldError{Field: field, Problem: fmt.Sprintf(format, args...)})
 	}
-	if !nameRE.MatchString(c.Cluster) {
-		bad("cluster", "must match %s", nameRE)
+	if err := CheckName(c.Cluster); err != nil {
+		bad("cluster", "%v", err)
 	}
-	if !nameRE.MatchString(c.NodeID) {
-		bad("node_id", "must match %s", nameRE)
+	if err := CheckName(c.NodeID); err != nil {
+		bad("node_id", "%v", err)
 	}
 	if c.TTL < minTTL {
 		bad("ttl", "must be >= %s", minTTL)
@@ -295,13 +315,50 @@ func (c ConsulConfig) Validate() error {
 		bad("drain_timeout", "must be > 0")
 	}
 	errs = append(errs, validateQueues(c.Queues, "queues")...)
+	errs = append(errs, c.validateMeta()...)
+	return errors.Join(errs...)
+}
+
+// ValidateSettings is Validate without the checks of the queues that ValidateQueues makes: what
+// the Consul mode adds to the rules every mode shares.
+func (c ConsulConfig) ValidateSettings() error {
+	var errs []error
+	for _, e := range flattenErrs(c.Validate()) {
+		var fe *FieldError
+		if errors.As(e, &fe) && fe.Field != "queues" && strings.HasPrefix(fe.Field, "queues") {
+			continue
+		}
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
+}
+
+func flattenErrs(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flattenErrs(e)...)
+		}
+		return out
+	}
+	if err == nil {
+		return nil
+	}
+	return []error{err}
+}
+
+func (c ConsulConfig) validateMeta() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
 	if 5+len(c.Queues) > metaMaxKeys {
 		bad("queues", "at most %d queues fit in the service Meta", metaMaxKeys-5)
 	}
 	if n := len(queuesMeta(c.Queues)); n > metaValueMaxLen {
 		bad("queues", "names and slice counts take %d characters, more than the %d a service Meta value holds", n, metaValueMaxLen)
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func validateQueues(qs []QueueSpec, field string) []error {
@@ -315,14 +372,14 @@ func validateQueues(qs []QueueSpec, field string) []error {
 	seen := map[string]bool{}
 	for i, q := range qs {
 		f := fmt.Sprintf("%s[%d]", field, i)
-		if !queueRE.MatchString(q.Name) {
-			bad(f+".name", "must match %s", queueRE)
+		if err := CheckQueueName(q.Name); err != nil {
+			bad(f+".name", "%v", err)
 		} else if seen[q.Name] {
-			bad(f+".name", "duplicate queue %q", q.Name)
+			bad(f+".name", "%q: used by two queues", q.Name)
 		}
 		seen[q.Name] = true
-		if q.Slices < 1 {
-			bad(f+".slices", "must be >= 1")
+		if err := queue.ValidateSlices(q.Slices); err != nil {
+			bad(f+".slices", "must be between 1 and %d (got %d)", queue.MaxSlices, q.Slices)
 		}
 		keys := make([]int, 0, len(q.Home))
 		for k := range q.Home {
@@ -330,14 +387,17 @@ func validateQueues(qs []QueueSpec, field string) []error {
 		}
 		sort.Ints(keys)
 		for _, k := range keys {
-			hf := fmt.Sprintf("%s.home[%d]", f, k)
+			hf := fmt.Sprintf("%s.home.%d", f, k) // a YAML map: home: {3: [a, b]}
 			if k < 0 || k >= q.Slices {
-				bad(hf, "slice %d out of range [0,%d)", k, q.Slices)
+				bad(hf, "slice %d out of range 0..%d", k, q.Slices-1)
+			}
+			if len(q.Home[k]) == 0 {
+				bad(hf, "must list at least one node")
 			}
 			dup := map[string]bool{}
 			for j, n := range q.Home[k] {
-				if !nameRE.MatchString(n) {
-					bad(fmt.Sprintf("%s[%d]", hf, j), "node %q must match %s", n, nameRE)
+				if err := CheckName(n); err != nil {
+					bad(fmt.Sprintf("%s[%d]", hf, j), "node %v", err)
 				}
 				if dup[n] {
 					bad(fmt.Sprintf("%s[%d]", hf, j), "node %q listed twice", n)
@@ -349,7 +409,7 @@ func validateQueues(qs []QueueSpec, field string) []error {
 	return errs
 }
 
-// ValidateQueues checks queue specs for standalone mode.
+// ValidateQueues checks queue specs: the rules every mode shares (Validate adds the Consul ones).
 func ValidateQueues(qs []QueueSpec) error { return errors.Join(validateQueues(qs, "queues")...) }
 
 // queuesMeta renders the queue list for the service Meta: "in:8,out:64".

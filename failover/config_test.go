@@ -46,7 +46,7 @@ func TestConfigValidateFieldErrors(t *testing.T) {
 		mutate func(*ConsulConfig)
 		want   []string // each must appear in the error
 	}{
-		{"bad names", func(c *ConsulConfig) { c.Cluster, c.NodeID = "a/b", "" }, []string{"cluster: must match", "node_id: must match"}},
+		{"bad names", func(c *ConsulConfig) { c.Cluster, c.NodeID = "a/b", "" }, []string{`cluster: "a/b": must be 1-63 letters`, `node_id: "": must be 1-63 letters`}},
 		{"ttl too short", func(c *ConsulConfig) { c.TTL = 500 * time.Millisecond }, []string{"ttl: must be >= 1s"}},
 		{"lock-delay over Consul's cap", func(c *ConsulConfig) { c.LockDelay = 61 * time.Second }, []string{"lock_delay: must be > 0 and <= 1m0s"}},
 		{"hold-down shorter than TTL", func(c *ConsulConfig) { c.HoldDown = 4 * time.Second }, []string{"hold_down: must be >= ttl (4.5s)"}},
@@ -61,8 +61,8 @@ func TestConfigValidateFieldErrors(t *testing.T) {
 		{"no queues", func(c *ConsulConfig) { c.Queues = nil }, []string{"queues: must list at least one queue"}},
 		{"bad queues", func(c *ConsulConfig) {
 			c.Queues = []QueueSpec{{Name: "out", Slices: 0}, {Name: "out", Slices: 2, Home: map[int][]string{2: {"a"}, 0: {"a", "a", "b/c"}}}, {Name: "a b", Slices: 1}}
-		}, []string{"queues[0].slices: must be >= 1", `queues[1].name: duplicate queue "out"`, "queues[1].home[2]: slice 2 out of range [0,2)",
-			`queues[1].home[0][1]: node "a" listed twice`, `queues[1].home[0][2]: node "b/c" must match`, "queues[2].name: must match"}},
+		}, []string{"queues[0].slices: must be between 1 and 65536 (got 0)", `queues[1].name: "out": used by two queues`, "queues[1].home.2: slice 2 out of range 0..1",
+			`queues[1].home.0[1]: node "a" listed twice`, `queues[1].home.0[2]: node "b/c": must be 1-63 letters`, `queues[2].name: "a b": must be 1-63 letters, digits, '_' or '-'`}},
 		{"stuck hand-off needs a delay", func(c *ConsulConfig) { c.StuckHandoff, c.StuckAfter = true, -1 }, []string{"stuck_after: must be > 0"}},
 	}
 	for _, tc := range cases {

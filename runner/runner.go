@@ -92,24 +92,65 @@ var DefaultConfig = Config{
 	TmpMaxAge:      time.Hour,
 }
 
-// Validate reports the first field that makes c unusable.
+// Validate reports every field that makes c unusable, each a *FieldError named as the config
+// file spells it (config maps them to their place in the file): the one definition of these
+// rules. Call it after the defaults are applied (New does): zero values stand for defaults.
 func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Queue: c.Queue, Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
 	if c.Dir == nil || c.Dir.Path == "" {
-		return fmt.Errorf("queue %q: dir: must be set", c.Queue)
+		bad("dir", "must be set to the queue directory")
 	}
 	if err := queue.ValidateSlices(c.Slices); err != nil {
-		return fmt.Errorf("queue %q: slices: %w", c.Queue, err)
+		bad("slices", "%v", err)
 	}
 	if c.Handler == nil {
-		return fmt.Errorf("queue %q: handler: must be set", c.Queue)
+		bad("handler", "must be set")
 	}
-	if c.Concurrency < 0 || c.BatchSize < 0 {
-		return fmt.Errorf("queue %q: concurrency and batch size must not be negative", c.Queue)
+	if c.Concurrency < 0 {
+		bad("concurrency", "must not be negative")
+	}
+	if c.BatchSize < 0 {
+		bad("batch_size", "must not be negative")
+	}
+	if c.PollInterval < 0 {
+		bad("poll_interval", "must be positive (%s), or an empty queue is rescanned in a busy loop", c.PollInterval)
+	}
+	if c.HandlerTimeout < 0 {
+		bad("handler.timeout", "must not be negative (%s)", c.HandlerTimeout)
+	}
+	if c.LockTimeout < 0 {
+		bad("lock_timeout", "must be positive (%s)", c.LockTimeout)
+	}
+	if c.ShutdownGrace < 0 {
+		bad("shutdown_grace", "must be positive (%s)", c.ShutdownGrace)
+	}
+	if c.Retry.Initial < 0 {
+		bad("retry.initial", "must be positive (%s)", c.Retry.Initial)
+	}
+	if c.Retry.Max < c.Retry.Initial {
+		bad("retry.max", "must be at least retry.initial (%s), got %s", c.Retry.Initial, c.Retry.Max)
+	}
+	if c.Retry.MaxElapsed < 0 {
+		bad("retry.max_elapsed", "must be positive (%s)", c.Retry.MaxElapsed)
 	}
 	if c.HandlerTimeout > 0 && c.LockLifetime > 0 && c.LockLifetime <= c.HandlerTimeout {
-		return fmt.Errorf("queue %q: lock_lifetime (%s) must exceed handler_timeout (%s), or a lock could expire under a running handler", c.Queue, c.LockLifetime, c.HandlerTimeout)
+		bad("lock_lifetime", "(%s) must exceed handler_timeout (%s), or a lock could expire under a running handler", c.LockLifetime, c.HandlerTimeout)
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// FieldError is one invalid field of a Config, named as the config file spells it.
+type FieldError struct {
+	Queue   string
+	Field   string // e.g. "poll_interval", "retry.max"
+	Problem string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("queue %q: %s: %s", e.Queue, e.Field, e.Problem)
 }
 
 // WithDefaults returns c with every zero field set to its default (DefaultConfig, and for the

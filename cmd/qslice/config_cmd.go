@@ -20,7 +20,7 @@ are redacted. Exit 2 when invalid.
 ` + config.HandlerKinds,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(args[0])
+			cfg, err := loadConfig(args[0], cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}

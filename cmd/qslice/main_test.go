@@ -46,7 +46,13 @@ func TestCommonMistakesSayWhatToDo(t *testing.T) {
 		{"bad slice count", []string{"config", "check", writeConfig(t, t.TempDir(), "queues:\n  - {name: in, dir: q, slices: 0, handler: {exec: [cat]}}\n")},
 			exitUsage, []string{"qslice.yaml:2: queues[0].slices: must be between 1 and 65536 (got 0)"}},
 		{"unknown key", []string{"config", "check", writeConfig(t, t.TempDir(), "queues:\n  - {name: in, dir: q, slice: 2, handler: {exec: [cat]}}\n")},
-			exitUsage, []string{`unknown key "slice"`, "line 2"}},
+			exitUsage, []string{`qslice.yaml:2: unknown key "slice"`}},
+		{"busy-looping poll interval", []string{"config", "check", writeConfig(t, t.TempDir(), "queues:\n  - {name: in, dir: q, slices: 1, poll_interval: -1s, handler: {exec: [cat]}}\n")},
+			exitUsage, []string{"qslice.yaml:2: queues[0].poll_interval: must be positive (-1s)"}},
+		{"two queues on one directory", []string{"config", "check", writeConfig(t, t.TempDir(), "queues:\n  - {name: a, dir: q, slices: 1, handler: {exec: [cat]}}\n  - {name: b, dir: q/, slices: 1, handler: {exec: [cat]}}\n")},
+			exitUsage, []string{"qslice.yaml:3: queues[1].dir:", "the same directory as queues[0].dir"}},
+		{"queue name refused by Consul refused standalone too", []string{"config", "check", writeConfig(t, t.TempDir(), "queues:\n  - {name: a.b, dir: q, slices: 1, handler: {exec: [cat]}}\n")},
+			exitUsage, []string{`qslice.yaml:2: queues[0].name: "a.b": must be`}},
 		{"queue dir cannot be created", []string{"run", "--config", writeConfig(t, t.TempDir(), "queues:\n  - {name: in, dir: "+filepath.Join(file, "q")+", slices: 2, handler: {exec: [cat]}}\n")},
 			exitUsage, []string{"queue in", "check the path and its permissions"}},
 		{"enqueue into a missing dir", []string{"queue", "enqueue", filepath.Join(dir, "missing")}, exitUsage, []string{"does not exist"}},
@@ -121,5 +127,20 @@ func TestVersionAndHelp(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "Usage:") {
 			t.Errorf("%v --help: %d\n%s", sub, code, out)
 		}
+	}
+}
+
+// A Consul token written in the file is accepted, with a warning on stderr that does not repeat it.
+func TestConfigCheckWarnsAboutInlineToken(t *testing.T) {
+	path := writeConfig(t, t.TempDir(), "consul: {token: s3cret}\nqueues:\n  - {name: in, dir: q, slices: 1, handler: {exec: [cat]}}\n")
+	code, stdout, stderr := runCLI(t, "", "config", "check", path)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr)
+	}
+	if !strings.Contains(stderr, "warning: "+path+": consul.token: the ACL token is written in the file in clear") {
+		t.Errorf("stderr lacks the warning:\n%s", stderr)
+	}
+	if strings.Contains(stderr+stdout, "s3cret") {
+		t.Errorf("the token was printed:\n%s\n%s", stdout, stderr)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,14 +14,18 @@ import (
 	"github.com/qslice/qslice/exporters"
 )
 
-// loadConfig reads and validates the config file, turning every problem into a usage error (exit 2).
-func loadConfig(path string) (*config.Config, error) {
+// loadConfig reads and validates the config file, turning every problem into a usage error (exit 2),
+// and prints its warnings to stderr.
+func loadConfig(path string, stderr io.Writer) (*config.Config, error) {
 	if path == "" {
 		return nil, usageErr("--config FILE is required (start from examples/qslice.yaml)")
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, &exitError{code: exitUsage, err: fmt.Errorf("invalid configuration:\n%w", err)}
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	return cfg, nil
 }
@@ -50,7 +55,7 @@ handler: are only observed.`
 		Example: "  qslice " + use + " --config /etc/qslice/qslice.yaml",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(cfgPath)
+			cfg, err := loadConfig(cfgPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}

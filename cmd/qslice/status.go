@@ -74,7 +74,7 @@ Exit 0 when every slice is owned and healthy, 3 when not (a check for scripts), 
 cannot be reached.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(cfgPath)
+			cfg, err := loadConfig(cfgPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -150,7 +150,7 @@ next node takes it at once. Returns when done. A drained node takes no slices un
 'qslice drain --undo'. Standalone nodes have nobody to hand to: they simply stop processing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(cfgPath)
+			cfg, err := loadConfig(cfgPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
