@@ -32,6 +32,12 @@ mutation chaos-explains-any-bad-file chaos/analyze.go \
 mutation chaos-ignores-node-errors chaos/soak.go \
   'if l.Msg == "" || l.At.IsZero() {' $'if true {\n\t\treturn true\n\t}\n\tif l.Msg == "" || l.At.IsZero() {' \
   'go test -count=1 -run TestNodeErrorsAreJudged ./chaos'
+mutation lease-ttl-stamped-on-answer failover/lease.go \
+  'k.ttlSent = sent' 'k.ttlSent, _ = c.clk.Now(), sent' \
+  'go test -count=1 -run TestLeaseStampedWhenSent/ttl_term ./failover'
+mutation lease-confirm-stamped-on-answer failover/lease.go \
+  $'default:\n\t\t\tk.confirmSent = sent' $'default:\n\t\t\tk.confirmSent, _ = c.clk.Now(), sent' \
+  'go test -count=1 -run TestLeaseStampedWhenSent/confirmation_term ./failover'
 
 want=("$@")
 work=$(mktemp -d)
