@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -121,7 +122,7 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 		if err := cl.WaitOwned(ctx, o.SettleTimeout, false); err != nil {
 			problem("after fault %s: slices not all processed within %s: %v", f, o.SettleTimeout, err)
 		}
-		if !sleepCtx(ctx, f.Gap) {
+		if !clock.Sleep(ctx, clock.System{}, f.Gap) {
 			return nil, ctx.Err()
 		}
 	}
@@ -184,12 +185,12 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 	case KindKill:
 		errs = append(errs, n.Kill())
 		rec.Done = time.Now()
-		sleepCtx(ctx, f.Hold)
+		clock.Sleep(ctx, clock.System{}, f.Hold)
 		errs = append(errs, n.Start())
 	case KindPause:
 		errs = append(errs, n.Pause())
 		rec.Done = time.Now()
-		sleepCtx(ctx, f.Hold)
+		clock.Sleep(ctx, clock.System{}, f.Hold)
 		errs = append(errs, n.Resume())
 	case KindConsulRestart:
 		errs = append(errs, consul.Stop())
@@ -198,7 +199,7 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 	case KindRestart:
 		errs = append(errs, n.Stop(time.Minute))
 		rec.Done = time.Now()
-		sleepCtx(ctx, f.Hold)
+		clock.Sleep(ctx, clock.System{}, f.Hold)
 		errs = append(errs, n.Start())
 	case KindDrain:
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -206,7 +207,7 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 		cancel()
 		errs = append(errs, err)
 		rec.Done = time.Now()
-		sleepCtx(ctx, f.Hold)
+		clock.Sleep(ctx, clock.System{}, f.Hold)
 		uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		_, err = n.CLI(uctx, "drain", "--undo")
 		cancel()
@@ -220,7 +221,7 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 		if err := n.WaitLease(ctx, false, f.Hold); err != nil {
 			errs = append(errs, fmt.Errorf("cut off Consul, its lease did not lapse: %w", err))
 		}
-		sleepCtx(ctx, time.Until(rec.Done.Add(f.Hold)))
+		clock.Sleep(ctx, clock.System{}, time.Until(rec.Done.Add(f.Hold)))
 		refused, _ := n.Heal()
 		rec.End = time.Now()
 		log.Info("partition healed", "node", n.Name, "connections_refused", refused)
@@ -239,7 +240,7 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 		if err := n.WaitLease(ctx, false, f.Hold); err != nil {
 			errs = append(errs, fmt.Errorf("blackholed, its lease did not lapse: %w", err))
 		}
-		sleepCtx(ctx, time.Until(rec.Done.Add(f.Hold)))
+		clock.Sleep(ctx, clock.System{}, time.Until(rec.Done.Add(f.Hold)))
 		refused, held := n.Heal()
 		rec.End = time.Now()
 		rec.Silenced, rec.Held = silenced, held
@@ -337,7 +338,7 @@ func applyFSCut(ctx context.Context, cl *Cluster, n *Node, f Fault, rec *FaultRe
 	} else {
 		rec.Elsewhere = time.Since(rec.Done)
 	}
-	sleepCtx(ctx, time.Until(rec.Done.Add(f.Hold)))
+	clock.Sleep(ctx, clock.System{}, time.Until(rec.Done.Add(f.Hold)))
 	errs = append(errs, cl.cfg.FS.Heal(n.Index))
 	rec.End = time.Now()
 	log.Info("filesystem healed", "node", n.Name, "detected", rec.Detected.Round(time.Millisecond), "processed_elsewhere", rec.Elsewhere.Round(time.Millisecond))
@@ -349,17 +350,6 @@ func applyFSCut(ctx context.Context, cl *Cluster, n *Node, f Fault, rec *FaultRe
 	}
 	log.Info("filesystem cut recovered", "node", n.Name, "slices_back", rec.SlicesBack.Round(time.Millisecond))
 	return errs
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // waitHandled polls until every message in ids has a completed handling and the queue directory

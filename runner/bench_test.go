@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -30,20 +30,6 @@ func benchRoots(b *testing.B) map[string]string {
 	}
 	roots["disk"] = disk
 	return roots
-}
-
-// fillQueue writes n native messages quickly (no fsync: this is set-up, not the enqueue benchmark).
-func fillQueue(b *testing.B, dir string, n int) {
-	var buf bytes.Buffer
-	if err := queue.Encode(&buf, queue.Meta{}, []byte("hello")); err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < n; i++ {
-		name := fmt.Sprintf("%d.%06d+%040x.pck", 1_700_000_000+i/1000, i%1000, uint64(i)*0x9E3779B97F4A7C15)
-		if err := os.WriteFile(filepath.Join(dir, name), buf.Bytes(), 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
 }
 
 // rawDrain is the floor the engine is measured against: workers that rename each file to .bak,
@@ -171,13 +157,13 @@ func BenchmarkThroughput(b *testing.B) {
 			var rawTime, engTime time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				fillQueue(b, dir, n)
+				queuetest.Fill(b, dir, n)
 				b.StartTimer()
 				t0 := time.Now()
 				rawDrain(b, dir, 2, n)
 				rawTime += time.Since(t0)
 				b.StopTimer()
-				fillQueue(b, dir, n)
+				queuetest.Fill(b, dir, n)
 				b.StartTimer()
 				t0 = time.Now()
 				engineDrain(b, dir, 2, n)

@@ -631,7 +631,7 @@ func (r *Runner) dispatch(ctx context.Context, work chan<- item) error {
 		if d := r.faults.wait(); d > 0 {
 			// A disk fault: no claim before its backoff has passed. Only the context ends the
 			// pause early; pokes (slice changes, retries) wait for it too.
-			if !sleepCtx(ctx, d) {
+			if !clock.Sleep(ctx, r.cfg.Clock, d) {
 				return nil
 			}
 			continue
@@ -675,18 +675,6 @@ func (r *Runner) dispatch(ctx context.Context, work chan<- item) error {
 				return nil
 			}
 		}
-	}
-}
-
-// sleepCtx waits for d or until ctx ends (false).
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

@@ -2,7 +2,10 @@
 // System, tests pass a fake that they advance instead of sleeping.
 package clock
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Clock is the time source: Now for readings (with a monotonic component from System), NewTimer to
 // wait.
@@ -33,3 +36,15 @@ func (t systemTimer) Stop() bool          { return t.t.Stop() }
 
 // After returns a channel that receives the time once d has passed on c, like time.After.
 func After(c Clock, d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }
+
+// Sleep waits for d on c, or until ctx ends; it reports whether the whole d passed.
+func Sleep(ctx context.Context, c Clock, d time.Duration) bool {
+	t := c.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C():
+		return true
+	}
+}

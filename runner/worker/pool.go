@@ -10,6 +10,8 @@ import (
 
 	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/qslice/qslice/internal/clock"
+
 	"github.com/qslice/qslice/runner"
 )
 
@@ -43,7 +45,7 @@ type Config struct {
 	Lease   runner.Lease // workers are stopped while it is not valid; nil: runner.ForeverLease
 	Metrics *Metrics     // nil: none
 	Logger  *slog.Logger
-	Now     func() time.Time
+	Clock   clock.Clock // nil: the system clock
 }
 
 // Defaults for Config's zero values.
@@ -96,8 +98,8 @@ func (c *Config) applyDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Clock == nil {
+		c.Clock = clock.System{}
 	}
 }
 
@@ -180,7 +182,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	return nil
 }
 
-func (p *Pool) leaseValid() bool { return p.cfg.Now().Before(p.cfg.Lease.ValidUntil()) }
+func (p *Pool) leaseValid() bool { return p.cfg.Clock.Now().Before(p.cfg.Lease.ValidUntil()) }
 
 // watchLease kills every worker as soon as the lease lapses: none of their work may overlap the
 // next owner's.
@@ -217,14 +219,14 @@ func (p *Pool) runSlot(ctx context.Context, i int) {
 	log := p.log.With("worker", i)
 	for {
 		for !p.leaseValid() {
-			if !sleep(ctx, leaseTick) {
+			if !clock.Sleep(ctx, p.cfg.Clock, leaseTick) {
 				return
 			}
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		started := p.cfg.Now()
+		started := p.cfg.Clock.Now()
 		pr, err := startProc(&p.cfg, i, log)
 		if err == nil {
 			p.cfg.Metrics.started(p.cfg.Queue)
@@ -240,7 +242,7 @@ func (p *Pool) runSlot(ctx context.Context, i int) {
 			}
 			p.cfg.Metrics.exited(p.cfg.Queue, ExitHandshake)
 			p.crashed(log, fmt.Sprintf("worker did not start: %v", err), false)
-			if !sleep(ctx, delay) {
+			if !clock.Sleep(ctx, p.cfg.Clock, delay) {
 				return
 			}
 			delay = min(2*delay, p.cfg.RestartMax)
@@ -261,7 +263,7 @@ func (p *Pool) runSlot(ctx context.Context, i int) {
 		if errors.As(err, &pe) {
 			p.cfg.Metrics.protocolError(p.cfg.Queue, pe.Kind)
 		}
-		lived := p.cfg.Now().Sub(started)
+		lived := p.cfg.Clock.Now().Sub(started)
 		switch {
 		case reason == ExitStopped:
 			log.Info("worker stopped", "pid", pr.pgid, "exit", pr.waitExit(0))
@@ -272,7 +274,7 @@ func (p *Pool) runSlot(ctx context.Context, i int) {
 				delay = p.cfg.RestartInitial
 			}
 			p.crashed(log, fmt.Sprintf("%s: %v", reason, err), answered || lived >= p.cfg.StableAfter)
-			if !sleep(ctx, delay) {
+			if !clock.Sleep(ctx, p.cfg.Clock, delay) {
 				return
 			}
 			delay = min(2*delay, p.cfg.RestartMax)
@@ -523,15 +525,4 @@ func header(ctx context.Context, m *runner.Message) *Header {
 	propagation.TraceContext{}.Inject(ctx, carrier)
 	h.Traceparent = carrier.Get("traceparent")
 	return h
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
