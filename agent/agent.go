@@ -67,6 +67,8 @@ type Agent struct {
 	server *exporters.Server
 	health *healthTracker
 	fs     *fsWatch // filesystem health of the queues worked here
+	// members watches the cluster's service instances in Consul (nil when standalone).
+	members *memberWatch
 
 	workers     map[string]worker // by queue, only the coordinated queues
 	runners     map[string]*runner.Runner
@@ -203,6 +205,25 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if a.fs, err = newFSWatch(cfg, a); err != nil {
 		return nil, err
 	}
+	// The HTTP server binds before the coordinator registers, which advertises its port.
+	var listen []string
+	if cfg.Listen != "" {
+		listen = []string{cfg.Listen}
+	}
+	a.server, err = exporters.NewServer(exporters.ServerConfig{
+		ListenAddresses: listen, WebConfigFile: cfg.WebConfig, Registry: a.reg,
+		Ready: a.ready, Logger: a.log.With("component", "http"),
+		ControlSocket: cfg.Control.Socket, ControlTCP: cfg.Control.TCP, AllowedHosts: allowedHosts(cfg),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			a.server.Close()
+		}
+	}()
 	specs := make([]failover.QueueSpec, 0, len(coordinated))
 	for _, q := range coordinated {
 		specs = append(specs, failover.QueueSpec{Name: q.Name, Slices: q.Slices, Home: q.Home})
@@ -216,12 +237,16 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		}
 		fc.Queues = specs
 		fc.Version = opts.Version
+		if err := a.advertise(&fc); err != nil {
+			return nil, err
+		}
 		c, err := failover.NewConsul(fc, assignee{a}, a, a.log, nil) // it names its own component
 		if err != nil {
 			return nil, err
 		}
 		c.SetTracer(opts.Tracer)
 		a.coord = c
+		a.members = newMemberWatch(c.APIClient(), cfg.Cluster, a.log.With("component", "members"))
 	}
 
 	slicesByQueue := map[string]int{}
@@ -233,18 +258,8 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}))
 	a.reg.MustRegister(exporters.NewNodeCollector(a, 0))
 	a.reg.MustRegister(exporters.NewFSCollector(a.fs.States))
-	var listen []string
-	if cfg.Listen != "" {
-		listen = []string{cfg.Listen}
-	}
-	a.server, err = exporters.NewServer(exporters.ServerConfig{
-		ListenAddresses: listen, WebConfigFile: cfg.WebConfig, Registry: a.reg,
-		Ready: a.ready, Logger: a.log.With("component", "http"),
-	})
-	if err != nil {
-		return nil, err
-	}
 	a.registerAPI()
+	ok = true
 	return a, nil
 }
 
@@ -300,6 +315,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.fs.Run(gctx) })
 	g.Go(func() error { return a.server.Run(gctx) })
 	g.Go(func() error { return a.coord.Run(gctx) })
+	if a.members != nil {
+		g.Go(func() error { return a.members.Run(gctx) })
+	}
 	g.Go(func() error {
 		// A failed worker stops the whole node (its slices must move to a healthy one).
 		t := time.NewTicker(200 * time.Millisecond)

@@ -38,6 +38,9 @@ queues:
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cfg.Control.Socket == config.DefaultControlSocket {
+		cfg.Control.Socket = testenv.SocketPath(t, "qslice.sock")
+	}
 	return cfg
 }
 
@@ -153,9 +156,9 @@ func TestDrainStopsAndUndrainResumesStandalone(t *testing.T) {
 		getJSON(t, base+"/api/status", &st)
 		return len(st.Slices) == 4
 	})
-	resp, err := http.Post(base+"/api/drain", "", nil)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("drain: %v %v", err, resp)
+	sock := socketClient(cfg.Control.Socket)
+	if code, body := postJSON(t, sock, "http://qslice/api/drain", nil); code != 200 {
+		t.Fatalf("drain: %d %s", code, body)
 	}
 	d := queue.NewDir(cfg.Queues[0].Dir, "", "")
 	d.Enqueue(queue.Meta{}, []byte("x"), time.Now())
@@ -163,8 +166,8 @@ func TestDrainStopsAndUndrainResumesStandalone(t *testing.T) {
 	if handled.Load() != 0 {
 		t.Fatal("a drained node handled a message")
 	}
-	if resp, err := http.Post(base+"/api/undrain", "", nil); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("undrain: %v %v", err, resp)
+	if code, body := postJSON(t, sock, "http://qslice/api/undrain", nil); code != 200 {
+		t.Fatalf("undrain: %d %s", code, body)
 	}
 	poll(t, "message handled after undrain", 10*time.Second, func() bool { return handled.Load() == 1 })
 }

@@ -23,7 +23,8 @@ type Status struct {
 	Slices                []SliceView       `json:"slices"`
 	Locks                 []probes.LockView `json:"locks"`
 	Filesystems           []FSView          `json:"filesystems"` // one per queue worked here
-	Problems              []string          `json:"problems"`    // unowned or unhealthy slices, failed scans: non-empty makes `status` exit 3
+	Members               []Member          `json:"members"`
+	Problems              []string          `json:"problems"` // unowned or unhealthy slices, failed scans: non-empty makes `status` exit 3
 	GeneratedAt           time.Time         `json:"generated_at"`
 }
 
@@ -75,6 +76,9 @@ func (a *Agent) Status() Status {
 		}
 		st.Filesystems = append(st.Filesystems, v)
 	}
+	ms := a.Members()
+	st.Members = ms.Members
+	st.Problems = append(st.Problems, memberProblems(ms)...)
 	mine := map[failover.SliceID]bool{}
 	for _, o := range cs.Owned {
 		mine[o.Slice] = true
@@ -146,15 +150,18 @@ func (a *Agent) registerAPI() {
 	a.server.Handle("GET /api/status", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Status())
 	}))
-	a.server.Handle("POST /api/drain", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a.log.Info("drain requested over the API", "remote", r.RemoteAddr)
+	a.server.Handle("GET /api/members", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.Members())
+	}))
+	// State changes: only for a known requester, logged with it and counted (exporters.HandleControl).
+	a.server.HandleControl("drain", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.coord.Drain(r.Context()); err != nil {
 			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "drained: this node holds no slice and takes none until undrained"})
 	}))
-	a.server.Handle("POST /api/undrain", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	a.server.HandleControl("undrain", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.coord.Undrain(r.Context()); err != nil {
 			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 			return

@@ -267,6 +267,7 @@ func (c *Cluster) writeConfig(n *Node) error {
 		"node":    n.Name,
 		"cluster": "chaos",
 		"listen":  n.Listen,
+		"control": map[string]any{"socket": c.socketPath(n)}, // qslice drain uses it
 		"consul": map[string]any{
 			"address": n.proxy.Addr(), "ttl": c.cfg.TTL.String(), "lock_delay": c.cfg.LockDelay.String(),
 			"hold_down": c.cfg.HoldDown.String(),
@@ -296,6 +297,16 @@ func (c *Cluster) writeConfig(n *Node) error {
 		return fmt.Errorf("write config of %s: %w", n.Name, err)
 	}
 	return nil
+}
+
+// socketPath is node n's control socket: in the cluster's directory, or in the system's temp
+// directory when that path would pass the 107 bytes a unix socket address holds.
+func (c *Cluster) socketPath(n *Node) string {
+	p := filepath.Join(c.cfg.Dir, n.Name+".sock")
+	if len(p) > 100 {
+		p = filepath.Join(os.TempDir(), fmt.Sprintf("qslice-chaos-%d-%s.sock", os.Getpid(), n.Name))
+	}
+	return p
 }
 
 func freePort() (int, error) {

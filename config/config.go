@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/qslice/qslice/exporters"
 	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/fshealth"
 	"github.com/qslice/qslice/runner"
@@ -33,6 +34,7 @@ type Config struct {
 	Probes    Probes  `yaml:"probes"`
 	Queues    []Queue `yaml:"queues"`
 	Health    Health  `yaml:"health"`
+	Control   Control `yaml:"control"` // who may change the node (drain, undrain) and how
 
 	path string // the file it was read from, for error messages
 }
@@ -52,6 +54,25 @@ type Consul struct {
 	HoldDown     time.Duration `yaml:"hold_down"`
 	StuckHandoff bool          `yaml:"stuck_handoff"`
 	StuckAfter   time.Duration `yaml:"stuck_after"`
+}
+
+// DefaultControlSocket is where the agent serves state changes, and where the CLI finds it.
+const DefaultControlSocket = "/run/qslice/qslice.sock"
+
+// maxSocketPath: a unix socket address holds at most 107 bytes of path (108 with the NUL).
+const maxSocketPath = 107
+
+// Control configures the state-changing API (drain, undrain) and the Host names the HTTP
+// listener answers to.
+type Control struct {
+	// Socket is a unix socket (mode 0600, owned by the user qslice runs as) serving the API, state
+	// changes included; the CLI on the node uses it. "" disables it.
+	Socket string `yaml:"socket"`
+	// TCP also serves state changes on listen, to requests web_config authenticates.
+	TCP bool `yaml:"tcp"`
+	// Hosts: names the listen address answers to besides IP addresses, localhost, the host name
+	// and the node name (DNS-rebinding protection), e.g. the name Prometheus or a browser uses.
+	Hosts []string `yaml:"hosts"`
 }
 
 // Probes configures the read-only observers of the shared disk.
@@ -148,6 +169,7 @@ func Defaults() Config {
 		Probes:  Probes{Interval: 15 * time.Second, Budget: 10 * time.Second, Bytes: true, BytesMaxFiles: 50_000},
 		Health: Health{MaxAge: 15 * time.Minute, StallAfter: 5 * time.Minute, Filesystem: FSHealth{
 			Interval: fshealth.DefaultInterval, Timeout: fshealth.DefaultTimeout, RecoverAfter: fshealth.DefaultRecoverAfter}},
+		Control: Control{Socket: DefaultControlSocket},
 	}
 }
 
@@ -227,6 +249,7 @@ func (c *Config) resolvePaths() {
 	if c.WebConfig != "" {
 		c.WebConfig = abs(c.WebConfig)
 	}
+	c.Control.Socket = abs(c.Control.Socket)
 	if c.Consul != nil && c.Consul.TokenFile != "" {
 		c.Consul.TokenFile = abs(c.Consul.TokenFile)
 	}
@@ -268,6 +291,19 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if c.Listen != "" && !strings.Contains(c.Listen, ":") {
 		bad("listen", "%q: want host:port, e.g. 127.0.0.1:9466", c.Listen)
+	}
+	if n := len(c.Control.Socket); n > maxSocketPath {
+		bad("control.socket", "path is %d bytes; unix sockets allow at most %d", n, maxSocketPath)
+	}
+	if c.Control.TCP {
+		if ok, err := exporters.WebConfigAuthenticates(c.WebConfig); c.WebConfig == "" || err != nil || !ok {
+			bad("control.tcp", "needs web_config that authenticates every request (basic_auth_users, or client_auth_type: RequireAndVerifyClientCert)")
+		}
+	}
+	for i, h := range c.Control.Hosts {
+		if h == "" || strings.ContainsAny(h, ":/ ") {
+			bad(fmt.Sprintf("control.hosts[%d]", i), "%q: want a bare host name, e.g. mail1.example.org", h)
+		}
 	}
 	if c.Probes.Interval <= 0 {
 		bad("probes.interval", "must be positive")

@@ -31,6 +31,7 @@ import (
 const e2eConfig = `
 node: e2e
 listen: 127.0.0.1:0
+control: {socket: ""}  # no drain here: no control socket
 probes:
   interval: 500ms
   budget: 400ms

@@ -23,6 +23,7 @@ import (
 const metricsTestConfig = `
 node: metrics-test
 listen: 127.0.0.1:0
+control: {socket: ""}  # no drain here: no control socket
 probes:
   interval: 200ms
   budget: 150ms

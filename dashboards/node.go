@@ -114,6 +114,9 @@ func node() *dashboard.DashboardBuilder {
 		WithPanel(graph("Consul request errors", "Failed Consul requests of this node per second, by operation.",
 			unitErrRate, third,
 			q(`sum by (operation) (rate(qslice_consul_request_errors_total{`+selOne+`}[$__rate_interval]))`, "{{operation}}"))).
+		WithPanel(bars("Control requests", "State-changing API requests (qslice drain, drain --undo) per interval, by action and result: ok, error (authorised, but the change failed) or refused (not authenticated, or a cross-site or simple request: someone tried). The log line of each names who asked.",
+			unitCount, third,
+			q(`sum by (action, result) (increase(qslice_control_requests_total{`+selOne+`}[$__rate_interval]))`, "{{action}} {{result}}"))).
 		WithRow(row("Probes")).
 		WithPanel(graph("Scan duration", "Duration of this node's last scan of each queue and lock directory.",
 			unitSeconds, half,

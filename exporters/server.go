@@ -68,6 +68,18 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// ShutdownTimeout: default DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+
+	// ControlSocket is the path of a unix socket (mode 0600) serving every handler without the
+	// web configuration: the file's mode and the peer's uid (SO_PEERCRED) are its access
+	// control. State changes (HandleControl) are served there. "": none.
+	ControlSocket string
+	// ControlTCP also serves state changes on the TCP listeners, to requests the web
+	// configuration authenticated (basic-auth users or verified client certificates).
+	ControlTCP bool
+	// AllowedHosts are the Host names (no port) the TCP listeners answer to on every path but
+	// /healthz and /readyz, besides IP addresses and localhost (DNS-rebinding protection).
+	// Empty: any Host.
+	AllowedHosts []string
 }
 
 // Server serves /metrics, /healthz and /readyz, and any handler added with Handle, through the
@@ -76,6 +88,8 @@ type Server struct {
 	cfg       ServerConfig
 	mux       *http.ServeMux
 	listeners []net.Listener
+	control   *controlMetrics
+	socket    net.Listener // the control socket, or nil
 	closeOnce sync.Once
 }
 
@@ -97,7 +111,19 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := web.Validate(cfg.WebConfigFile); err != nil {
 		return nil, fmt.Errorf("web config %s: %w", cfg.WebConfigFile, err)
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	if cfg.ControlTCP {
+		if ok, err := WebConfigAuthenticates(cfg.WebConfigFile); err != nil || !ok {
+			return nil, errors.New("state changes on TCP need a web configuration that authenticates every request (basic_auth_users, or client_auth_type: RequireAndVerifyClientCert)")
+		}
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), control: newControlMetrics(cfg.Registry)}
+	if cfg.ControlSocket != "" {
+		l, err := listenControlSocket(cfg.ControlSocket)
+		if err != nil {
+			return nil, err
+		}
+		s.socket = l
+	}
 	for _, addr := range cfg.ListenAddresses {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -161,7 +187,7 @@ func (s *Server) Run(ctx context.Context) error {
 		// One http.Server per listener: web.Serve wraps the server's handler, which must not
 		// happen twice on one server.
 		srv := &http.Server{
-			Handler:           s.mux,
+			Handler:           hostGuard(s.cfg.AllowedHosts, s.mux),
 			ReadHeaderTimeout: readHeaderTimeout,
 			ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
 		}
@@ -172,6 +198,22 @@ func (s *Server) Run(ctx context.Context) error {
 				return nil
 			}
 			return fmt.Errorf("metrics server on %s: %w", l.Addr(), err)
+		})
+	}
+	if s.socket != nil {
+		srv := &http.Server{
+			Handler:           s.mux,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+			ConnContext:       peerContext,
+		}
+		servers = append(servers, srv)
+		g.Go(func() error {
+			err := srv.Serve(s.socket)
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("control socket %s: %w", s.cfg.ControlSocket, err)
 		})
 	}
 	g.Go(func() error {
@@ -198,7 +240,11 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close() error {
 	var errs []error
 	s.closeOnce.Do(func() {
-		for _, l := range s.listeners {
+		listeners := s.listeners
+		if s.socket != nil {
+			listeners = append(listeners, s.socket)
+		}
+		for _, l := range listeners {
 			if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 				errs = append(errs, err)
 			}

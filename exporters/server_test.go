@@ -1,17 +1,10 @@
 package exporters
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"github.com/qslice/qslice/internal/testenv"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -21,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
 )
 
 // startServer runs a Server on 127.0.0.1:0 until the test ends and returns its base URL.
@@ -104,46 +96,8 @@ func TestServerEndpoints(t *testing.T) {
 	}
 }
 
-// writeWebConfig writes a self-signed certificate for 127.0.0.1, and a web configuration with TLS
-// and one basic-auth user, into dir. It returns the config path and the certificate pool.
-func writeWebConfig(t *testing.T, dir, user, pass string) (string, *x509.CertPool) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "qslice test"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
-	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  " + user + ": " + string(hash) + "\n"
-	path := filepath.Join(dir, "web.yml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return path, pool
-}
-
 func TestServerTLSAndBasicAuth(t *testing.T) {
-	webCfg, pool := writeWebConfig(t, t.TempDir(), "prometheus", "s3cret")
+	webCfg, pool := testenv.WebConfig(t, t.TempDir(), "prometheus", "s3cret")
 	_, base := startServer(t, ServerConfig{Registry: NewRegistry("test", "abc123"), WebConfigFile: webCfg}, "https")
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	if code, _ := get(t, c, base+"/metrics", "", ""); code != 401 {

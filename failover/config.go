@@ -78,6 +78,16 @@ type ConsulConfig struct {
 
 	// Version is advertised in the service Meta.
 	Version string
+
+	// ServiceAddress and ServicePort are registered as the service's address and port: where
+	// the node serves /metrics, so that Prometheus's consul_sd_configs finds it. "" registers no
+	// address (Consul then gives the node's address); 0 registers no port.
+	ServiceAddress string
+	ServicePort    int
+	// ServiceTags are added to the service's tags (which always hold "cluster-<Cluster>").
+	ServiceTags []string
+	// ServiceMeta is added to the service Meta (keys the coordinator sets itself win).
+	ServiceMeta map[string]string
 }
 
 // Timing defaults and the invariants that tie them together.

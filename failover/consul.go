@@ -546,7 +546,11 @@ func (c *ConsulCoordinator) processingSlices() map[string][]int {
 
 // buildMeta is the loop's part of the service Meta; the keeper adds live_since.
 func (c *ConsulCoordinator) buildMeta(owned map[string][]int, draining bool, unavailable map[string]bool) map[string]string {
-	return map[string]string{
+	m := maps.Clone(c.cfg.ServiceMeta)
+	if m == nil {
+		m = map[string]string{}
+	}
+	maps.Copy(m, map[string]string{
 		"unavailable": strings.Join(slices.Sorted(maps.Keys(unavailable)), ","),
 		"cluster":     c.cfg.Cluster,
 		"node":        c.cfg.NodeID,
@@ -554,8 +558,12 @@ func (c *ConsulCoordinator) buildMeta(owned map[string][]int, draining bool, una
 		"queues":      queuesMeta(c.cfg.Queues),
 		"owned":       ownedMeta(c.cfg.Queues, owned),
 		"draining":    strconv.FormatBool(draining),
-	}
+	})
+	return m
 }
+
+// APIClient is the Consul client the coordinator uses (the agent reads the members with it).
+func (c *ConsulCoordinator) APIClient() *api.Client { return c.client }
 
 // ---- the loop ----
 

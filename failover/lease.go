@@ -263,11 +263,13 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 		})
 	}
 	reg := &api.AgentServiceRegistration{
-		ID:     c.serviceID,
-		Name:   ServiceName,
-		Tags:   []string{"cluster-" + c.cfg.Cluster},
-		Meta:   meta,
-		Checks: checks,
+		ID:      c.serviceID,
+		Name:    ServiceName,
+		Tags:    append([]string{"cluster-" + c.cfg.Cluster}, c.cfg.ServiceTags...),
+		Address: c.cfg.ServiceAddress,
+		Port:    c.cfg.ServicePort,
+		Meta:    meta,
+		Checks:  checks,
 	}
 	err := c.call(ctx, OpRegister, func(ctx context.Context) error {
 		// Not ReplaceExistingChecks: it would also remove Consul's own maintenance check.

@@ -77,6 +77,7 @@ func runUntil(t *testing.T, cfgPath string, want ...string) string {
 
 func consulConfig(t *testing.T, address, extra string) string {
 	return writeConfig(t, t.TempDir(), fmt.Sprintf(`listen: 127.0.0.1:0
+control: {socket: ""}
 consul: {address: %q, ttl: 2s, lock_delay: 1s, hold_down: 2s%s}
 queues:
   - {name: in, dir: q/in, slices: 2, handler: {exec: [cat]}}

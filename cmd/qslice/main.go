@@ -3,7 +3,7 @@
 // the shared disk for Prometheus, OpenTelemetry and Grafana.
 //
 // Exit codes: 0 success; 1 an operation failed; 2 bad usage or configuration; 3 `status` found a
-// slice unowned or unhealthy.
+// slice unowned or unhealthy or a member down, or `members` a member down.
 package main
 
 import (
@@ -98,9 +98,24 @@ type globals struct {
 	stderr    io.Writer
 }
 
+// validate checks the log flags as promslog does: a bad value is a usage error, never ignored.
+func (g *globals) validate() error {
+	switch g.logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return usageErr("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	switch g.logFormat {
+	case "text", "logfmt", "json":
+	default:
+		return usageErr("--log-format %q: want text (or logfmt) or json", g.logFormat)
+	}
+	return nil
+}
+
 func (g *globals) logger() *slog.Logger {
 	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(g.logLevel))
+	_ = lvl.UnmarshalText([]byte(g.logLevel)) // validate accepted it
 	opts := &slog.HandlerOptions{Level: lvl}
 	if g.logFormat == "json" {
 		return slog.New(slog.NewJSONHandler(g.stderr, opts))
@@ -147,14 +162,15 @@ func newRootCmd(g *globals) *cobra.Command {
 Each queue's SHA-1 hash space is cut into slices; each slice is worked by exactly one node, chosen
 through Consul, and moves to another node when its owner stops reporting.
 
-Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (status).`,
+Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (status, members).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       build.String(),
 	}
 	root.SetVersionTemplate("qslice {{.Version}}\n")
-	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text (logfmt) or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.validate() }
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErr("%v (see %s --help)", err, c.CommandPath())
 	})
@@ -163,6 +179,7 @@ Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (sta
 		newRunCmd(g, true),
 		newStatusCmd(g),
 		newDrainCmd(g),
+		newMembersCmd(g),
 		newQueueCmd(g),
 		newLocksCmd(),
 		newConfigCmd(g),

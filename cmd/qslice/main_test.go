@@ -41,7 +41,7 @@ func TestCommonMistakesSayWhatToDo(t *testing.T) {
 		code int
 		want []string
 	}{
-		{"no config", []string{"run"}, exitUsage, []string{"--config FILE is required", "examples/qslice.yaml"}},
+		{"no config", []string{"run"}, exitUsage, []string{"no configuration: pass --config FILE", "examples/qslice.yaml"}},
 		{"missing config file", []string{"run", "--config", filepath.Join(dir, "nope.yaml")}, exitUsage, []string{"no such file", "examples/qslice.yaml"}},
 		{"bad slice count", []string{"config", "check", writeConfig(t, t.TempDir(), "queues:\n  - {name: in, dir: q, slices: 0, handler: {exec: [cat]}}\n")},
 			exitUsage, []string{"qslice.yaml:2: queues[0].slices: must be between 1 and 65536 (got 0)"}},

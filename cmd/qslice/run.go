@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,11 +15,13 @@ import (
 	"github.com/qslice/qslice/exporters"
 )
 
-// loadConfig reads and validates the config file, turning every problem into a usage error (exit 2),
-// and prints its warnings to stderr.
+// loadConfig reads and validates the config file (path, else $QSLICE_CONFIG, else
+// /etc/qslice/qslice.yaml), turning every problem into a usage error (exit 2), and prints its
+// warnings to stderr.
 func loadConfig(path string, stderr io.Writer) (*config.Config, error) {
-	if path == "" {
-		return nil, usageErr("--config FILE is required (start from examples/qslice.yaml)")
+	path, explicit := configPath(path)
+	if _, err := os.Stat(path); !explicit && errors.Is(err, os.ErrNotExist) {
+		return nil, usageErr("no configuration: pass --config FILE, set $%s, or write %s (start from examples/qslice.yaml)", envConfig, DefaultConfigPath)
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
@@ -86,7 +89,7 @@ handler: are only observed.`
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "configuration file (YAML)")
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "configuration file (YAML; default: $"+envConfig+", else "+DefaultConfigPath+")")
 	cmd.Flags().StringVar(&listen, "listen", "", "override the config's listen address (host:port)")
 	return cmd
 }

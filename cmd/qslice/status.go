@@ -1,87 +1,47 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/qslice/qslice/agent"
-	"github.com/qslice/qslice/config"
 )
 
-// agentURL is the base URL of the local agent's HTTP API, from the config's listen address.
-func agentURL(cfg *config.Config, override string) string {
-	addr := cfg.Listen
-	if override != "" {
-		addr = override
-	}
-	if strings.HasPrefix(addr, ":") {
-		addr = "127.0.0.1" + addr
-	}
-	if strings.HasPrefix(addr, "0.0.0.0:") {
-		addr = "127.0.0.1" + strings.TrimPrefix(addr, "0.0.0.0")
-	}
-	return "http://" + addr
-}
-
-// callAgent performs one API request against the running agent.
-func callAgent(ctx context.Context, method, url string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the qslice agent at %s: %w (is `qslice run` running on this node with this config?)", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode == http.StatusUnauthorized {
-		return fmt.Errorf("agent at %s wants authentication (web_config basic auth); query it with curl -u", url)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct{ Error string }
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("agent: %s", e.Error)
-		}
-		return fmt.Errorf("agent at %s answered %s: %s", url, resp.Status, bytes.TrimSpace(body))
-	}
-	if out != nil {
-		return json.Unmarshal(body, out)
-	}
-	return nil
-}
-
 func newStatusCmd(g *globals) *cobra.Command {
-	var cfgPath, addr string
+	var cf clientFlags
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status --config FILE",
+		Use:   "status [--addr ADDR | --config FILE]",
 		Short: "Show the cluster's slice map as this node's agent sees it; exit 3 when a slice is unowned or unhealthy",
-		Long: `Ask the agent running on this node (at the config's listen address) for the slice map: for every
-queue and slice its owner, home node, state, ready messages, oldest age and, for slices owned here,
-health and lease left. With Consul this is the cluster's map; standalone, the local view.
+		Long: `Ask a node's agent for the slice map: for every queue and slice its owner, home node, state,
+ready messages, oldest age and, for slices owned here, health and lease left; then the members
+of the cluster. With Consul this is the cluster's map; standalone, the local view.
 
-Exit 0 when every slice is owned and healthy, 3 when not (a check for scripts), 1 when the agent
-cannot be reached.`,
+The agent is the one at --addr (or $QSLICE_ADDR), else the one of the configuration
+(--config, $QSLICE_CONFIG or /etc/qslice/qslice.yaml): its control socket, else its listen
+address. A secured listener takes --ca-file, --client-cert, --client-key and basic auth from
+$QSLICE_HTTP_AUTH=user:password or --http-auth-file, as the consul CLI does.
+
+Exit 0 when every slice is owned and healthy and every member up, 3 when not (a check for
+scripts), 1 when the agent cannot be reached.`,
+		Example: `  qslice status                                   # on a node: its control socket
+  qslice status --addr https://mail1.example.org:9466 --ca-file /etc/qslice/ca.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(cfgPath, cmd.ErrOrStderr())
+			c, err := cf.newClient()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
 			var st agent.Status
-			if err := callAgent(ctx, http.MethodGet, agentURL(cfg, addr)+"/api/status", &st); err != nil {
+			if err := c.get(ctx, "/api/status", &st); err != nil {
 				return err
 			}
 			if asJSON {
@@ -99,8 +59,7 @@ cannot be reached.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "configuration file (YAML)")
-	cmd.Flags().StringVar(&addr, "addr", "", "agent address host:port (default: the config's listen)")
+	cf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
@@ -133,24 +92,33 @@ func writeStatusTable(w io.Writer, st agent.Status) {
 			time.Duration(s.OldestAgeSeconds*float64(time.Second)).Round(time.Second), s.Health, leaseLeft)
 	}
 	tw.Flush()
+	if len(st.Members) > 0 {
+		fmt.Fprintln(w)
+		writeMembersTable(w, st.Members)
+	}
 	for _, p := range st.Problems {
 		fmt.Fprintln(w, "problem:", p)
 	}
 }
 
 func newDrainCmd(g *globals) *cobra.Command {
-	var cfgPath, addr string
+	var cf clientFlags
 	var undo bool
 	cmd := &cobra.Command{
-		Use:   "drain --config FILE",
+		Use:   "drain [--undo] [--addr ADDR | --config FILE]",
 		Short: "Hand this node's slices to the other nodes (maintenance); --undo takes slices again",
 		Long: `Ask the agent on this node to give every slice it owns to the other nodes: each slice stops
 taking new messages, its in-flight messages finish, then its lock is released explicitly so the
 next node takes it at once. Returns when done. A drained node takes no slices until
-'qslice drain --undo'. Standalone nodes have nobody to hand to: they simply stop processing.`,
+'qslice drain --undo'. Standalone nodes have nobody to hand to: they simply stop processing.
+
+A state change: the agent accepts it on its control socket (the default on the node, for the
+user qslice runs as and root), or on TCP only with control.tcp and web_config authentication
+(--addr https://..., basic auth from $QSLICE_HTTP_AUTH or --http-auth-file). Every drain is
+logged by the agent with who asked.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(cfgPath, cmd.ErrOrStderr())
+			c, err := cf.newClient()
 			if err != nil {
 				return err
 			}
@@ -158,13 +126,12 @@ next node takes it at once. Returns when done. A drained node takes no slices un
 			if undo {
 				path = "/api/undrain"
 			}
-			base := agentURL(cfg, addr)
 			var stopProgress func()
 			if interactive(g.stderr) && !undo {
-				stopProgress = showDrainProgress(cmd.Context(), g.stderr, base)
+				stopProgress = showDrainProgress(cmd.Context(), g.stderr, c)
 			}
 			var res struct{ Result string }
-			err = callAgent(cmd.Context(), http.MethodPost, base+path, &res)
+			err = c.post(cmd.Context(), path, &res)
 			if stopProgress != nil {
 				stopProgress()
 			}
@@ -175,15 +142,14 @@ next node takes it at once. Returns when done. A drained node takes no slices un
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "configuration file (YAML)")
-	cmd.Flags().StringVar(&addr, "addr", "", "agent address host:port (default: the config's listen)")
+	cf.register(cmd)
 	cmd.Flags().BoolVar(&undo, "undo", false, "undrain: take slices again")
 	return cmd
 }
 
 // showDrainProgress prints, on a terminal, how many slices this node still owns while a drain runs.
 // The returned func stops it and ends the line.
-func showDrainProgress(ctx context.Context, w io.Writer, base string) (stop func()) {
+func showDrainProgress(ctx context.Context, w io.Writer, c *apiClient) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -192,7 +158,7 @@ func showDrainProgress(ctx context.Context, w io.Writer, base string) (stop func
 		defer t.Stop()
 		for {
 			var st agent.Status
-			if callAgent(ctx, http.MethodGet, base+"/api/status", &st) == nil {
+			if c.get(ctx, "/api/status", &st) == nil {
 				owned := 0
 				for _, s := range st.Slices {
 					if s.Owner == st.Node {
