@@ -63,6 +63,7 @@ return {
     c => ({text: c.textContent, title: c.title, color: getComputedStyle(c).backgroundColor})),
   slices: table("slices"),
   locks: table("locks"),
+  members: table("members"),
 };`
 
 type pageCell struct {
@@ -96,8 +97,9 @@ type pageState struct {
 		Title string `json:"title"`
 		Color string `json:"color"`
 	} `json:"grid"`
-	Slices pageTable `json:"slices"`
-	Locks  pageTable `json:"locks"`
+	Slices  pageTable `json:"slices"`
+	Locks   pageTable `json:"locks"`
+	Members pageTable `json:"members"`
 }
 
 // readyOnPage returns the ready column of the slice table by slice index, or an explanation of
@@ -289,6 +291,17 @@ func TestStatusPageInHeadlessChromium(t *testing.T) {
 	}
 	if len(ps.Problems) != 0 {
 		t.Errorf("problems listed: %q", ps.Problems)
+	}
+
+	// The members table: a standalone node lists itself, up, owning and home for every slice.
+	if len(ps.Members.Rows) != 1 {
+		t.Errorf("members table has %d rows, want this node only", len(ps.Members.Rows))
+	} else {
+		m := func(col string) pageCell { return ps.Members.cell(ps.Members.Rows[0], col) }
+		if m("node").Text != node+" (this node)" || m("state").Text != "up" || m("state").Cls != "ok" ||
+			m("slices owned / home").Text != fmt.Sprintf("%d / %d", slices, slices) || m("address").Text == "" {
+			t.Errorf("members row: node %q state %q (%s) slices %q address %q", m("node").Text, m("state").Text, m("state").Cls, m("slices owned / home").Text, m("address").Text)
+		}
 	}
 
 	// The slice table. A standalone node is the owner (and home) of every slice, by its name.

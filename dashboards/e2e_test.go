@@ -122,7 +122,6 @@ func (b *lockedBuffer) String() string {
 func startPrometheus(t *testing.T, target, rules string) string {
 	t.Helper()
 	bin := findTool(t, "prometheus", "QSLICE_PROMETHEUS", "prometheus")
-	dir := t.TempDir()
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
   scrape_timeout: 900ms
@@ -133,6 +132,14 @@ scrape_configs:
     static_configs:
       - targets: [%q]
 `, rules, target)
+	return startPrometheusWith(t, bin, cfg)
+}
+
+// startPrometheusWith runs the Prometheus binary bin on loopback with the configuration text cfg.
+// It returns its base URL; the test's cleanup stops it.
+func startPrometheusWith(t *testing.T, bin, cfg string) string {
+	t.Helper()
+	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,9 @@
 #   - the Debian packages listed in .ci/apt-packages.txt (python3-flufl.lock for the lock
 #     interoperability tests, prometheus for promtool, mailman3 for the supervision test, chromium
 #     for the status page test), when running as root;
-#   - Consul 1.13.9, built once from the Go module proxy by scripts/build-consul.sh and cached.
+#   - Consul 1.13.9, built once from the Go module proxy by scripts/build-consul.sh and cached;
+#   - a Prometheus and promtool with Consul service discovery (Debian's have none), built once by
+#     scripts/build-prometheus.sh and cached.
 # Tests that need a missing part skip with a message saying what to install. CI has every part, so
 # a skip that .ci/allowed-skips.txt does not list fails the run (QSLICE_ALLOW_SKIPS=1 only reports
 # them, for a developer machine without root). Every benchmark then runs once at a small size, so a
@@ -28,6 +30,8 @@ fi
 
 QSLICE_CONSUL=${QSLICE_CONSUL:-$(scripts/build-consul.sh)}
 export QSLICE_CONSUL
+QSLICE_PROMETHEUS_SD=${QSLICE_PROMETHEUS_SD:-$(scripts/build-prometheus.sh)}
+export QSLICE_PROMETHEUS_SD
 # Debian's python3 has the Debian packages (flufl.lock, mailman); a python3 earlier on PATH may not.
 export QSLICE_PYTHON3=${QSLICE_PYTHON3:-/usr/bin/python3}
 
