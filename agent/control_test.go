@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -179,7 +178,7 @@ func portOf(addr string) string {
 // Without control.tcp, TCP serves no state change, whoever asks; with it, only authenticated
 // requests. The socket is 0600 and says who asked in the log.
 func TestUnauthenticatedTCPDrainRefused(t *testing.T) {
-	logs := &syncBuf{}
+	logs := &testenv.SyncBuffer{}
 	cfg := standaloneConfig(t, "")
 	a := startAgent(t, cfg, Options{Version: "test", Logger: newTextLogger(logs)})
 	base := "http://" + a.Addr()
@@ -277,24 +276,6 @@ func mustReq(t *testing.T, url string) *http.Request {
 		t.Fatal(err)
 	}
 	return req
-}
-
-// syncBuf is a log sink that tests read while the agent writes.
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -281,4 +282,24 @@ func (c *apiClient) explain(err error) error {
 		hint = "is `qslice run` running on this node with this config? (--addr, $" + envAddr + ")"
 	}
 	return fmt.Errorf("cannot reach the qslice agent at %s: %w (%s)", c.display, err, hint)
+}
+
+// show reads path from the agent into v and prints it, as indented JSON or with text.
+func (f *clientFlags) show(cmd *cobra.Command, path string, v any, asJSON bool, text func(io.Writer)) error {
+	c, err := f.newClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+	defer cancel()
+	if err := c.get(ctx, path, v); err != nil {
+		return err
+	}
+	if !asJSON {
+		text(cmd.OutOrStdout())
+		return nil
+	}
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -173,4 +173,3 @@ func TestInvalidLogFlagsExit2(t *testing.T) {
 		}
 	}
 }
-

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -32,27 +30,14 @@ when the agent cannot be reached.`,
   qslice members --json --addr https://mail1.example.org:9466 --ca-file /etc/qslice/ca.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.newClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
 			var ms agent.Members
-			if err := c.get(ctx, "/api/members", &ms); err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(ms); err != nil {
-					return err
-				}
-			} else {
-				writeMembersTable(cmd.OutOrStdout(), ms.Members)
+			if err := cf.show(cmd, "/api/members", &ms, asJSON, func(w io.Writer) {
+				writeMembersTable(w, ms.Members)
 				if ms.Error != "" {
-					fmt.Fprintln(cmd.OutOrStdout(), "warning: the list may be stale:", ms.Error)
+					fmt.Fprintln(w, "warning: the list may be stale:", ms.Error)
 				}
+			}); err != nil {
+				return err
 			}
 			down := 0
 			for _, m := range ms.Members {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -34,24 +33,9 @@ scripts), 1 when the agent cannot be reached.`,
   qslice status --addr https://mail1.example.org:9466 --ca-file /etc/qslice/ca.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.newClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
 			var st agent.Status
-			if err := c.get(ctx, "/api/status", &st); err != nil {
+			if err := cf.show(cmd, "/api/status", &st, asJSON, func(w io.Writer) { writeStatusTable(w, st) }); err != nil {
 				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(st); err != nil {
-					return err
-				}
-			} else {
-				writeStatusTable(cmd.OutOrStdout(), st)
 			}
 			if len(st.Problems) > 0 {
 				return &exitError{code: exitUnhealthy, err: fmt.Errorf("%d problems", len(st.Problems))}
