@@ -51,8 +51,14 @@ func do(t *testing.T, c *http.Client, req *http.Request) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// stateChanging lists every state-changing endpoint: each test below runs on all of them.
-var stateChanging = []string{"drain", "undrain"}
+// stateChanging lists every state-changing endpoint of the agent: the tests below run on all.
+func stateChanging(t *testing.T, a *Agent) []string {
+	acts := a.server.ControlActions()
+	if len(acts) < 2 {
+		t.Fatalf("state-changing actions %v: want drain and undrain at least", acts)
+	}
+	return acts
+}
 
 func controlCount(a *Agent, action, result string) float64 {
 	families, err := a.Registry().Gather()
@@ -116,7 +122,7 @@ func TestStateChangesRefuseCrossSiteRequests(t *testing.T) {
 		{"tcp", tcp, base, []attempt{{"wrong Host (DNS rebinding)", "application/json", "{}", map[string]string{"Host": "evil.example:" + portOf(a.Addr())}, http.StatusMisdirectedRequest}}, true},
 		{"unix", sock, "http://qslice", nil, false},
 	} {
-		for _, action := range stateChanging {
+		for _, action := range stateChanging(t, a) {
 			for _, at := range append(attempts, via.extra...) {
 				req, _ := http.NewRequest(http.MethodPost, via.base+"/api/"+action, strings.NewReader(at.body))
 				if at.ctype != "" {
@@ -183,7 +189,7 @@ func TestUnauthenticatedTCPDrainRefused(t *testing.T) {
 	a := startAgent(t, cfg, Options{Version: "test", Logger: newTextLogger(logs)})
 	base := "http://" + a.Addr()
 	c := &http.Client{Timeout: 10 * time.Second}
-	for _, action := range stateChanging {
+	for _, action := range stateChanging(t, a) {
 		code, body := postJSON(t, c, base+"/api/"+action, nil)
 		if code != http.StatusForbidden || !strings.Contains(body, "control socket") {
 			t.Errorf("%s on TCP without control.tcp: %d %s, want 403 naming the control socket", action, code, body)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -176,6 +177,7 @@ func (s *Server) HandleControl(action string, h http.Handler) {
 	for _, r := range []string{ControlOK, ControlError, ControlRefused} {
 		s.control.requests.WithLabelValues(action, r)
 	}
+	s.actions = append(s.actions, action)
 	s.mux.Handle("POST /api/"+action, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		log := s.cfg.Logger.With("action", action, "remote", r.RemoteAddr)
 		who, code, why := s.authorise(r)
@@ -196,6 +198,9 @@ func (s *Server) HandleControl(action string, h http.Handler) {
 		log.Info("control request done", "by", who.String(), "result", result, "status", rec.code)
 	}))
 }
+
+// ControlActions lists the state-changing actions added with HandleControl.
+func (s *Server) ControlActions() []string { return slices.Clone(s.actions) }
 
 // authorise decides a state-changing request: the requester, or the status and reason of the
 // refusal.

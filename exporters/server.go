@@ -90,6 +90,7 @@ type Server struct {
 	listeners []net.Listener
 	control   *controlMetrics
 	socket    net.Listener // the control socket, or nil
+	actions   []string     // state-changing actions (HandleControl)
 	closeOnce sync.Once
 }
 
