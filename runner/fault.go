@@ -152,6 +152,20 @@ func (f *faults) clear(reason FaultReason) {
 	f.log.Info("disk fault cleared", "fault", string(reason), "occurrences", st.count, "lasted", now.Sub(st.since).Round(time.Millisecond))
 }
 
+// progress records that a message was handled: the queue as a whole works, so the backoff
+// starts over (a fault that stays is still surfaced until its own step succeeds). A fault of one
+// file or one lock then costs that message one attempt per FaultMax (it is avoided meanwhile),
+// not the whole queue a growing pause. One atomic load when there is no pause.
+func (f *faults) progress() {
+	if f.until.Load() == 0 {
+		return
+	}
+	f.mu.Lock()
+	f.bo.Reset()
+	f.until.Store(0)
+	f.mu.Unlock()
+}
+
 // wait returns how long claiming must still pause; 0 when it may go on. Without a fault it is
 // one atomic load (it is on every claim's path).
 func (f *faults) wait() time.Duration {

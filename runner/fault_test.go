@@ -3,7 +3,6 @@ package runner
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/runner/queue"
 )
@@ -51,56 +51,6 @@ func (o *faultObserver) get(r FaultReason) (int, bool) {
 	return o.faults[r], o.active[r]
 }
 
-// oddFiles puts every kind of odd file under ready queue names in dir, and returns the names
-// (base) with the word the bad reason must contain. outside is a file outside the configured
-// directories that links point to.
-func oddFiles(t *testing.T, dir, outside string, maxBytes int64) map[string]string {
-	t.Helper()
-	odd := map[string]string{}
-	name := func(i int) string {
-		return "1600000000." + string(rune('0'+i)) + "+" + strings.Repeat(string("abcdef0123"[i]), 40)
-	}
-	mk := func(i int, want string, make func(path string) error) {
-		p := filepath.Join(dir, name(i)+queue.SuffixReady)
-		if err := make(p); err != nil {
-			t.Logf("cannot make %s here (%v); not tested", want, err)
-			return
-		}
-		odd[name(i)] = want
-	}
-	mk(0, "symbolic link", func(p string) error { return os.Symlink("/dev/zero", p) })
-	mk(1, "symbolic link", func(p string) error { return os.Symlink(outside, p) })
-	mk(2, "symbolic link", func(p string) error { return os.Symlink(filepath.Base(p), p) }) // a loop
-	mk(3, "FIFO", func(p string) error { return syscall.Mkfifo(p, 0o644) })
-	mk(4, "socket", func(p string) error {
-		// Bound under a short path (sun_path holds 108 bytes), then renamed into place.
-		short, err := os.MkdirTemp("", "s")
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { os.RemoveAll(short) })
-		l, err := net.Listen("unix", filepath.Join(short, "s"))
-		if err != nil {
-			return err
-		}
-		l.(*net.UnixListener).SetUnlinkOnClose(false)
-		t.Cleanup(func() { l.Close() })
-		return os.Rename(filepath.Join(short, "s"), p)
-	})
-	mk(5, "directory", func(p string) error { return os.Mkdir(p, 0o755) })
-	mk(6, "over the limit", func(p string) error { // sparse, far over the limit
-		f, err := os.Create(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		return f.Truncate(1 << 30)
-	})
-	mk(7, "device", func(p string) error { return syscall.Mknod(p, syscall.S_IFCHR|0o644, 1<<8|5) }) // like /dev/zero
-	_ = maxBytes
-	return odd
-}
-
 func TestOddFilesGoToBadWithReasonNeverFollowedNorBlocking(t *testing.T) {
 	d := newTestDir(t)
 	d.MaxBytes = 1 << 20
@@ -108,7 +58,7 @@ func TestOddFilesGoToBadWithReasonNeverFollowedNorBlocking(t *testing.T) {
 	secret := filepath.Join(secretDir, "shadow")
 	must(t, os.WriteFile(secret, []byte("SECRET"), 0o600))
 	good := enqueueN(t, d, 20, time.Unix(1_700_000_000, 0))
-	odd := oddFiles(t, d.Path, secret, d.MaxBytes)
+	odd := queuetest.OddFiles(t, d.Path, secret)
 	// A FIFO left in flight by a "crashed" runner: recovery must not block on it either.
 	inflight := "1600000001.0+" + strings.Repeat("9", 40)
 	must(t, syscall.Mkfifo(filepath.Join(d.Path, inflight+queue.SuffixInFlight), 0o644))

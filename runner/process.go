@@ -181,6 +181,7 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 			r.log.Error("handler succeeded but the file could not be removed; it may be handled again", "file", path, "err", err)
 		}
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeDone, took)
+		r.faults.progress()
 		return true, buf
 	}
 	span.RecordError(herr)
@@ -202,6 +203,7 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 		// The lock directory failed, not the message: it goes back to ready untouched and
 		// claiming pauses (backoff).
 		r.faults.report(fault.Reason, fault.Err)
+		r.avoidClaim(n.Base)
 		r.giveBack(n, slice)
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
 		return true, buf
@@ -277,6 +279,7 @@ func (r *Runner) shunt(n queue.Name, slice int, meta queue.Meta, body []byte, ca
 		// is handled again after the backoff, rather than lost or stuck in flight.
 		r.log.Warn("handler failed and the message could not be shunted; it goes back to ready", "file", n.Base, "handler_error", cause, "err", err)
 		r.faults.report(FaultShunt, err)
+		r.avoidClaim(n.Base)
 		r.giveBack(n, slice)
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, took)
 		return
@@ -297,6 +300,7 @@ func (r *Runner) moveToBad(n queue.Name, slice int, reason string, attempts int)
 		}
 		r.log.Warn("could not move a bad message aside; it goes back to ready", "file", n.Base, "reason", reason, "err", err)
 		r.faults.report(FaultBad, err)
+		r.avoidClaim(n.Base)
 		r.giveBack(n, slice)
 		r.cfg.Observer.Handled(r.cfg.Queue, slice, OutcomeReleased, 0)
 		return
