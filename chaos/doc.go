@@ -41,6 +41,12 @@
 // Cluster.Close, also on failure; only 127.0.0.1 is used; every wait is bounded in time and
 // every loop in count; faults run one at a time, and the same seed gives the same schedule.
 //
+// TestNoOverlapAfterKill9 runs one standalone node whose handler leaves the work and the commit
+// to a child process (CHAOS_CHILD=1, which also writes "tick" lines while it works), SIGKILLs
+// qslice alone mid-handling, so that the children outlive it, restarts it at once, and checks
+// from the ledger that no earlier handling of a message shows any line after the next one
+// started (runner/proctree kills the survivors first).
+//
 // RunSoak is the chaos run (the CI test runs a short one; cmd/qslice-chaos a long one), RunBench
 // the failover benchmark: from SIGKILL (or SIGSTOP) of an owner to the first message of each of
 // its slices handled elsewhere, and from the restart of a home node to its slices handled by

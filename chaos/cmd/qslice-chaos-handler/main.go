@@ -8,6 +8,10 @@
 // for CHAOS_WORK between them. The "end" line is the handler's commit point: a handling without
 // it had no effect.
 //
+// With CHAOS_CHILD=1 it hands each message to a child process of its own that writes the lines
+// (and commits), adding "<id> <node> tick <unix ns> ..." lines while it works: the process tree
+// that must die with the handling when qslice itself is killed (TestNoOverlapAfterKill9).
+//
 // With the argument -worker it is a persistent worker instead (handler.worker, protocol of
 // docs/worker-protocol.md, built on sdk/go/qsworker): the same two lines per message, the same
 // work and fence, answering retry where the exec handler exits 75; pid is the worker's.
@@ -20,14 +24,19 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strconv"
 	"time"
 
 	"github.com/qslice/qslice/sdk/go/qsworker"
 )
+
+// tickEvery is how often a child handler ("-child") shows in the ledger that it still runs.
+const tickEvery = 20 * time.Millisecond
 
 // exitRetry asks qslice to retry the message later (EX_TEMPFAIL).
 const exitRetry = 75
@@ -36,7 +45,35 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "-worker" {
 		os.Exit(runWorker())
 	}
-	os.Exit(run())
+	if len(os.Args) > 1 && os.Args[1] == "-child" {
+		os.Exit(run(true))
+	}
+	if os.Getenv("CHAOS_CHILD") == "1" {
+		os.Exit(runParent())
+	}
+	os.Exit(run(false))
+}
+
+// runParent reads the payload and leaves the handling to a child process ("-child"), which
+// writes the ledger and commits; it waits for it and exits as it does. Killed alone (qslice's
+// Pdeathsig when qslice dies), it leaves the child running: a handling's process tree.
+func runParent() int {
+	if _, err := io.Copy(io.Discard, os.Stdin); err != nil {
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: read payload: %v\n", err)
+		return exitRetry
+	}
+	cmd := exec.Command(os.Args[0], "-child")
+	// No pipe to qslice: the child must be able to outlive it without dying of SIGPIPE.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() >= 0 {
+			return ee.ExitCode()
+		}
+		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: child: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 // runWorker serves messages as a persistent worker until qslice closes stdin.
@@ -96,7 +133,9 @@ func workTime() (time.Duration, error) {
 	return 5 * time.Millisecond, nil
 }
 
-func run() int {
+// run handles one message; child is the child of runParent, which also writes a "tick" line
+// every tickEvery while it works, so that the ledger shows until when it ran.
+func run(child bool) int {
 	id, node, ledger := os.Getenv("QSLICE_MESSAGE_ID"), os.Getenv("CHAOS_NODE"), os.Getenv("CHAOS_LEDGER")
 	if id == "" || node == "" || ledger == "" {
 		fmt.Fprintln(os.Stderr, "qslice-chaos-handler: QSLICE_MESSAGE_ID, CHAOS_NODE and CHAOS_LEDGER must be set")
@@ -118,9 +157,11 @@ func run() int {
 	}
 	fenced := func() bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
 
-	if _, err := io.Copy(io.Discard, os.Stdin); err != nil {
-		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: read payload: %v\n", err)
-		return exitRetry
+	if !child {
+		if _, err := io.Copy(io.Discard, os.Stdin); err != nil {
+			fmt.Fprintf(os.Stderr, "qslice-chaos-handler: read payload: %v\n", err)
+			return exitRetry
+		}
 	}
 	f, err := os.OpenFile(ledger, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
@@ -142,7 +183,16 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "qslice-chaos-handler: write ledger: %v\n", err)
 		return exitRetry
 	}
-	time.Sleep(work)
+	if child {
+		for end := time.Now().Add(work); time.Now().Before(end); {
+			time.Sleep(min(tickEvery, time.Until(end)))
+			if err := line("tick"); err != nil {
+				return exitRetry
+			}
+		}
+	} else {
+		time.Sleep(work)
+	}
 	if fenced() { // the commit point
 		fmt.Fprintln(os.Stderr, "qslice-chaos-handler: lease deadline passed before commit")
 		return exitRetry
