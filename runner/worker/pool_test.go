@@ -17,6 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/runner"
@@ -422,5 +424,24 @@ func TestKilledWorkersTreeIsGoneBeforeTheRetry(t *testing.T) {
 	}
 	if got := len(e.records()); got < 2 {
 		t.Errorf("%d handlings, want at least 2 (killed ones and the retry)", got)
+	}
+}
+
+// TestWorkerGetsTheSpansTraceparent: the message header carries the trace context of the
+// runner's span of this handling, as TRACEPARENT does for exec handlers.
+func TestWorkerGetsTheSpansTraceparent(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	e := start(t, pythonWorker(t), nil, func(c *runner.Config) { c.Tracer = tp })
+	e.enqueue("ok")
+	waitFor(t, "span ended", 60*time.Second, func() bool { return len(rec.Ended()) == 1 })
+	recs := e.records()
+	if len(recs) != 1 {
+		t.Fatalf("%d records, want 1", len(recs))
+	}
+	span := rec.Ended()[0]
+	want := "00-" + span.SpanContext().TraceID().String() + "-" + span.SpanContext().SpanID().String() + "-01"
+	if got := recs[0]["traceparent"]; got != want {
+		t.Errorf("worker saw traceparent %v, want the span's %s", got, want)
 	}
 }
