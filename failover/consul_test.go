@@ -444,8 +444,12 @@ session_prefix "" { policy = "write" }
 		if err := n.stop(t); err != nil {
 			t.Errorf("Run with the documented policy: %v", err)
 		}
-		if st := n.c.Status(); len(st.ConsulErrors) != 0 {
-			t.Errorf("consul errors with the documented policy: %v (%s)", st.ConsulErrors, st.ConsulError)
+		// The policy grants everything qslice does: no request was refused (every new problem is
+		// logged, a refusal as "permission denied"). A request that timed
+		// out on a loaded machine is counted too, but says nothing about the policy.
+		if logs := n.logs.String(); strings.Contains(logs, "permission denied") {
+			st := n.c.Status()
+			t.Errorf("a request was refused with the documented policy: %v (%s)\n%s", st.ConsulErrors, st.ConsulError, logs)
 		}
 	})
 	l.check(t)
