@@ -121,7 +121,7 @@ var (
 	descInFlight       = desc("qslice_queue_in_flight_messages", "Messages claimed by a runner (.bak files), as of the last successful scan.", qs...)
 	descOldestInFlight = desc("qslice_queue_oldest_in_flight_age_seconds", "How long the oldest in-flight message had been claimed (since its rename), at the last successful scan; 0 when none.", qs...)
 	descTemp           = desc("qslice_queue_temp_files", "Messages being written (.pck.tmp files), as of the last successful scan.", q...)
-	descIgnored        = desc("qslice_queue_ignored_files", "Entries of the queue directory that are not queue files (foreign or malformed names, subdirectories).", q...)
+	descIgnored        = desc("qslice_queue_ignored_files", "Entries of the queue directory that are not queue files (foreign or malformed names, subdirectories, links, FIFOs, sockets or devices named like messages).", q...)
 	descShunt          = desc("qslice_queue_shunt_messages", "Messages in the queue's shunt directory (shared directories report the same value under every queue).", q...)
 	descBad            = desc("qslice_queue_bad_messages", "Messages in the queue's bad directory (shared directories report the same value under every queue).", q...)
 	descQScanOK        = desc("qslice_queue_scan_success", "Whether the last scan of the queue completed (1) or failed (0).", q...)

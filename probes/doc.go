@@ -9,7 +9,8 @@
 // (.pck), their bytes (one statx per ready file, optional: QueueConfig.NoBytes), the oldest
 // ready message by the time in its name, the in-flight messages (.bak) and how long the oldest
 // has been claimed (the file's ctime, which the claiming rename sets); per queue, the messages
-// being written (.pck.tmp), the ignored entries (foreign or malformed names, subdirectories),
+// being written (.pck.tmp), the ignored entries (foreign or malformed names, subdirectories, and
+// links, FIFOs, sockets or devices named like messages, by the type the listing reports),
 // and the counts of the configured shunt and bad directories.
 //
 // A lock scan inspects every flufl.lock / Mailman 2.1 lock of a directory with

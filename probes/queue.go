@@ -106,7 +106,7 @@ type QueueSnapshot struct {
 	HasBad       bool
 	Bad          int      // messages in the bad directory (.psv)
 	Temp         int      // messages being written (.pck.tmp)
-	Ignored      int      // other entries: foreign names, malformed names, subdirectories
+	Ignored      int      // other entries: foreign names, malformed names, subdirectories, links, FIFOs, sockets, devices
 	IgnoredSome  []string // up to MaxIgnoredSample of them, for a human to look at
 	Vanished     int      // files listed but gone when looked at
 }
@@ -302,7 +302,10 @@ func (a *queueAcc) scan(ctx context.Context, dir string, statReady bool, errs *e
 			a.afterChunk(ents)
 		}
 		for _, e := range ents {
-			if e.IsDir {
+			if e.IsDir || e.Special {
+				// Not a message whatever its name (a directory, link, FIFO, socket or device named
+				// like one): counted as ignored and named in the sample, never stat'ed through.
+				// The owner of its slice moves it to bad/ unread.
 				a.ignore(e.Name)
 				continue
 			}

@@ -5,4 +5,7 @@ package queue
 type Entry struct {
 	Name  []byte
 	IsDir bool // known to be a directory (Linux reports the type with the name; elsewhere false)
+	// Special: known to be neither a regular file nor a directory (a symbolic link, a FIFO, a
+	// socket, a device), from the type the listing reports; false when the type is unknown.
+	Special bool
 }

@@ -75,7 +75,8 @@ func parseDirents(buf []byte, ents []Entry) []Entry {
 		if len(name) == 0 || (name[0] == '.' && (len(name) == 1 || len(name) == 2 && name[1] == '.')) {
 			continue
 		}
-		ents = append(ents, Entry{Name: name, IsDir: rec[18] == unix.DT_DIR})
+		typ := rec[18]
+		ents = append(ents, Entry{Name: name, IsDir: typ == unix.DT_DIR, Special: typ != unix.DT_DIR && typ != unix.DT_REG && typ != unix.DT_UNKNOWN})
 	}
 	return ents
 }
