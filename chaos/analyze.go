@@ -32,6 +32,9 @@ type FaultRecord struct {
 	// showed the queue's filesystem unavailable; Elsewhere: until every slice was processed by
 	// another node.
 	Detected, Elsewhere time.Duration
+	// Owned is how many slices the node processed just before the fault (for the least number
+	// of moves the fault needed: MinMoves).
+	Owned int
 }
 
 // Leftover is a file of a message still somewhere after the run: in the queue directory, in
@@ -61,12 +64,16 @@ type Input struct {
 	Lapses    map[string][]time.Time
 	Leftovers []Leftover
 	// Lease is the nodes' lease (ClusterConfig.Lease): a node cut off Consul (KindPartition,
-	// KindBlackhole) at Done cannot hold a valid lease past Done + Lease, since its last renewal
-	// was sent before.
+	// KindBlackhole, KindBlip) at Done cannot hold a valid lease past Done + Lease, since its last
+	// renewal was sent before.
 	Lease time.Duration
 	// FSTimeout is the nodes' health.filesystem.timeout: a node whose mount is cut
 	// (KindFSCut) at Done starts no handling from Done + FSTimeout + lapseWithin until healed.
 	FSTimeout time.Duration
+	// Moves are the ownership changes the nodes logged; Sessions, per node, when it created a
+	// Consul session. Both serve the churn analysis (Report.Churn).
+	Moves    []Move
+	Sessions map[string][]time.Time
 }
 
 // fenceSlack allows for the instant between a handler's check of its lease deadline and the
@@ -139,6 +146,8 @@ type Report struct {
 	// ExpectedErrors); Err fails the run on them. ExpectedNodeErrors counts the explained ones.
 	NodeErrors         []string
 	ExpectedNodeErrors int
+	// Churn counts the moves per fault kind against the least each fault needed.
+	Churn Churn
 }
 
 // maxDetails bounds the detail lists.
@@ -175,7 +184,7 @@ func Analyze(in Input) Report {
 	// or its runner cancelled its handlers.
 	cuts := map[string][]time.Time{}
 	for _, f := range in.Faults {
-		if (f.Kind == KindKill || f.Kind == KindPause) && !f.Done.IsZero() {
+		if (f.Kind == KindKill || f.Kind == KindPause || f.Kind == KindStall) && !f.Done.IsZero() {
 			cuts[f.NodeName] = append(cuts[f.NodeName], f.Done)
 		}
 	}
@@ -193,7 +202,7 @@ func Analyze(in Input) Report {
 	// handling it completed may never have been settled (its file not removed).
 	disrupted := func(node string, from, to time.Time) bool {
 		for _, f := range in.Faults {
-			if f.NodeName != node || (f.Kind != KindKill && f.Kind != KindPause) {
+			if f.NodeName != node || (f.Kind != KindKill && f.Kind != KindPause && f.Kind != KindStall) {
 				continue
 			}
 			// The fault's span [At, End] (End zero: still going) meets [from, to].
@@ -283,7 +292,7 @@ func Analyze(in Input) Report {
 	// A node cut off Consul stops: its lease lapses within Lease of the cut, its runner says so,
 	// and it starts no handler until it is healed.
 	for _, f := range in.Faults {
-		if (f.Kind != KindPartition && f.Kind != KindBlackhole) || f.Done.IsZero() || f.End.IsZero() {
+		if (f.Kind != KindPartition && f.Kind != KindBlackhole && f.Kind != KindBlip) || f.Done.IsZero() || f.End.IsZero() {
 			continue
 		}
 		fenced := f.Done.Add(in.Lease + fenceSlack)
@@ -373,6 +382,7 @@ func Analyze(in Input) Report {
 		}
 	}
 	sort.Strings(r.LostIDs)
+	r.Churn = analyzeChurn(in.Faults, in.Moves, in.Sessions)
 	return r
 }
 

@@ -386,8 +386,10 @@ func TestSummarize(t *testing.T) {
 }
 
 func TestScheduleIsDeterministicAndBounded(t *testing.T) {
-	p := ScheduleParams{Nodes: 3, Lease: 800 * time.Millisecond, Takeover: 4 * time.Second, GapMin: time.Second, GapMax: 3 * time.Second}
-	counts := map[Kind]int{KindKill: 2, KindPause: 3, KindConsulRestart: 1, KindRestart: 2, KindDrain: 2, KindPartition: 2, KindBlackhole: 2}
+	p := ScheduleParams{Nodes: 3, Lease: 800 * time.Millisecond, Takeover: 4 * time.Second, GapMin: time.Second, GapMax: 3 * time.Second,
+		StallMax: 1400 * time.Millisecond, BlipMax: 1100 * time.Millisecond}
+	counts := map[Kind]int{KindKill: 2, KindPause: 3, KindConsulRestart: 1, KindRestart: 2, KindDrain: 2, KindPartition: 2, KindBlackhole: 2,
+		KindStall: 2, KindBlip: 2}
 	a, b := NewSchedule(7, counts, p), NewSchedule(7, counts, p)
 	if !reflect.DeepEqual(a, b) {
 		t.Fatal("the same seed gave two schedules")
@@ -410,6 +412,14 @@ func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 			if f.Hold <= p.Lease {
 				t.Errorf("pause held %s, not longer than the lease %s", f.Hold, p.Lease)
 			}
+		case KindStall:
+			if f.Hold > p.StallMax || f.Hold < p.StallMax/2 {
+				t.Errorf("stall held %s, not within [%s, %s]", f.Hold, p.StallMax/2, p.StallMax)
+			}
+		case KindBlip:
+			if f.Hold > p.BlipMax || f.Hold < p.BlipMax/2 {
+				t.Errorf("blip held %s, not within [%s, %s]", f.Hold, p.BlipMax/2, p.BlipMax)
+			}
 		}
 	}
 	if !reflect.DeepEqual(got, counts) {
@@ -424,10 +434,10 @@ func TestScheduleIsDeterministicAndBounded(t *testing.T) {
 		}
 		drawn[x.Kind]++
 	}
-	// Random draws take every kind but blackholes and filesystem cuts, which a run gets only by
-	// count (an fscut needs a cluster on per-node mounts).
+	// Random draws take every kind but blackholes, filesystem cuts (an fscut needs a cluster on
+	// per-node mounts), stalls and blips, which a run gets only by count.
 	for _, k := range Kinds {
-		if n := drawn[k]; (n == 0) != (k == KindBlackhole || k == KindFSCut) {
+		if n := drawn[k]; (n == 0) != (k == KindBlackhole || k == KindFSCut || k == KindStall || k == KindBlip) {
 			t.Errorf("NextFault drew %d faults of kind %s in 200", n, k)
 		}
 	}
@@ -463,6 +473,7 @@ func TestReadNodeLog(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "n1.1.log")
 	log := `{"time":"2027-01-15T08:00:00.5Z","level":"WARN","msg":"lease lapsed: stopped claiming and cancelled running handlers","component":"runner","queue":"in"}
 {"time":"2027-01-15T08:00:00.6Z","level":"WARN","msg":"lease lapsed: stopped processing all slices","component":"failover"}
+{"time":"2027-01-15T08:00:00.7Z","level":"INFO","msg":"session created","component":"failover","session":"x"}
 {"time":"2027-01-15T08:00:01Z","level":"INFO","msg":"slice ownership changed","component":"failover","slice":"in/3","from":"n2","to":"n1","reason":"failover"}
 {"time":"2027-01-15T08:00:02Z","level":"ERROR","msg":"something broke","component":"runner"}
 panic: not json
@@ -480,6 +491,9 @@ panic: not json
 	}
 	if nl.Changes["failover"] != 1 || len(nl.ChangeLines) != 1 || nl.ChangeLines[0].Slice != "in/3" || nl.ChangeLines[0].To != "n1" {
 		t.Errorf("changes %v %+v", nl.Changes, nl.ChangeLines)
+	}
+	if len(nl.Sessions) != 1 || !nl.Sessions[0].Equal(want.Add(200*time.Millisecond)) {
+		t.Errorf("Sessions = %v, want one at 08:00:00.7", nl.Sessions)
 	}
 	if nl.Errors != 2 {
 		t.Errorf("Errors = %d, want 2 (one ERROR line, one non-JSON line)", nl.Errors)
@@ -534,5 +548,64 @@ func TestNodeErrorsAreJudged(t *testing.T) {
 	r := Report{NodeErrors: []string{"n1.log: claim failed"}}
 	if err := r.Err(); err == nil || !strings.Contains(err.Error(), "claim failed") {
 		t.Errorf("Err with an unexplained ERROR line = %v", err)
+	}
+}
+
+func TestChurn(t *testing.T) {
+	f := func(seq int, k Kind, node string, ms, owned int) FaultRecord {
+		return FaultRecord{Fault: Fault{Seq: seq, Kind: k}, NodeName: node, At: at(ms), Owned: owned}
+	}
+	faults := []FaultRecord{
+		f(0, KindKill, "n1", 1000, 2),        // session lost (new process): 4 needed
+		f(1, KindStall, "n2", 2000, 3),       // none needed: any move is spurious
+		f(2, KindPause, "n3", 3000, 3),       // session kept: none needed
+		f(3, KindDrain, "n1", 4000, 2),       // 4 needed
+		f(4, KindConsulRestart, "", 5000, 0), // none needed
+		f(5, KindPartition, "n2", 6000, 3),   // session lost: 6 needed, only 6 made
+	}
+	mv := func(ms int, slice, from, to, reason string) Move {
+		return Move{At: at(ms), Slice: slice, From: from, To: to, Reason: reason}
+	}
+	moves := []Move{
+		mv(10, "in/0", "", "n1", "acquired"), mv(11, "in/1", "", "n2", "acquired"), // boot
+		// kill of n1: 2 away, 2 back, and one fail-back too many.
+		mv(1100, "in/0", "n1", "n2", "failover"), mv(1100, "in/4", "n1", "n3", "failover"),
+		mv(1500, "in/0", "n2", "n3", "failback"), mv(1600, "in/0", "n3", "n1", "failback"), mv(1600, "in/4", "n3", "n1", "failback"),
+		// stall of n2: one spurious move.
+		mv(2500, "in/1", "n2", "n3", "failback"),
+		// drain of n1: 2 + 2.
+		mv(4100, "in/0", "n1", "n2", "drain"), mv(4100, "in/4", "n1", "n3", "drain"),
+		mv(4500, "in/0", "n2", "n1", "failback"), mv(4500, "in/4", "n3", "n1", "failback"),
+		// Consul restart: one spurious move.
+		mv(5500, "in/2", "n3", "n1", "failback"),
+	}
+	sessions := map[string][]time.Time{"n1": {at(5), at(1200)}, "n2": {at(5), at(6500)}, "n3": {at(5)}}
+	c := analyzeChurn(faults, moves, sessions)
+	if c.Boot != 2 {
+		t.Errorf("Boot = %d, want 2", c.Boot)
+	}
+	wantMoves := map[Kind]int{KindKill: 5, KindStall: 1, KindDrain: 4, KindConsulRestart: 1}
+	wantMin := map[Kind]int{KindKill: 4, KindDrain: 4, KindPartition: 6}
+	for _, k := range Kinds {
+		if c.Moves[k] != wantMoves[k] || c.Min[k] != wantMin[k] {
+			t.Errorf("%s: %d moves, %d needed; want %d, %d", k, c.Moves[k], c.Min[k], wantMoves[k], wantMin[k])
+		}
+	}
+	if c.Excess != 3 || c.Spurious != 2 || len(c.Details) != 3 {
+		t.Errorf("Excess %d, Spurious %d, %d details; want 3, 2, 3: %q", c.Excess, c.Spurious, len(c.Details), c.Details)
+	}
+	if !strings.Contains(c.Details[0], "kill") || !strings.Contains(c.Details[0], "5 moves, 4 needed") || !strings.Contains(c.Details[0], "session lost") {
+		t.Errorf("details[0] = %q", c.Details[0])
+	}
+	// Only acquisitions by the logging node are moves.
+	nl := NodeLog{ChangeLines: []OwnershipChange{
+		{At: at(1), Slice: "in/0", From: "n2", To: "n1", Reason: "failover"},
+		{At: at(2), Slice: "in/1", From: "n1", To: "n2", Reason: "failback"}, // our release
+		{At: at(3), Slice: "in/2", From: "n1", To: "n1", Reason: "acquired"}, // our own slice again
+		{At: at(4), Slice: "in/3", From: "n1", To: "", Reason: "lease_lost"},
+		{At: at(5), Slice: "in/4", From: "", To: "n1", Reason: "acquired"},
+	}}
+	if got := movesFromLog("n1", nl); len(got) != 2 || got[0].Slice != "in/0" || got[1].Slice != "in/4" {
+		t.Errorf("movesFromLog = %+v, want in/0 and in/4", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -15,8 +16,14 @@ import (
 type BenchOptions struct {
 	Kills  int // SIGKILL rounds (each also measures the fail-back after the restart)
 	Pauses int // SIGSTOP rounds
-	Rate   float64
-	Seed   uint64 // which node is the first victim
+	// Stalls and Blips are rounds of brief faults that must move nothing: SIGSTOP for StallFor
+	// (default 1 s; at most the timing's StallTolerance), the node's connections to Consul cut
+	// for BlipFor (default: CutTolerance), each followed by TTL + lock-delay + 1 s of watching
+	// for moves.
+	Stalls, Blips     int
+	StallFor, BlipFor time.Duration
+	Rate              float64
+	Seed              uint64 // which node is the first victim
 	// RoundTimeout bounds each wait of a round (default 60 s).
 	RoundTimeout time.Duration
 	Log          *slog.Logger
@@ -35,33 +42,52 @@ type BenchReport struct {
 	// another node; PausedFailback: from its SIGCONT to those slices handled by it again.
 	Paused, PausedFailback Stats
 	Kills, Pauses          int
-	Problems               []string
+	// Stalls and Blips ran, of StallFor and BlipFor; StallTolerance and CutTolerance are the
+	// bounds the timing tolerates (failover.ConsulConfig).
+	Stalls, Blips                int
+	StallFor, BlipFor            time.Duration
+	StallTolerance, CutTolerance time.Duration
+	Problems                     []string
 	// Check is the ledger check of the whole benchmark run.
 	Check *Report
 }
 
-// Target is the failover goal: median <= TTL + lock-delay + 1 s, p95 <= twice that.
-func (b *BenchReport) Target() time.Duration { return b.TTL + b.LockDelay + time.Second }
+// Target is the failover goal: median <= TTL + lock-delay + 1 s, p95 <= TTL + lock-delay + 3 s
+// (with the shipped defaults, 4.5 s + 2.5 s: 8 s and 10 s).
+func (b *BenchReport) Target() (median, p95 time.Duration) {
+	return b.TTL + b.LockDelay + time.Second, b.TTL + b.LockDelay + 3*time.Second
+}
+
+// Meets reports whether s meets the failover target.
+func (b *BenchReport) Meets(s Stats) bool {
+	median, p95 := b.Target()
+	return s.N > 0 && s.Median <= median && s.P95 <= p95
+}
 
 // Print writes the figures and whether they meet the target.
 func (b *BenchReport) Print(w io.Writer) {
-	t := b.Target()
+	t, t95 := b.Target()
 	fmt.Fprintf(w, "failover benchmark: TTL %s, lock-delay %s, hold-down %s (lease %s); %d kills, %d pauses\n",
 		b.TTL, b.LockDelay, b.HoldDown, b.Lease, b.Kills, b.Pauses)
 	verdict := func(s Stats) string {
 		if s.N == 0 {
 			return "NO SAMPLES"
 		}
-		if s.Median <= t && s.P95 <= 2*t {
+		if b.Meets(s) {
 			return "meets"
 		}
 		return "MISSES"
 	}
 	fmt.Fprintf(w, "failover (SIGKILL -> first message of each slice handled elsewhere): %s  [%s target median <= %s, p95 <= %s]\n",
-		b.Failover, verdict(b.Failover), t, 2*t)
+		b.Failover, verdict(b.Failover), t, t95)
 	fmt.Fprintf(w, "paused   (SIGSTOP -> first message of each slice handled elsewhere): %s  [%s target]\n", b.Paused, verdict(b.Paused))
 	fmt.Fprintf(w, "failback (restart -> first message of each home slice handled at home, hold-down %s included): %s\n", b.HoldDown, b.Failback)
 	fmt.Fprintf(w, "failback after pause (SIGCONT -> its slices handled by it again): %s\n", b.PausedFailback)
+	if b.Check != nil {
+		ch := b.Check.Churn
+		fmt.Fprintf(w, "spurious moves: %d in %d stalls of %s (tolerated: %s) and %d blips of %s (tolerated: %s); moves beyond the minimum in all rounds: %d\n",
+			ch.Spurious, b.Stalls, b.StallFor, b.StallTolerance, b.Blips, b.BlipFor, b.CutTolerance, ch.Excess)
+	}
 	if b.Check == nil { // else the check lists the problems
 		for _, p := range b.Problems {
 			fmt.Fprintf(w, "problem: %s\n", p)
@@ -85,7 +111,15 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg := cl.cfg
-	rep := &BenchReport{TTL: cfg.TTL, LockDelay: cfg.LockDelay, HoldDown: cfg.HoldDown, Lease: cfg.Lease()}
+	timing := cfg.Timing()
+	if o.StallFor == 0 {
+		o.StallFor = min(time.Second, timing.StallTolerance())
+	}
+	if o.BlipFor == 0 {
+		o.BlipFor = timing.CutTolerance()
+	}
+	rep := &BenchReport{TTL: cfg.TTL, LockDelay: cfg.LockDelay, HoldDown: cfg.HoldDown, Lease: cfg.Lease(),
+		StallFor: o.StallFor, BlipFor: o.BlipFor, StallTolerance: timing.StallTolerance(), CutTolerance: timing.CutTolerance()}
 	problem := func(format string, args ...any) {
 		s := fmt.Sprintf(format, args...)
 		log.Warn("problem", "what", s)
@@ -136,6 +170,51 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		return out, err
 	}
 
+	// Brief faults first, on the converged cluster: each must move nothing. The churn analysis
+	// of the ledger check counts the moves during them (Check.Churn.Spurious).
+	for round := 0; round < o.Stalls+o.Blips; round++ {
+		stall := round < o.Stalls
+		v := cl.Nodes[(int(o.Seed%uint64(len(cl.Nodes)))+round)%len(cl.Nodes)]
+		if err := cl.WaitOwned(ctx, o.RoundTimeout, true); err != nil {
+			problem("brief round %d: cluster not converged before the fault: %v", round, err)
+		}
+		own, err := cl.Ownership(ctx)
+		if err != nil {
+			problem("brief round %d: %v", round, err)
+			continue
+		}
+		scr.scrape(ctx)
+		v.WaitBusy(3 * time.Second)
+		rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindBlip, Node: v.Index, Hold: o.BlipFor}, NodeName: v.Name, Owned: len(own.Owned[v.Name])}
+		if stall {
+			rec.Kind, rec.Hold = KindStall, o.StallFor
+		}
+		rec.At = time.Now()
+		if stall {
+			if err := v.Pause(); err != nil {
+				problem("brief round %d: pause %s: %v", round, v.Name, err)
+			}
+		} else {
+			v.Cut()
+		}
+		rec.Done = time.Now()
+		clock.Sleep(ctx, clock.System{}, time.Until(rec.At.Add(rec.Hold)))
+		if stall {
+			if err := v.Resume(); err != nil {
+				problem("brief round %d: resume %s: %v", round, v.Name, err)
+			}
+			rep.Stalls++
+		} else {
+			v.Heal()
+			rep.Blips++
+		}
+		rec.End = time.Now()
+		records = append(records, rec)
+		// Long enough for a takeover to happen if the node lost its session.
+		clock.Sleep(ctx, clock.System{}, cfg.TTL+cfg.LockDelay+time.Second)
+		log.Info("brief fault", "kind", rec.Kind, "node", v.Name, "for", rec.Hold)
+	}
+
 	rounds := o.Kills + o.Pauses
 	for round := 0; round < rounds; round++ {
 		kill := round < o.Kills
@@ -161,7 +240,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		others := func(n string) bool { return n != v.Name }
 		self := func(n string) bool { return n == v.Name }
 		if kill {
-			rec := FaultRecord{Fault: Fault{Seq: round, Kind: KindKill, Node: v.Index}, NodeName: v.Name}
+			rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindKill, Node: v.Index}, NodeName: v.Name, Owned: len(victim)}
 			rec.At = time.Now()
 			if err := v.Kill(); err != nil {
 				problem("round %d: kill %s: %v", round, v.Name, err)
@@ -191,7 +270,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 			rep.Kills++
 			continue
 		}
-		rec := FaultRecord{Fault: Fault{Seq: round, Kind: KindPause, Node: v.Index}, NodeName: v.Name}
+		rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindPause, Node: v.Index}, NodeName: v.Name, Owned: len(victim)}
 		rec.At = time.Now()
 		if err := v.Pause(); err != nil {
 			problem("round %d: pause %s: %v", round, v.Name, err)

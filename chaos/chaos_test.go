@@ -26,7 +26,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestChaos is the CI-sized chaos run: 3 nodes, a few hundred messages, two faults of each kind.
+// TestChaos is the CI-sized chaos run: 3 nodes, a few hundred messages, two faults of each kind
+// (one blackhole).
 // QSLICE_CHAOS_SEED picks another schedule.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
@@ -54,7 +55,8 @@ func TestChaos(t *testing.T) {
 	}
 	t.Cleanup(func() { saveArtifacts(t, dir) }) // runs after cl.Close: the logs are complete
 	t.Cleanup(cl.Close)
-	faults := map[Kind]int{KindKill: 2, KindPause: 2, KindConsulRestart: 2, KindRestart: 2, KindDrain: 2, KindPartition: 2, KindBlackhole: 1}
+	faults := map[Kind]int{KindKill: 2, KindPause: 2, KindConsulRestart: 2, KindRestart: 2, KindDrain: 2, KindPartition: 2, KindBlackhole: 1,
+		KindStall: 2, KindBlip: 2}
 	rep, err := RunSoak(ctx, cl, consul, SoakOptions{Seed: seed, Faults: faults, Rate: 6, Messages: 360, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +83,11 @@ func TestChaos(t *testing.T) {
 		if rep.LoggedChanges[reason] == 0 {
 			t.Errorf("no %q ownership change was logged", reason)
 		}
+	}
+	// No churn: a node briefly slow or cut off, a Consul restart, keeps its slices, and no fault
+	// moves a slice more than it needed.
+	if ch := rep.Churn; ch.Spurious > 0 || ch.Excess > 0 {
+		t.Errorf("%d spurious moves, %d moves beyond the minimum:\n  %s", ch.Spurious, ch.Excess, strings.Join(ch.Details, "\n  "))
 	}
 	if t.Failed() {
 		for _, n := range cl.Nodes {

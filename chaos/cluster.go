@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/qslice/qslice/agent"
+	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/fshealth"
 )
 
@@ -45,6 +46,21 @@ func Build(ctx context.Context, dir string) (Binaries, error) {
 		return Binaries{}, fmt.Errorf("build qslice and the chaos handler: %w\n%s", err, out)
 	}
 	return Binaries{Qslice: filepath.Join(dir, "qslice"), Handler: filepath.Join(dir, "qslice-chaos-handler")}, nil
+}
+
+// BuildVersion compiles qslice alone, reporting version (its build_info and the version in its
+// Consul service Meta), into dir as qslice-<version>: the binary of a rolling upgrade.
+func BuildVersion(ctx context.Context, dir, version string) (string, error) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(dir, "qslice-"+version)
+	cmd := exec.CommandContext(ctx, goBin, "build", "-ldflags", "-X github.com/qslice/qslice/internal/buildinfo.version="+version, "-o", out, "github.com/qslice/qslice/cmd/qslice")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build qslice %s: %w\n%s", version, err, b)
+	}
+	return out, nil
 }
 
 // ClusterConfig describes the nodes of a chaos cluster. Zero fields take the defaults of
@@ -135,11 +151,17 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 	return c
 }
 
+// Timing is the nodes' failover timing: TTL, lock-delay and hold-down, and what the failover
+// package derives from them (renew interval, request timeout, lease margin).
+func (c ClusterConfig) Timing() failover.ConsulConfig {
+	return failover.ConsulConfig{TTL: c.TTL, LockDelay: c.LockDelay, HoldDown: c.HoldDown}.WithDefaults()
+}
+
 // Lease is the longest a node may go on processing after its last renewal: min(TTL, LockDelay)
-// minus the default lease margin (a fifth of it), as the failover package computes it.
+// minus the lease margin.
 func (c ClusterConfig) Lease() time.Duration {
-	l := min(c.TTL, c.LockDelay)
-	return l - max(l/5, 50*time.Millisecond)
+	t := c.Timing()
+	return min(t.TTL, t.LockDelay) - t.LeaseMargin
 }
 
 // Cluster is a set of qslice processes on loopback sharing one queue directory and one Consul.
@@ -166,6 +188,7 @@ type Node struct {
 
 	c           *Cluster
 	mu          sync.Mutex
+	bin         string   // the qslice binary it runs; "" for the cluster's (see SetBinary)
 	proc        *process // nil when not running
 	incarnation int
 	paused      bool
@@ -344,7 +367,11 @@ func (n *Node) Start() error {
 	if err != nil {
 		return fmt.Errorf("start %s: %w", n.Name, err)
 	}
-	cmd := exec.Command(n.c.cfg.Bin.Qslice, "--log-format", "json", "run", "--config", n.Config)
+	bin := n.c.cfg.Bin.Qslice
+	if n.bin != "" {
+		bin = n.bin
+	}
+	cmd := exec.Command(bin, "--log-format", "json", "run", "--config", n.Config)
 	cmd.Env = nodeEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: the harness signals the whole machine-like group of processes. Pdeathsig:
@@ -364,6 +391,13 @@ func (n *Node) Start() error {
 	n.logs = append(n.logs, logPath)
 	n.c.log.Info("node started", "node", n.Name, "pid", p.pid, "incarnation", n.incarnation)
 	return nil
+}
+
+// SetBinary makes the node's next Start run the qslice binary at path (an upgrade).
+func (n *Node) SetBinary(path string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.bin = path
 }
 
 // Running reports whether the node's process runs (paused counts as running).
@@ -563,6 +597,26 @@ func (n *Node) OwnershipChanges(ctx context.Context) (map[string]float64, error)
 		return nil, err
 	}
 	return parseOwnershipChanges(strings.NewReader(string(body)))
+}
+
+// Version reads the version label of qslice_build_info from the node's /metrics.
+func (n *Node) Version(ctx context.Context) (string, error) {
+	body, err := n.get(ctx, "/metrics")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "qslice_build_info{") {
+			continue
+		}
+		for _, key := range []string{`{version="`, `,version="`} { // not goversion
+			if _, rest, ok := strings.Cut(line, key); ok {
+				v, _, _ := strings.Cut(rest, `"`)
+				return v, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%s: no qslice_build_info with a version in /metrics", n.Name)
 }
 
 func parseOwnershipChanges(r io.Reader) (map[string]float64, error) {

@@ -19,7 +19,8 @@
 // dialled through, never answered, never closed), and after the healing only connections made
 // since are forwarded; the older ones stay silent until Cluster.Close, as after a partition that
 // drops packets and loses the connections' state. After each blackhole the run measures how long
-// the node takes, from the healing, to show a valid lease and to have its slices back.
+// the node takes, from the healing, to show a valid lease and to have its slices back. A stall
+// (SIGSTOP) and a blip (a cut) shorter than what the timing tolerates must move nothing.
 //
 // Analyze checks, from the ledger, the faults and the nodes' logs:
 //
@@ -35,7 +36,10 @@
 //     commit and the file's removal); any other repeat is unexplained;
 //   - a node cut off Consul (partition or blackhole) stops: its runner logs a lapsed lease
 //     within the lease (and a second), and no handling starts on it after the lease must have
-//     ended until it is healed.
+//     ended until it is healed;
+//   - churn: every move (a slice taken from another node) is attributed to the fault during
+//     which it happened and set against the least that fault needed (MinMoves); moves during
+//     faults that needed none are spurious.
 //
 // Invariants of the harness: every process it starts is in a session it kills in
 // Cluster.Close, also on failure; only 127.0.0.1 is used; every wait is bounded in time and
@@ -50,5 +54,6 @@
 // RunSoak is the chaos run (the CI test runs a short one; cmd/qslice-chaos a long one), RunBench
 // the failover benchmark: from SIGKILL (or SIGSTOP) of an owner to the first message of each of
 // its slices handled elsewhere, and from the restart of a home node to its slices handled by
-// it again.
+// it again, with brief stalls and blips that must move nothing; RunRollingUpgrade restarts the
+// nodes one at a time on a new binary and counts the moves.
 package chaos

@@ -21,6 +21,9 @@ type NodeLog struct {
 	Changes map[string]int
 	// ChangeLines are those lines, in order, as "time slice from->to reason".
 	ChangeLines []OwnershipChange
+	// Sessions are the instants the node created a Consul session (its first, or a new one
+	// after its session ended).
+	Sessions []time.Time
 	// Errors counts ERROR lines and lines that are not JSON (a panic's stack, say); ErrorLines
 	// holds the first maxErrorLines of them, to be judged against the run's faults.
 	Errors     int
@@ -79,6 +82,8 @@ func ReadNodeLog(path string) (NodeLog, error) {
 			out.Lapses = append(out.Lapses, at)
 		case strings.Contains(msg, "after the queue was fenced"):
 			out.LateAfterFence++
+		case str("component") == "failover" && msg == "session created":
+			out.Sessions = append(out.Sessions, at)
 		case msg == "slice ownership changed":
 			r := str("reason")
 			out.Changes[r]++

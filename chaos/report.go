@@ -42,6 +42,7 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "ownership changes:        metrics %s (last scrape of each process); log lines %s (all)\n",
 		formatCounts(r.OwnershipChanges), formatIntCounts(r.LoggedChanges))
 	fmt.Fprintf(w, "counters vs log lines:    %d mismatches\n", len(r.MetricMismatches))
+	r.Churn.Print(w, r.Faults)
 	if r.MalformedLedgerLine > 0 {
 		fmt.Fprintf(w, "malformed ledger lines:   %d\n", r.MalformedLedgerLine)
 	}
@@ -53,7 +54,7 @@ func (r *Report) Print(w io.Writer) {
 		{"unexplained repeats", r.UnexplainedDetails}, {"cut off Consul, not stopped", r.PartitionDetails},
 		{"blackholes (lease and slices back: from the healing)", r.BlackholeDetails},
 		{"filesystem cuts", r.FSCutDetails},
-		{"metrics vs log", r.MetricMismatches}, {"problems", r.Problems},
+		{"metrics vs log", r.MetricMismatches}, {"moves beyond the minimum", r.Churn.Details}, {"problems", r.Problems},
 		{"ERROR lines in the node logs that no fault explains", r.NodeErrors},
 	} {
 		if len(list.items) == 0 {
@@ -122,4 +123,17 @@ func (s Stats) String() string {
 	}
 	r := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	return fmt.Sprintf("n=%d min %s median %s p95 %s max %s", s.N, r(s.Min), r(s.Median), r(s.P95), r(s.Max))
+}
+
+// Print writes the moves per fault kind (faults counts the faults of each kind).
+func (c Churn) Print(w io.Writer, faults map[Kind]int) {
+	var parts []string
+	for _, k := range Kinds {
+		if faults[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d/%d", k, c.Moves[k], c.Min[k]))
+		}
+	}
+	fmt.Fprintf(w, "moves per fault kind:     %s (moves/least needed); %d before the first fault\n", strings.Join(parts, ", "), c.Boot)
+	fmt.Fprintf(w, "moves beyond the minimum: %d\n", c.Excess)
+	fmt.Fprintf(w, "spurious moves:           %d (during stalls, blips, Consul restarts, and pauses or cuts the session survived)\n", c.Spurious)
 }

@@ -42,10 +42,18 @@ const (
 	// operations blocked in the filesystem meanwhile complete late. Needs a cluster on
 	// per-node mounts (ClusterConfig.FS).
 	KindFSCut Kind = "fscut"
+	// KindStall: SIGSTOP of every process of the node's session for Hold, shorter than the
+	// stall the timing tolerates (ScheduleParams.StallMax: the node keeps its session), then
+	// SIGCONT: a node briefly slow (a GC pause, a stalled disk, a VM migration).
+	KindStall Kind = "stall"
+	// KindBlip: the node is cut off Consul as by KindPartition, but for less than the cut the
+	// timing tolerates (ScheduleParams.BlipMax: the node keeps its session), then healed: a
+	// network blip or a restart of the local Consul agent.
+	KindBlip Kind = "blip"
 )
 
 // Kinds lists every fault kind, in report order.
-var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition, KindBlackhole, KindFSCut}
+var Kinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition, KindBlackhole, KindFSCut, KindStall, KindBlip}
 
 // ParseKinds parses "kill=2,pause=2" into counts.
 func ParseKinds(s string) (map[Kind]int, error) {
@@ -105,6 +113,10 @@ type ScheduleParams struct {
 	// the filesystem timeout plus a hand-off, shorter than GlusterFS's 42 s ping-timeout, so
 	// operations blocked by the cut are carried out late, at the healing.
 	FSHold time.Duration
+	// StallMax and BlipMax bound stalls and blips: they last between half of it and it. They
+	// are the stall and the cut the nodes' timings tolerate without losing their session
+	// (failover.ConsulConfig.StallTolerance and CutTolerance).
+	StallMax, BlipMax time.Duration
 }
 
 // NewSchedule draws a deterministic schedule from seed: counts[k] faults of kind k in a random
@@ -125,13 +137,12 @@ func NewSchedule(seed uint64, counts map[Kind]int, p ScheduleParams) []Fault {
 	return out
 }
 
-// randomKinds are the kinds NextFault draws from: every kind but KindBlackhole, which a run gets
-// only by count (SoakOptions.Faults): a blackholed node takes minutes to get its slices back
-// (docs/failover.md), and a seed keeps drawing the schedule it drew before blackholes existed.
+// randomKinds are the kinds NextFault draws from: every kind but KindBlackhole, KindFSCut (it
+// needs a cluster on per-node mounts), KindStall and KindBlip, which a run gets only by count
+// (SoakOptions.Faults), so that a seed keeps drawing the schedule it drew before they existed.
 var randomKinds = []Kind{KindKill, KindPause, KindConsulRestart, KindRestart, KindDrain, KindPartition}
 
-// NextFault draws one more fault of a random kind but KindBlackhole (soak runs of unbounded
-// length).
+// NextFault draws one more fault of a random kind of randomKinds (soak runs of unbounded length).
 func NextFault(rng *rand.Rand, seq int, p ScheduleParams) Fault {
 	return drawFault(rng, seq, randomKinds[rng.IntN(len(randomKinds))], p)
 }
@@ -162,6 +173,10 @@ func drawFault(rng *rand.Rand, seq int, k Kind, p ScheduleParams) Fault {
 			lo = 20 * time.Second
 		}
 		f.Hold = between(lo, lo+2*time.Second)
+	case KindStall:
+		f.Hold = between(p.StallMax/2, p.StallMax)
+	case KindBlip:
+		f.Hold = between(p.BlipMax/2, p.BlipMax)
 	}
 	return f
 }

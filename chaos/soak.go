@@ -89,8 +89,9 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 	defer feed.stop()
 
 	scr := newScraper(cl)
+	timing := cl.cfg.Timing()
 	params := ScheduleParams{Nodes: len(cl.Nodes), Lease: cl.cfg.Lease(), Takeover: cl.cfg.TTL + cl.cfg.LockDelay + time.Second,
-		GapMin: time.Second, GapMax: 3 * time.Second, FSHold: o.FSHold}
+		GapMin: time.Second, GapMax: 3 * time.Second, FSHold: o.FSHold, StallMax: timing.StallTolerance(), BlipMax: timing.CutTolerance()}
 	var schedule []Fault
 	rng := NewRand(o.Seed)
 	if len(o.Faults) > 0 {
@@ -119,8 +120,10 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 			problem("fault %s: %s", f, rec.Err)
 		}
 		records = append(records, rec)
-		if err := cl.WaitOwned(ctx, o.SettleTimeout, false); err != nil {
-			problem("after fault %s: slices not all processed within %s: %v", f, o.SettleTimeout, err)
+		// Every slice back at its home node before the next fault: the moves between two faults
+		// are the first one's (Report.Churn), and a fault needs no more than its minimum.
+		if err := cl.WaitOwned(ctx, o.SettleTimeout, true); err != nil {
+			problem("after fault %s: slices not all processed by their home nodes within %s: %v", f, o.SettleTimeout, err)
 		}
 		if !clock.Sleep(ctx, clock.System{}, f.Gap) {
 			return nil, ctx.Err()
@@ -172,10 +175,16 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 		n = cl.Nodes[f.Node%len(cl.Nodes)]
 		rec.NodeName = n.Name
 	}
-	// Kills, pauses, partitions and blackholes strike while the node runs a handler, when it
-	// gets one within 3 s.
+	if n != nil {
+		if own, err := cl.Ownership(ctx); err == nil {
+			rec.Owned = len(own.Owned[n.Name])
+		}
+	}
+	// Kills, pauses, stalls, partitions, blips and blackholes strike while the node runs a
+	// handler, when it gets one within 3 s.
 	busy := false
-	if f.Kind == KindKill || f.Kind == KindPause || f.Kind == KindPartition || f.Kind == KindBlackhole || f.Kind == KindFSCut {
+	switch f.Kind {
+	case KindKill, KindPause, KindStall, KindPartition, KindBlip, KindBlackhole, KindFSCut:
 		busy = n.WaitBusy(3 * time.Second)
 	}
 	log.Info("fault", "fault", f.String(), "node", rec.NodeName, "handler_running", busy)
@@ -192,6 +201,21 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 		rec.Done = time.Now()
 		clock.Sleep(ctx, clock.System{}, f.Hold)
 		errs = append(errs, n.Resume())
+	case KindStall:
+		// Shorter than the stall the timing tolerates, counted from the first SIGSTOP: the node
+		// keeps its session, nothing moves (Report.Churn counts any move as spurious).
+		errs = append(errs, n.Pause())
+		rec.Done = time.Now()
+		clock.Sleep(ctx, clock.System{}, time.Until(rec.At.Add(f.Hold)))
+		errs = append(errs, n.Resume())
+	case KindBlip:
+		// Shorter than the cut the timing tolerates: the node keeps its session, nothing moves
+		// (Report.Churn counts any move as spurious). Its lease may lapse meanwhile.
+		n.Cut()
+		rec.Done = time.Now()
+		clock.Sleep(ctx, clock.System{}, time.Until(rec.At.Add(f.Hold)))
+		n.Heal()
+		rec.End = time.Now()
 	case KindConsulRestart:
 		errs = append(errs, consul.Stop())
 		rec.Done = time.Now()
@@ -400,7 +424,7 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 		return nil, err
 	}
 	in := Input{Enqueued: enqueued, Handlings: PairHandlings(evs), Faults: faults, Lapses: map[string][]time.Time{}, Leftovers: left,
-		Lease: cl.cfg.Lease(), FSTimeout: cl.cfg.FSHealth.EffectiveTimeout()}
+		Lease: cl.cfg.Lease(), FSTimeout: cl.cfg.FSHealth.EffectiveTimeout(), Sessions: map[string][]time.Time{}}
 	logged := map[string]int{}
 	var nodeErrors []string
 	expected, late := 0, 0
@@ -412,6 +436,8 @@ func Collect(cl *Cluster, enqueued []string, faults []FaultRecord) (*Report, err
 			}
 			in.Lapses[n.Name] = append(in.Lapses[n.Name], nl.Lapses...)
 			late += nl.LateAfterFence
+			in.Sessions[n.Name] = append(in.Sessions[n.Name], nl.Sessions...)
+			in.Moves = append(in.Moves, movesFromLog(n.Name, nl)...)
 			for k, v := range nl.Changes {
 				logged[k] += v
 			}
@@ -449,6 +475,9 @@ var ExpectedErrors = map[Kind][]string{
 	KindFSCut: {"queue filesystem unavailable", "queue fenced", "claim failed", "scanning the queue directory failed",
 		"recovering in-flight files", "could not recover an in-flight file", "handler succeeded but the file could not be removed",
 		"a claim landed after the queue was fenced", "could not give a message back", "stopped with work stuck"},
+	KindBlip: {"consul request failing"},
+	// A request in flight when the node stops may time out when it resumes.
+	KindStall: {"consul request failing"},
 }
 
 // errorSettle is how long after a fault was undone its expected errors may still be logged: a

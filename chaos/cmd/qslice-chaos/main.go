@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/qslice/qslice/chaos"
+	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/internal/consultest"
 	"github.com/qslice/qslice/internal/glustertest"
 )
@@ -52,9 +53,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		bench     = fs.String("bench", "", `"failover": measure failover, fail-back and paused-node takeover instead of a soak`)
 		kills     = fs.Int("kills", 10, "benchmark: SIGKILL rounds (each also measures the fail-back)")
 		pauses    = fs.Int("pauses", -1, "benchmark: SIGSTOP rounds (default: as many as -kills)")
+		stalls    = fs.Int("stalls", 3, "benchmark: rounds of a 1 s SIGSTOP (at most the stall the timing tolerates), which must move nothing")
+		blips     = fs.Int("blips", 3, "benchmark: rounds of a cut off Consul as long as the timing tolerates, which must move nothing")
 		ttl       = fs.Duration("ttl", 2*time.Second, "consul.ttl of every node")
 		lockDelay = fs.Duration("lock-delay", time.Second, "consul.lock_delay of every node")
 		holdDown  = fs.Duration("hold-down", 3*time.Second, "consul.hold_down of every node (>= ttl)")
+		shipped   = fs.Bool("shipped", false, "use qslice's shipped ttl, lock_delay and hold_down instead of -ttl, -lock-delay and -hold-down")
 		work      = fs.Duration("work", 5*time.Millisecond, "how long the handler works per message")
 		worker    = fs.Bool("worker", false, "run the ledger handler as persistent workers (handler.worker) instead of one exec per message")
 		verbose   = fs.Bool("v", false, "log what the harness does")
@@ -83,6 +87,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if *pauses < 0 {
 		*pauses = *kills
+	}
+	if *shipped {
+		*ttl, *lockDelay, *holdDown = failover.DefaultTTL, failover.DefaultLockDelay, failover.DefaultHoldDown
 	}
 	if *rate == 0 {
 		*rate = 20
@@ -125,7 +132,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		tb.Cleanup(cl.Close)
 		if *bench != "" {
-			rep, err := chaos.RunBench(ctx, cl, chaos.BenchOptions{Kills: *kills, Pauses: *pauses, Rate: *rate, Seed: *seed, Log: log})
+			rep, err := chaos.RunBench(ctx, cl, chaos.BenchOptions{Kills: *kills, Pauses: *pauses, Stalls: *stalls, Blips: *blips,
+				Rate: *rate, Seed: *seed, RoundTimeout: max(time.Minute, 2*(*holdDown)), Log: log})
 			if err != nil {
 				tb.Fatalf("%v", err)
 			}
@@ -135,11 +143,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "qslice-chaos: ledger check failed: %v\n", err)
 				code = 1
 			}
-			t := rep.Target()
 			for _, s := range []chaos.Stats{rep.Failover, rep.Paused} {
-				if s.N == 0 || s.Median > t || s.P95 > 2*t {
+				if !rep.Meets(s) {
 					code = 1
 				}
+			}
+			if rep.Check.Churn.Spurious > 0 {
+				fmt.Fprintf(stderr, "qslice-chaos: %d spurious moves\n", rep.Check.Churn.Spurious)
+				code = 1
 			}
 			return
 		}

@@ -1,0 +1,188 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/qslice/qslice/internal/clock"
+	"github.com/qslice/qslice/runner/queue"
+)
+
+// UpgradeOptions configure a rolling upgrade.
+type UpgradeOptions struct {
+	// Binary is the new qslice binary (BuildVersion) and Version the version it reports.
+	Binary, Version string
+	// Rate is the feed in messages per second while the upgrade runs (default 10).
+	Rate float64
+	// SettleTimeout bounds the wait after each restart for every slice to be back at its home
+	// node (default 60 s).
+	SettleTimeout time.Duration
+	Log           *slog.Logger
+}
+
+// UpgradeReport is the outcome of a rolling upgrade.
+type UpgradeReport struct {
+	// Check is the ledger check of the run; its Churn counts the moves of each restart
+	// (Moves[KindRestart]) against the least they needed.
+	Check *Report
+	// Restarts lists, per node, how many slices it processed before its restart, how long its
+	// restart took (SIGTERM until the new process runs) and how long until every slice was
+	// processed by its home node again.
+	Restarts []UpgradeStep
+	// MaxReady is the largest number of ready messages in the queue seen during the upgrade
+	// (sampled every 100 ms), and BaseReady the largest before it, on the same feed.
+	MaxReady, BaseReady int
+}
+
+// UpgradeStep is one node's restart.
+type UpgradeStep struct {
+	Node          string
+	Owned         int
+	Stop, Settled time.Duration
+}
+
+// RunRollingUpgrade runs the cluster on a feed, then restarts its nodes one at a time the way
+// an operator upgrades them (SIGTERM, start the new binary, wait until every slice is processed
+// by its home node again), stops the feed, waits until everything is handled and checks the
+// ledger. Every restart is a KindRestart fault in the report, so Check.Churn counts its moves.
+func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*UpgradeReport, error) {
+	if o.Rate == 0 {
+		o.Rate = 10
+	}
+	if o.SettleTimeout == 0 {
+		o.SettleTimeout = time.Minute
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	began := time.Now()
+	rep := &UpgradeReport{}
+	var problems []string
+	problem := func(format string, args ...any) {
+		s := fmt.Sprintf(format, args...)
+		log.Warn("problem", "what", s)
+		problems = append(problems, s)
+	}
+	if err := cl.StartAll(); err != nil {
+		return nil, err
+	}
+	if err := cl.WaitOwned(ctx, o.SettleTimeout, true); err != nil {
+		return nil, fmt.Errorf("cluster did not come up: %w", err)
+	}
+	dir := queue.NewDir(cl.QueueDir, "", "")
+	feeder := &Feeder{Dir: dir, Rate: o.Rate}
+	feed := startFeeder(ctx, feeder)
+	defer feed.stop()
+	backlog := startBacklogSampler(ctx, cl.QueueDir)
+	defer backlog.stop()
+	clock.Sleep(ctx, clock.System{}, 3*time.Second) // the steady backlog on this feed, before any restart
+	rep.BaseReady = backlog.reset()
+
+	var records []FaultRecord
+	for i, n := range cl.Nodes {
+		own, err := cl.Ownership(ctx)
+		if err != nil {
+			return nil, err
+		}
+		rec := FaultRecord{Fault: Fault{Seq: i, Kind: KindRestart, Node: n.Index}, NodeName: n.Name, Owned: len(own.Owned[n.Name])}
+		rec.At = time.Now()
+		if err := n.Stop(time.Minute); err != nil {
+			problem("stop %s: %v", n.Name, err)
+		}
+		rec.Done = time.Now()
+		n.SetBinary(o.Binary)
+		if err := n.Start(); err != nil {
+			return nil, err
+		}
+		rec.End = time.Now()
+		step := UpgradeStep{Node: n.Name, Owned: rec.Owned, Stop: rec.End.Sub(rec.At)}
+		if err := cl.WaitOwned(ctx, o.SettleTimeout, true); err != nil {
+			problem("after the restart of %s: slices not all back at their home nodes within %s: %v", n.Name, o.SettleTimeout, err)
+		}
+		step.Settled = time.Since(rec.At)
+		if v, err := n.Version(ctx); err != nil || v != o.Version {
+			problem("%s runs version %q (%v) after its upgrade, want %q", n.Name, v, err, o.Version)
+		}
+		log.Info("node upgraded", "node", n.Name, "owned", step.Owned, "stop", step.Stop.Round(time.Millisecond), "settled", step.Settled.Round(time.Millisecond))
+		records = append(records, rec)
+		rep.Restarts = append(rep.Restarts, step)
+	}
+	rep.MaxReady = backlog.reset()
+	if err := feed.stop(); err != nil {
+		problem("feeder: %v", err)
+	}
+	enqueued := feeder.Enqueued()
+	if err := waitHandled(ctx, cl, enqueued, 2*time.Minute); err != nil {
+		problem("final drain: %v", err)
+	}
+	if err := cl.StopAll(time.Minute); err != nil {
+		problem("stop nodes: %v", err)
+	}
+	check, err := Collect(cl, enqueued, records)
+	if err != nil {
+		return nil, err
+	}
+	check.Nodes, check.Duration, check.Problems = len(cl.Nodes), time.Since(began), problems
+	rep.Check = check
+	return rep, nil
+}
+
+// backlogSampler records the largest number of ready messages in a queue directory, sampled
+// every 100 ms, on a goroutine its starter stops.
+type backlogSampler struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	max    chan chan int // reset: answers the maximum since the last reset
+}
+
+func startBacklogSampler(ctx context.Context, queueDir string) *backlogSampler {
+	ctx, cancel := context.WithCancel(ctx)
+	b := &backlogSampler{cancel: cancel, done: make(chan struct{}), max: make(chan chan int)}
+	go func() {
+		defer close(b.done)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		peak := 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case reply := <-b.max:
+				reply <- peak
+				peak = 0
+			case <-t.C:
+				left, err := Leftovers(queueDir)
+				if err != nil {
+					continue
+				}
+				ready := 0
+				for _, l := range left {
+					if l.Where == "ready" {
+						ready++
+					}
+				}
+				peak = max(peak, ready)
+			}
+		}
+	}()
+	return b
+}
+
+// reset returns the largest backlog since the last reset (0 once stopped).
+func (b *backlogSampler) reset() int {
+	reply := make(chan int, 1)
+	select {
+	case b.max <- reply:
+		return <-reply
+	case <-b.done:
+		return 0
+	}
+}
+
+func (b *backlogSampler) stop() {
+	b.cancel()
+	<-b.done
+}
