@@ -221,6 +221,9 @@ func Analyze(in Input) Report {
 		if h.Completed() {
 			return h.End, true
 		}
+		if !h.Fenced.IsZero() {
+			return h.Fenced, true // the handler gave up at its commit point
+		}
 		for _, t := range cuts[h.Node] {
 			if !t.Before(h.Start) {
 				return t, true

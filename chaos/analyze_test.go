@@ -23,7 +23,8 @@ func TestParseLedgerLine(t *testing.T) {
 		{"1.5+ab n1 start 1800000000000000000 slice=3 pid=42", Event{ID: "1.5+ab", Node: "n1", At: t0, Slice: 3, PID: 42}, ""},
 		{"1.5+ab n2 end 1800000000001000000 slice=0 pid=7", Event{ID: "1.5+ab", Node: "n2", End: true, At: at(1), Slice: 0, PID: 7}, ""},
 		{"1.5+ab n2 end 1800000000001000000", Event{ID: "1.5+ab", Node: "n2", End: true, At: at(1), Slice: -1}, ""},
-		{"1.5+ab n2 begin 1800000000001000000", Event{}, "want start or end"},
+		{"1.5+ab n2 fenced 1800000000001000000 slice=0 pid=7", Event{ID: "1.5+ab", Node: "n2", Fenced: true, At: at(1), Slice: 0, PID: 7}, ""},
+		{"1.5+ab n2 begin 1800000000001000000", Event{}, "want start, end or fenced"},
 		{"1.5+ab n2 end soon", Event{}, "time"},
 		{"1.5+ab n2 end 1 slice=x", Event{}, "slice"},
 		{"1.5+ab n2", Event{}, "at least 4 fields"},
@@ -66,6 +67,30 @@ func TestLedgerReaderIsIncrementalAndWaitsForWholeLines(t *testing.T) {
 	}
 	if r.Malformed != 1 {
 		t.Fatalf("Malformed = %d, want 1", r.Malformed)
+	}
+}
+
+// A handler that gave up at its commit point (its lease deadline passed) ended there: a handling
+// of the same message after it, on the same node, is a repeat, not a concurrent duplicate.
+func TestFencedHandlingEnds(t *testing.T) {
+	evs := []Event{
+		{ID: "a", Node: "n1", At: at(10), Slice: 1, PID: 1},
+		{ID: "a", Node: "n1", Fenced: true, At: at(30), Slice: 1, PID: 1},
+		{ID: "a", Node: "n1", At: at(1400), Slice: 1, PID: 2},
+		{ID: "a", Node: "n1", End: true, At: at(1420), Slice: 1, PID: 2},
+	}
+	hs := PairHandlings(evs)
+	if len(hs) != 2 || !hs[0].Fenced.Equal(at(30)) || hs[0].Completed() || !hs[1].Completed() {
+		t.Fatalf("PairHandlings = %+v", hs)
+	}
+	r := Analyze(Input{Enqueued: []string{"a"}, Handlings: hs})
+	if r.ConcurrentDuplicates != 0 || r.UnexplainedRepeats != 0 || r.RepeatsAfterCrash != 1 || r.Lost != 0 {
+		t.Fatalf("report %+v", r)
+	}
+	// Without the fenced line the first handling never ends: a concurrent duplicate.
+	r = Analyze(Input{Enqueued: []string{"a"}, Handlings: PairHandlings([]Event{evs[0], evs[2], evs[3]})})
+	if r.ConcurrentDuplicates != 1 {
+		t.Fatalf("without the fenced line: %d concurrent duplicates, want 1", r.ConcurrentDuplicates)
 	}
 }
 

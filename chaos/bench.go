@@ -150,7 +150,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 				return err
 			}
 			for _, e := range evs {
-				if !e.End && e.At.After(since) && match(e.Node) && slices.Contains(want, e.Slice) {
+				if !e.End && !e.Fenced && e.At.After(since) && match(e.Node) && slices.Contains(want, e.Slice) {
 					if _, ok := seen[e.Slice]; !ok {
 						seen[e.Slice] = e.At.Sub(since)
 					}

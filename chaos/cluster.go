@@ -762,6 +762,34 @@ func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
 	return o, nil
 }
 
+// WaitRejoined polls until node n (running again after a fault) has a valid lease and, with
+// home, ranks first for some slice in its own view: it is registered and sees itself a member,
+// so that WaitOwned's convergence includes it. Without this, right after a restart the others
+// converge on a cluster without n, and n's fail-backs come later, during whatever follows.
+func (c *Cluster) WaitRejoined(ctx context.Context, n *Node, home bool, timeout time.Duration) error {
+	return pollUntil(timeout, func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st, err := n.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if !st.LeaseValid {
+			return fmt.Errorf("%s: no valid lease yet", n.Name)
+		}
+		if !home {
+			return nil
+		}
+		for _, s := range st.Slices {
+			if s.Home == n.Name {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s: home of no slice in its own view yet", n.Name)
+	})
+}
+
 // WaitOwned polls until every slice is processed by a running node (and, with converged, by its
 // home node as every running node sees it, which also means every running node got its share
 // after the hold-down), or timeout.

@@ -17,12 +17,15 @@ import (
 //
 //	<message id> <node> start|end <unix ns> slice=<slice> pid=<pid>
 type Event struct {
-	ID    string
-	Node  string
-	End   bool // false: "start"
-	At    time.Time
-	Slice int
-	PID   int
+	ID   string
+	Node string
+	End  bool // false: "start" (or "fenced")
+	// Fenced: a "fenced" line, the handler gave up at its commit point (see
+	// cmd/qslice-chaos-handler); neither a start nor an end.
+	Fenced bool
+	At     time.Time
+	Slice  int
+	PID    int
 }
 
 // ParseLedgerLine parses one ledger line.
@@ -36,8 +39,10 @@ func ParseLedgerLine(line string) (Event, error) {
 	case "start":
 	case "end":
 		e.End = true
+	case "fenced":
+		e.Fenced = true
 	default:
-		return Event{}, fmt.Errorf("parse ledger line %q: want start or end, got %q", line, f[2])
+		return Event{}, fmt.Errorf("parse ledger line %q: want start, end or fenced, got %q", line, f[2])
 	}
 	ns, err := strconv.ParseInt(f[3], 10, 64)
 	if err != nil {
@@ -129,6 +134,9 @@ type Handling struct {
 	PID   int
 	Start time.Time
 	End   time.Time // zero: no end line (cut off, or fenced)
+	// Fenced is when the handler gave up at its commit point, its lease deadline passed (a
+	// "fenced" line): the handling ended then, uncommitted. Zero without such a line.
+	Fenced time.Time
 }
 
 // Completed reports whether the handling reached its commit point.
@@ -146,6 +154,13 @@ func PairHandlings(events []Event) []Handling {
 	slices.SortStableFunc(sorted, func(a, b Event) int { return a.At.Compare(b.At) })
 	for _, e := range sorted {
 		k := key{e.ID, e.Node, e.PID}
+		if e.Fenced {
+			if i, ok := open[k]; ok {
+				out[i].Fenced = e.At
+				delete(open, k)
+			}
+			continue
+		}
 		if !e.End {
 			open[k] = len(out)
 			out = append(out, Handling{ID: e.ID, Node: e.Node, Slice: e.Slice, PID: e.PID, Start: e.At})

@@ -120,8 +120,14 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 			problem("fault %s: %s", f, rec.Err)
 		}
 		records = append(records, rec)
-		// Every slice back at its home node before the next fault: the moves between two faults
-		// are the first one's (Report.Churn), and a fault needs no more than its minimum.
+		// Every slice back at its home node before the next fault, the fault's node included: the
+		// moves between two faults are the first one's (Report.Churn), and a fault needs no more
+		// than its minimum.
+		if f.Kind != KindConsulRestart {
+			if err := cl.WaitRejoined(ctx, cl.Nodes[f.Node%len(cl.Nodes)], rec.Owned > 0, o.SettleTimeout); err != nil {
+				problem("after fault %s: %v", f, err)
+			}
+		}
 		if err := cl.WaitOwned(ctx, o.SettleTimeout, true); err != nil {
 			problem("after fault %s: slices not all processed by their home nodes within %s: %v", f, o.SettleTimeout, err)
 		}

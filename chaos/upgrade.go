@@ -99,6 +99,9 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 		}
 		rec.End = time.Now()
 		step := UpgradeStep{Node: n.Name, Owned: rec.Owned, Stop: rec.End.Sub(rec.At)}
+		if err := cl.WaitRejoined(ctx, n, rec.Owned > 0, o.SettleTimeout); err != nil {
+			problem("after the restart of %s: %v", n.Name, err)
+		}
 		if err := cl.WaitOwned(ctx, o.SettleTimeout, true); err != nil {
 			problem("after the restart of %s: slices not all back at their home nodes within %s: %v", n.Name, o.SettleTimeout, err)
 		}

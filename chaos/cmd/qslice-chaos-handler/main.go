@@ -6,7 +6,11 @@
 //
 // with one write(2) each on a file opened with O_APPEND (atomic for these short lines), and works
 // for CHAOS_WORK between them. The "end" line is the handler's commit point: a handling without
-// it had no effect.
+// it had no effect. A handler that finds its lease deadline passed at the commit point writes
+//
+//	<message id> <node> fenced <unix ns> slice=<slice> pid=<pid>
+//
+// instead (no commit: the handling ended there) and exits 75.
 //
 // With CHAOS_CHILD=1 it hands each message to a child process of its own that writes the lines
 // (and commits), adding "<id> <node> tick <unix ns> ..." lines while it works: the process tree
@@ -195,6 +199,7 @@ func run(child bool) int {
 	}
 	if fenced() { // the commit point
 		fmt.Fprintln(os.Stderr, "qslice-chaos-handler: lease deadline passed before commit")
+		_ = line("fenced") // not a commit: tells the analysis this handling ended here, uncommitted
 		return exitRetry
 	}
 	if err := line("end"); err != nil {
