@@ -32,8 +32,8 @@ type FaultRecord struct {
 	// showed the queue's filesystem unavailable; Elsewhere: until every slice was processed by
 	// another node.
 	Detected, Elsewhere time.Duration
-	// Owned is how many slices the node processed just before the fault (for the least number
-	// of moves the fault needed: MinMoves).
+	// Owned is how many slices the node held just before the fault, by its own account (for the
+	// least number of moves the fault needed: MinMoves).
 	Owned int
 }
 

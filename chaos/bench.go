@@ -185,7 +185,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		}
 		scr.scrape(ctx)
 		v.WaitBusy(3 * time.Second)
-		rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindBlip, Node: v.Index, Hold: o.BlipFor}, NodeName: v.Name, Owned: len(own.Owned[v.Name])}
+		rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindBlip, Node: v.Index, Hold: o.BlipFor}, NodeName: v.Name, Owned: len(own.Held[v.Name])}
 		if stall {
 			rec.Kind, rec.Hold = KindStall, o.StallFor
 		}
@@ -240,7 +240,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		others := func(n string) bool { return n != v.Name }
 		self := func(n string) bool { return n == v.Name }
 		if kill {
-			rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindKill, Node: v.Index}, NodeName: v.Name, Owned: len(victim)}
+			rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindKill, Node: v.Index}, NodeName: v.Name, Owned: len(own.Held[v.Name])}
 			rec.At = time.Now()
 			if err := v.Kill(); err != nil {
 				problem("round %d: kill %s: %v", round, v.Name, err)
@@ -270,7 +270,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 			rep.Kills++
 			continue
 		}
-		rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindPause, Node: v.Index}, NodeName: v.Name, Owned: len(victim)}
+		rec := FaultRecord{Fault: Fault{Seq: len(records), Kind: KindPause, Node: v.Index}, NodeName: v.Name, Owned: len(own.Held[v.Name])}
 		rec.At = time.Now()
 		if err := v.Pause(); err != nil {
 			problem("round %d: pause %s: %v", round, v.Name, err)

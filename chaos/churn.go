@@ -50,14 +50,14 @@ type Churn struct {
 //
 //   - stall, blip, consul-restart: none. They are shorter than the bounds the timing defaults
 //     tolerate (docs/failover.md): the node keeps its session and so its slices.
-//   - drain, fscut: every slice the node processed goes away and comes back when it is
+//   - drain, fscut: every slice the node held goes away and comes back when it is
 //     undrained or its filesystem answers again: 2k.
 //   - anything else (kill, restart, pause, partition, blackhole): 2k when the node's session
 //     ended (its slices go to the others, then back after the hold-down), none when it survived
 //     (a pause or cut shorter than the TTL). A restarted process that adopted its session
 //     (restart in place) needs none.
 //
-// k is the number of slices the node processed just before the fault.
+// k is the number of slices the node held just before the fault.
 func MinMoves(f FaultRecord, sessionLost bool) int {
 	switch f.Kind {
 	case KindStall, KindBlip, KindConsulRestart:

@@ -724,13 +724,16 @@ type Ownership struct {
 	// (a node whose watch hears nothing from Consul); these are every node's own word.
 	ProcessedBy map[int]string
 	Homes       map[int][]string
+	// Held: node -> slices whose lock it holds by its own account, processed or not (its lease
+	// lapsed: suspended; being handed off: releasing).
+	Held map[string][]int
 }
 
 // Ownership asks every running, unpaused node for its status and combines them. It fails when a
 // running node does not answer.
 func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
 	o := Ownership{Owner: map[int]string{}, Home: map[int]string{}, Processing: map[int]bool{}, Owned: map[string][]int{},
-		ProcessedBy: map[int]string{}, Homes: map[int][]string{}}
+		ProcessedBy: map[int]string{}, Homes: map[int][]string{}, Held: map[string][]int{}}
 	seen := false
 	for _, n := range c.Nodes {
 		n.mu.Lock()
@@ -748,6 +751,9 @@ func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
 				o.Owner[s.Slice], o.Home[s.Slice] = s.Owner, s.Home
 			}
 			o.Homes[s.Slice] = append(o.Homes[s.Slice], s.Home)
+			if s.Owner == n.Name && (s.State == "owned" || s.State == "suspended" || s.State == "releasing") {
+				o.Held[n.Name] = append(o.Held[n.Name], s.Slice)
+			}
 			if s.Owner == n.Name && s.State == "owned" {
 				o.Processing[s.Slice] = true
 				o.ProcessedBy[s.Slice] = n.Name

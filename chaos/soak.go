@@ -183,7 +183,7 @@ func applyFault(ctx context.Context, cl *Cluster, consul Consul, f Fault, o Soak
 	}
 	if n != nil {
 		if own, err := cl.Ownership(ctx); err == nil {
-			rec.Owned = len(own.Owned[n.Name])
+			rec.Owned = len(own.Held[n.Name])
 		}
 	}
 	// Kills, pauses, stalls, partitions, blips and blackholes strike while the node runs a

@@ -27,7 +27,7 @@ type UpgradeReport struct {
 	// Check is the ledger check of the run; its Churn counts the moves of each restart
 	// (Moves[KindRestart]) against the least they needed.
 	Check *Report
-	// Restarts lists, per node, how many slices it processed before its restart, how long its
+	// Restarts lists, per node, how many slices it held before its restart, how long its
 	// restart took (SIGTERM until the new process runs) and how long until every slice was
 	// processed by its home node again.
 	Restarts []UpgradeStep
@@ -87,7 +87,7 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 		if err != nil {
 			return nil, err
 		}
-		rec := FaultRecord{Fault: Fault{Seq: i, Kind: KindRestart, Node: n.Index}, NodeName: n.Name, Owned: len(own.Owned[n.Name])}
+		rec := FaultRecord{Fault: Fault{Seq: i, Kind: KindRestart, Node: n.Index}, NodeName: n.Name, Owned: len(own.Held[n.Name])}
 		rec.At = time.Now()
 		if err := n.Stop(time.Minute); err != nil {
 			problem("stop %s: %v", n.Name, err)

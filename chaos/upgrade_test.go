@@ -66,7 +66,7 @@ func TestRollingUpgrade(t *testing.T) {
 		owned += s.Owned
 	}
 	if slices := cl.Config().Slices; owned != slices {
-		t.Errorf("the restarted nodes processed %d slices before their restarts, want every one of the %d", owned, slices)
+		t.Errorf("the restarted nodes held %d slices before their restarts, want every one of the %d", owned, slices)
 	}
 	ch := rep.Check.Churn
 	moves := ch.Moves[KindRestart]
