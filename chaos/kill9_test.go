@@ -5,6 +5,7 @@ package chaos
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -106,15 +107,21 @@ queues:
 		t.Fatal(err)
 	}
 	_ = first.Wait()
-	// The scene is set only if the children outlived qslice.
-	survivors := 0
-	for _, l := range lines {
-		if l.kind == "start" && running(l.pid) {
-			survivors++
+	died := time.Now().UnixNano()
+	// The scene is set only if the children outlived qslice: they tick on after its death.
+	if err := pollUntil(10*time.Second, func() error {
+		outlived := map[int]bool{}
+		for _, l := range readTicks(t, ledger) {
+			if l.kind == "tick" && l.ns > died {
+				outlived[l.pid] = true
+			}
 		}
-	}
-	if survivors == 0 {
-		t.Fatal("no handler child outlived the SIGKILL of qslice: the test proves nothing")
+		if len(outlived) == 0 {
+			return errors.New("no handler child ticked after the SIGKILL of qslice: the test would prove nothing")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 
 	start("second")

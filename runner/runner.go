@@ -421,9 +421,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer stopGrace()
 	defer cancelShutdown(errShutdown)
 
-	if _, ok := r.cfg.Handler.(*ExecHandler); ok {
-		// Handlers of an earlier qslice on this host that died (SIGKILL, OOM) may still run;
-		// their messages may be recovered and run again here or elsewhere: kill them first.
+	// Handlers (exec commands, persistent workers and their children) of an earlier qslice on
+	// this host that died (SIGKILL, OOM) may still run; their messages may be recovered and run
+	// again here or elsewhere: kill them first. Whatever the handler kind: a Go handler may be a
+	// pool of processes too.
+	{
 		kctx, cancel := context.WithTimeout(ctx, killWait)
 		n, err := proctree.KillOrphans(kctx)
 		cancel()
