@@ -123,6 +123,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	pcfg := probes.Config{Interval: cfg.Probes.Interval, Timeout: cfg.Probes.Budget, Logger: a.log.With("component", "probe")}
 	lockDirs := map[string]bool{}
 	for _, q := range cfg.Queues {
+		if q.Dir == "" {
+			continue // a supervised worker without a queue directory (Mailman's rest, lmtp, task)
+		}
 		rc := q.RunnerConfig()
 		pcfg.Queues = append(pcfg.Queues, probes.QueueConfig{Name: q.Name, Dir: q.Dir, Slices: q.Slices, ShuntDir: rc.Dir.ShuntDir, BadDir: rc.Dir.BadDir, NoBytes: !cfg.Probes.Bytes, BytesMaxFiles: cfg.Probes.BytesMaxFiles})
 		if q.LockDir != "" {

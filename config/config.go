@@ -18,6 +18,7 @@ import (
 	"github.com/qslice/qslice/exporters"
 	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/fshealth"
+	"github.com/qslice/qslice/mailman"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/queue"
 	"github.com/qslice/qslice/runner/supervise"
@@ -108,7 +109,7 @@ type FSHealth struct {
 // Queue is one queue directory and how it is worked.
 type Queue struct {
 	Name          string           `yaml:"name"`
-	Dir           string           `yaml:"dir"`
+	Dir           string           `yaml:"dir"` // may be empty for a supervised worker that serves no queue directory
 	Slices        int              `yaml:"slices"`
 	ShuntDir      string           `yaml:"shunt_dir"` // default: <dir>/../shunt, as Mailman
 	BadDir        string           `yaml:"bad_dir"`   // default: <dir>/../bad
@@ -367,6 +368,11 @@ func (c *Config) validate(root *yaml.Node) error {
 						bad(p+".supervise", "%v", e)
 					}
 				}
+			}
+			// Mailman's rules for its runners: power-of-two slices equal to instances.
+			for _, pr := range mailman.Check(mailman.Supervised{Queue: q.Name, Dir: q.Dir, Slices: q.Slices,
+				Command: q.Supervise.Command, Env: q.Supervise.Env}, nil) {
+				bad(p+"."+pr.Field, "%s", pr.Msg)
 			}
 		}
 		if q.Supervise == nil {

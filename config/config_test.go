@@ -71,6 +71,9 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 			`invalid-names.yml:5: queues[0].name: "mail.in": must be 1-63 letters, digits, '_' or '-', starting with a letter or digit (no '.')`,
 			`invalid-names.yml:6: queues[1].home.1[1]: node "not ok": must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
 			"invalid-names.yml:6: queues[1].home.5: slice 5 out of range 0..1"},
+		"invalid-mailman-slices.yml": {
+			`invalid-mailman-slices.yml:4: queues[0].slices: 3 is not a power of two, which Mailman's runners require (they die with "AssertionError: Not a power of 2"): use 4, and the same instances for runner out in mailman.cfg`,
+			"invalid-mailman-slices.yml:4: queues[0].slices: 3, but runner out has instances: 4 (testdata/mailman.cfg:10); Mailman's runner takes its slice count from instances, so its processes would race for the same files: set [runner.out] instances and slices to the same power of two"},
 	}
 	for file, wants := range cases {
 		t.Run(file, func(t *testing.T) {

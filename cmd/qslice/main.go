@@ -183,6 +183,7 @@ Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (sta
 		newQueueCmd(g),
 		newLocksCmd(),
 		newConfigCmd(g),
+		newMailmanCmd(g),
 		newVersionCmd(g),
 	)
 	return root
