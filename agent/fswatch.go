@@ -39,6 +39,9 @@ func newFSWatch(cfg *config.Config, a *Agent) (*fsWatch, error) {
 		if _, ok := a.workers[q.Name]; !ok {
 			continue // observed only: nothing to hand off
 		}
+		if q.Dir == "" {
+			continue // a supervised worker without a queue directory: no filesystem to watch
+		}
 		name := q.Name
 		w, err := fshealth.New(fshealth.Config{
 			Name: name, Dir: q.Dir, Node: cfg.Node,

@@ -168,7 +168,7 @@ instances: 2
 sleep_time: 0.1s
 `, dir, freeTCPPort(t), sink.ln.Addr().(*net.TCPAddr).Port, freeTCPPort(t))), 0o644)
 
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
 	mm := func(stdin string, args ...string) {
 		t.Helper()
@@ -225,7 +225,8 @@ sleep_time: 0.1s
 			}
 		}
 	})
-	deadline := time.Now().Add(3 * time.Minute)
+	started := time.Now()
+	deadline := time.Now().Add(6 * time.Minute) // 14 Python processes start slowly on a loaded machine
 	for {
 		got := runnerProcs(cfg)
 		missing := 0
@@ -240,9 +241,34 @@ sleep_time: 0.1s
 		if time.Now().After(deadline) {
 			t.Fatalf("runner processes %v, want every one of %v", got, want)
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case code := <-done:
+			done <- code
+			t.Fatalf("qslice run exited %d before every runner started", code)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 
+	// Each runner logs "<name> runner started" once Python has imported Mailman and it scans.
+	mmlog := filepath.Join(dir, "var", "logs", "mailman.log")
+	for {
+		b, _ := os.ReadFile(mmlog)
+		n := 0
+		for spec := range want {
+			name, _, _ := strings.Cut(spec, ":")
+			if strings.Count(string(b), ") "+name+" runner started.") >= c.Queues[slicesIndex(c, name)].Slices {
+				n++
+			}
+		}
+		if n == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d runner slices logged their start", n, len(want))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("every runner started %v after qslice started", time.Since(started).Round(time.Millisecond))
 	msg := "From: alice@example.org\r\nTo: test@example.com\r\nSubject: through qslice\r\nMessage-ID: <qslice-import@example.org>\r\n\r\nhello\r\n"
 	mm(msg, "inject", "-q", "in", "test@example.com")
 	for !sink.received("Message-ID: <qslice-import@example.org>") {
@@ -251,6 +277,7 @@ sleep_time: 0.1s
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	t.Logf("the injected post reached the MTA %v after qslice started", time.Since(started).Round(time.Millisecond))
 	stop()
 	select {
 	case code := <-done:
@@ -264,6 +291,15 @@ sleep_time: 0.1s
 	if left := runnerProcs(cfg); len(left) != 0 {
 		t.Errorf("runners left after qslice stopped: %v", left)
 	}
+}
+
+func slicesIndex(c *config.Config, name string) int {
+	for i, q := range c.Queues {
+		if q.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 type writerFunc func([]byte) (int, error)

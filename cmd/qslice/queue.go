@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/qslice/qslice/internal/safefile"
+	"github.com/qslice/qslice/mailman"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -98,14 +100,26 @@ func newLsCmd(g *globals) *cobra.Command {
 	var slices, limit int
 	var maxBytes int64
 	var asJSON, why bool
+	var cfgPath string
 	cmd := &cobra.Command{
-		Use:   "ls DIR",
+		Use:   "ls DIR | ls --config FILE QUEUE",
 		Short: "List the messages in a queue, shunt or bad directory, oldest first",
 		Args:  cobra.ExactArgs(1),
-		Example: `  qslice queue ls /var/lib/mailman3/queue/out --slices 4
+		Example: `  qslice queue ls --config /etc/qslice/qslice.yaml out
+  qslice queue ls /var/lib/mailman3/queue/out --slices 4
   qslice queue ls /var/lib/qslice/queue/shunt --why`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := args[0]
+			if cfgPath != "" {
+				q, err := configQueue(cfgPath, args[0])
+				if err != nil {
+					return err
+				}
+				if cmd.Flags().Changed("slices") && slices != q.Slices {
+					return usageErr("--slices %d, but queue %s has slices: %d in %s (leave --slices out)", slices, q.Name, q.Slices, cfgPath)
+				}
+				dir, slices = q.Dir, q.Slices
+			}
 			now := time.Now()
 			var out []lsEntry
 			err := queue.ScanNames(dir, func(f string) error {
@@ -175,6 +189,7 @@ func newLsCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&slices, "slices", 0, "slice count, to show each message's slice")
+	cmd.Flags().StringVar(&cfgPath, "config", "", "qslice configuration: the argument is a queue name, whose dir and slices come from it")
 	cmd.Flags().IntVar(&limit, "limit", 0, "show at most this many (0: all)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&why, "why", false, "read each message's recorded failure (shunt and bad directories), and say why odd files are refused")
@@ -223,8 +238,12 @@ func newShowCmd(g *globals) *cobra.Command {
 	var maxBytes int64
 	cmd := &cobra.Command{
 		Use:   "show FILE",
-		Short: "Show one message's metadata (and with --body its payload)",
-		Args:  cobra.ExactArgs(1),
+		Short: "Show one message's metadata (and with --body its payload): qslice's format or Mailman's pickles",
+		Long: `Show a queue file as JSON, read-only: qslice's own format (metadata and body size), or a
+Mailman 2.1/3 pickled queue file (.pck, .bak, .psv): the message's class and headers, the metadata
+dict Mailman stored with it and its list id. Pickles are decoded as data, never executed; files
+larger than --max-bytes (and Mailman pickles over 32 MiB) are refused. --body writes the payload (Mailman: the message body) instead.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := args[0]
 			data, err := safefile.Read(path, maxBytes, nil)
@@ -233,14 +252,28 @@ func newShowCmd(g *globals) *cobra.Command {
 			}
 			n, nerr := queue.ParseName(filepath.Base(path))
 			m, b, err := queue.Decode(data)
-			if err != nil {
+			var out map[string]any
+			switch {
+			case err == nil:
+				out = map[string]any{"file": path, "format": "qslice", "meta": m, "body_bytes": len(b)}
+			case errors.Is(err, queue.ErrCorrupt):
+				mf, merr := mailman.DecodeQueueFile(data)
+				if merr != nil {
+					return fmt.Errorf("%s: neither qslice's format (%v) nor a Mailman queue file (%v)", path, err, merr)
+				}
+				b = []byte(mf.Body)
+				out = map[string]any{"file": path, "format": "mailman pickle", "message_class": mf.Class, "headers": mf.Headers,
+					"metadata": mf.Metadata, "list_id": mf.ListID, "body_bytes": len(mf.Body)}
+				if mf.Parts > 0 {
+					out["parts"] = mf.Parts
+				}
+			default:
 				return fmt.Errorf("%s: %w", path, err)
 			}
 			if body {
 				_, err := cmd.OutOrStdout().Write(b)
 				return err
 			}
-			out := map[string]any{"file": path, "meta": m, "body_bytes": len(b)}
 			if nerr == nil {
 				out["state"] = stateBySuffix[n.Suffix]
 				out["enqueued_by_name"] = n.Time().UTC()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qslice/qslice/config"
 	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner/queue"
@@ -28,6 +29,7 @@ type queueStatsOptions struct {
 	shunt    string
 	bad      string
 	timeout  time.Duration
+	config   string      // --config: the argument is a queue name of this configuration
 	clock    clock.Clock // tests inject a fixed clock
 	shuntSet bool        // --shunt was given (possibly "")
 	badSet   bool
@@ -43,13 +45,14 @@ type queueStatsOptions struct {
 func newQueueStatsCmd() *cobra.Command {
 	o := queueStatsOptions{clock: clock.System{}}
 	cmd := &cobra.Command{
-		Use:   "stats DIR",
+		Use:   "stats DIR | stats --config FILE QUEUE",
 		Short: "Show a queue directory's backlog per slice (read-only)",
 		Long: `Scan a queue directory (qslice's own, or a Mailman 3 <var_dir>/queue/<name>) without
 changing anything, and print per slice: ready messages, their bytes, the age of the oldest one
 (from the time in its name), messages in flight and how long the oldest has been claimed. The
 shunt and bad directories beside DIR are counted too when they exist.`,
-		Example: `  qslice queue stats /var/lib/mailman3/queue/in --slices 4
+		Example: `  qslice queue stats --config /etc/qslice/qslice.yaml out
+  qslice queue stats /var/lib/mailman3/queue/in --slices 4
   qslice queue stats ./queues/outgoing --slices 64 --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -59,7 +62,24 @@ shunt and bad directories beside DIR are counted too when they exist.`,
 				ctx = context.Background()
 			}
 			o.progress = newProgress(cmd.ErrOrStderr())
-			return runQueueStats(ctx, cmd.OutOrStdout(), args[0], o)
+			dir := args[0]
+			if o.config != "" {
+				q, err := configQueue(o.config, args[0])
+				if err != nil {
+					return err
+				}
+				if cmd.Flags().Changed("slices") && o.slices != q.Slices {
+					return usageErr("--slices %d, but queue %s has slices: %d in %s (leave --slices out)", o.slices, q.Name, q.Slices, o.config)
+				}
+				dir, o.slices = q.Dir, q.Slices
+				if !o.shuntSet {
+					o.shunt, o.shuntSet = q.ShuntDir, true
+				}
+				if !o.badSet {
+					o.bad, o.badSet = q.BadDir, true
+				}
+			}
+			return runQueueStats(ctx, cmd.OutOrStdout(), dir, o)
 		},
 	}
 	f := cmd.Flags()
@@ -70,6 +90,7 @@ shunt and bad directories beside DIR are counted too when they exist.`,
 	f.StringVar(&o.shunt, "shunt", "", `shunt directory to count (default: "shunt" beside DIR, if it exists; "" to skip)`)
 	f.StringVar(&o.bad, "bad", "", `bad directory to count (default: "bad" beside DIR, if it exists; "" to skip)`)
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up scanning after this long")
+	f.StringVar(&o.config, "config", "", "qslice configuration: the argument is a queue name, whose dir, slices, shunt and bad directories come from it")
 	return cmd
 }
 
@@ -97,6 +118,25 @@ type sliceStatsJSON struct {
 	OldestAgeSeconds         float64 `json:"oldest_age_seconds"`
 	InFlight                 int     `json:"in_flight"`
 	OldestInFlightAgeSeconds float64 `json:"oldest_in_flight_age_seconds"`
+}
+
+// configQueue returns the queue named name of the configuration file path.
+func configQueue(path, name string) (config.Queue, error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return config.Queue{}, err
+	}
+	var names []string
+	for _, q := range cfg.Queues {
+		if q.Name == name {
+			if q.Dir == "" {
+				return q, usageErr("queue %s of %s has no directory (a supervised worker that serves none)", name, path)
+			}
+			return q, nil
+		}
+		names = append(names, q.Name)
+	}
+	return config.Queue{}, usageErr("%s has no queue %q; its queues: %s", path, name, strings.Join(names, ", "))
 }
 
 func runQueueStats(ctx context.Context, w io.Writer, dir string, o queueStatsOptions) error {

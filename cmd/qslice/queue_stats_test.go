@@ -176,3 +176,81 @@ func TestFormatAge(t *testing.T) {
 		}
 	}
 }
+
+// With --config, `queue stats` and `queue ls` take a queue name and find its directory, slice
+// count, shunt and bad directories in the configuration: the same answer as the long form.
+func TestQueueStatsAndLsByConfigQueue(t *testing.T) {
+	in := statsQueue(t)
+	cfg := writeConfig(t, t.TempDir(), "queues:\n  - {name: in, dir: "+in+", slices: 4, handler: {exec: [cat]}}\n")
+	_, byDir, _ := runCLI(t, "", "queue", "stats", in, "--slices", "4", "--json")
+	code, byName, stderr := runCLI(t, "", "queue", "stats", "--config", cfg, "in", "--json")
+	if code != 0 {
+		t.Fatalf("stats --config: exit %d: %s", code, stderr)
+	}
+	var a, b queueStatsJSON
+	if err := json.Unmarshal([]byte(byDir), &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(byName), &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.Slices != 4 || b.Ready != 3 || b.Shunt == nil || *b.Shunt != 1 || len(b.PerSlice) != 4 || b.PerSlice[3].Ready != 1 ||
+		a.Ready != b.Ready || *a.Shunt != *b.Shunt {
+		t.Errorf("stats by name %+v, by dir %+v", b, a)
+	}
+	code, out, stderr := runCLI(t, "", "queue", "ls", "--config", cfg, "in", "--json")
+	var ls []lsEntry
+	if code != 0 || json.Unmarshal([]byte(out), &ls) != nil || len(ls) != 3 {
+		t.Fatalf("ls --config: exit %d %s %s", code, out, stderr)
+	}
+	for _, e := range ls {
+		if e.Slice == nil {
+			t.Errorf("ls --config: %s without its slice", e.Name)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"queue", "stats", "--config", cfg, "out"}, `has no queue "out"; its queues: in`},
+		{[]string{"queue", "ls", "--config", cfg, "in", "--slices", "2"}, "--slices 2, but queue in has slices: 4"},
+		{[]string{"queue", "stats", "--config", filepath.Join(t.TempDir(), "none.yaml"), "in"}, "no such file"},
+	} {
+		code, _, stderr := runCLI(t, "", c.args...)
+		if code != exitUsage || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, %q; want 2 and %q", c.args, code, stderr, c.want)
+		}
+	}
+}
+
+// `queue show` decodes Mailman's own pickled queue files instead of calling them corrupt.
+func TestQueueShowMailmanPickle(t *testing.T) {
+	files, _ := filepath.Glob("../../runner/queue/testdata/mailman/*.pck")
+	if len(files) == 0 {
+		t.Fatal("no Mailman queue files in runner/queue/testdata/mailman")
+	}
+	for _, f := range files {
+		code, out, stderr := runCLI(t, "", "queue", "show", f)
+		var got struct {
+			Format   string
+			ListID   string `json:"list_id"`
+			Headers  [][2]string
+			Metadata map[string]any
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &got) != nil {
+			t.Fatalf("%s: exit %d %s %s", f, code, out, stderr)
+		}
+		if got.Format != "mailman pickle" || got.ListID != "test.example.com" || len(got.Headers) != 3 ||
+			got.Headers[2] != [2]string{"Subject", "hi"} || got.Metadata["version"] != 3.0 {
+			t.Errorf("%s: %+v", f, got)
+		}
+		if code, body, _ := runCLI(t, "", "queue", "show", "--body", f); code != 0 || body != "body\n" {
+			t.Errorf("%s --body: exit %d %q", f, code, body)
+		}
+	}
+	junk := filepath.Join(t.TempDir(), "1700000000.0+"+queuetest.DigestIn(0, 1, 0)+".pck")
+	os.WriteFile(junk, []byte("\x00junk"), 0o644)
+	if code, _, stderr := runCLI(t, "", "queue", "show", junk); code != exitFailure || !strings.Contains(stderr, "neither qslice's format") {
+		t.Errorf("junk: exit %d %s", code, stderr)
+	}
+}
