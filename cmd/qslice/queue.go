@@ -111,7 +111,7 @@ func newLsCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := args[0]
 			if cfgPath != "" {
-				q, err := configQueue(cfgPath, args[0])
+				q, err := configQueue(cfgPath, args[0], cmd.ErrOrStderr())
 				if err != nil {
 					return err
 				}

@@ -64,7 +64,7 @@ shunt and bad directories beside DIR are counted too when they exist.`,
 			o.progress = newProgress(cmd.ErrOrStderr())
 			dir := args[0]
 			if o.config != "" {
-				q, err := configQueue(o.config, args[0])
+				q, err := configQueue(o.config, args[0], cmd.ErrOrStderr())
 				if err != nil {
 					return err
 				}
@@ -121,8 +121,8 @@ type sliceStatsJSON struct {
 }
 
 // configQueue returns the queue named name of the configuration file path.
-func configQueue(path, name string) (config.Queue, error) {
-	cfg, err := loadConfig(path)
+func configQueue(path, name string, stderr io.Writer) (config.Queue, error) {
+	cfg, err := loadConfig(path, stderr)
 	if err != nil {
 		return config.Queue{}, err
 	}
