@@ -203,9 +203,12 @@ func startNode(t *testing.T, bin, config string) *node {
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { n.done <- n.cmd.Wait() }()
+	exited := make(chan struct{})
+	go func() { err := n.cmd.Wait(); close(exited); n.done <- err }()
 	t.Cleanup(func() {
-		if n.cmd.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			n.cmd.Process.Kill()
 		}
 		if t.Failed() {
