@@ -40,6 +40,7 @@ const (
 	apiTimeout           = 15 * time.Second // from a change on disk to /api/status showing it
 	driverStartTimeout   = 15 * time.Second // chromedriver answering /status
 	sessionCreateTimeout = 60 * time.Second // chromium started and attached
+	navigateTimeout      = 60 * time.Second // the first page load (chromium renders it on a loaded machine)
 	driverCallTimeout    = 15 * time.Second // any other WebDriver call
 	driverStopTimeout    = 5 * time.Second  // per stop signal
 	pollEvery            = 50 * time.Millisecond
@@ -243,7 +244,9 @@ func TestStatusPageInHeadlessChromium(t *testing.T) {
 			sess.screenshot(t, shots, "statuspage-failed.png")
 		}
 	}()
-	sess.call(t, "POST", "/url", map[string]string{"url": base + "/"}, nil)
+	if err := sess.wd.do("POST", "/session/"+sess.id+"/url", map[string]string{"url": base + "/"}, nil, navigateTimeout); err != nil {
+		t.Fatal(err)
+	}
 
 	var ps pageState
 	waitPage := func(what string, ok func(pageState) string) {
