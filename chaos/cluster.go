@@ -85,6 +85,8 @@ type ClusterConfig struct {
 	FS         FSBed
 	SharedRoot string
 	NodeRoots  []string
+	// ShutdownGrace is every queue's shutdown_grace (default 20 s).
+	ShutdownGrace time.Duration
 	// FSHealth goes to every node's health.filesystem section when set (interval, timeout,
 	// recover_after); zero fields keep qslice's defaults.
 	FSHealth FSHealthConfig
@@ -144,6 +146,9 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = d.PollInterval
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 20 * time.Second
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -298,7 +303,7 @@ func (c *Cluster) writeConfig(n *Node) error {
 		"probes": map[string]any{"interval": "1s", "budget": "1s"},
 		"queues": []any{map[string]any{
 			"name": "in", "dir": c.nodeQueueDir(n), "slices": c.cfg.Slices, "concurrency": c.cfg.Concurrency,
-			"poll_interval": c.cfg.PollInterval.String(), "shutdown_grace": "20s",
+			"poll_interval": c.cfg.PollInterval.String(), "shutdown_grace": c.cfg.ShutdownGrace.String(),
 			"retry": map[string]any{"initial": "100ms", "max": "1s", "max_elapsed": "5m"},
 			"handler": map[string]any{
 				"exec":    []string{c.cfg.Bin.Handler},

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -31,12 +32,13 @@ func TestChaosGlusterFS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const grace = 3 * time.Second
 	fsh := FSHealthConfig{Interval: time.Second, Timeout: 5 * time.Second, RecoverAfter: 5 * time.Second}
 	// Consul timings a little above the harness's defaults (request timeout 400 ms instead of
 	// 200 ms): FUSE clients and glusterd load the machine, and a Consul request timing out is
 	// an unexplained ERROR line.
 	cl, err := NewCluster(ClusterConfig{Work: 20 * time.Millisecond, Dir: dir, ConsulAddr: consul.HTTPAddr, Bin: bin, Log: testLogger(t),
-		TTL: 3 * time.Second, LockDelay: 2 * time.Second, HoldDown: 3 * time.Second,
+		TTL: 3 * time.Second, LockDelay: 2 * time.Second, HoldDown: 3 * time.Second, ShutdownGrace: grace,
 		FS: bed, SharedRoot: bed.Mounts[3], NodeRoots: bed.Mounts[:3], FSHealth: fsh})
 	if err != nil {
 		t.Fatal(err)
@@ -64,4 +66,39 @@ func TestChaosGlusterFS(t *testing.T) {
 	if rep.LoggedChanges["unavailable"] == 0 {
 		t.Errorf("no slice was handed off with reason unavailable: %v", rep.LoggedChanges)
 	}
+
+	// SIGTERM while the node's filesystem hangs: it stops within shutdown_grace plus a few
+	// seconds, and says what it left behind.
+	n := cl.Nodes[0]
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.WaitOwned(ctx, time.Minute, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Cut(0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // let its runner, probe and watch block in the mount (nothing asserted on it)
+	start := time.Now()
+	err = n.Stop(time.Minute)
+	took := time.Since(start)
+	if herr := bed.Heal(0); herr != nil {
+		t.Error(herr)
+	}
+	if err != nil {
+		t.Fatalf("SIGTERM while the filesystem hangs: %v", err)
+	}
+	if lim := grace + 8*time.Second; took > lim {
+		t.Errorf("SIGTERM while the filesystem hangs: stopped after %s, want within shutdown_grace + 8 s = %s", took, lim)
+	}
+	logs := n.Logs()
+	b2, rerr := os.ReadFile(logs[len(logs)-1])
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	if !strings.Contains(string(b2), "stopped with work stuck in the filesystem") && !strings.Contains(string(b2), "stopping without waiting for a component blocked in the filesystem") {
+		t.Errorf("stopped in %s while the filesystem hung, but the log does not say what was left behind", took)
+	}
+	t.Logf("SIGTERM while the filesystem hangs: stopped in %s (shutdown_grace %s)", took.Round(time.Millisecond), grace)
 }
