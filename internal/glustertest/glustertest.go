@@ -23,7 +23,7 @@ const (
 	prefix     = "qg"
 	// readyTimeout bounds glusterd's start, the volume's start and each mount (a loaded CI
 	// machine takes tens of seconds for the first two).
-	readyTimeout = 90 * time.Second
+	readyTimeout = 2 * time.Minute
 	pollEvery    = 100 * time.Millisecond
 )
 
@@ -237,7 +237,7 @@ exec %[2]s -N -f %[3]s -p %[1]s/glusterd.pid -l %[1]s/log/glusterd.log`, b.Dir, 
 		default:
 		}
 		// Each try bounded: a CLI that connected before glusterd was ready can wait long.
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		_, err := b.gluster(cctx, "volume", "list")
 		return err
