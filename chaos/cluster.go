@@ -377,11 +377,21 @@ func (n *Node) Start() error {
 		bin = n.bin
 	}
 	cmd := exec.Command(bin, "--log-format", "json", "run", "--config", n.Config)
-	cmd.Env = nodeEnv()
-	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: the harness signals the whole machine-like group of processes. Pdeathsig:
 	// a harness that dies takes its nodes along.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	attr := &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	if n.c.cfg.FS != nil {
+		// On per-node mounts each node is a host of its own, by name too (a UTS namespace; the
+		// harness runs as root there): what qslice records as "this host" (lock files, handler
+		// process records) must not name the other nodes' processes, which may be blocked in
+		// their own mount, as its own.
+		attr.Cloneflags = syscall.CLONE_NEWUTS
+		cmd = exec.Command("/bin/sh", append([]string{"-c", `hostname "$0" && exec "$@"`, "chaos-" + n.Name}, cmd.Args...)...)
+		cmd.Path = "/bin/sh"
+	}
+	cmd.Env = nodeEnv()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", n.Name, err)
