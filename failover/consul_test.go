@@ -542,7 +542,7 @@ func TestConsulStuckSliceHandoff(t *testing.T) {
 	if err != nil || p == nil {
 		t.Fatal(err)
 	}
-	var v lockValue
+	var v LockValue
 	if err := json.Unmarshal(p.Value, &v); err != nil || v.Node != "b" || len(v.Avoid) != 1 || v.Avoid[0].Node != "a" {
 		t.Errorf("lock value %s: want owner b avoiding a", p.Value)
 	}
@@ -617,7 +617,7 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 	}
 	s := SliceID{"out", 3}
 	key := c.sliceKey(s)
-	put := func(v lockValue) uint64 {
+	put := func(v LockValue) uint64 {
 		body, _ := json.Marshal(v)
 		if _, err := cl.KV().Put(&api.KVPair{Key: key, Value: body}, nil); err != nil {
 			t.Fatal(err)
@@ -629,32 +629,51 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 		return p.ModifyIndex
 	}
 	until := time.Now().Add(time.Hour).Round(0)
-	oldIdx := put(lockValue{Node: "a", Reason: ReasonReleased})
-	newIdx := put(lockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}})
+	oldIdx := put(LockValue{Node: "a", Reason: ReasonReleased})
+	newIdx := put(LockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}})
 
-	st := c.newLoopState()
-	st.session, st.leaseValid = session, true
-	st.kv = &kvSnapshot{index: oldIdx, entries: map[SliceID]kvEntry{s: {value: lockValue{Node: "a", Reason: ReasonReleased}, modifyIndex: oldIdx}}}
-	st.plan.Acquire = []Move{{Slice: s, From: "a", To: "b", Reason: ReasonFailover}}
+	// The Machine decides, the real Consul answers: only the acquisition of s is carried out.
+	m := NewMachine(c.machineConfig(), nil, nil)
+	now := time.Now()
+	m.Step(EvLease{Now: now, Session: session, Deadline: now.Add(time.Hour)})
+	m.Step(EvMembers{Now: now, Members: []MemberInfo{{Node: "b", Live: true}}})
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: oldIdx, Entries: map[SliceID]KVEntry{s: {Value: LockValue{Node: "a", Reason: ReasonReleased}, ModifyIndex: oldIdx}}}})
 	ctx := context.Background()
-	c.acquire(ctx, st, time.Now())
-	if st.owned[s] != nil {
+	acquire := func() (tried bool) {
+		rd := m.Ready()
+		for _, a := range rd.Acquire {
+			if a.Move.Slice == s {
+				m.Step(c.acquireTxn(ctx, a))
+				tried = true
+			}
+		}
+		m.Advance(rd)
+		return tried
+	}
+	if !acquire() {
+		t.Fatal("the acquisition of a free slice was not even tried")
+	}
+	if m.owned[s] != nil {
 		t.Fatal("took the lock on a stale snapshot")
 	}
-	if st.staleAt[s] != oldIdx {
-		t.Fatalf("staleAt = %d, want the stale snapshot's index %d", st.staleAt[s], oldIdx)
+	if m.staleAt[s] != oldIdx {
+		t.Fatalf("staleAt = %d, want the stale snapshot's index %d", m.staleAt[s], oldIdx)
 	}
-	c.acquire(ctx, st, time.Now()) // same snapshot: not even tried
+	if acquire() { // same snapshot: not even tried
+		t.Fatal("an acquisition was tried again on the same stale snapshot")
+	}
 	if p, _, _ := cl.KV().Get(key, nil); p == nil || p.ModifyIndex != newIdx {
 		t.Fatal("the key changed: an acquisition was tried again on the same stale snapshot")
 	}
 
-	st.kv = &kvSnapshot{index: newIdx, entries: map[SliceID]kvEntry{s: {value: lockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}}, modifyIndex: newIdx}}}
-	st.plan.Acquire = []Move{{Slice: s, From: "c", To: "b", Reason: ReasonStuck}}
-	c.acquire(ctx, st, time.Now())
-	h := st.owned[s]
+	m.Step(EvKV{Now: time.Now(), Snap: &KVSnapshot{Index: newIdx, Entries: map[SliceID]KVEntry{s: {Value: LockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}}, ModifyIndex: newIdx}}}})
+	acquire()
+	h := m.owned[s]
 	if h == nil || h.token <= newIdx {
 		t.Fatalf("not taken with a fresh snapshot: %+v", h)
+	}
+	if got := m.Changes()[ReasonStuck]; got != 1 {
+		t.Errorf("changes counted as stuck = %d, want 1 (reason from the snapshot)", got)
 	}
 	p, _, err := cl.KV().Get(key, nil)
 	if err != nil || p == nil || p.Session != session {

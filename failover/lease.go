@@ -14,9 +14,9 @@ import (
 	"github.com/qslice/qslice/internal/clock"
 )
 
-// leaseDeadline is D = min(tTTL + TTL, tConfirm + LockDelay) - margin (see the timing constants
+// LeaseDeadline is D = min(tTTL + TTL, tConfirm + LockDelay) - margin (see the timing constants
 // in config.go for why). Zero inputs mean "never happened": no lease.
-func leaseDeadline(ttlSent, confirmSent time.Time, ttl, lockDelay, margin time.Duration) time.Time {
+func LeaseDeadline(ttlSent, confirmSent time.Time, ttl, lockDelay, margin time.Duration) time.Time {
 	if ttlSent.IsZero() || confirmSent.IsZero() {
 		return time.Time{}
 	}
@@ -225,15 +225,14 @@ func (k *keeper) destroyStaleSessions(ctx context.Context, current string) {
 
 func (k *keeper) publish() {
 	c := k.c
-	d := leaseDeadline(k.ttlSent, k.confirmSent, c.cfg.TTL, c.cfg.LockDelay, c.cfg.LeaseMargin)
+	d := LeaseDeadline(k.ttlSent, k.confirmSent, c.cfg.TTL, c.cfg.LockDelay, c.cfg.LeaseMargin)
 	crit := make(map[SliceID]time.Time, len(k.criticalFrom))
 	for s, t := range k.criticalFrom {
 		crit[s] = t
 	}
-	c.mu.Lock()
-	changed := c.lease.session != k.session || !c.lease.deadline.Equal(d)
-	c.lease = leaseState{session: k.session, deadline: d, criticalSince: crit}
-	c.mu.Unlock()
+	old := c.lease.Load()
+	changed := old.session != k.session || !old.deadline.Equal(d) || !maps.Equal(old.criticalSince, crit)
+	c.lease.Store(&leaseState{session: k.session, deadline: d, criticalSince: crit})
 	if changed {
 		c.wakeLoop()
 	}

@@ -28,7 +28,7 @@ func TestLeaseDeadline(t *testing.T) {
 		{"old confirmation binds", t0.Add(10 * time.Second), t0, t0.Add(ld - m)},
 	}
 	for _, c := range cases {
-		if got := leaseDeadline(c.ttlAt, c.confirm, ttl, ld, m); !got.Equal(c.want) {
+		if got := LeaseDeadline(c.ttlAt, c.confirm, ttl, ld, m); !got.Equal(c.want) {
 			t.Errorf("%s: %s, want %s", c.name, got, c.want)
 		}
 	}
@@ -55,7 +55,7 @@ func TestLeaseArgument(t *testing.T) {
 			checked++
 			for _, lag := range []time.Duration{0, c.RenewInterval, 5 * time.Second} {
 				ttlAt, confirm := t0, t0.Add(lag)
-				d := leaseDeadline(ttlAt, confirm, c.TTL, c.LockDelay, c.LeaseMargin)
+				d := LeaseDeadline(ttlAt, confirm, c.TTL, c.LockDelay, c.LeaseMargin)
 				// TTL path: invalidation no earlier than ttlAt + TTL.
 				if take := ttlAt.Add(c.TTL + c.LockDelay); take.Before(d.Add(c.LeaseMargin)) {
 					t.Errorf("ttl %s ld %s lag %s: TTL-path takeover %s before deadline+margin", ttl, ld, lag, take.Sub(d))
@@ -68,7 +68,7 @@ func TestLeaseArgument(t *testing.T) {
 			// Liveness: renewed every RenewInterval with answers within RequestTimeout, one round
 			// lost, the lease never lapses.
 			sent := t0
-			d := leaseDeadline(sent, sent, c.TTL, c.LockDelay, c.LeaseMargin)
+			d := LeaseDeadline(sent, sent, c.TTL, c.LockDelay, c.LeaseMargin)
 			if next := sent.Add(2*c.RenewInterval + c.RequestTimeout); !next.Before(d) {
 				t.Errorf("ttl %s ld %s: lease lapses before the renewal after a lost one", ttl, ld)
 			}

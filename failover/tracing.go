@@ -22,8 +22,8 @@ import (
 //	qslice.lease.lapsed   a stretch during which this node processed nothing for want of a
 //	                      confirmed lease
 //
-// Spans are recorded after the fact with explicit timestamps: the coordinator's loop never waits
-// on the tracer.
+// Spans are recorded after the fact with explicit timestamps (the Machine's, so a simulated run
+// traces in virtual time): the loop never waits on the tracer.
 
 const tracerName = "github.com/qslice/qslice/failover"
 
@@ -33,7 +33,7 @@ func (c *ConsulCoordinator) SetTracer(tp trace.TracerProvider) {
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
-	c.tracer = tp.Tracer(tracerName)
+	c.tp = tp
 }
 
 func sliceAttrs(s SliceID) []attribute.KeyValue {
@@ -45,32 +45,32 @@ func sliceAttrs(s SliceID) []attribute.KeyValue {
 }
 
 // span records one finished span from start to end.
-func (c *ConsulCoordinator) span(name string, start, end time.Time, attrs ...attribute.KeyValue) {
-	_, sp := c.tracer.Start(context.Background(), name, trace.WithTimestamp(start),
-		trace.WithAttributes(attrs...), trace.WithAttributes(attribute.String("qslice.node", c.cfg.NodeID)))
+func (m *Machine) span(name string, start, end time.Time, attrs ...attribute.KeyValue) {
+	_, sp := m.tracer.Start(context.Background(), name, trace.WithTimestamp(start),
+		trace.WithAttributes(attrs...), trace.WithAttributes(attribute.String("qslice.node", m.cfg.Self)))
 	sp.End(trace.WithTimestamp(end))
 }
 
-func (c *ConsulCoordinator) traceAcquire(m Move, start, end time.Time, token uint64) {
-	c.span("qslice.slice.acquire", start, end, append(sliceAttrs(m.Slice),
-		attribute.String("qslice.reason", m.Reason), attribute.String("qslice.from", m.From),
+func (m *Machine) traceAcquire(mv Move, start, end time.Time, token uint64) {
+	m.span("qslice.slice.acquire", start, end, append(sliceAttrs(mv.Slice),
+		attribute.String("qslice.reason", mv.Reason), attribute.String("qslice.from", mv.From),
 		attribute.Int64("qslice.fencing_token", int64(token)))...)
 }
 
-func (c *ConsulCoordinator) traceHandoff(s SliceID, h *held, end time.Time, outcome string) {
+func (m *Machine) traceHandoff(s SliceID, h *held, end time.Time, outcome string) {
 	start := h.handoffSince
 	if start.IsZero() {
 		start = end
 	}
-	c.span("qslice.slice.handoff", start, end, append(sliceAttrs(s),
+	m.span("qslice.slice.handoff", start, end, append(sliceAttrs(s),
 		attribute.String("qslice.reason", h.handoff.Reason), attribute.String("qslice.to", h.handoff.To),
 		attribute.String("qslice.outcome", outcome))...)
 }
 
-func (c *ConsulCoordinator) traceLost(s SliceID, at time.Time, why string) {
-	c.span("qslice.slice.lost", at, at, append(sliceAttrs(s), attribute.String("qslice.why", why))...)
+func (m *Machine) traceLost(s SliceID, at time.Time, why string) {
+	m.span("qslice.slice.lost", at, at, append(sliceAttrs(s), attribute.String("qslice.why", why))...)
 }
 
-func (c *ConsulCoordinator) traceLapse(start, end time.Time, owned int) {
-	c.span("qslice.lease.lapsed", start, end, attribute.Int("qslice.owned_slices", owned))
+func (m *Machine) traceLapse(start, end time.Time, owned int) {
+	m.span("qslice.lease.lapsed", start, end, attribute.Int("qslice.owned_slices", owned))
 }

@@ -1,0 +1,96 @@
+package failover
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// The two KV transactions of a move. Each is one Consul request; its outcome goes back to the
+// Machine as an event.
+
+// acquireTxn runs check-index (or check-not-exists) + lock + get for req.
+func (c *ConsulCoordinator) acquireTxn(ctx context.Context, req AcquireReq) EvAcquireResult {
+	res := EvAcquireResult{Start: c.clk.Now(), Req: req}
+	key := c.sliceKey(req.Move.Slice)
+	check := &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: key}
+	if req.Exists {
+		check = &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: req.CheckIndex}
+	}
+	body, _ := json.Marshal(req.Value)
+	err := c.call(ctx, OpAcquire, func(ctx context.Context) error {
+		ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
+			check,
+			{Verb: api.KVLock, Key: key, Value: body, Session: req.Session},
+			{Verb: api.KVGet, Key: key},
+		}, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if perm := txnPermission(resp.Errors); perm != nil {
+				return perm
+			}
+			for _, e := range resp.Errors {
+				res.Stale = res.Stale || e.OpIndex == 0 // the check, not the lock, failed
+			}
+			c.log.Debug("slice lock not granted", "slice", req.Move.Slice.String(), "why", txnErrors(resp.Errors), "stale_snapshot", res.Stale)
+			return nil
+		}
+		if n := len(resp.Results); n == 3 && resp.Results[2] != nil {
+			res.Granted, res.Token, res.LockIndex = true, resp.Results[2].ModifyIndex, resp.Results[2].LockIndex
+		}
+		return nil
+	})
+	res.Err = err != nil
+	res.Now = c.clk.Now()
+	return res
+}
+
+// releaseTxn runs unlock + get for req: the value says why and to whom the slice goes.
+func (c *ConsulCoordinator) releaseTxn(ctx context.Context, req ReleaseReq) EvReleaseResult {
+	res := EvReleaseResult{Req: req}
+	body, _ := json.Marshal(req.Value)
+	err := c.call(ctx, OpRelease, func(ctx context.Context) error {
+		ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
+			{Verb: api.KVUnlock, Key: c.sliceKey(req.Slice), Value: body, Session: req.Session},
+			{Verb: api.KVGet, Key: c.sliceKey(req.Slice)},
+		}, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if perm := txnPermission(resp.Errors); perm != nil {
+				return perm
+			}
+			res.Gone = true // not ours any more: the session was invalidated meanwhile
+			return nil
+		}
+		if len(resp.Results) > 1 && resp.Results[1] != nil {
+			res.Index = resp.Results[1].ModifyIndex
+		}
+		return nil
+	})
+	res.Err = err != nil
+	res.Now = c.clk.Now()
+	return res
+}
+
+func txnPermission(errs api.TxnErrors) error {
+	for _, e := range errs {
+		if strings.Contains(e.What, "Permission denied") || strings.Contains(e.What, "ACL not found") {
+			return api.StatusError{Code: 403, Body: e.What}
+		}
+	}
+	return nil
+}
+
+func txnErrors(errs api.TxnErrors) string {
+	var s []string
+	for _, e := range errs {
+		s = append(s, e.What)
+	}
+	return strings.Join(s, "; ")
+}

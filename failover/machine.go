@@ -1,0 +1,818 @@
+package failover
+
+import (
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/qslice/qslice/internal/retry"
+)
+
+// Machine is the ownership state machine of one node, in the style of etcd-io/raft's RawNode: it
+// never does I/O and never reads a clock. The driver (ConsulCoordinator in production, the
+// simulator in failover/sim) feeds it events with Step, asks Ready what must be done, does it
+// (Consul transactions, SetSlices, session destroys) and reports every outcome back with Step,
+// then calls Advance. Given the same events, a Machine takes the same decisions.
+//
+// What the driver must do:
+//
+//  1. Step every input as it happens: the lease (EvLease) whenever the session or its deadline
+//     changes, every KV snapshot (EvKV, with Reset when Consul's index went backwards), every
+//     membership answer (EvMembers), the queues this node cannot work (EvUnavailable), Drain,
+//     Undrain, Stop, and EvTick at least every RenewInterval and at the lease deadline.
+//  2. After each batch of events call Ready and carry out, in this order: publish Tokens, call
+//     SetSlices for each Assign, carry out each Release transaction (Step EvReleaseResult; stop
+//     at the first error), each Acquire transaction (Step EvAcquireResult; stop at the first
+//     error), DestroySessions and ResetConnections; then Advance(rd), then Step EvAssigned for
+//     each Assign with whether the channel SetSlices returned is still open (and
+//     EvAssigneeReleased when it closes). Repeat while Ready has work (a few rounds: a release
+//     follows a narrowing, a widening follows an acquisition).
+//  3. Readers never touch the Machine: the driver publishes Ready.Status, an immutable
+//     snapshot.
+type Machine struct {
+	cfg    MachineConfig
+	log    *slog.Logger
+	tracer trace.Tracer
+
+	now        time.Time
+	session    string
+	deadline   time.Time
+	critical   map[SliceID]time.Time
+	leaseValid bool
+	lapsedAt   time.Time // when the lease last lapsed; zero before the first lapse
+	owned      map[SliceID]*held
+	assigned   map[string]map[int]bool // what the assignee currently has
+	releasing  map[SliceID]uint64      // removed from the assignee (generation), not yet released
+	gen        uint64                  // last SetSlices generation
+	releasedAt map[SliceID]uint64      // ModifyIndex of our last release (stale-snapshot guard)
+	destroyed  map[string]bool         // stale sessions already destroyed (or ours, ended)
+	draining   bool
+	// unavailable: queues this node cannot work now (QueueAvailability), published in Meta.
+	unavailable map[string]bool
+	stopping    bool
+	stopBy      time.Time
+	notBefore   time.Time             // acquisitions back off until then
+	retryAt     map[SliceID]time.Time // a refused lock (held, lock-delay) is retried after one RenewInterval
+	staleAt     map[SliceID]uint64    // KV snapshot index at which an acquisition found the key changed
+	quarantine  time.Time             // no acquisitions until then (after a Consul state reset)
+	acqBackoff  backoff.BackOff
+	kv          *KVSnapshot
+	members     []MemberInfo
+	plan        Plan
+	changes     map[string]uint64
+	toDestroy   []string // sessions decided to destroy, not yet handed out
+	resetConns  bool
+}
+
+// MachineConfig is what a Machine needs to know; ConsulConfig.MachineConfig derives it.
+type MachineConfig struct {
+	Self          string
+	Queues        []QueueSpec
+	TTL           time.Duration
+	LockDelay     time.Duration
+	HoldDown      time.Duration
+	RenewInterval time.Duration
+	DrainTimeout  time.Duration
+	StuckHandoff  bool
+	StuckAfter    time.Duration
+	// Cluster and Version go into the service Meta, with ServiceMeta (whose keys the Machine
+	// sets itself lose).
+	Cluster     string
+	Version     string
+	ServiceMeta map[string]string
+	// Backoff builds the acquisition backoff (nil: retry.New with jitter on the system clock).
+	// The simulator passes one without jitter, so runs are reproducible.
+	Backoff func(initial, maxInterval time.Duration) backoff.BackOff
+}
+
+// MachineConfig derives the state machine's configuration.
+func (c ConsulConfig) MachineConfig() MachineConfig {
+	return MachineConfig{Self: c.NodeID, Queues: c.Queues, TTL: c.TTL, LockDelay: c.LockDelay, HoldDown: c.HoldDown,
+		RenewInterval: c.RenewInterval, DrainTimeout: c.DrainTimeout, StuckHandoff: c.StuckHandoff, StuckAfter: c.StuckAfter,
+		Cluster: c.Cluster, Version: c.Version, ServiceMeta: c.ServiceMeta}
+}
+
+// held is a slice whose lock this node holds.
+type held struct {
+	session   string
+	token     uint64 // ModifyIndex at acquisition: the fencing token
+	lockIndex uint64
+	since     time.Time
+	value     LockValue
+	handoff   *Move // set once the planner asked to hand it off; the lock goes once released
+	// handoffSince is when handoff was set (for the hand-off span).
+	handoffSince time.Time
+}
+
+// KVEntry is one slice key as a KV read saw it.
+type KVEntry struct {
+	Session     string // holder's session, "" when free
+	Value       LockValue
+	ModifyIndex uint64
+	LockIndex   uint64
+}
+
+// KVSnapshot is one answer of the KV watch: every slice key and the index of the answer.
+type KVSnapshot struct {
+	Index   uint64
+	Entries map[SliceID]KVEntry
+}
+
+// MemberInfo is one qslice service instance as the membership watch saw it.
+type MemberInfo struct {
+	Node     string
+	Live     bool
+	Draining bool
+	// Unavailable: queues the node cannot work (Meta unavailable, comma-separated).
+	Unavailable map[string]bool
+	LiveSince   time.Time // published by the node itself (Meta live_since); zero if absent
+}
+
+// LockValue is the JSON value of a slice key. While locked, Node is the owner; once released,
+// Node is the last owner and Reason why it let go ("" when it lost the lock).
+type LockValue struct {
+	Node   string  `json:"node"`
+	Reason string  `json:"reason,omitempty"`
+	To     string  `json:"to,omitempty"`
+	Avoid  []Avoid `json:"avoid,omitempty"`
+}
+
+// Events. Each carries the driver's reading of the clock when it happened.
+type (
+	// Event is an input of the Machine.
+	Event interface{ at() time.Time }
+
+	// EvTick: time passed.
+	EvTick struct{ Now time.Time }
+	// EvLease: the keeper's view of the session: its ID ("" when none), the lease deadline
+	// (zero when none), and since when owned slices have been critical.
+	EvLease struct {
+		Now           time.Time
+		Session       string
+		Deadline      time.Time
+		CriticalSince map[SliceID]time.Time
+	}
+	// EvKV: a KV watch answer; Reset when Consul's index went backwards before it.
+	EvKV struct {
+		Now   time.Time
+		Snap  *KVSnapshot
+		Reset bool
+	}
+	// EvMembers: a membership watch answer.
+	EvMembers struct {
+		Now     time.Time
+		Members []MemberInfo
+	}
+	// EvUnavailable: the queues this node cannot work now.
+	EvUnavailable struct {
+		Now    time.Time
+		Queues map[string]bool
+	}
+	// EvDrain / EvUndrain: operator control.
+	EvDrain   struct{ Now time.Time }
+	EvUndrain struct{ Now time.Time }
+	// EvStop: Run's context ended: hand everything off within DrainTimeout.
+	EvStop struct{ Now time.Time }
+	// EvAssigned: SetSlices of Assign Gen was called; Pending when its channel is not closed
+	// yet (the removed slices still have messages in flight).
+	EvAssigned struct {
+		Now     time.Time
+		Gen     uint64
+		Pending bool
+	}
+	// EvAssigneeReleased: the channel of SetSlices generation Gen closed.
+	EvAssigneeReleased struct {
+		Now time.Time
+		Gen uint64
+	}
+	// EvAcquireResult: the outcome of an Acquire transaction. Err: the request failed (no
+	// answer, denied); Stale: the check failed (the key changed since the snapshot); otherwise
+	// Granted with the pair's ModifyIndex (the fencing token) and LockIndex, or refused (held,
+	// lock-delay). Start is when the call started.
+	EvAcquireResult struct {
+		Now       time.Time
+		Start     time.Time
+		Req       AcquireReq
+		Err       bool
+		Stale     bool
+		Granted   bool
+		Token     uint64
+		LockIndex uint64
+	}
+	// EvReleaseResult: the outcome of a Release transaction. Err: failed, retried later;
+	// Gone: not ours any more (our session was invalidated meanwhile); else released at Index.
+	EvReleaseResult struct {
+		Now   time.Time
+		Req   ReleaseReq
+		Err   bool
+		Gone  bool
+		Index uint64
+	}
+)
+
+func (e EvTick) at() time.Time             { return e.Now }
+func (e EvLease) at() time.Time            { return e.Now }
+func (e EvKV) at() time.Time               { return e.Now }
+func (e EvMembers) at() time.Time          { return e.Now }
+func (e EvUnavailable) at() time.Time      { return e.Now }
+func (e EvDrain) at() time.Time            { return e.Now }
+func (e EvUndrain) at() time.Time          { return e.Now }
+func (e EvStop) at() time.Time             { return e.Now }
+func (e EvAssigned) at() time.Time         { return e.Now }
+func (e EvAssigneeReleased) at() time.Time { return e.Now }
+func (e EvAcquireResult) at() time.Time    { return e.Now }
+func (e EvReleaseResult) at() time.Time    { return e.Now }
+
+// Assign is one SetSlices call: the queue's slices the assignee may process from now on.
+type Assign struct {
+	Gen     uint64
+	Queue   string
+	Slices  []int
+	Removed []SliceID
+}
+
+// AcquireReq is one lock transaction: check-index(Slice, CheckIndex) (check-not-exists when
+// !Exists) + lock(Slice, Session, Value) + get(Slice).
+type AcquireReq struct {
+	Move       Move
+	Session    string
+	Exists     bool
+	CheckIndex uint64
+	Value      LockValue
+}
+
+// ReleaseReq is one unlock transaction: unlock(Slice, Session, Value) + get(Slice).
+type ReleaseReq struct {
+	Slice   SliceID
+	Session string
+	Value   LockValue
+}
+
+// Ready is what the driver must do now, in order (see Machine).
+type Ready struct {
+	// Tokens is the fencing token of every owned slice (publish before SetSlices).
+	Tokens          map[SliceID]uint64
+	Assign          []Assign
+	Release         []ReleaseReq
+	Acquire         []AcquireReq
+	DestroySessions []string
+	// ResetConnections: the lease lapsed or is valid again; abandon the watches' requests.
+	ResetConnections bool
+	// Status is the new snapshot for readers (without the driver's Consul error counts).
+	Status *Status
+	// Processing: slices handed to the assignee, by queue (the keeper reports their health).
+	Processing map[string][]int
+	// Meta is the service Meta the node should publish (without live_since).
+	Meta map[string]string
+	// DrainDone: draining or stopping, and nothing is held any more.
+	DrainDone bool
+}
+
+// HasWork reports whether the driver has something to carry out (besides publishing).
+func (r Ready) HasWork() bool {
+	return len(r.Assign)+len(r.Release)+len(r.Acquire)+len(r.DestroySessions) > 0
+}
+
+// NewMachine returns the state machine of a node that holds nothing. logger and tracer may be nil.
+func NewMachine(cfg MachineConfig, logger *slog.Logger, tp trace.TracerProvider) *Machine {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	if cfg.Backoff == nil {
+		cfg.Backoff = func(initial, maxInterval time.Duration) backoff.BackOff {
+			return retry.New(retry.Policy{Initial: max(initial, time.Millisecond), Max: maxInterval, Jitter: 0.5}, nil)
+		}
+	}
+	m := &Machine{
+		cfg: cfg, log: logger, tracer: tp.Tracer(tracerName),
+		owned: map[SliceID]*held{}, assigned: map[string]map[int]bool{}, releasing: map[SliceID]uint64{},
+		releasedAt: map[SliceID]uint64{}, destroyed: map[string]bool{}, retryAt: map[SliceID]time.Time{}, staleAt: map[SliceID]uint64{},
+		changes: map[string]uint64{},
+	}
+	m.acqBackoff = cfg.Backoff(cfg.RenewInterval/4, 4*cfg.RenewInterval)
+	for _, q := range cfg.Queues {
+		m.assigned[q.Name] = map[int]bool{}
+	}
+	return m
+}
+
+// Step applies one event.
+func (m *Machine) Step(ev Event) {
+	if t := ev.at(); t.After(m.now) {
+		m.now = t
+	}
+	now := m.now
+	switch e := ev.(type) {
+	case EvTick:
+	case EvLease:
+		m.stepLease(e)
+	case EvKV:
+		if e.Reset {
+			m.quarantine = now.Add(max(m.cfg.TTL, m.cfg.LockDelay))
+			m.log.Warn("consul KV index went backwards (state lost or restored): no acquisitions for one lease",
+				"until", m.quarantine.Format(time.RFC3339))
+		}
+		if e.Snap != nil {
+			m.kv = e.Snap
+		}
+	case EvMembers:
+		m.members = e.Members
+	case EvUnavailable:
+		if !maps.Equal(e.Queues, m.unavailable) {
+			m.log.Warn("queues this node cannot work changed: their slices go to other nodes", "unavailable", strings.Join(slices.Sorted(maps.Keys(e.Queues)), ","))
+			m.unavailable = e.Queues
+		}
+	case EvDrain:
+		if !m.draining {
+			m.log.Info("drain: handing every slice to other nodes")
+		}
+		m.draining = true
+	case EvUndrain:
+		if m.draining {
+			m.log.Info("undrain: taking slices again")
+		}
+		m.draining = false
+	case EvStop:
+		if !m.stopping {
+			m.stopping, m.stopBy = true, now.Add(m.cfg.DrainTimeout)
+			m.log.Info("stopping: releasing all slices", "drain_timeout", m.cfg.DrainTimeout)
+		}
+	case EvAssigned:
+		if !e.Pending {
+			m.clearReleasing(e.Gen)
+		}
+	case EvAssigneeReleased:
+		m.clearReleasing(e.Gen)
+	case EvAcquireResult:
+		m.stepAcquired(e)
+	case EvReleaseResult:
+		m.stepReleased(e)
+	}
+	m.updateValidity()
+	if m.kv != nil {
+		m.reconcileKV()
+	}
+}
+
+func (m *Machine) clearReleasing(gen uint64) {
+	for s, g := range m.releasing {
+		if g == gen {
+			delete(m.releasing, s)
+		}
+	}
+}
+
+func (m *Machine) stepLease(e EvLease) {
+	m.critical = e.CriticalSince
+	m.deadline = e.Deadline
+	if e.Session == m.session {
+		return
+	}
+	// A new session means every lock of the old one is gone.
+	if m.session != "" {
+		// This run's own ended session: a KV snapshot taken before its end still shows it
+		// holding our locks, which is not a session "left by a previous run" to destroy.
+		m.destroyed[m.session] = true
+	}
+	for _, s := range m.ownedSorted() {
+		if m.owned[s].session != e.Session {
+			m.lost(s, "", "session ended")
+		}
+	}
+	m.session = e.Session
+}
+
+func (m *Machine) updateValidity() {
+	valid := m.session != "" && m.now.Before(m.deadline)
+	if valid == m.leaseValid {
+		return
+	}
+	m.leaseValid = valid
+	if valid {
+		m.log.Info("lease valid: processing owned slices", "owned", len(m.owned), "remaining", m.deadline.Sub(m.now).Round(time.Millisecond))
+		if !m.lapsedAt.IsZero() {
+			m.traceLapse(m.lapsedAt, m.now, len(m.owned))
+			m.resetConns = true // the watches asked again during the outage: ask once more
+		}
+		return
+	}
+	m.lapsedAt = m.now
+	m.resetConns = true
+	m.log.Warn("lease lapsed: stopped processing all slices until Consul confirms the session again",
+		"owned", len(m.owned), "has_session", m.session != "")
+}
+
+// NextDeadline is when the Machine wants an EvTick at the latest: the lease deadline while it
+// is valid and nearer than RenewInterval, else RenewInterval from now.
+func (m *Machine) NextDeadline() time.Time {
+	next := m.now.Add(m.cfg.RenewInterval)
+	if m.leaseValid && m.deadline.After(m.now) && m.deadline.Before(next) {
+		next = m.deadline
+	}
+	return next
+}
+
+// Stopped reports whether a stop is complete: every slice released, or DrainTimeout passed.
+func (m *Machine) Stopped() bool {
+	return m.stopping && ((len(m.owned) == 0 && len(m.releasing) == 0) || !m.now.Before(m.stopBy))
+}
+
+// HeldAtStop lists the slices still held (for the final count when DrainTimeout passed).
+func (m *Machine) HeldAtStop() []SliceID { return m.ownedSorted() }
+
+// LeaseValid reports whether the Machine considers its lease valid now.
+func (m *Machine) LeaseValid() bool { return m.leaseValid }
+
+// Changes returns the ownership changes counted so far, by reason.
+func (m *Machine) Changes() map[string]uint64 { return maps.Clone(m.changes) }
+
+// CountChange counts an ownership change the driver made outside the Machine (slices left held
+// after a stop past DrainTimeout).
+func (m *Machine) CountChange(s SliceID, from, to, reason string) { m.changed(s, from, to, reason) }
+
+// reconcileKV drops slices whose lock the last KV snapshot shows we lost, adopts locks our
+// session holds that we did not know about (an acquisition whose answer was lost), and decides
+// to destroy sessions left by a previous run of this node.
+func (m *Machine) reconcileKV() {
+	for _, s := range m.ownedSorted() {
+		h := m.owned[s]
+		if m.kv.Index < h.token {
+			continue // snapshot older than our acquisition
+		}
+		e, ok := m.kv.Entries[s]
+		if !ok || e.Session != h.session {
+			owner := ""
+			if ok && e.Session != "" {
+				owner = e.Value.Node
+			}
+			m.lost(s, owner, "lock no longer held by our session")
+		}
+	}
+	keys := make([]SliceID, 0, len(m.kv.Entries))
+	for s := range m.kv.Entries {
+		keys = append(keys, s)
+	}
+	sortSlices(keys)
+	for _, s := range keys {
+		e := m.kv.Entries[s]
+		if !m.known(s) {
+			continue
+		}
+		_, releasing := m.releasing[s]
+		switch {
+		case e.Session != "" && e.Session == m.session && m.owned[s] == nil && e.ModifyIndex > m.releasedAt[s] && !releasing:
+			m.owned[s] = &held{session: e.Session, token: e.ModifyIndex, lockIndex: e.LockIndex, since: m.now, value: e.Value}
+			m.changed(s, "", m.cfg.Self, ReasonAcquired)
+		case e.Session != "" && e.Session != m.session && e.Value.Node == m.cfg.Self && !m.destroyed[e.Session]:
+			m.destroyed[e.Session] = true
+			m.log.Warn("destroying a session left by a previous run of this node", "session", e.Session, "slice", s.String())
+			m.toDestroy = append(m.toDestroy, e.Session)
+		}
+	}
+}
+
+func (m *Machine) known(s SliceID) bool {
+	for _, q := range m.cfg.Queues {
+		if q.Name == s.Queue {
+			return s.Index < q.Slices
+		}
+	}
+	return false
+}
+
+func (m *Machine) lost(s SliceID, to, why string) {
+	delete(m.owned, s)
+	m.traceLost(s, m.now, why)
+	m.log.Warn("slice lock lost", "slice", s.String(), "why", why)
+	m.changed(s, m.cfg.Self, to, ReasonLeaseLost)
+}
+
+func (m *Machine) changed(s SliceID, from, to, reason string) {
+	m.log.Info("slice ownership changed", "slice", s.String(), "from", from, "to", to, "reason", reason)
+	m.changes[reason]++
+}
+
+func (m *Machine) ownedSorted() []SliceID {
+	keys := make([]SliceID, 0, len(m.owned))
+	for s := range m.owned {
+		keys = append(keys, s)
+	}
+	sortSlices(keys)
+	return keys
+}
+
+func (m *Machine) sliceStates() map[SliceID]SliceState {
+	out := map[SliceID]SliceState{}
+	if m.kv != nil {
+		for s, e := range m.kv.Entries {
+			if e.Session != "" {
+				owner := e.Value.Node
+				if owner == m.cfg.Self && e.Session != m.session {
+					owner = "?" + owner // an older session of ours: held, but not by us
+				}
+				out[s] = SliceState{Owner: owner, Avoid: e.Value.Avoid}
+			} else {
+				out[s] = SliceState{Prev: e.Value.Node, PrevReason: e.Value.Reason, Avoid: e.Value.Avoid}
+			}
+		}
+	}
+	for s, h := range m.owned {
+		ss := out[s]
+		ss.Owner, ss.Prev, ss.PrevReason = m.cfg.Self, "", ""
+		if ss.Avoid == nil {
+			ss.Avoid = h.value.Avoid
+		}
+		ss.CriticalSince = m.critical[s]
+		out[s] = ss
+	}
+	return out
+}
+
+// Ready runs the planner on the current state and returns what the driver must do.
+func (m *Machine) Ready() Ready {
+	now := m.now
+	in := PlanInput{
+		Self: m.cfg.Self, Now: now, HoldDown: m.cfg.HoldDown, SelfDraining: m.draining || m.stopping, SelfUnavailable: m.unavailable,
+		StuckHandoff: m.cfg.StuckHandoff, StuckAfter: m.cfg.StuckAfter, Queues: m.cfg.Queues,
+		Slices: m.sliceStates(),
+	}
+	for _, mem := range m.members {
+		if mem.Live {
+			in.Members = append(in.Members, Member{Node: mem.Node, HealthySince: mem.LiveSince, Draining: mem.Draining, Unavailable: mem.Unavailable})
+		}
+	}
+	m.plan = ComputePlan(in)
+	for _, mv := range m.plan.Release {
+		if h := m.owned[mv.Slice]; h != nil && h.handoff == nil {
+			mv := mv
+			if m.stopping {
+				mv.Reason = ReasonReleased
+			}
+			h.handoff, h.handoffSince = &mv, now
+		}
+	}
+	if m.stopping { // even without a plan entry (e.g. no members seen), everything goes
+		for s, h := range m.owned {
+			if h.handoff == nil {
+				h.handoff, h.handoffSince = &Move{Slice: s, From: m.cfg.Self, Reason: ReasonReleased}, now
+			}
+		}
+	}
+	var rd Ready
+	rd.Tokens = make(map[SliceID]uint64, len(m.owned))
+	for s, h := range m.owned {
+		rd.Tokens[s] = h.token
+	}
+	rd.Assign = m.assignments()
+	rd.Release = m.releases()
+	// Acquire only with a valid lease and a first KV snapshot (it carries the previous holder,
+	// hence the reason, and the avoid list to carry over).
+	if m.leaseValid && m.kv != nil && !m.draining && !m.stopping && !now.Before(m.notBefore) && !now.Before(m.quarantine) {
+		rd.Acquire = m.acquisitions()
+	}
+	rd.DestroySessions = slices.Clone(m.toDestroy)
+	rd.ResetConnections = m.resetConns
+	m.status(&rd)
+	rd.DrainDone = (m.draining || m.stopping) && len(m.owned) == 0 && len(m.releasing) == 0
+	return rd
+}
+
+// Advance tells the Machine that the driver carried out rd: the assignee has rd.Assign (the
+// removed slices are releasing until EvAssigned or EvAssigneeReleased says otherwise), the
+// sessions were destroyed, the connections reset. Results of transactions were stepped already.
+func (m *Machine) Advance(rd Ready) {
+	for _, a := range rd.Assign {
+		next := make(map[int]bool, len(a.Slices))
+		for _, i := range a.Slices {
+			next[i] = true
+		}
+		m.assigned[a.Queue] = next
+		for _, s := range a.Removed {
+			m.releasing[s] = a.Gen
+		}
+		m.gen = max(m.gen, a.Gen)
+	}
+	m.toDestroy = m.toDestroy[len(rd.DestroySessions):]
+	if rd.ResetConnections {
+		m.resetConns = false
+	}
+}
+
+// assignments decides the SetSlices calls: exactly the slices held, with a valid lease, not being
+// handed off, not still releasing from an earlier narrowing. Advance applies them.
+func (m *Machine) assignments() []Assign {
+	var out []Assign
+	for _, q := range m.cfg.Queues {
+		var want []int
+		for i := 0; i < q.Slices; i++ {
+			s := SliceID{q.Name, i}
+			h := m.owned[s]
+			_, releasing := m.releasing[s]
+			if h != nil && h.handoff == nil && !releasing && m.leaseValid && !m.stopping {
+				want = append(want, i)
+			}
+		}
+		cur := m.assigned[q.Name]
+		same := len(cur) == len(want)
+		for _, i := range want {
+			same = same && cur[i]
+		}
+		if same {
+			continue
+		}
+		next := map[int]bool{}
+		for _, i := range want {
+			next[i] = true
+		}
+		var removed []SliceID
+		for i := 0; i < q.Slices; i++ {
+			if cur[i] && !next[i] {
+				removed = append(removed, SliceID{q.Name, i})
+			}
+		}
+		out = append(out, Assign{Gen: m.gen + uint64(len(out)) + 1, Queue: q.Name, Slices: want, Removed: removed})
+	}
+	return out
+}
+
+// releases lists the unlock transactions of every handed-off slice the assignee has released.
+func (m *Machine) releases() []ReleaseReq {
+	var out []ReleaseReq
+	for _, s := range m.ownedSorted() {
+		h := m.owned[s]
+		_, releasing := m.releasing[s]
+		if h.handoff == nil || m.assigned[s.Queue][s.Index] || releasing {
+			continue
+		}
+		v := LockValue{Node: m.cfg.Self, Reason: h.handoff.Reason, To: h.handoff.To, Avoid: liveAvoid(h.value.Avoid, m.now)}
+		if h.handoff.Reason == ReasonStuck {
+			v.Avoid = append(v.Avoid, Avoid{Node: m.cfg.Self, Until: m.now.Add(m.cfg.HoldDown).Round(0)})
+		}
+		out = append(out, ReleaseReq{Slice: s, Session: h.session, Value: v})
+	}
+	return out
+}
+
+func (m *Machine) stepReleased(e EvReleaseResult) {
+	s := e.Req.Slice
+	h := m.owned[s]
+	if e.Err || h == nil || h.session != e.Req.Session {
+		return // retried at the next Ready
+	}
+	delete(m.owned, s)
+	if e.Gone {
+		m.traceHandoff(s, h, m.now, "lease_lost")
+		m.changed(s, m.cfg.Self, "", ReasonLeaseLost)
+		return
+	}
+	m.releasedAt[s] = e.Index
+	m.traceHandoff(s, h, m.now, "released")
+	m.changed(s, m.cfg.Self, h.handoff.To, h.handoff.Reason)
+}
+
+func liveAvoid(av []Avoid, now time.Time) []Avoid {
+	var out []Avoid
+	for _, a := range av {
+		if now.Before(a.Until) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// acquisitions lists the planned lock transactions. The move's previous owner and reason, and
+// the avoid list carried over, come from the snapshot: the lock is taken only if the key is still
+// as the snapshot saw it, so they are exact. A key changed meanwhile is retried once the watch
+// has the new state.
+func (m *Machine) acquisitions() []AcquireReq {
+	var out []AcquireReq
+	for _, mv := range m.plan.Acquire {
+		_, releasing := m.releasing[mv.Slice]
+		if m.owned[mv.Slice] != nil || releasing || m.now.Before(m.retryAt[mv.Slice]) {
+			continue
+		}
+		if idx, ok := m.staleAt[mv.Slice]; ok && idx == m.kv.Index {
+			continue // the key changed after this snapshot: wait for the next one
+		}
+		prev, seen := m.kv.Entries[mv.Slice]
+		out = append(out, AcquireReq{Move: mv, Session: m.session, Exists: seen, CheckIndex: prev.ModifyIndex,
+			Value: LockValue{Node: m.cfg.Self, Avoid: liveAvoid(prev.Value.Avoid, m.now)}})
+	}
+	return out
+}
+
+func (m *Machine) stepAcquired(e EvAcquireResult) {
+	s := e.Req.Move.Slice
+	switch {
+	case e.Err:
+		m.notBefore = m.now.Add(m.acqBackoff.NextBackOff())
+		return
+	}
+	m.acqBackoff.Reset()
+	switch {
+	case e.Req.Session != m.session:
+		// A session that ended meanwhile: whatever it got is gone with it (the next KV
+		// snapshot shows the key as the old session left it).
+	case !e.Granted && e.Stale:
+		if m.kv != nil {
+			m.staleAt[s] = m.kv.Index
+		}
+	case !e.Granted:
+		m.retryAt[s] = m.now.Add(m.cfg.RenewInterval)
+	default:
+		delete(m.retryAt, s)
+		delete(m.staleAt, s)
+		m.owned[s] = &held{session: e.Req.Session, token: e.Token, lockIndex: e.LockIndex, since: m.now, value: e.Req.Value}
+		m.traceAcquire(e.Req.Move, e.Start, m.now, e.Token)
+		m.changed(s, e.Req.Move.From, m.cfg.Self, e.Req.Move.Reason)
+	}
+}
+
+// status builds the immutable snapshot, the processing set and the Meta.
+func (m *Machine) status(rd *Ready) {
+	var owned []OwnedSlice
+	ownedByQueue := map[string][]int{}
+	processing := map[string][]int{}
+	for s, h := range m.owned {
+		p := m.assigned[s.Queue][s.Index]
+		owned = append(owned, OwnedSlice{Slice: s, FencingToken: h.token, LockIndex: h.lockIndex, Since: h.since, Processing: p})
+		ownedByQueue[s.Queue] = append(ownedByQueue[s.Queue], s.Index)
+		if p {
+			processing[s.Queue] = append(processing[s.Queue], s.Index)
+		}
+	}
+	sort.Slice(owned, func(i, j int) bool {
+		a, b := owned[i].Slice, owned[j].Slice
+		return a.Queue < b.Queue || (a.Queue == b.Queue && a.Index < b.Index)
+	})
+	for q := range processing {
+		slices.Sort(processing[q])
+	}
+	var all []SliceStatus
+	for _, q := range m.cfg.Queues {
+		for i := 0; i < q.Slices; i++ {
+			s := SliceID{q.Name, i}
+			ss := SliceStatus{Slice: s, Home: m.plan.Home[s], State: SliceFree}
+			if m.kv != nil {
+				if e, ok := m.kv.Entries[s]; ok && e.Session != "" {
+					ss.Owner, ss.State = e.Value.Node, SliceHeld
+				}
+			}
+			if h := m.owned[s]; h != nil {
+				_, releasing := m.releasing[s]
+				ss.Owner = m.cfg.Self
+				switch {
+				case m.assigned[s.Queue][s.Index]:
+					ss.State = SliceOwned
+				case h.handoff != nil || releasing:
+					ss.State = SliceReleasing
+				default:
+					ss.State = SliceSuspended
+				}
+			}
+			all = append(all, ss)
+		}
+	}
+	rd.Status = &Status{Mode: "consul", NodeID: m.cfg.Self, Draining: m.draining, Owned: owned, Slices: all,
+		OwnershipChanges: maps.Clone(m.changes)}
+	rd.Processing = processing
+	rd.Meta = m.meta(ownedByQueue)
+}
+
+// meta is the Machine's part of the service Meta; the keeper adds live_since.
+func (m *Machine) meta(owned map[string][]int) map[string]string {
+	out := maps.Clone(m.cfg.ServiceMeta)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, map[string]string{
+		"unavailable": strings.Join(slices.Sorted(maps.Keys(m.unavailable)), ","),
+		"cluster":     m.cfg.Cluster,
+		"node":        m.cfg.Self,
+		"version":     m.cfg.Version,
+		"queues":      queuesMeta(m.cfg.Queues),
+		"owned":       ownedMeta(m.cfg.Queues, owned),
+		"draining":    strconv.FormatBool(m.draining || m.stopping),
+	})
+	return out
+}
+
+func sortSlices(s []SliceID) {
+	sort.Slice(s, func(i, j int) bool {
+		if s[i].Queue != s[j].Queue {
+			return s[i].Queue < s[j].Queue
+		}
+		return s[i].Index < s[j].Index
+	})
+}
