@@ -14,7 +14,15 @@
 //   - owning slice q/i means holding KV lock qslice/<cluster>/slices/<q>/<i> with that session;
 //     the value (JSON) names the owner, and after a release why it was released;
 //   - one recursive blocking query over qslice/<cluster>/ and one over the service's health
-//     feed a single loop, which runs the pure planner (ComputePlan) and carries out its answer.
+//     feed a single loop, the driver of the ownership state machine (Machine: Step, Ready,
+//     Advance, in the style of etcd-io/raft's RawNode), which runs the planner and says what to
+//     do; the driver does the Consul calls and SetSlices and reports every outcome back.
+//
+// Files: machine.go (the state machine), planner.go (who should own what), consul.go (the
+// driver and its loop), consul_watch.go (blocking queries), consul_txn.go (lock and unlock
+// transactions), consul_calls.go (timeouts, error counts, explanations), lease.go (the keeper:
+// registration, TTL checks, session, lease), ops.go (typed Consul operation names). Package
+// failover/sim simulates N machines against a model of Consul with injected faults.
 //
 // Invariants (the Consul coordinator):
 //

@@ -135,7 +135,9 @@ func (k *keeper) round(ctx context.Context) error {
 			k.session = ""
 			k.freshSince = true
 		default:
-			k.confirmSent = sent
+			// The session outlived the outage: this node kept its slices and its live stretch
+			// (restarting live_since would make it look unsettled and give its slices away).
+			k.confirmSent, k.freshSince = sent, false
 		}
 	}
 

@@ -67,6 +67,12 @@ type Machine struct {
 	kv          *KVSnapshot
 	members     []MemberInfo
 	plan        Plan
+	planner     Planner
+	states      map[SliceID]SliceState // reused by sliceStates
+	// dirty: something the snapshot shows changed since the last one (a tick alone changes
+	// nothing: the previous snapshot is handed out again).
+	dirty bool
+	last  Ready
 	changes     map[string]uint64
 	toDestroy   []string // sessions decided to destroy, not yet handed out
 	resetConns  bool
@@ -276,9 +282,10 @@ type Ready struct {
 	DrainDone bool
 }
 
-// HasWork reports whether the driver has something to carry out (besides publishing).
+// HasWork reports whether the driver has something to carry out (besides publishing); then it
+// must call Advance.
 func (r Ready) HasWork() bool {
-	return len(r.Assign)+len(r.Release)+len(r.Acquire)+len(r.DestroySessions) > 0
+	return len(r.Assign)+len(r.Release)+len(r.Acquire)+len(r.DestroySessions) > 0 || r.ResetConnections
 }
 
 // NewMachine returns the state machine of a node that holds nothing. logger and tracer may be nil.
@@ -313,6 +320,8 @@ func (m *Machine) Step(ev Event) {
 		m.now = t
 	}
 	now := m.now
+	_, tick := ev.(EvTick)
+	m.dirty = m.dirty || !tick
 	switch e := ev.(type) {
 	case EvTick:
 	case EvLease:
@@ -360,7 +369,7 @@ func (m *Machine) Step(ev Event) {
 		m.stepReleased(e)
 	}
 	m.updateValidity()
-	if m.kv != nil {
+	if m.kv != nil && !tick {
 		m.reconcileKV()
 	}
 }
@@ -398,7 +407,7 @@ func (m *Machine) updateValidity() {
 	if valid == m.leaseValid {
 		return
 	}
-	m.leaseValid = valid
+	m.leaseValid, m.dirty = valid, true
 	if valid {
 		m.log.Info("lease valid: processing owned slices", "owned", len(m.owned), "remaining", m.deadline.Sub(m.now).Round(time.Millisecond))
 		if !m.lapsedAt.IsZero() {
@@ -459,16 +468,18 @@ func (m *Machine) reconcileKV() {
 			m.lost(s, owner, "lock no longer held by our session")
 		}
 	}
-	keys := make([]SliceID, 0, len(m.kv.Entries))
-	for s := range m.kv.Entries {
-		keys = append(keys, s)
+	var keys []SliceID // the entries to act on, sorted so that logs and destroys are deterministic
+	for s, e := range m.kv.Entries {
+		_, releasing := m.releasing[s]
+		adopt := e.Session != "" && e.Session == m.session && m.owned[s] == nil && e.ModifyIndex > m.releasedAt[s] && !releasing
+		stale := e.Session != "" && e.Session != m.session && e.Value.Node == m.cfg.Self && !m.destroyed[e.Session]
+		if (adopt || stale) && m.known(s) {
+			keys = append(keys, s)
+		}
 	}
 	sortSlices(keys)
 	for _, s := range keys {
 		e := m.kv.Entries[s]
-		if !m.known(s) {
-			continue
-		}
 		_, releasing := m.releasing[s]
 		switch {
 		case e.Session != "" && e.Session == m.session && m.owned[s] == nil && e.ModifyIndex > m.releasedAt[s] && !releasing:
@@ -513,7 +524,11 @@ func (m *Machine) ownedSorted() []SliceID {
 }
 
 func (m *Machine) sliceStates() map[SliceID]SliceState {
-	out := map[SliceID]SliceState{}
+	if m.states == nil {
+		m.states = map[SliceID]SliceState{}
+	}
+	out := m.states
+	clear(out)
 	if m.kv != nil {
 		for s, e := range m.kv.Entries {
 			if e.Session != "" {
@@ -552,20 +567,20 @@ func (m *Machine) Ready() Ready {
 			in.Members = append(in.Members, Member{Node: mem.Node, HealthySince: mem.LiveSince, Draining: mem.Draining, Unavailable: mem.Unavailable})
 		}
 	}
-	m.plan = ComputePlan(in)
+	m.plan = m.planner.Plan(in)
 	for _, mv := range m.plan.Release {
 		if h := m.owned[mv.Slice]; h != nil && h.handoff == nil {
 			mv := mv
 			if m.stopping {
 				mv.Reason = ReasonReleased
 			}
-			h.handoff, h.handoffSince = &mv, now
+			h.handoff, h.handoffSince, m.dirty = &mv, now, true
 		}
 	}
 	if m.stopping { // even without a plan entry (e.g. no members seen), everything goes
 		for s, h := range m.owned {
 			if h.handoff == nil {
-				h.handoff, h.handoffSince = &Move{Slice: s, From: m.cfg.Self, Reason: ReasonReleased}, now
+				h.handoff, h.handoffSince, m.dirty = &Move{Slice: s, From: m.cfg.Self, Reason: ReasonReleased}, now, true
 			}
 		}
 	}
@@ -583,7 +598,12 @@ func (m *Machine) Ready() Ready {
 	}
 	rd.DestroySessions = slices.Clone(m.toDestroy)
 	rd.ResetConnections = m.resetConns
-	m.status(&rd)
+	if m.dirty || m.last.Status == nil {
+		m.status(&rd)
+		m.last, m.dirty = rd, false
+	} else {
+		rd.Status, rd.Processing, rd.Meta = m.last.Status, m.last.Processing, m.last.Meta
+	}
 	rd.DrainDone = (m.draining || m.stopping) && len(m.owned) == 0 && len(m.releasing) == 0
 	return rd
 }
@@ -592,6 +612,7 @@ func (m *Machine) Ready() Ready {
 // removed slices are releasing until EvAssigned or EvAssigneeReleased says otherwise), the
 // sessions were destroyed, the connections reset. Results of transactions were stepped already.
 func (m *Machine) Advance(rd Ready) {
+	m.dirty = m.dirty || len(rd.Assign) > 0
 	for _, a := range rd.Assign {
 		next := make(map[int]bool, len(a.Slices))
 		for _, i := range a.Slices {
@@ -672,6 +693,13 @@ func (m *Machine) stepReleased(e EvReleaseResult) {
 	}
 	delete(m.owned, s)
 	if e.Gone {
+		// Not ours any more: a snapshot that still shows it held by our session is older than
+		// that, and must not make us adopt it again.
+		if m.kv != nil {
+			if ent, ok := m.kv.Entries[s]; ok {
+				m.releasedAt[s] = max(m.releasedAt[s], ent.ModifyIndex)
+			}
+		}
 		m.traceHandoff(s, h, m.now, "lease_lost")
 		m.changed(s, m.cfg.Self, "", ReasonLeaseLost)
 		return

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,16 +114,51 @@ type Plan struct {
 //
 // Nobody ever takes a held slice: a slice changes hands only through its holder's release or
 // the loss of the holder's session.
-func ComputePlan(in PlanInput) Plan {
-	p := Plan{Target: map[SliceID]string{}, Home: map[SliceID]string{}}
+func ComputePlan(in PlanInput) Plan { return new(Planner).Plan(in) }
+
+// Planner computes the same plans as ComputePlan, and remembers the targets and homes of the
+// last one: while the members and their state (settled, draining, unavailable queues) stay the
+// same, a plan costs one pass over the slices instead of slices x members weight computations.
+// Slices with an avoid list are always ranked afresh. A Planner is not safe for concurrent use.
+type Planner struct {
+	key    uint64 // fingerprint of the ranking inputs of the cached maps; 0: none
+	target map[SliceID]string
+	home   map[SliceID]string
+}
+
+// Plan decides, for Self, which slices to acquire and which to hand off.
+func (pl *Planner) Plan(in PlanInput) Plan {
 	r := newRanker(in)
+	key := r.fingerprint()
+	if key == 0 || key != pl.key || in.Weight != nil {
+		pl.target, pl.home = map[SliceID]string{}, map[SliceID]string{}
+		for _, q := range in.Queues {
+			for i := 0; i < q.Slices; i++ {
+				s := SliceID{q.Name, i}
+				pl.target[s] = r.target(q, s, nil, "", "")
+				pl.home[s] = r.home(q, s)
+			}
+		}
+		pl.key = key
+		if in.Weight != nil {
+			pl.key = 0
+		}
+	}
+	p := Plan{Target: pl.target, Home: pl.home}
+	cloned := false
 	for _, q := range in.Queues {
 		for i := 0; i < q.Slices; i++ {
 			s := SliceID{q.Name, i}
 			st := in.Slices[s]
-			target := r.target(q, s, st.Avoid, "", st.Owner)
-			p.Target[s] = target
-			p.Home[s] = r.home(q, s)
+			target := pl.target[s]
+			if len(st.Avoid) > 0 || r.unsettled(st.Owner) {
+				if t := r.target(q, s, st.Avoid, "", st.Owner); t != target {
+					if !cloned {
+						p.Target, cloned = maps.Clone(p.Target), true
+					}
+					p.Target[s], target = t, t
+				}
+			}
 			switch {
 			case st.Owner == in.Self:
 				switch {
@@ -199,6 +235,64 @@ func (r *ranker) weight(s SliceID, seed uint64, m *rankMember) uint64 {
 	return mix64(seed ^ m.hash)
 }
 
+// fingerprint hashes what the rankings depend on besides the slice: every member with its
+// settled, draining and unavailable state. Never 0.
+func (r *ranker) fingerprint() uint64 {
+	h := uint64(0x6a09e667f3bcc909)
+	for i := range r.members {
+		m := &r.members[i]
+		f := m.hash
+		if m.settled {
+			f ^= 1
+		}
+		if m.Draining {
+			f ^= 2
+		}
+		for q, u := range m.Unavailable {
+			if u {
+				f ^= mix64(stringHash(q)) // order-independent
+			}
+		}
+		h = mix64(h ^ f)
+	}
+	return h | 1
+}
+
+// unsettled reports whether node is a member that is not settled (a holder the cached
+// rankings, computed without holders, may rank wrongly).
+func (r *ranker) unsettled(node string) bool {
+	i, ok := r.byNode[node]
+	return ok && !r.members[i].settled
+}
+
+// filter says which members are candidates.
+type filter struct {
+	holder      string // counts as settled
+	queue       string
+	avoid       []Avoid
+	exclude     string
+	ignoreAvoid bool
+	settledOnly bool
+	homeOnly    bool // home: every non-draining member
+}
+
+func (r *ranker) candidate(m *rankMember, f *filter) bool {
+	if f.homeOnly {
+		return !m.Draining
+	}
+	if m.Draining || m.Unavailable[f.queue] || m.Node == f.exclude || (f.settledOnly && !m.settled && m.Node != f.holder) {
+		return false
+	}
+	if !f.ignoreAvoid {
+		for _, a := range f.avoid {
+			if a.Node == m.Node && r.in.Now.Before(a.Until) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // target picks the owner of s among live, non-draining members, honouring avoidance, hold-down
 // and the home list. exclude, when set, is treated as avoided too.
 //
@@ -210,43 +304,25 @@ func (r *ranker) weight(s SliceID, seed uint64, m *rankMember) uint64 {
 // to the first settled peer and take them back a hold-down later, two moves per slice for a
 // fault that needed none.
 func (r *ranker) target(q QueueSpec, s SliceID, avoid []Avoid, exclude, holder string) string {
-	avoided := func(node string) bool {
-		if node == exclude {
-			return true
-		}
-		for _, a := range avoid {
-			if a.Node == node && r.in.Now.Before(a.Until) {
-				return true
-			}
-		}
-		return false
-	}
-	var pool []*rankMember
-	anySettled := false
-	for _, ignoreAvoid := range []bool{false, true} {
-		pool, anySettled = pool[:0], false
+	f := filter{queue: s.Queue, avoid: avoid, exclude: exclude, holder: holder}
+	for _, ignoreAvoid := range [2]bool{false, true} {
+		f.ignoreAvoid, f.settledOnly = ignoreAvoid, false
+		any, anySettled := false, false
 		for i := range r.members {
 			m := &r.members[i]
-			if m.Draining || m.Unavailable[s.Queue] || m.Node == exclude || (!ignoreAvoid && avoided(m.Node)) {
-				continue
-			}
-			pool = append(pool, m)
-			anySettled = anySettled || m.settled
-		}
-		if len(pool) > 0 {
-			break
-		}
-	}
-	if anySettled {
-		settled := pool[:0:0]
-		for _, m := range pool {
-			if m.settled || m.Node == holder {
-				settled = append(settled, m)
+			if r.candidate(m, &f) {
+				any, anySettled = true, anySettled || m.settled
+				if anySettled {
+					break
+				}
 			}
 		}
-		pool = settled
+		if any {
+			f.settledOnly = anySettled
+			return r.best(q, s, &f)
+		}
 	}
-	return r.best(q, s, pool)
+	return ""
 }
 
 // home is where s belongs when everyone is up: the head of its home list, else the best
@@ -255,33 +331,31 @@ func (r *ranker) home(q QueueSpec, s SliceID) string {
 	if h := q.Home[s.Index]; len(h) > 0 {
 		return h[0]
 	}
-	var pool []*rankMember
-	for i := range r.members {
-		if !r.members[i].Draining {
-			pool = append(pool, &r.members[i])
-		}
-	}
-	return r.best(q, s, pool)
+	return r.best(q, s, &filter{homeOnly: true})
 }
 
-func (r *ranker) best(q QueueSpec, s SliceID, pool []*rankMember) string {
-	if len(pool) == 0 {
-		return ""
-	}
+// best is the first candidate of the slice's home list, else the candidate with the highest
+// weight (members are sorted by node: on equal weight the smaller ID stays).
+func (r *ranker) best(q QueueSpec, s SliceID, f *filter) string {
 	for _, n := range q.Home[s.Index] {
-		for _, m := range pool {
-			if m.Node == n {
-				return n
-			}
+		if i, ok := r.byNode[n]; ok && r.candidate(&r.members[i], f) {
+			return n
 		}
 	}
 	seed := sliceSeed(s)
 	var best *rankMember
 	var bestW uint64
-	for _, m := range pool { // pool is sorted by node: on equal weight the smaller ID stays
+	for i := range r.members {
+		m := &r.members[i]
+		if !r.candidate(m, f) {
+			continue
+		}
 		if w := r.weight(s, seed, m); best == nil || w > bestW {
 			best, bestW = m, w
 		}
+	}
+	if best == nil {
+		return ""
 	}
 	return best.Node
 }

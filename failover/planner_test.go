@@ -2,6 +2,7 @@ package failover
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
@@ -751,5 +752,53 @@ func BenchmarkComputePlan50x8x64(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		ComputePlan(in)
+	}
+}
+
+// TestPlannerCacheMatchesComputePlan: a Planner that reuses its rankings gives the same plan as a
+// fresh computation, across changing members, settledness, avoid lists and ownership.
+func TestPlannerCacheMatchesComputePlan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	queues := []QueueSpec{{Name: "in", Slices: 16, Home: map[int][]string{3: {"n2", "n1"}}}, {Name: "out", Slices: 8}}
+	var pl Planner
+	nodes := []string{"n1", "n2", "n3", "n4", "n5"}
+	for step := 0; step < 300; step++ {
+		now := t0.Add(time.Duration(step) * 700 * time.Millisecond)
+		var ms []Member
+		for _, n := range nodes {
+			if rng.IntN(5) == 0 && step%7 == 0 {
+				continue // a member missing now and then
+			}
+			m := Member{Node: n, HealthySince: t0.Add(time.Duration(rng.IntN(4)) * 20 * time.Second)}
+			if rng.IntN(20) == 0 {
+				m.Draining = true
+			}
+			if rng.IntN(25) == 0 {
+				m.Unavailable = map[string]bool{"out": true}
+			}
+			ms = append(ms, m)
+		}
+		sl := map[SliceID]SliceState{}
+		for _, q := range queues {
+			for i := 0; i < q.Slices; i++ {
+				st := SliceState{}
+				switch rng.IntN(4) {
+				case 0:
+					st.Owner = nodes[rng.IntN(len(nodes))]
+				case 1:
+					st.Prev, st.PrevReason = nodes[rng.IntN(len(nodes))], ReasonFailback
+				}
+				if rng.IntN(10) == 0 {
+					st.Avoid = []Avoid{{Node: nodes[rng.IntN(len(nodes))], Until: now.Add(time.Minute)}}
+				}
+				sl[SliceID{q.Name, i}] = st
+			}
+		}
+		in := PlanInput{Self: "n1", Now: now, HoldDown: time.Minute, Queues: queues, Members: ms, Slices: sl,
+			SelfDraining: step%50 == 49}
+		want, got := ComputePlan(in), pl.Plan(in)
+		if !reflect.DeepEqual(want, got) {
+			t.Fatalf("step %d: cached plan differs:\nwant %+v\ngot  %+v", step, want, got)
+		}
 	}
 }

@@ -1,0 +1,100 @@
+// Command qslice-sim runs the deterministic ownership simulator over many seeds, replays one
+// seed with its logs, or prints the scale figures of the planner and the simulated Consul.
+//
+//	qslice-sim -seeds 1000                 # seeds 1..1000, 6 faults each; failing seeds print their schedule
+//	qslice-sim -seed 169 -v                # replay one seed with every node's log
+//	qslice-sim -bench scale                # 1,000 nodes x 16 queues x 256 slices: plan time, allocations, moves
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/qslice/qslice/failover/sim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "qslice-sim:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("qslice-sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	seed := fs.Uint64("seed", 0, "run only this seed")
+	seeds := fs.Int("seeds", 200, "run seeds 1..N")
+	faults := fs.Int("faults", 6, "faults per run")
+	nodes := fs.Int("nodes", 4, "nodes")
+	kinds := fs.String("kinds", "", "comma-separated fault kinds (default all: "+strings.Join(sim.AllKinds, ",")+")")
+	verbose := fs.Bool("v", false, "print every node's log (with -seed)")
+	bench := fs.String("bench", "", `"scale": planner and watch figures at 1,000 nodes x 16 queues x 256 slices`)
+	benchNodes := fs.Int("bench-nodes", 1000, "nodes for -bench scale")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *bench == "scale" {
+		return sim.BenchScale(ctx, stdout, *benchNodes)
+	} else if *bench != "" {
+		return fmt.Errorf("-bench %q: only \"scale\"", *bench)
+	}
+	cfg := sim.Config{Nodes: *nodes, Faults: *faults}
+	if *kinds != "" {
+		for _, k := range strings.Split(*kinds, ",") {
+			if !slices.Contains(sim.AllKinds, k) {
+				return fmt.Errorf("-kinds: unknown fault %q (known: %s)", k, strings.Join(sim.AllKinds, ","))
+			}
+			cfg.Kinds = append(cfg.Kinds, k)
+		}
+	}
+	if *seed != 0 {
+		cfg.Seed = *seed
+		if *verbose {
+			cfg.Log = stdout
+		}
+		r := sim.Run(cfg)
+		fmt.Fprint(stdout, r.Report())
+		if r.Failed() {
+			return errors.New("invariants violated")
+		}
+		return nil
+	}
+	start := time.Now()
+	failed := 0
+	var reowned []time.Duration
+	events := 0
+	for s := uint64(1); s <= uint64(*seeds) && ctx.Err() == nil; s++ {
+		cfg.Seed = s
+		r := sim.Run(cfg)
+		events += r.Events
+		reowned = append(reowned, r.ReownedAfter...)
+		if r.Failed() {
+			failed++
+			fmt.Fprint(stdout, r.Report())
+		}
+	}
+	slices.Sort(reowned)
+	q := func(p float64) time.Duration {
+		if len(reowned) == 0 {
+			return 0
+		}
+		return reowned[min(len(reowned)-1, int(p*float64(len(reowned))))]
+	}
+	fmt.Fprintf(stdout, "%d seeds, %d failed, %d events, %s; slices taken over after a node fault: n=%d median %.2fs p95 %.2fs max %.2fs (bound %.2fs)\n",
+		*seeds, failed, events, time.Since(start).Round(time.Millisecond), len(reowned), q(0.5).Seconds(), q(0.95).Seconds(), q(1).Seconds(), cfg.Bound().Seconds())
+	if failed > 0 {
+		return fmt.Errorf("%d seeds violated invariants", failed)
+	}
+	return nil
+}

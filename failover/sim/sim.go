@@ -1,0 +1,541 @@
+// Package sim is a deterministic simulator of qslice's slice ownership: N failover.Machines,
+// each with a driver that does what failover's Consul driver does (the keeper's session and TTL
+// rounds, the watches, the transactions, the assignee), against a model of the Consul semantics
+// qslice relies on (consul.go), on virtual time, with injected faults.
+//
+// Faults: a node crashes (and restarts as a new process), pauses past its lease, is cut off
+// Consul (partition), sees its messages delayed or lost (a request may be applied and its answer
+// lost), Consul restarts or loses its leader (every request fails for a while), Consul loses its
+// state (the index goes backwards); every node's clock runs at its own rate within the documented
+// drift (500 ppm).
+//
+// Invariants, checked after every event:
+//   - no two nodes process a slice at overlapping times, by their leases (a node processes a
+//     slice while the assignee has it and its lease is valid on its own clock); and a new owner
+//     starts at least LeaseMargin after the previous one's end;
+//   - a slice goes back to a node (fail-back) only once that node has been live for HoldDown;
+//
+// and at the end:
+//   - every slice is processed by exactly one node within Bound of the last fault's end;
+//   - every slice is at its home node once everything settled, and the moves stayed within
+//     what the faults justify.
+//
+// A run is a pure function of its Config (seed included): a failing seed prints its schedule
+// and replays exactly.
+package sim
+
+import (
+	"container/heap"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/qslice/qslice/failover"
+)
+
+// Config describes one simulated run.
+type Config struct {
+	Seed   uint64
+	Nodes  int
+	Queues []failover.QueueSpec
+	Faults int // number of faults, one after the other
+
+	TTL, LockDelay, HoldDown time.Duration
+	// Derived timings; zero takes failover's defaults for TTL and LockDelay.
+	RenewInterval, LeaseMargin, WatchMinInterval time.Duration
+	MaxDrift                                     float64       // clock rate error bound, e.g. 500e-6
+	NetDelay                                     time.Duration // usual one-way delay to Consul
+	MaxDrainFor                                  time.Duration // longest time the assignee takes to release a slice
+	// Kinds restricts the faults drawn (nil: all).
+	Kinds []string
+	// Schedule, when set, is the fault schedule instead of one drawn from the seed.
+	Schedule []Fault
+	// Log receives every node's log lines (nil: discarded).
+	Log io.Writer
+	// BrokenLease is added to every lease deadline the nodes compute: a deliberately wrong
+	// lease, so tests can show that the checks catch an unsafe protocol.
+	BrokenLease time.Duration
+}
+
+// Fault kinds.
+const (
+	FaultCrash        = "crash"
+	FaultPause        = "pause"
+	FaultPartition    = "partition"
+	FaultDelay        = "delay"
+	FaultLoss         = "loss"
+	FaultConsulDown   = "consul-restart"
+	FaultLeaderLoss   = "leader-loss"
+	FaultConsulLoss   = "consul-state-loss"
+	defaultMaxDrift   = 500e-6
+	defaultNetDelay   = 2 * time.Millisecond
+	defaultDrainFor   = 300 * time.Millisecond
+	maxRounds         = 4
+	settleAfterFaults = 2 * time.Second
+)
+
+// AllKinds lists every fault kind.
+var AllKinds = []string{FaultCrash, FaultPause, FaultPartition, FaultDelay, FaultLoss, FaultConsulDown, FaultLeaderLoss, FaultConsulLoss}
+
+// Fault is one scheduled fault.
+type Fault struct {
+	Kind string
+	Node string // "" for Consul faults
+	At   time.Duration
+	For  time.Duration
+}
+
+func (f Fault) String() string {
+	who := f.Node
+	if who == "" {
+		who = "consul"
+	}
+	return fmt.Sprintf("%8.3fs %-17s %-6s for %.3fs", f.At.Seconds(), f.Kind, who, f.For.Seconds())
+}
+
+// Result is what a run found.
+type Result struct {
+	Seed       uint64
+	Schedule   []Fault
+	Drift      map[string]float64
+	Violations []string
+	Moves      int // acquisitions, the first ones included
+	MoveBudget int
+	Events     int
+	Virtual    time.Duration // virtual time simulated
+	// ReownedAfter: for every slice a crashed, paused or partitioned node processed, how long
+	// after the fault began it was processed again (by another node, or by the node itself once
+	// the fault ended).
+	ReownedAfter []time.Duration
+}
+
+// Failed reports whether an invariant was broken.
+func (r Result) Failed() bool { return len(r.Violations) > 0 }
+
+// Report prints the seed, the schedule and the violations.
+func (r Result) Report() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed %d: %d events, %.1fs virtual, %d moves (budget %d)\n", r.Seed, r.Events, r.Virtual.Seconds(), r.Moves, r.MoveBudget)
+	for _, n := range sortStrings(mapsKeys(r.Drift)) {
+		fmt.Fprintf(&b, "  clock %s %+.0f ppm\n", n, r.Drift[n]*1e6)
+	}
+	for _, f := range r.Schedule {
+		fmt.Fprintf(&b, "  %s\n", f)
+	}
+	for _, v := range r.Violations {
+		fmt.Fprintf(&b, "  VIOLATION %s\n", v)
+	}
+	return b.String()
+}
+
+func mapsKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// ---- the event queue ----
+
+type event struct {
+	at  time.Time
+	seq int
+	fn  func()
+}
+
+type queue []*event
+
+func (q queue) Len() int { return len(q) }
+func (q queue) Less(i, j int) bool {
+	if !q[i].at.Equal(q[j].at) {
+		return q[i].at.Before(q[j].at)
+	}
+	return q[i].seq < q[j].seq
+}
+func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *queue) Push(x any)   { *q = append(*q, x.(*event)) }
+func (q *queue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+// ---- the world ----
+
+type world struct {
+	cfg    Config
+	rng    *rand.Rand
+	start  time.Time
+	now    time.Time
+	q      queue
+	seq    int
+	consul *consul
+	nodes  []*node
+	byID   map[string]*node
+	res    *Result
+	// per slice: who processes it now, and when and by whom the last processing ended
+	cur     map[failover.SliceID]string
+	lastEnd map[failover.SliceID]procEnd
+	homes   map[failover.SliceID]string
+	// checking the end state
+	lastFaultEnd time.Time
+	faultFrom    map[string]time.Time // node -> start of its current fault, for ReownedAfter
+	// takenOver: the slice's last lock was taken after its holder's session ended (not handed
+	// off): the new owner must start LeaseMargin after the old one's lease at the earliest.
+	takenOver map[failover.SliceID]bool
+	// heldAtFault: slices the faulted nodes held when their faults began (for the move budget)
+	heldAtFault int
+	// pending: slices a faulted node processed when its fault began, not processed since by
+	// another node (or by it after the fault ended), with the fault's start.
+	pending map[failover.SliceID]pendingTakeover
+}
+
+type pendingTakeover struct {
+	node string
+	from time.Time
+}
+
+type procEnd struct {
+	node string
+	at   time.Time
+}
+
+func (w *world) at(t time.Time, fn func()) {
+	w.seq++
+	heap.Push(&w.q, &event{at: t, seq: w.seq, fn: fn})
+}
+
+func (w *world) after(d time.Duration, fn func()) { w.at(w.now.Add(d), fn) }
+
+func (w *world) violation(format string, args ...any) {
+	if len(w.res.Violations) < 20 {
+		w.res.Violations = append(w.res.Violations, fmt.Sprintf("t=%.3fs ", w.now.Sub(w.start).Seconds())+fmt.Sprintf(format, args...))
+	}
+}
+
+func (c Config) withDefaults() Config {
+	if c.Nodes == 0 {
+		c.Nodes = 4
+	}
+	if len(c.Queues) == 0 {
+		c.Queues = []failover.QueueSpec{{Name: "in", Slices: 8}, {Name: "out", Slices: 4}}
+	}
+	if c.TTL == 0 {
+		c.TTL = 2 * time.Second
+	}
+	if c.LockDelay == 0 {
+		c.LockDelay = time.Second
+	}
+	if c.HoldDown == 0 {
+		c.HoldDown = 3 * time.Second
+	}
+	fc := failover.ConsulConfig{TTL: c.TTL, LockDelay: c.LockDelay, RenewInterval: c.RenewInterval, LeaseMargin: c.LeaseMargin,
+		WatchMinInterval: c.WatchMinInterval}.WithDefaults()
+	c.RenewInterval, c.LeaseMargin, c.WatchMinInterval = fc.RenewInterval, fc.LeaseMargin, fc.WatchMinInterval
+	if c.MaxDrift == 0 {
+		c.MaxDrift = defaultMaxDrift
+	}
+	if c.NetDelay == 0 {
+		c.NetDelay = defaultNetDelay
+	}
+	if c.MaxDrainFor == 0 {
+		c.MaxDrainFor = defaultDrainFor
+	}
+	if len(c.Kinds) == 0 {
+		c.Kinds = AllKinds
+	}
+	return c
+}
+
+// Bound is how long after the end of the last fault every slice must be processed again:
+// TTL + lock-delay + 2 renew intervals (the failover target), plus one watch interval and
+// the assignee's drain (a hand-off in flight at the fault's end finishes first).
+func (c Config) Bound() time.Duration {
+	c = c.withDefaults()
+	return c.TTL + c.LockDelay + 2*c.RenewInterval + c.WatchMinInterval + c.MaxDrainFor + c.LeaseMargin
+}
+
+// Run simulates one run.
+func Run(cfg Config) Result {
+	cfg = cfg.withDefaults()
+	w := &world{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)), start: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
+		byID: map[string]*node{}, res: &Result{Seed: cfg.Seed, Drift: map[string]float64{}},
+		cur: map[failover.SliceID]string{}, lastEnd: map[failover.SliceID]procEnd{}, faultFrom: map[string]time.Time{},
+		takenOver: map[failover.SliceID]bool{}, pending: map[failover.SliceID]pendingTakeover{}}
+	w.now = w.start
+	w.consul = newConsul(w.now, w.consulChanged)
+	w.consul.granted = func(s failover.SliceID, invalidated bool) { w.takenOver[s] = invalidated }
+	var ids []string
+	for i := 0; i < cfg.Nodes; i++ {
+		id := fmt.Sprintf("n%d", i+1)
+		ids = append(ids, id)
+		n := &node{w: w, id: id, drift: (w.rng.Float64()*2 - 1) * cfg.MaxDrift}
+		w.res.Drift[id] = n.drift
+		w.nodes = append(w.nodes, n)
+		w.byID[id] = n
+	}
+	w.homes = homes(cfg.Queues, ids)
+	for _, n := range w.nodes {
+		n.start(time.Duration(w.rng.Int64N(int64(cfg.RenewInterval))))
+	}
+	// Faults, one after another, after the cluster settled.
+	t := cfg.TTL + cfg.HoldDown + 2*time.Second
+	for i := 0; i < cfg.Faults && cfg.Schedule == nil; i++ {
+		f := w.drawFault(t)
+		w.res.Schedule = append(w.res.Schedule, f)
+		w.schedule(f)
+		t = f.At + f.For + time.Duration(w.rng.Int64N(int64(cfg.TTL+cfg.LockDelay+cfg.HoldDown)))
+	}
+	for _, f := range cfg.Schedule {
+		w.res.Schedule = append(w.res.Schedule, f)
+		w.schedule(f)
+		t = max(t, f.At+f.For)
+	}
+	end := t + cfg.Bound() + cfg.HoldDown + cfg.TTL + settleAfterFaults
+	w.lastFaultEnd = w.start
+	if len(w.res.Schedule) > 0 {
+		last := w.res.Schedule[len(w.res.Schedule)-1]
+		w.lastFaultEnd = w.start.Add(last.At + last.For)
+		if last.Kind == FaultCrash { // the restarted process must get a session first
+			w.lastFaultEnd = w.lastFaultEnd.Add(cfg.RenewInterval)
+		}
+	}
+	w.at(w.lastFaultEnd.Add(cfg.Bound()), w.checkAllOwned)
+	w.at(w.start.Add(end), w.checkSettled)
+	for w.q.Len() > 0 {
+		e := heap.Pop(&w.q).(*event)
+		if e.at.After(w.start.Add(end)) {
+			break
+		}
+		w.now = e.at
+		w.consul.now = e.at
+		w.consul.expire()
+		e.fn()
+		w.res.Events++
+		w.checkStep()
+	}
+	w.res.Virtual = w.now.Sub(w.start)
+	w.res.MoveBudget = w.moveBudget()
+	if w.res.Moves > w.res.MoveBudget {
+		w.violation("%d moves, more than the %d the faults justify", w.res.Moves, w.res.MoveBudget)
+	}
+	return *w.res
+}
+
+func homes(queues []failover.QueueSpec, nodes []string) map[failover.SliceID]string {
+	out := map[failover.SliceID]string{}
+	for _, q := range queues {
+		for i := 0; i < q.Slices; i++ {
+			s := failover.SliceID{Queue: q.Name, Index: i}
+			best, bw := "", uint64(0)
+			for _, n := range nodes {
+				if w := failover.Rendezvous(s, n); best == "" || w > bw {
+					best, bw = n, w
+				}
+			}
+			out[s] = best
+		}
+	}
+	return out
+}
+
+func (w *world) drawFault(at time.Duration) Fault {
+	cfg := w.cfg
+	kind := cfg.Kinds[w.rng.IntN(len(cfg.Kinds))]
+	node := w.nodes[w.rng.IntN(len(w.nodes))].id
+	lease := min(cfg.TTL, cfg.LockDelay)
+	rnd := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(w.rng.Int64N(int64(hi-lo)+1)) }
+	f := Fault{Kind: kind, Node: node, At: at}
+	switch kind {
+	case FaultCrash:
+		f.For = rnd(100*time.Millisecond, cfg.TTL+cfg.LockDelay+3*time.Second)
+	case FaultPause:
+		f.For = rnd(lease/2, cfg.TTL+cfg.LockDelay+3*time.Second)
+	case FaultPartition:
+		f.For = rnd(lease/2, cfg.TTL+cfg.LockDelay+3*time.Second)
+	case FaultDelay:
+		f.For = rnd(time.Second, 5*time.Second)
+	case FaultLoss:
+		f.For = rnd(time.Second, 5*time.Second)
+	case FaultConsulDown:
+		f.Node, f.For = "", rnd(500*time.Millisecond, cfg.TTL+time.Second)
+	case FaultLeaderLoss:
+		f.Node, f.For = "", rnd(100*time.Millisecond, lease)
+	case FaultConsulLoss:
+		f.Node, f.For = "", rnd(100*time.Millisecond, time.Second)
+	}
+	return f
+}
+
+func (w *world) schedule(f Fault) {
+	start, end := w.start.Add(f.At), w.start.Add(f.At+f.For)
+	n := w.byID[f.Node]
+	switch f.Kind {
+	case FaultCrash:
+		w.at(start, func() { w.faultFrom[n.id] = w.now; w.faultBegins(n); n.crash() })
+		w.at(end, func() { delete(w.faultFrom, n.id); n.start(0) })
+	case FaultPause:
+		w.at(start, func() { w.faultFrom[n.id] = w.now; w.faultBegins(n); n.paused = true })
+		w.at(end, func() { delete(w.faultFrom, n.id); n.resume() })
+	case FaultPartition:
+		w.at(start, func() { w.faultFrom[n.id] = w.now; w.faultBegins(n); n.cut = true })
+		w.at(end, func() { delete(w.faultFrom, n.id); n.cut = false; n.resendWatches() })
+	case FaultDelay:
+		delay := time.Duration(w.rng.Int64N(int64(min(w.cfg.TTL, w.cfg.LockDelay)/2))) + 50*time.Millisecond
+		w.at(start, func() { n.delay = delay })
+		w.at(end, func() { n.delay = 0 })
+	case FaultLoss:
+		w.at(start, func() { n.loss = 0.3 })
+		w.at(end, func() { n.loss = 0 })
+	case FaultConsulDown, FaultLeaderLoss:
+		w.at(start, func() { w.consul.downUntil = end })
+		w.at(end, w.consulBack)
+	case FaultConsulLoss:
+		w.at(start, func() { w.consul.downUntil = end; w.consul.loseState() })
+		w.at(end, w.consulBack)
+	}
+}
+
+// faultBegins: n's slices must be processed again within FailoverBound.
+func (w *world) faultBegins(n *node) {
+	w.faultFrom[n.id] = w.now
+	w.heldAtFault += len(n.assigned)
+	for _, s := range sortedKeys(w.homes) {
+		if n.processing(s) {
+			w.pending[s] = pendingTakeover{node: n.id, from: w.now}
+		}
+	}
+}
+
+// FailoverBound is how long after a node's fault began its slices must be processed again
+// (by another node, or by itself once the fault ended): TTL + lock-delay + 2 renew intervals
+// (the target), plus one watch interval (the survivors' watches are rate-limited).
+func (c Config) FailoverBound() time.Duration {
+	c = c.withDefaults()
+	return c.TTL + c.LockDelay + 2*c.RenewInterval + c.WatchMinInterval
+}
+
+func (w *world) consulBack() {
+	for _, n := range w.nodes {
+		n.resendWatches()
+	}
+}
+
+func (w *world) consulChanged(kv bool) {
+	for _, n := range w.nodes {
+		n.watchChanged(kv)
+	}
+}
+
+// moveBudget: the initial placement, then for each node fault twice what the node holds at home
+// and twice what it held when the fault began (away and back), for each Consul fault twice
+// every slice.
+func (w *world) moveBudget() int {
+	total := len(w.homes)
+	perNode := map[string]int{}
+	for _, n := range w.homes {
+		perNode[n]++
+	}
+	budget := total + 2*w.heldAtFault
+	for _, f := range w.res.Schedule {
+		if f.Node == "" {
+			budget += 2 * total
+		} else {
+			budget += 2 * perNode[f.Node]
+		}
+	}
+	return budget
+}
+
+// ---- invariants ----
+
+// checkStep runs after every event: at most one node processes each slice, a new owner starts
+// LeaseMargin after the last one's end at the earliest.
+func (w *world) checkStep() {
+	for _, s := range sortedKeys(w.homes) {
+		var who []string
+		for _, n := range w.nodes {
+			if n.processing(s) {
+				who = append(who, n.id)
+			}
+		}
+		prev := w.cur[s]
+		if len(who) > 1 {
+			w.violation("slice %s processed by %v at once", s, who)
+		}
+		now := ""
+		if len(who) > 0 {
+			now = who[0]
+		}
+		if prev == now {
+			continue
+		}
+		if prev != "" {
+			w.lastEnd[s] = procEnd{node: prev, at: w.byID[prev].endOf(s)}
+		}
+		if now != "" {
+			if e, ok := w.lastEnd[s]; ok && e.node != now {
+				if w.now.Before(e.at) {
+					w.violation("slice %s started on %s while %s may process it until %.3fs", s, now, e.node, e.at.Sub(w.start).Seconds())
+				} else if gap := w.now.Sub(e.at); w.takenOver[s] && gap < w.cfg.LeaseMargin-time.Millisecond {
+					w.violation("slice %s taken over by %s %.3fs after %s's lease ended: less than the lease margin %s", s, now, gap.Seconds(), e.node, w.cfg.LeaseMargin)
+				}
+			}
+			if p, ok := w.pending[s]; ok {
+				if _, faulty := w.faultFrom[p.node]; now != p.node || !faulty {
+					w.res.ReownedAfter = append(w.res.ReownedAfter, w.now.Sub(p.from))
+					delete(w.pending, s)
+				}
+			}
+		}
+		w.cur[s] = now
+	}
+	bound := w.cfg.FailoverBound()
+	for _, s := range sortedKeys(w.pending) {
+		p := w.pending[s]
+		if _, faulty := w.faultFrom[p.node]; !faulty && w.cur[s] == p.node {
+			delete(w.pending, s) // the fault ended and the node processes it (again, or still)
+			continue
+		}
+		if w.now.Sub(p.from) > bound {
+			w.violation("slice %s of %s not processed again %s after its fault began (bound TTL + lock-delay + 2 renew intervals + watch interval)", s, p.node, bound)
+			delete(w.pending, s)
+		}
+	}
+}
+
+// checkAllOwned: Bound after the last fault, every slice is processed by one node.
+func (w *world) checkAllOwned() {
+	for _, s := range sortedKeys(w.homes) {
+		if w.cur[s] == "" {
+			w.violation("slice %s not processed by any node %s after the last fault ended (bound TTL + lock-delay + 2 renew intervals + watch interval + drain + margin)", s, w.cfg.Bound())
+		}
+	}
+}
+
+// checkSettled: at the end, every slice is at its home.
+func (w *world) checkSettled() {
+	for _, s := range sortedKeys(w.homes) {
+		if w.cur[s] != w.homes[s] {
+			w.violation("slice %s settled on %q, not on its home %s", s, w.cur[s], w.homes[s])
+		}
+	}
+}
+
+// discardLogger is shared by nodes when Config.Log is nil.
+var discardLogger = slog.New(slog.DiscardHandler)
+
+// noJitter: the simulated acquisition backoff is deterministic without randomness.
+func noJitter(initial, maxInterval time.Duration) backoff.BackOff {
+	b := backoff.NewExponentialBackOff(backoff.WithInitialInterval(max(initial, time.Millisecond)), backoff.WithMaxInterval(max(maxInterval, initial)),
+		backoff.WithRandomizationFactor(0), backoff.WithMaxElapsedTime(0))
+	b.Reset()
+	return b
+}
