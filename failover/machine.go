@@ -71,11 +71,11 @@ type Machine struct {
 	states      map[SliceID]SliceState // reused by sliceStates
 	// dirty: something the snapshot shows changed since the last one (a tick alone changes
 	// nothing: the previous snapshot is handed out again).
-	dirty bool
-	last  Ready
-	changes     map[string]uint64
-	toDestroy   []string // sessions decided to destroy, not yet handed out
-	resetConns  bool
+	dirty      bool
+	last       Ready
+	changes    map[string]uint64
+	toDestroy  []string // sessions decided to destroy, not yet handed out
+	resetConns bool
 }
 
 // MachineConfig is what a Machine needs to know; ConsulConfig.MachineConfig derives it.
