@@ -220,6 +220,9 @@ func (w *world) violation(format string, args ...any) {
 	}
 }
 
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config { return c.withDefaults() }
+
 func (c Config) withDefaults() Config {
 	if c.Nodes == 0 {
 		c.Nodes = 4
@@ -377,6 +380,10 @@ func (w *world) drawFault(at time.Duration) Fault {
 func (w *world) schedule(f Fault) {
 	start, end := w.start.Add(f.At), w.start.Add(f.At+f.For)
 	n := w.byID[f.Node]
+	if n == nil { // Consul faults delay every takeover under way
+		w.at(start, w.anotherFault)
+		w.at(end, w.anotherFault)
+	}
 	switch f.Kind {
 	case FaultCrash:
 		w.at(start, func() { w.faultFrom[n.id] = w.now; w.faultBegins(n); n.crash() })
@@ -405,12 +412,22 @@ func (w *world) schedule(f Fault) {
 
 // faultBegins: n's slices must be processed again within FailoverBound.
 func (w *world) faultBegins(n *node) {
+	w.anotherFault()
 	w.faultFrom[n.id] = w.now
 	w.heldAtFault += len(n.assigned)
 	for _, s := range sortedKeys(w.homes) {
 		if n.processing(s) {
 			w.pending[s] = pendingTakeover{node: n.id, from: w.now}
 		}
+	}
+}
+
+// anotherFault: a fault that begins or ends while slices of an earlier one are still waiting
+// for a new owner restarts their bound (it may have struck the node about to take them).
+func (w *world) anotherFault() {
+	for s, p := range w.pending {
+		p.from = w.now
+		w.pending[s] = p
 	}
 }
 

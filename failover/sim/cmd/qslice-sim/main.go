@@ -91,8 +91,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return reowned[min(len(reowned)-1, int(p*float64(len(reowned))))]
 	}
-	fmt.Fprintf(stdout, "%d seeds, %d failed, %d events, %s; slices taken over after a node fault: n=%d median %.2fs p95 %.2fs max %.2fs (bound %.2fs)\n",
-		*seeds, failed, events, time.Since(start).Round(time.Millisecond), len(reowned), q(0.5).Seconds(), q(0.95).Seconds(), q(1).Seconds(), cfg.Bound().Seconds())
+	c := cfg.WithDefaults()
+	fmt.Fprintf(stdout, "%d seeds, %d failed, %d events, %s; slices of a faulted node processed again after: n=%d median %.2fs p95 %.2fs max %.2fs (target TTL + lock-delay + 2 renew intervals = %.2fs, checked bound %.2fs)\n",
+		*seeds, failed, events, time.Since(start).Round(time.Millisecond), len(reowned), q(0.5).Seconds(), q(0.95).Seconds(), q(1).Seconds(),
+		(c.TTL + c.LockDelay + 2*c.RenewInterval).Seconds(), cfg.FailoverBound().Seconds())
 	if failed > 0 {
 		return fmt.Errorf("%d seeds violated invariants", failed)
 	}
