@@ -562,6 +562,12 @@ func TestNodeErrorsAreJudged(t *testing.T) {
 		{ErrorLine{At: at(3000).Add(errorSettle + time.Second), Msg: "consul request failing; retrying with backoff"}, false},
 		{ErrorLine{At: at(500), Msg: "consul request failing; retrying with backoff"}, false},   // before any fault
 		{ErrorLine{At: at(51000), Msg: "consul request failing; retrying with backoff"}, false}, // a kill does not explain it
+		// A request that got no answer in time: a loaded machine, expected at any time.
+		{ErrorLine{At: at(51000), Msg: "consul request failing; retrying with backoff",
+			Line: `{"level":"ERROR","msg":"consul request failing; retrying with backoff","err":"Put \"http://127.0.0.1:1/v1/agent/check/update/x\": context deadline exceeded"}`}, true},
+		// A request Consul refused is a bug outside a fault.
+		{ErrorLine{At: at(51000), Msg: "consul request failing; retrying with backoff",
+			Line: `{"level":"ERROR","msg":"consul request failing; retrying with backoff","err":"unexpected response 404"}`}, false},
 		{ErrorLine{At: at(2000), Msg: "claim failed; the file is left in place"}, false},
 		{ErrorLine{Line: "panic: runtime error"}, false},
 	}
