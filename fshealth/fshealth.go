@@ -14,7 +14,11 @@
 //     (a probe outstanding for Timeout), errors (ENOTCONN, EIO, ESTALE, ...) or probes slower
 //     than Timeout all count the same way;
 //   - available again only after probes have succeeded without interruption for RecoverAfter
-//     (the hold-down), so that a flapping link does not move slices back and forth.
+//     (the hold-down), so that a flapping link does not move slices back and forth;
+//   - time the watcher itself did not run (its loop silent for Interval + Timeout/2: the process
+//     or the machine was paused) is not held against the filesystem: the judgement counts from
+//     the resumption, so a node resumed from SIGSTOP keeps its slices unless its filesystem then
+//     fails to answer for Timeout.
 //
 // Defaults and why: Timeout 10 s: a working NFS or GlusterFS server answers these metadata
 // operations in milliseconds, a badly loaded one in a second or two, so 10 s means "not
@@ -109,6 +113,10 @@ type Observations struct {
 	PendingFrom time.Time // start of the probe still outstanding (zero: none)
 	LastErr     error     // the last probe's error, nil if it succeeded
 	LastTook    time.Duration
+	// Beat is when the watcher's loop last ran; ResumedAt when it found it had not run for longer
+	// than its stall gap (the process or the machine was paused, or starved): time before it
+	// is not held against the filesystem, which nobody was watching then.
+	Beat, ResumedAt time.Time
 	// Unavailable is the previous verdict (for the hold-down).
 	Unavailable      bool
 	UnavailableSince time.Time
@@ -130,6 +138,18 @@ type State struct {
 
 // Judge is the pure verdict: (available, reason). See the package comment.
 func Judge(o Observations, now time.Time, timeout, recoverAfter time.Duration) (bool, string) {
+	// A pause of the watcher itself is not the filesystem's silence: count from the resumption.
+	if r := o.ResumedAt; !r.IsZero() {
+		if o.Start.Before(r) {
+			o.Start = r
+		}
+		if !o.LastGood.IsZero() && o.LastGood.Before(r) {
+			o.LastGood = r
+		}
+		if !o.PendingFrom.IsZero() && o.PendingFrom.Before(r) {
+			o.PendingFrom = r
+		}
+	}
 	ref := o.LastGood
 	if ref.IsZero() {
 		ref = o.Start
@@ -207,8 +227,35 @@ func (w *Watcher) State() State {
 	return w.state
 }
 
-// judgeLocked refreshes the verdict; it returns true when availability flipped.
+// stallGap is how long the watcher's loop may go without running before it counts as paused:
+// it wakes every Interval, so a gap of Interval + Timeout/2 is no scheduling delay but a stopped
+// process (SIGSTOP, a suspended VM) or a starved one.
+func (w *Watcher) stallGap() time.Duration { return w.cfg.Interval + w.cfg.Timeout/2 }
+
+// beat records that the loop runs; after a gap past stallGap it restarts the judgement's clock.
+func (w *Watcher) beat() {
+	now := w.cfg.Clock.Now()
+	w.mu.Lock()
+	gap := now.Sub(w.obs.Beat)
+	paused := !w.obs.Beat.IsZero() && gap > w.stallGap()
+	if paused {
+		w.obs.ResumedAt = now
+	}
+	w.obs.Beat = now
+	w.mu.Unlock()
+	if paused {
+		w.cfg.Logger.Warn("filesystem watch did not run for a while (process or machine paused, or starved): judging the filesystem afresh from now",
+			"queue", w.cfg.Name, "gap", gap.Round(time.Millisecond))
+	}
+}
+
+// judgeLocked refreshes the verdict; it returns true when availability flipped. While the loop
+// has not run for longer than stallGap (this process was paused: a reader may run first when it
+// resumes) it keeps the last verdict: the loop judges afresh when it runs again.
 func (w *Watcher) judgeLocked(now time.Time) bool {
+	if !w.obs.Beat.IsZero() && now.Sub(w.obs.Beat) > w.stallGap() {
+		return false
+	}
 	ok, reason := Judge(w.obs, now, w.cfg.Timeout, w.cfg.RecoverAfter)
 	flipped := ok != w.state.Available
 	if flipped {
@@ -242,9 +289,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case r := <-results:
+			w.beat()
 			pending = false
 			w.record(r)
 		case <-tick.C():
+			w.beat()
 			if !pending {
 				pending = true
 				start := w.cfg.Clock.Now()
@@ -263,8 +312,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 }
 
 func (w *Watcher) record(r result) {
-	took := r.end.Sub(r.start)
 	w.mu.Lock()
+	start := r.start
+	if start.Before(w.obs.ResumedAt) {
+		start = w.obs.ResumedAt // the pause is not the probe's time
+	}
+	took := r.end.Sub(start)
 	w.probes++
 	w.obs.PendingFrom, w.obs.LastErr, w.obs.LastTook = time.Time{}, r.err, took
 	if r.err == nil && took <= w.cfg.Timeout {

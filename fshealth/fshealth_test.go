@@ -211,3 +211,73 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestPausedWatcherJudgesAfresh: a process paused past Timeout (SIGSTOP, a suspended VM) finds
+// no recent successful probe when it resumes; that is its own silence, not the filesystem's, so
+// it stays available. A filesystem that really hangs is still found Timeout after the resumption.
+func TestPausedWatcherJudgesAfresh(t *testing.T) {
+	for _, hung := range []bool{false, true} {
+		clk := clock.NewFake(t0)
+		g := newGate()
+		var flips []State
+		var mu sync.Mutex
+		w, err := New(Config{Name: "in", Dir: "/nowhere", Node: "n1", Clock: clk, probe: g.probe,
+			OnChange: func(s State) { mu.Lock(); flips = append(flips, s); mu.Unlock() }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		<-clk.Created()
+		<-clk.Created()
+		waitFor(t, "a probe to complete", func() bool { return w.State().Probes >= 1 })
+		if hung {
+			g.cut() // the next probe hangs: outstanding across the pause
+		}
+		clk.Advance(DefaultInterval)
+		<-clk.Created()
+		idle := func() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.obs.PendingFrom.IsZero() }
+		if hung {
+			waitFor(t, "the hanging probe to start", func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.calls == 2 })
+		} else {
+			waitFor(t, "the probe to complete", idle)
+		}
+		// The pause: the clock jumps 3 timeouts while nothing of the process runs.
+		clk.Advance(3 * DefaultTimeout)
+		if st := w.State(); !st.Available {
+			t.Fatalf("hung=%v: a reader just after the pause sees %+v", hung, st)
+		}
+		<-clk.Created() // the loop ran again
+		if !hung {
+			waitFor(t, "the probe to complete", idle)
+		}
+		if st := w.State(); !st.Available {
+			t.Fatalf("hung=%v: unavailable right after a pause: %s", hung, st.Reason)
+		}
+		resumed := clk.Now()
+		for clk.Now().Sub(resumed) <= DefaultTimeout+DefaultInterval {
+			if st := w.State(); !st.Available && clk.Now().Sub(resumed) <= DefaultTimeout {
+				t.Fatalf("hung=%v: unavailable %s after the resumption, before Timeout: %s", hung, clk.Now().Sub(resumed), st.Reason)
+			}
+			clk.Advance(DefaultInterval)
+			<-clk.Created()
+			if !hung {
+				waitFor(t, "the probe to complete", idle)
+			}
+		}
+		if st := w.State(); st.Available == hung {
+			t.Fatalf("hung=%v: %s after the resumption: available=%v (%s)", hung, clk.Now().Sub(resumed), st.Available, st.Reason)
+		}
+		mu.Lock()
+		if n := len(flips); (hung && n != 1) || (!hung && n != 0) {
+			t.Errorf("hung=%v: %d availability changes told: %+v", hung, n, flips)
+		}
+		mu.Unlock()
+		if hung {
+			g.heal()
+		}
+		cancel()
+		<-done
+	}
+}
