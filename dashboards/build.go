@@ -50,6 +50,9 @@ func Dashboards() ([]dashboard.Dashboard, error) {
 			return nil, fmt.Errorf("build dashboard: %w", err)
 		}
 		assignIDs(&d)
+		if err := linkRunbooks(&d); err != nil {
+			return nil, err
+		}
 		for i := range d.Links {
 			// The SDK defaults to Grafana 12's "inControlsMenu", which hides the links in a menu;
 			// unset, they show above the panels in every Grafana version.
@@ -124,6 +127,7 @@ func newDashboard(uid, title, description string, vars ...cog.Builder[dashboard.
 			AsDropdown(true).
 			IncludeVars(true).
 			KeepTime(true)).
+		Annotation(failoverAnnotation()).
 		WithVariable(dashboard.NewDatasourceVariableBuilder(DatasourceVar).
 			Label("Data source").
 			Type("prometheus").

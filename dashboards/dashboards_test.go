@@ -82,6 +82,16 @@ type jsonDashboard struct {
 			Datasource *jsonDS         `json:"datasource"`
 		} `json:"list"`
 	} `json:"templating"`
+	Annotations struct {
+		List []jsonAnnotation `json:"list"`
+	} `json:"annotations"`
+}
+
+type jsonAnnotation struct {
+	Name       string  `json:"name"`
+	Enable     bool    `json:"enable"`
+	Expr       string  `json:"expr"`
+	Datasource *jsonDS `json:"datasource"`
 }
 
 type jsonDS struct {
@@ -101,10 +111,21 @@ type jsonPanel struct {
 	} `json:"gridPos"`
 	FieldConfig struct {
 		Defaults struct {
-			Unit string `json:"unit"`
+			Unit       string `json:"unit"`
+			Thresholds *struct {
+				Steps []struct {
+					Value *float64 `json:"value"`
+				} `json:"steps"`
+			} `json:"thresholds"`
 		} `json:"defaults"`
 	} `json:"fieldConfig"`
 	Targets []jsonTarget `json:"targets"`
+	Links   []jsonLink   `json:"links"`
+}
+
+type jsonLink struct {
+	Title string `json:"title"`
+	URL   string `json:"url"`
 }
 
 type jsonTarget struct {

@@ -27,6 +27,14 @@
 //     recording rule of rules/, or is one that Prometheus itself makes (up, ALERTS); every qslice
 //     metric the agent exports appears somewhere, and every recording rule is used
 //     (TestAgentExportsEveryQueriedMetric). The agent's /metrics passes `promtool check metrics`.
+//   - Every alerting panel (panelAlerts in alerts.go) links to the runbook section of each of
+//     its alerts: the link is the rule's runbook_url and its anchor a heading of
+//     docs/runbooks.md, and every alert is linked from some panel (TestPanelsLinkTheirRunbooks).
+//     The backlog panels' thresholds are the backlog alerts' (oldest ready age of
+//     QsliceSliceBacklogOld, ready count of QsliceSliceFallingBehind), through Go constants that
+//     TestPanelThresholdsMatchRules compares with the numbers in the rules. Every dashboard has
+//     a "Failovers" annotation on qslice_ownership_changes_total for the unplanned reasons
+//     (TestFailoverAnnotations); its metric is checked like the panels' queries.
 //   - Every alert has a severity, a summary, a description and a runbook_url whose anchor is a
 //     heading of docs/runbooks.md, and at least one promtool case where it fires and one where
 //     it stays quiet; `promtool check rules` and `promtool test rules` pass.

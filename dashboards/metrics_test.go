@@ -125,6 +125,9 @@ func allQueries(t *testing.T) []queriedExpr {
 			}
 			out = append(out, queriedExpr{fmt.Sprintf("%s variable %s", file, v.Name), expr})
 		}
+		for _, a := range d.Annotations.List {
+			out = append(out, queriedExpr{fmt.Sprintf("%s annotation %q", file, a.Name), a.Expr})
+		}
 		for _, p := range flatPanels(d.Panels) {
 			for _, tg := range p.Targets {
 				out = append(out, queriedExpr{fmt.Sprintf("%s panel %q target %s", file, p.Title, tg.RefID), tg.Expr})

@@ -41,7 +41,7 @@ func overview() *dashboard.DashboardBuilder {
 			unitCount, small, thresholds(),
 			q(`sum(max by (job, queue, slice) (qslice_queue_ready_messages{`+selQueue+`}))`, "ready"))).
 		WithPanel(single("Oldest ready message", "Age of the oldest waiting message of the selected queues, from the time in its file name.",
-			unitSeconds, small, thresholds(900, "orange", 3600, "red"),
+			unitSeconds, small, backlogAgeThresholds(),
 			q(`max(qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "oldest"))).
 		WithPanel(single("Drained nodes", "Nodes that are drained (qslice drain): they hold no slice and take none until `qslice drain --undo`. Left drained for over an hour raises QsliceNodeDrainedTooLong; every node drained leaves slices unowned.",
 			unitCount, quart, thresholds(1, "orange"),

@@ -15,7 +15,9 @@ func queues() *dashboard.DashboardBuilder {
 			q(`sum by (queue) (max by (job, queue, slice) (qslice_queue_ready_messages{`+selQueue+`}))`, "{{queue}}"))).
 		WithPanel(graph("Oldest ready message", "Age of the oldest waiting message per queue, from the time in its file name. A line rising at one second per second is a queue whose head does not move.",
 			unitSeconds, half,
-			q(`max by (queue) (qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "{{queue}}"))).
+			q(`max by (queue) (qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "{{queue}}")).
+			Thresholds(backlogAgeThresholds()).
+			ThresholdsStyle(thresholdsLine())).
 		WithPanel(graph("Processing rate", "Messages whose handling ended per second, by queue and outcome (done = processed; retry, shunted and bad = failed attempts). Only queues run by qslice's own runners; supervised queues show no events here.",
 			unitMsgRate, half,
 			q(`sum by (queue, outcome) (rate(qslice_messages_handled_total{`+selQueue+`, outcome!="released"}[$__rate_interval]))`, "{{queue}} {{outcome}}"))).
@@ -61,10 +63,14 @@ func queues() *dashboard.DashboardBuilder {
 			tableQuery(`sum by (job, queue, slice) (increase(qslice_slice_messages_handled_total{`+selQueue+`, outcome=~"shunted|bad"}[1h]))`))).
 		WithPanel(graph("Ready messages by slice", "Waiting messages per slice. One slice growing alone points at its owner or its worker.",
 			unitCount, half,
-			q(`max by (queue, slice) (qslice_queue_ready_messages{`+selQueue+`})`, "{{queue}}/{{slice}}"))).
+			q(`max by (queue, slice) (qslice_queue_ready_messages{`+selQueue+`})`, "{{queue}}/{{slice}}")).
+			Thresholds(thresholds(fallingBehindReady, "orange")).
+			ThresholdsStyle(thresholdsLine())).
 		WithPanel(graph("Oldest ready message by slice", "Age of the oldest waiting message per slice.",
 			unitSeconds, half,
-			q(`max by (queue, slice) (qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "{{queue}}/{{slice}}"))).
+			q(`max by (queue, slice) (qslice_queue_oldest_ready_age_seconds{`+selQueue+`})`, "{{queue}}/{{slice}}")).
+			Thresholds(backlogAgeThresholds()).
+			ThresholdsStyle(thresholdsLine())).
 		WithPanel(graph("Processed by slice", "Messages processed (done) per second and slice, summed over the nodes that handled them (qslice's own runners). A slice with a backlog and no rate here is not being worked.",
 			unitMsgRate, half,
 			q(`sum by (queue, slice) (rate(qslice_slice_messages_handled_total{`+selQueue+`, outcome="done"}[$__rate_interval]))`, "{{queue}}/{{slice}}"))).
