@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "not root: cannot install ${missing[*]}; the tests that need them will skip" >&2
+    echo "not root: cannot install ${missing[*]}; the tests that need them skip, which fails the run unless QSLICE_ALLOW_SKIPS=1" >&2
   fi
 fi
 
