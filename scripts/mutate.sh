@@ -36,7 +36,7 @@ mutation lease-ttl-stamped-on-answer failover/lease.go \
   'k.ttlSent = sent' 'k.ttlSent, _ = c.clk.Now(), sent' \
   'go test -count=1 -run TestLeaseStampedWhenSent/ttl_term ./failover'
 mutation lease-confirm-stamped-on-answer failover/lease.go \
-  $'default:\n\t\t\tk.confirmSent = sent' $'default:\n\t\t\tk.confirmSent, _ = c.clk.Now(), sent' \
+  'k.confirmSent, k.freshSince = sent, false' 'k.confirmSent, k.freshSince, _ = c.clk.Now(), false, sent' \
   'go test -count=1 -run TestLeaseStampedWhenSent/confirmation_term ./failover'
 
 want=("$@")
