@@ -257,28 +257,22 @@ func stripComment(l string) string {
 	return strings.TrimRight(l, " \t")
 }
 
+// depth is the bracket depth at the end of s, outside quotes.
 func depth(s string) int {
-	d := 0
-	var q byte
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case q != 0 && c == q:
-			q = 0
-		case q == 0 && (c == '\'' || c == '"'):
-			q = c
-		case q == 0 && (c == '(' || c == '['):
-			d++
-		case q == 0 && (c == ')' || c == ']'):
-			d--
-		}
-	}
+	_, d := scanTop(s, 0)
 	return d
 }
 
 // splitTop splits s at sep outside quotes and brackets.
 func splitTop(s string, sep byte) []string {
-	var out []string
-	d, last := 0, 0
+	parts, _ := scanTop(s, sep)
+	return parts
+}
+
+// scanTop walks s once, tracking quotes and bracket depth: it splits s at sep where both are at
+// the top (sep 0: no split) and returns the parts and the depth at the end.
+func scanTop(s string, sep byte) (parts []string, depth int) {
+	last := 0
 	var q byte
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
@@ -287,13 +281,13 @@ func splitTop(s string, sep byte) []string {
 		case q == 0 && (c == '\'' || c == '"'):
 			q = c
 		case q == 0 && (c == '(' || c == '['):
-			d++
+			depth++
 		case q == 0 && (c == ')' || c == ']'):
-			d--
-		case q == 0 && d == 0 && c == sep:
-			out = append(out, s[last:i])
+			depth--
+		case q == 0 && depth == 0 && sep != 0 && c == sep:
+			parts = append(parts, s[last:i])
 			last = i + 1
 		}
 	}
-	return append(out, s[last:])
+	return append(parts, s[last:]), depth
 }
