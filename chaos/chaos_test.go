@@ -61,20 +61,7 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b strings.Builder
-	rep.Print(&b)
-	t.Log("\n" + b.String())
-	if err := rep.Err(); err != nil {
-		t.Error(err)
-	}
-	for _, k := range Kinds {
-		if rep.Faults[k] != faults[k] {
-			t.Errorf("faults of kind %s: injected %d, want %d", k, rep.Faults[k], faults[k])
-		}
-	}
-	if rep.Messages < 300 {
-		t.Errorf("only %d messages enqueued", rep.Messages)
-	}
+	checkVerdict(t, rep, faults, 300)
 	// Every ownership change is counted in the nodes' metrics.
 	for _, reason := range []string{"failover", "failback"} {
 		if rep.OwnershipChanges[reason] == 0 {
@@ -157,20 +144,7 @@ func TestChaosWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b strings.Builder
-	rep.Print(&b)
-	t.Log("\n" + b.String())
-	if err := rep.Err(); err != nil {
-		t.Error(err)
-	}
-	for _, k := range Kinds {
-		if rep.Faults[k] != faults[k] {
-			t.Errorf("faults of kind %s: injected %d, want %d", k, rep.Faults[k], faults[k])
-		}
-	}
-	if rep.Messages < 200 {
-		t.Errorf("only %d messages enqueued", rep.Messages)
-	}
+	checkVerdict(t, rep, faults, 200)
 	// The messages were handled by long-lived workers: far fewer handler pids than messages.
 	pids := map[int]bool{}
 	for _, p := range cl.LedgerPaths() {
@@ -189,5 +163,25 @@ func TestChaosWorker(t *testing.T) {
 		for _, n := range cl.Nodes {
 			t.Logf("logs of %s: %v", n.Name, n.Logs())
 		}
+	}
+}
+
+// checkVerdict logs the report and fails t on its verdict, on faults not injected as scheduled,
+// or on fewer than minMessages messages enqueued.
+func checkVerdict(t *testing.T, rep *Report, faults map[Kind]int, minMessages int) {
+	t.Helper()
+	var b strings.Builder
+	rep.Print(&b)
+	t.Log("\n" + b.String())
+	if err := rep.Err(); err != nil {
+		t.Error(err)
+	}
+	for _, k := range Kinds {
+		if rep.Faults[k] != faults[k] {
+			t.Errorf("faults of kind %s: injected %d, want %d", k, rep.Faults[k], faults[k])
+		}
+	}
+	if rep.Messages < minMessages {
+		t.Errorf("only %d messages enqueued", rep.Messages)
 	}
 }
