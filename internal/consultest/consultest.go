@@ -125,17 +125,48 @@ func Start(t testing.TB, opts ...Option) *Server {
 		f(&o)
 	}
 	dir := t.TempDir()
-	ports, err := freePorts(3)
-	if err != nil {
-		t.Fatalf("consultest: %v", err)
-	}
 	s := &Server{
 		t: t, bin: bin, dir: dir,
-		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		NodeName: "consultest",
 		cfgFile:  filepath.Join(dir, "consul.json"),
 		logFile:  filepath.Join(dir, "consul.log"),
 	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Logf("consultest: stop: %v", err)
+		}
+		if t.Failed() {
+			s.dumpLog(60)
+		}
+	})
+	// The ports are free when chosen, but another process may bind one before Consul does:
+	// then Consul exits at start-up, and a new set of ports is tried (at most startTries times).
+	for try := 1; ; try++ {
+		err := s.startOnFreePorts(o)
+		if err == nil {
+			return s
+		}
+		if try >= startTries || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("consultest: %v", err)
+		}
+		t.Logf("consultest: a port was taken before Consul bound it; trying other ports: %v", err)
+		if err := os.RemoveAll(filepath.Join(dir, "data")); err != nil {
+			t.Fatalf("consultest: %v", err)
+		}
+	}
+}
+
+// startTries bounds Start's attempts with fresh ports.
+const startTries = 3
+
+// startOnFreePorts writes the configuration with newly chosen free ports and starts Consul.
+func (s *Server) startOnFreePorts(o options) error {
+	dir := s.dir
+	ports, err := freePorts(3)
+	if err != nil {
+		return err
+	}
+	s.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	cfg := map[string]any{
 		"node_name":               s.NodeName,
 		"datacenter":              "dc1",
@@ -165,23 +196,12 @@ func Start(t testing.TB, opts ...Option) *Server {
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
-		t.Fatalf("consultest: %v", err)
+		return err
 	}
 	if err := os.WriteFile(s.cfgFile, b, 0o600); err != nil {
-		t.Fatalf("consultest: %v", err)
+		return err
 	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Logf("consultest: stop: %v", err)
-		}
-		if t.Failed() {
-			s.dumpLog(60)
-		}
-	})
-	if err := s.start(); err != nil {
-		t.Fatalf("consultest: %v", err)
-	}
-	return s
+	return s.start()
 }
 
 // freePorts asks the kernel for n free loopback ports (TCP and UDP: serf uses both).
