@@ -93,6 +93,7 @@ type Plan struct {
 	// Target is the node that should own each slice now ("" when nobody can).
 	Target map[SliceID]string
 	// Home is the node each slice belongs to when every member is up and settled.
+	// Target and Home from a Planner are its own: valid until its next Plan call.
 	Home map[SliceID]string
 }
 
@@ -116,48 +117,101 @@ type Plan struct {
 // the loss of the holder's session.
 func ComputePlan(in PlanInput) Plan { return new(Planner).Plan(in) }
 
-// Planner computes the same plans as ComputePlan, and remembers the targets and homes of the
-// last one: while the members and their state (settled, draining, unavailable queues) stay the
-// same, a plan costs one pass over the slices instead of slices x members weight computations.
-// Slices with an avoid list are always ranked afresh. A Planner is not safe for concurrent use.
+// Planner computes the same plans as ComputePlan, incrementally. It keeps, for every slice, its
+// target and home as the last members ranked them (without avoid lists and holders), and the
+// members they were computed for. The next plan compares the members with those (a sorted
+// merge): a member that joined, left or changed (settled, draining, unavailable queues) can only
+// take a slice whose best candidate it now beats, or lose one it was best for, so each slice is
+// compared with the changed members only, and ranked afresh over every member only when its
+// cached target or home is among them (rendezvous: about 1/N of the slices per changed member).
+// A queue whose "is any candidate settled" answer flips is ranked afresh whole; so are slices
+// with a home list, every plan with a custom Weight, and a plan where more than half of the
+// members changed. Slices with an avoid list, or held by an unsettled member, get their own
+// target for the plan, as ComputePlan ranks them. Buffers are reused: a plan allocates little
+// beyond its Acquire and Release lists.
+//
+// The Target and Home maps of a Plan belong to the Planner: they stay valid until its next Plan
+// call, which updates them in place. A Planner is not safe for concurrent use.
 type Planner struct {
-	key    uint64 // fingerprint of the ranking inputs of the cached maps; 0: none
-	target map[SliceID]string
-	home   map[SliceID]string
+	valid     bool        // tgt, home and the maps match queues and prev
+	queues    []QueueSpec // what the cache was computed for (home lists copied)
+	offset    []int       // flat index of each queue's slice 0
+	prev, cur ranker      // the members of the cache; the plan in progress (buffers swap)
+	modes     []queueMode // per queue, for prev
+	tgt, home []pick      // per flat slice index
+	target    map[SliceID]string
+	homes     map[SliceID]string
+	overrides []override // Target entries that hold a per-plan value, put back next plan
+	changes   []change   // buffer of the members diff
+}
+
+// pick is a ranked choice: the node, its rendezvous weight for the slice and its name's hash.
+type pick struct {
+	node string
+	w    uint64
+	hash uint64
+}
+
+// beatenBy reports whether node (weight w) outranks p: a higher weight, or the same and a smaller
+// ID, exactly the order of best's scan over members sorted by node.
+func (p pick) beatenBy(w uint64, node string) bool {
+	return p.node == "" || w > p.w || (w == p.w && node < p.node)
+}
+
+// queueMode is what decides a queue's filter: whether it has any candidate, any settled one.
+type queueMode struct{ any, anySettled bool }
+
+type override struct {
+	k int
+	s SliceID
+}
+
+// change is a member that joined, left (m nil) or changed state since the cached ranking.
+type change struct {
+	node string
+	hash uint64
+	m    *rankMember // its new state; nil when it left
 }
 
 // Plan decides, for Self, which slices to acquire and which to hand off.
 func (pl *Planner) Plan(in PlanInput) Plan {
-	r := newRanker(in)
-	key := r.fingerprint()
-	if key == 0 || key != pl.key || in.Weight != nil {
-		pl.target, pl.home = map[SliceID]string{}, map[SliceID]string{}
-		for _, q := range in.Queues {
-			for i := 0; i < q.Slices; i++ {
-				s := SliceID{q.Name, i}
-				pl.target[s] = r.target(q, s, nil, "", "")
-				pl.home[s] = r.home(q, s)
-			}
-		}
-		pl.key = key
-		if in.Weight != nil {
-			pl.key = 0
+	r := &pl.cur
+	r.reset(in)
+	if pl.valid {
+		for _, o := range pl.overrides {
+			pl.target[o.s] = pl.tgt[o.k].node
 		}
 	}
-	p := Plan{Target: pl.target, Home: pl.home}
-	cloned := false
-	for _, q := range in.Queues {
+	pl.overrides = pl.overrides[:0]
+	if in.Weight != nil || !pl.valid || !sameQueues(pl.queues, in.Queues) || !pl.update(r) {
+		pl.full(r)
+	}
+	pl.valid = in.Weight == nil
+
+	p := Plan{Target: pl.target, Home: pl.homes}
+	for qi, q := range in.Queues {
+		mode, off := pl.modes[qi], pl.offset[qi]
+		qh := stringHash(q.Name)
 		for i := 0; i < q.Slices; i++ {
 			s := SliceID{q.Name, i}
 			st := in.Slices[s]
-			target := pl.target[s]
-			if len(st.Avoid) > 0 || r.unsettled(st.Owner) {
-				if t := r.target(q, s, st.Avoid, "", st.Owner); t != target {
-					if !cloned {
-						p.Target, cloned = maps.Clone(p.Target), true
+			cached := pl.tgt[off+i]
+			target := cached.node
+			fast := in.Weight == nil && len(q.Home[i]) == 0
+			switch {
+			case len(st.Avoid) > 0 || (!fast && r.unsettled(st.Owner)):
+				target = r.target(qi, s, st.Avoid, "", st.Owner).node
+			case mode.anySettled && r.unsettled(st.Owner):
+				// The holder competes as if settled: the cached candidates plus the holder.
+				if m := &r.members[r.byNode[st.Owner]]; !m.Draining && !m.unavailable(qi) {
+					if w := mix64(sliceSeedH(qh, i) ^ m.hash); cached.beatenBy(w, m.Node) {
+						target = m.Node
 					}
-					p.Target[s], target = t, t
 				}
+			}
+			if target != cached.node {
+				p.Target[s] = target
+				pl.overrides = append(pl.overrides, override{off + i, s})
 			}
 			switch {
 			case st.Owner == in.Self:
@@ -167,7 +221,7 @@ func (pl *Planner) Plan(in PlanInput) Plan {
 				case in.SelfUnavailable[s.Queue]:
 					p.Release = append(p.Release, Move{Slice: s, From: in.Self, To: target, Reason: ReasonUnavailable})
 				case in.StuckHandoff && !st.CriticalSince.IsZero() && !in.Now.Before(st.CriticalSince.Add(in.StuckAfter)):
-					if alt := r.target(q, s, st.Avoid, in.Self, ""); alt != "" && alt != in.Self {
+					if alt := r.target(qi, s, st.Avoid, in.Self, "").node; alt != "" && alt != in.Self {
 						p.Release = append(p.Release, Move{Slice: s, From: in.Self, To: alt, Reason: ReasonStuck})
 					}
 				case target != "" && target != in.Self:
@@ -178,7 +232,143 @@ func (pl *Planner) Plan(in PlanInput) Plan {
 			}
 		}
 	}
+	pl.prev, pl.cur = pl.cur, pl.prev
 	return p
+}
+
+// full ranks every slice over every member of r.
+func (pl *Planner) full(r *ranker) {
+	in := r.in
+	if !pl.valid || !sameQueues(pl.queues, in.Queues) {
+		pl.queues = cloneQueues(in.Queues)
+		pl.offset = pl.offset[:0]
+		total := 0
+		for _, q := range in.Queues {
+			pl.offset = append(pl.offset, total)
+			total += q.Slices
+		}
+		pl.tgt, pl.home = make([]pick, total), make([]pick, total)
+		pl.target, pl.homes = make(map[SliceID]string, total), make(map[SliceID]string, total)
+	}
+	pl.modes = r.modes(pl.modes[:0])
+	for qi, q := range in.Queues {
+		for i := 0; i < q.Slices; i++ {
+			pl.rank(r, qi, SliceID{q.Name, i})
+		}
+	}
+}
+
+// rank ranks one slice afresh over every member of r.
+func (pl *Planner) rank(r *ranker, qi int, s SliceID) {
+	k := pl.offset[qi] + s.Index
+	pl.tgt[k] = r.target(qi, s, nil, "", "")
+	pl.home[k] = r.home(qi, s)
+	pl.target[s], pl.homes[s] = pl.tgt[k].node, pl.home[k].node
+}
+
+// update brings the cache from pl.prev's members to r's; false when a full ranking is cheaper.
+func (pl *Planner) update(r *ranker) bool {
+	ch := diffMembers(pl.changes[:0], &pl.prev, r)
+	pl.changes = ch
+	if len(ch) == 0 {
+		return true
+	}
+	if 2*len(ch) > len(r.members) {
+		return false
+	}
+	modes := r.modes(nil)
+	in := r.in
+	for qi, q := range in.Queues {
+		mode, off := modes[qi], pl.offset[qi]
+		if mode != pl.modes[qi] {
+			pl.modes[qi] = mode
+			for i := 0; i < q.Slices; i++ {
+				pl.rank(r, qi, SliceID{q.Name, i})
+			}
+			continue
+		}
+		qh := stringHash(q.Name)
+		for i := 0; i < q.Slices; i++ {
+			s := SliceID{q.Name, i}
+			if len(q.Home[i]) > 0 {
+				pl.rank(r, qi, s)
+				continue
+			}
+			seed := sliceSeedH(qh, i)
+			t, h := pl.tgt[off+i], pl.home[off+i]
+			stale := false
+			for j := range ch {
+				c := &ch[j]
+				if (t.node != "" && c.hash == t.hash && c.node == t.node) || (h.node != "" && c.hash == h.hash && c.node == h.node) {
+					stale = true // the cached choice itself changed: rank over everyone
+					break
+				}
+				if c.m == nil || c.m.Draining {
+					continue
+				}
+				w := mix64(seed ^ c.hash)
+				if h.beatenBy(w, c.node) {
+					h = pick{c.node, w, c.hash}
+				}
+				if !c.m.unavailable(qi) && (!mode.anySettled || c.m.settled) && t.beatenBy(w, c.node) {
+					t = pick{c.node, w, c.hash}
+				}
+			}
+			if stale {
+				pl.rank(r, qi, s)
+				continue
+			}
+			if t.node != pl.tgt[off+i].node {
+				pl.target[s] = t.node
+			}
+			if h.node != pl.home[off+i].node {
+				pl.homes[s] = h.node
+			}
+			pl.tgt[off+i], pl.home[off+i] = t, h
+		}
+	}
+	return true
+}
+
+// diffMembers appends to out the members of b that are not in a or differ there, and the
+// members of a that b lacks. Both are sorted by node.
+func diffMembers(out []change, a, b *ranker) []change {
+	i, j := 0, 0
+	for i < len(a.members) || j < len(b.members) {
+		switch {
+		case j == len(b.members) || (i < len(a.members) && a.members[i].Node < b.members[j].Node):
+			out = append(out, change{node: a.members[i].Node, hash: a.members[i].hash})
+			i++
+		case i == len(a.members) || b.members[j].Node < a.members[i].Node:
+			out = append(out, change{node: b.members[j].Node, hash: b.members[j].hash, m: &b.members[j]})
+			j++
+		default:
+			if !a.members[i].sameRanking(&b.members[j]) {
+				out = append(out, change{node: b.members[j].Node, hash: b.members[j].hash, m: &b.members[j]})
+			}
+			i, j = i+1, j+1
+		}
+	}
+	return out
+}
+
+func sameQueues(a, b []QueueSpec) bool {
+	return slices.EqualFunc(a, b, func(x, y QueueSpec) bool {
+		return x.Name == y.Name && x.Slices == y.Slices && maps.EqualFunc(x.Home, y.Home, func(a, b []string) bool { return slices.Equal(a, b) })
+	})
+}
+
+func cloneQueues(qs []QueueSpec) []QueueSpec {
+	out := slices.Clone(qs)
+	for i := range out {
+		if out[i].Home != nil {
+			out[i].Home = make(map[int][]string, len(qs[i].Home))
+			for k, v := range qs[i].Home {
+				out[i].Home[k] = slices.Clone(v)
+			}
+		}
+	}
+	return out
 }
 
 // acquireReason names why a free slice comes to self, from what its last holder left behind.
@@ -200,32 +390,63 @@ type rankMember struct {
 	Member
 	hash    uint64
 	settled bool
+	unavail []int // indexes into the plan's queues that the member cannot work, ascending
 }
 
+func (m *rankMember) unavailable(qi int) bool {
+	for _, u := range m.unavail {
+		if u == qi {
+			return true
+		}
+	}
+	return false
+}
+
+// sameRanking reports whether m and o rank alike: the same node, settledness, draining flag and
+// unavailable queues.
+func (m *rankMember) sameRanking(o *rankMember) bool {
+	return m.Node == o.Node && m.settled == o.settled && m.Draining == o.Draining && slices.Equal(m.unavail, o.unavail)
+}
+
+// ranker ranks members for slices; its buffers are reused from plan to plan.
 type ranker struct {
 	in           PlanInput
 	members      []rankMember // sorted by node, deduplicated
 	byNode       map[string]int
 	selfDraining bool
+	sorted       []Member // buffer
+	unavail      []int    // buffer the members' unavail lists point into
 }
 
-func newRanker(in PlanInput) *ranker {
-	r := &ranker{in: in, byNode: map[string]int{}}
-	ms := slices.Clone(in.Members)
-	slices.SortStableFunc(ms, func(a, b Member) int { return strings.Compare(a.Node, b.Node) })
-	for _, m := range ms {
+func (r *ranker) reset(in PlanInput) {
+	r.in, r.selfDraining = in, in.SelfDraining
+	if r.byNode == nil {
+		r.byNode = make(map[string]int, len(in.Members))
+	}
+	clear(r.byNode)
+	r.sorted = append(r.sorted[:0], in.Members...)
+	slices.SortStableFunc(r.sorted, func(a, b Member) int { return strings.Compare(a.Node, b.Node) })
+	r.members, r.unavail = r.members[:0], r.unavail[:0]
+	for _, m := range r.sorted {
 		if m.Node == "" || (len(r.members) > 0 && r.members[len(r.members)-1].Node == m.Node) {
 			continue // first entry of a duplicated node wins
 		}
 		if m.Node == in.Self {
 			m.Draining, m.Unavailable = in.SelfDraining, in.SelfUnavailable
 		}
-		settled := m.HealthySince.IsZero() || !in.Now.Before(m.HealthySince.Add(in.HoldDown))
+		rm := rankMember{Member: m, hash: stringHash(m.Node), settled: m.HealthySince.IsZero() || !in.Now.Before(m.HealthySince.Add(in.HoldDown))}
+		if len(m.Unavailable) > 0 {
+			start := len(r.unavail)
+			for qi, q := range in.Queues {
+				if m.Unavailable[q.Name] {
+					r.unavail = append(r.unavail, qi)
+				}
+			}
+			rm.unavail = r.unavail[start:len(r.unavail):len(r.unavail)]
+		}
 		r.byNode[m.Node] = len(r.members)
-		r.members = append(r.members, rankMember{Member: m, hash: stringHash(m.Node), settled: settled})
+		r.members = append(r.members, rm)
 	}
-	r.selfDraining = in.SelfDraining
-	return r
 }
 
 func (r *ranker) weight(s SliceID, seed uint64, m *rankMember) uint64 {
@@ -235,27 +456,30 @@ func (r *ranker) weight(s SliceID, seed uint64, m *rankMember) uint64 {
 	return mix64(seed ^ m.hash)
 }
 
-// fingerprint hashes what the rankings depend on besides the slice: every member with its
-// settled, draining and unavailable state. Never 0.
-func (r *ranker) fingerprint() uint64 {
-	h := uint64(0x6a09e667f3bcc909)
+// modes appends, for each queue, whether it has a candidate and a settled one (no avoid list, no
+// holder).
+func (r *ranker) modes(out []queueMode) []queueMode {
+	all := queueMode{}
 	for i := range r.members {
-		m := &r.members[i]
-		f := m.hash
-		if m.settled {
-			f ^= 1
-		}
-		if m.Draining {
-			f ^= 2
-		}
-		for q, u := range m.Unavailable {
-			if u {
-				f ^= mix64(stringHash(q)) // order-independent
+		if m := &r.members[i]; !m.Draining && len(m.unavail) == 0 {
+			all.any, all.anySettled = true, all.anySettled || m.settled
+			if all.anySettled {
+				break
 			}
 		}
-		h = mix64(h ^ f)
 	}
-	return h | 1
+	for qi := range r.in.Queues {
+		mode := all
+		if !mode.anySettled { // a member that cannot work some queue may decide it
+			for i := range r.members {
+				if m := &r.members[i]; !m.Draining && !m.unavailable(qi) {
+					mode.any, mode.anySettled = true, mode.anySettled || m.settled
+				}
+			}
+		}
+		out = append(out, mode)
+	}
+	return out
 }
 
 // unsettled reports whether node is a member that is not settled (a holder the cached
@@ -268,7 +492,7 @@ func (r *ranker) unsettled(node string) bool {
 // filter says which members are candidates.
 type filter struct {
 	holder      string // counts as settled
-	queue       string
+	qi          int    // the queue's index in the plan
 	avoid       []Avoid
 	exclude     string
 	ignoreAvoid bool
@@ -280,7 +504,7 @@ func (r *ranker) candidate(m *rankMember, f *filter) bool {
 	if f.homeOnly {
 		return !m.Draining
 	}
-	if m.Draining || m.Unavailable[f.queue] || m.Node == f.exclude || (f.settledOnly && !m.settled && m.Node != f.holder) {
+	if m.Draining || m.unavailable(f.qi) || m.Node == f.exclude || (f.settledOnly && !m.settled && m.Node != f.holder) {
 		return false
 	}
 	if !f.ignoreAvoid {
@@ -293,8 +517,8 @@ func (r *ranker) candidate(m *rankMember, f *filter) bool {
 	return true
 }
 
-// target picks the owner of s among live, non-draining members, honouring avoidance, hold-down
-// and the home list. exclude, when set, is treated as avoided too.
+// target picks the owner of s (of queue qi) among live, non-draining members, honouring
+// avoidance, hold-down and the home list. exclude, when set, is treated as avoided too.
 //
 // holder is the node holding s ("" when free). While some candidate is settled, the holder
 // competes as if settled too: the hold-down keeps slices from a node that comes back, it must
@@ -303,8 +527,8 @@ func (r *ranker) candidate(m *rankMember, f *filter) bool {
 // partition, a pause: its live_since restarts); without this rule it would hand its own slices
 // to the first settled peer and take them back a hold-down later, two moves per slice for a
 // fault that needed none.
-func (r *ranker) target(q QueueSpec, s SliceID, avoid []Avoid, exclude, holder string) string {
-	f := filter{queue: s.Queue, avoid: avoid, exclude: exclude, holder: holder}
+func (r *ranker) target(qi int, s SliceID, avoid []Avoid, exclude, holder string) pick {
+	f := filter{qi: qi, avoid: avoid, exclude: exclude, holder: holder}
 	for _, ignoreAvoid := range [2]bool{false, true} {
 		f.ignoreAvoid, f.settledOnly = ignoreAvoid, false
 		any, anySettled := false, false
@@ -319,27 +543,27 @@ func (r *ranker) target(q QueueSpec, s SliceID, avoid []Avoid, exclude, holder s
 		}
 		if any {
 			f.settledOnly = anySettled
-			return r.best(q, s, &f)
+			return r.best(qi, s, &f)
 		}
 	}
-	return ""
+	return pick{}
 }
 
 // home is where s belongs when everyone is up: the head of its home list, else the best
 // non-draining member regardless of hold-down.
-func (r *ranker) home(q QueueSpec, s SliceID) string {
-	if h := q.Home[s.Index]; len(h) > 0 {
-		return h[0]
+func (r *ranker) home(qi int, s SliceID) pick {
+	if h := r.in.Queues[qi].Home[s.Index]; len(h) > 0 {
+		return pick{node: h[0]}
 	}
-	return r.best(q, s, &filter{homeOnly: true})
+	return r.best(qi, s, &filter{homeOnly: true})
 }
 
 // best is the first candidate of the slice's home list, else the candidate with the highest
 // weight (members are sorted by node: on equal weight the smaller ID stays).
-func (r *ranker) best(q QueueSpec, s SliceID, f *filter) string {
-	for _, n := range q.Home[s.Index] {
+func (r *ranker) best(qi int, s SliceID, f *filter) pick {
+	for _, n := range r.in.Queues[qi].Home[s.Index] {
 		if i, ok := r.byNode[n]; ok && r.candidate(&r.members[i], f) {
-			return n
+			return pick{node: n}
 		}
 	}
 	seed := sliceSeed(s)
@@ -355,17 +579,20 @@ func (r *ranker) best(q QueueSpec, s SliceID, f *filter) string {
 		}
 	}
 	if best == nil {
-		return ""
+		return pick{}
 	}
-	return best.Node
+	return pick{best.Node, bestW, best.hash}
 }
 
 // Rendezvous is the highest-random-weight score of node for slice s. Every node computes the
 // same scores, so every node agrees on the ranking given the same members.
 func Rendezvous(s SliceID, node string) uint64 { return mix64(sliceSeed(s) ^ stringHash(node)) }
 
-func sliceSeed(s SliceID) uint64 {
-	return mix64(stringHash(s.Queue) ^ mix64(uint64(s.Index)+0x9e3779b97f4a7c15))
+func sliceSeed(s SliceID) uint64 { return sliceSeedH(stringHash(s.Queue), s.Index) }
+
+// sliceSeedH is sliceSeed with the queue name already hashed.
+func sliceSeedH(queueHash uint64, index int) uint64 {
+	return mix64(queueHash ^ mix64(uint64(index)+0x9e3779b97f4a7c15))
 }
 
 // stringHash is 64-bit FNV-1a.

@@ -682,9 +682,9 @@ func TestPlannerStuckHandoffDoesNotPingPong(t *testing.T) {
 func TestRendezvousDistribution(t *testing.T) {
 	nodes := []string{"mx1", "mx2", "mx3", "mx4", "mx5"}
 	count := map[string]int{}
+	p := ComputePlan(PlanInput{Members: members(nodes...), Queues: []QueueSpec{{Name: "out", Slices: 1000}}})
 	for i := 0; i < 1000; i++ {
-		r := newRanker(PlanInput{Members: members(nodes...)})
-		count[r.target(QueueSpec{Name: "out", Slices: 1000}, SliceID{"out", i}, nil, "", "")]++
+		count[p.Target[SliceID{"out", i}]]++
 	}
 	for _, n := range nodes {
 		if count[n] < 150 || count[n] > 250 {
@@ -799,6 +799,134 @@ func TestPlannerCacheMatchesComputePlan(t *testing.T) {
 		want, got := ComputePlan(in), pl.Plan(in)
 		if !reflect.DeepEqual(want, got) {
 			t.Fatalf("step %d: cached plan differs:\nwant %+v\ngot  %+v", step, want, got)
+		}
+	}
+}
+
+// TestIncrementalPlannerMatchesFullPlanning: over random membership sequences (joins, leaves,
+// members settling, draining, losing and regaining queues, every member restarting its
+// live_since at once, duplicated entries) with random slice states (holders settled or not,
+// avoid lists, home lists, critical slices), a Planner that updates its rankings incrementally
+// gives exactly the plan of a full ranking at every step, for several observers. The reference
+// passes Rendezvous as a custom Weight, which takes none of the shortcuts: every slice ranked
+// over every member, each slice with an avoid list or an unsettled holder ranked again for it. The incremental path must actually run: the test counts the plans it served.
+func TestIncrementalPlannerMatchesFullPlanning(t *testing.T) {
+	queues := []QueueSpec{
+		{Name: "in", Slices: 24, Home: map[int][]string{3: {"n02", "n01"}, 5: {"gone"}}},
+		{Name: "out", Slices: 40},
+		{Name: "bulk", Slices: 16},
+	}
+	var all []string
+	for i := 0; i < 48; i++ {
+		all = append(all, fmt.Sprintf("n%02d", i))
+	}
+	for seed := uint64(1); seed <= 12; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 14))
+		type node struct {
+			since    time.Time
+			draining bool
+			unavail  map[string]bool // mutated in place, as a caller might
+		}
+		live := map[string]*node{}
+		for _, n := range all[:32] {
+			live[n] = &node{}
+		}
+		selves := []string{"n00", "n07", "n31"}
+		planners := make([]Planner, len(selves))
+		incremental := 0
+		now := t0
+		for step := 0; step < 150; step++ {
+			now = now.Add(time.Duration(rng.IntN(20)) * time.Second)
+			for c := rng.IntN(4); c > 0; c-- { // a few membership changes
+				n := all[rng.IntN(len(all))]
+				m := live[n]
+				switch k := rng.IntN(7); {
+				case m == nil:
+					live[n] = &node{since: now}
+				case k == 0:
+					delete(live, n)
+				case k == 1:
+					m.draining = !m.draining
+				case k == 2:
+					if m.unavail == nil {
+						m.unavail = map[string]bool{}
+					}
+					q := queues[rng.IntN(len(queues))].Name
+					m.unavail[q] = !m.unavail[q]
+				case k == 3:
+					m.since = now // a restarted live_since
+				default:
+					m.since = time.Time{}
+				}
+			}
+			if rng.IntN(40) == 0 { // a Consul restart: everybody unsettled
+				for _, m := range live {
+					m.since = now
+				}
+			}
+			var ms []Member
+			for _, n := range all {
+				if m := live[n]; m != nil {
+					ms = append(ms, Member{Node: n, HealthySince: m.since, Draining: m.draining, Unavailable: m.unavail})
+				}
+			}
+			rng.Shuffle(len(ms), func(i, j int) { ms[i], ms[j] = ms[j], ms[i] })
+			if len(ms) > 0 && rng.IntN(10) == 0 {
+				dup := ms[0]
+				dup.Draining = !dup.Draining
+				ms = append(ms, dup) // the first entry of a node wins
+			}
+			sl := map[SliceID]SliceState{}
+			for _, q := range queues {
+				for i := 0; i < q.Slices; i++ {
+					st := SliceState{}
+					switch rng.IntN(3) {
+					case 0:
+						st.Owner = all[rng.IntN(len(all))]
+					case 1:
+						st.Prev, st.PrevReason = all[rng.IntN(len(all))], ReasonFailback
+					}
+					if rng.IntN(20) == 0 {
+						st.Avoid = []Avoid{{Node: all[rng.IntN(len(all))], Until: now.Add(time.Duration(rng.IntN(3)-1) * time.Minute)}}
+					}
+					if rng.IntN(30) == 0 {
+						st.CriticalSince = now.Add(-time.Hour)
+					}
+					sl[SliceID{q.Name, i}] = st
+				}
+			}
+			for i, self := range selves {
+				var selfUnavail map[string]bool
+				if rng.IntN(15) == 0 {
+					selfUnavail = map[string]bool{queues[rng.IntN(len(queues))].Name: true}
+				}
+				in := PlanInput{Self: self, Now: now, HoldDown: time.Minute, Queues: queues, Members: ms, Slices: sl,
+					SelfDraining: rng.IntN(25) == 0, SelfUnavailable: selfUnavail, StuckHandoff: true, StuckAfter: time.Minute}
+				full := in
+				full.Weight = Rendezvous // the same ranking, computed the slow way: every slice over every member
+				want := ComputePlan(full)
+				got := planners[i].Plan(in)
+				if n := len(planners[i].changes); n > 0 && 2*n <= len(planners[i].cur.members) {
+					incremental++
+				}
+				if !reflect.DeepEqual(want, got) {
+					for s, w := range want.Target {
+						if got.Target[s] != w {
+							t.Errorf("seed %d step %d self %s: target of %s: incremental %q, full %q", seed, step, self, s, got.Target[s], w)
+						}
+					}
+					for s, w := range want.Home {
+						if got.Home[s] != w {
+							t.Errorf("seed %d step %d self %s: home of %s: incremental %q, full %q", seed, step, self, s, got.Home[s], w)
+						}
+					}
+					t.Fatalf("seed %d step %d self %s: incremental plan differs:\nfull        acquire %v release %v\nincremental acquire %v release %v",
+						seed, step, self, moves(want.Acquire), moves(want.Release), moves(got.Acquire), moves(got.Release))
+				}
+			}
+		}
+		if incremental < 150 {
+			t.Errorf("seed %d: only %d of %d plans took the incremental path", seed, incremental, 150*len(selves))
 		}
 	}
 }
