@@ -18,6 +18,7 @@ import (
 	"github.com/qslice/qslice/config"
 	"github.com/qslice/qslice/exporters"
 	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/supervise"
@@ -48,6 +49,9 @@ type Options struct {
 	Observer runner.Observer
 	// Handlers overrides the handler of a queue by name (embedding qslice as a library, tests).
 	Handlers map[string]runner.Handler
+	// Clock is the time source of the agent's decisions (slice health, probes, the Consul
+	// coordinator); nil: the system clock.
+	Clock clock.Clock
 }
 
 // worker is what a queue is worked by: a runner or a supervisor.
@@ -101,6 +105,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Clock == nil {
+		opts.Clock = clock.System{}
+	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, workers: map[string]worker{},
 		runners: map[string]*runner.Runner{}, supervisors: map[string]*supervise.Supervisor{}, pools: map[string]*workerpool.Pool{}}
 	a.reg = exporters.NewRegistry(opts.Version, opts.Revision)
@@ -113,14 +120,14 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	a.health = newHealthTracker(cfg.Health, time.Now)
+	a.health = newHealthTracker(cfg.Health, opts.Clock)
 	var obs runner.Observer = multiObserver{rm, a.health}
 	if opts.Observer != nil {
 		obs = multiObserver{rm, a.health, opts.Observer}
 	}
 
 	// Probes observe every queue, worked here or not, and every lock directory.
-	pcfg := probes.Config{Interval: cfg.Probes.Interval, Timeout: cfg.Probes.Budget, Logger: a.log.With("component", "probe")}
+	pcfg := probes.Config{Interval: cfg.Probes.Interval, Timeout: cfg.Probes.Budget, Logger: a.log.With("component", "probe"), Clock: opts.Clock}
 	lockDirs := map[string]bool{}
 	for _, q := range cfg.Queues {
 		if q.Dir == "" {
@@ -164,7 +171,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 			if err != nil {
 				return nil, fmt.Errorf("queue %s: supervise: %w", q.Name, err)
 			}
-			s, err := supervise.New(q.Name, q.Slices, sc, a.log.With("component", "supervise"))
+			s, err := supervise.New(q.Name, q.Slices, sc, a.log.With("component", "supervise"), supervise.WithClock(opts.Clock))
 			if err != nil {
 				return nil, fmt.Errorf("queue %s: %w", q.Name, err)
 			}
@@ -192,6 +199,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 			rc.Lease = leaseProxy{&a.coord}
 			rc.Observer = obs
 			rc.Tracer = opts.Tracer
+			rc.Clock = opts.Clock
 			rc.Logger = a.log.With("component", "runner")
 			r, err := runner.New(rc)
 			if err != nil {
@@ -243,7 +251,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		if err := a.advertise(&fc); err != nil {
 			return nil, err
 		}
-		c, err := failover.NewConsul(fc, assignee{a}, a, a.log, nil) // it names its own component
+		c, err := failover.NewConsul(fc, assignee{a}, a, a.log, opts.Clock) // it names its own component
 		if err != nil {
 			return nil, err
 		}

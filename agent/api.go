@@ -59,7 +59,7 @@ type SliceView struct {
 func (a *Agent) Status() Status {
 	cs := a.coord.Status()
 	st := Status{Node: a.cfg.Node, Mode: cs.Mode, Draining: cs.Draining, LeaseValid: cs.LeaseValid,
-		LeaseRemainingSeconds: cs.LeaseRemaining.Seconds(), ConsulError: cs.ConsulError, GeneratedAt: time.Now().UTC(),
+		LeaseRemainingSeconds: cs.LeaseRemaining.Seconds(), ConsulError: cs.ConsulError, GeneratedAt: a.opts.Clock.Now().UTC(),
 		Slices: []SliceView{}, Locks: []probes.LockView{}, Problems: []string{}}
 	if st.ConsulError != "" {
 		st.Problems = append(st.Problems, "consul: "+st.ConsulError)

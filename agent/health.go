@@ -9,6 +9,7 @@ import (
 
 	"github.com/qslice/qslice/config"
 	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/lockfile"
@@ -20,7 +21,7 @@ import (
 // stall_after; critical ("stuck") after twice stall_after without progress. Supervised queues have no runner events; their progress shows in the snapshots.
 type healthTracker struct {
 	cfg   config.Health
-	now   func() time.Time
+	clk   clock.Clock
 	probe *probes.Probe
 
 	mu       sync.Mutex
@@ -41,15 +42,15 @@ type sliceProgress struct {
 	lastChange time.Time
 }
 
-func newHealthTracker(cfg config.Health, now func() time.Time) *healthTracker {
-	return &healthTracker{cfg: cfg, now: now, progress: map[failover.SliceID]*sliceProgress{},
+func newHealthTracker(cfg config.Health, clk clock.Clock) *healthTracker {
+	return &healthTracker{cfg: cfg, clk: clk, progress: map[failover.SliceID]*sliceProgress{},
 		faults: map[string]map[runner.FaultReason]*activeFault{}}
 }
 
 func (h *healthTracker) get(id failover.SliceID) *sliceProgress {
 	p := h.progress[id]
 	if p == nil {
-		p = &sliceProgress{lastChange: h.now()}
+		p = &sliceProgress{lastChange: h.clk.Now()}
 		h.progress[id] = p
 	}
 	return p
@@ -74,7 +75,7 @@ func (h *healthTracker) slice(id failover.SliceID) failover.Health {
 		return failover.Health{Status: failover.StatusPassing, Output: "not scanned yet"}
 	}
 	st := qs.PerSlice[id.Index]
-	now := h.now()
+	now := h.clk.Now()
 	h.mu.Lock()
 	p := h.get(id)
 	if qs.At.After(p.seenAt) {
@@ -111,7 +112,7 @@ func (h *healthTracker) Handled(q string, s int, o runner.Outcome, _ time.Durati
 		return
 	}
 	h.mu.Lock()
-	h.get(failover.SliceID{Queue: q, Index: s}).lastChange = h.now()
+	h.get(failover.SliceID{Queue: q, Index: s}).lastChange = h.clk.Now()
 	h.mu.Unlock()
 }
 func (h *healthTracker) LockWait(string, int, time.Duration, runner.LockResult) {}
@@ -135,7 +136,7 @@ func (h *healthTracker) Fault(q string, r runner.FaultReason, err error) {
 		f.err = err.Error()
 		return
 	}
-	m[r] = &activeFault{since: h.now(), err: err.Error()}
+	m[r] = &activeFault{since: h.clk.Now(), err: err.Error()}
 }
 
 // fault judges a queue's slices by the runner's disk faults: warning while one persists, critical
@@ -154,7 +155,7 @@ func (h *healthTracker) fault(q string) (failover.Health, bool) {
 	if oldest == nil {
 		return failover.Health{}, false
 	}
-	lasted := h.now().Sub(oldest.since)
+	lasted := h.clk.Now().Sub(oldest.since)
 	st := failover.StatusWarning
 	if h.cfg.StallAfter > 0 && lasted > h.cfg.StallAfter {
 		st = failover.StatusCritical

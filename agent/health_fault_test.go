@@ -9,14 +9,15 @@ import (
 
 	"github.com/qslice/qslice/config"
 	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner"
 )
 
 // A runner's disk fault makes the queue's slices warning at once, critical after stall_after,
 // and passing-or-as-before once it clears; another queue is not affected.
 func TestDiskFaultWarnsThenCritical(t *testing.T) {
-	now := time.Unix(1_700_000_000, 0)
-	h := newHealthTracker(config.Health{StallAfter: 5 * time.Minute}, func() time.Time { return now })
+	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	h := newHealthTracker(config.Health{StallAfter: 5 * time.Minute}, clk)
 	id := failover.SliceID{Queue: "in", Index: 1}
 	if _, ok := h.fault("in"); ok {
 		t.Fatal("fault before any")
@@ -29,7 +30,7 @@ func TestDiskFaultWarnsThenCritical(t *testing.T) {
 	if got := h.slice(id); got.Status != failover.StatusWarning {
 		t.Fatalf("slice health: %+v", got)
 	}
-	now = now.Add(6 * time.Minute)
+	clk.Advance(6 * time.Minute)
 	h.Fault("in", runner.FaultClaim, fmt.Errorf("claim: %w", syscall.EACCES)) // repeats keep the start
 	if got, _ := h.fault("in"); got.Status != failover.StatusCritical {
 		t.Fatalf("after stall_after: %+v", got)

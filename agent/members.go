@@ -186,7 +186,7 @@ func checkOutput(ch *api.HealthCheck) string {
 // nodes that hold slices without being registered; with the slices each owns and is home for.
 func (a *Agent) Members() Members {
 	cs := a.coord.Status()
-	out := Members{Cluster: a.cfg.Cluster, Mode: cs.Mode, Members: []Member{}, GeneratedAt: time.Now().UTC()}
+	out := Members{Cluster: a.cfg.Cluster, Mode: cs.Mode, Members: []Member{}, GeneratedAt: a.opts.Clock.Now().UTC()}
 	owned, home := map[string]int{}, map[string]int{}
 	for _, s := range cs.Slices {
 		if cs.Mode == "standalone" {

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/lockfile"
 	"github.com/qslice/qslice/runner/queue"
@@ -122,15 +123,6 @@ func (s pageState) readyOnPage(slices int) ([]int, string) {
 	return ready, ""
 }
 
-// pastClock is a lock's clock set back by an offset: the lock it takes carries an expiry that
-// far in the past, as if its holder had stopped refreshing long ago.
-type pastClock struct{ offset time.Duration }
-
-func (c pastClock) Now() time.Time { return time.Now().Add(-c.offset) }
-func (c pastClock) NewTimer(d time.Duration) lockfile.Timer {
-	return lockfile.SystemClock().NewTimer(d)
-}
-
 func TestStatusPageInHeadlessChromium(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: skipping the browser test of the status page")
@@ -178,7 +170,7 @@ func TestStatusPageInHeadlessChromium(t *testing.T) {
 	lockDir := cfg.Queues[0].LockDir
 	heldPath, stalePath := filepath.Join(lockDir, "held.lck"), filepath.Join(lockDir, "stale.lck")
 	takeLock(t, heldPath, lockfile.Options{Lifetime: 10 * time.Minute})
-	takeLock(t, stalePath, lockfile.Options{Lifetime: time.Minute, Clock: pastClock{time.Hour}})
+	takeLock(t, stalePath, lockfile.Options{Lifetime: time.Minute, Clock: clock.Offset{D: -time.Hour}})
 
 	// Messages, and the ready count each slice should show.
 	d := queue.NewDir(cfg.Queues[0].Dir, "", "")

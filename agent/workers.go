@@ -57,6 +57,7 @@ func (a *Agent) newPools(queues []config.Queue) error {
 	for name, wc := range cfgs {
 		wc.Lease = leaseProxy{&a.coord}
 		wc.Metrics = m
+		wc.Clock = a.opts.Clock
 		wc.Logger = a.log.With("component", "worker")
 		p, err := workerpool.New(wc)
 		if err != nil {

@@ -125,20 +125,17 @@ func (p *Probe) Ready() error {
 // Run scans at once, then every interval, until ctx ends; it returns nil then. A cycle that takes
 // longer than the interval is followed at once by the next one.
 func (p *Probe) Run(ctx context.Context) error {
-	timer := time.NewTimer(0)
-	defer timer.Stop()
+	wait := time.Duration(0)
 	for {
-		select {
-		case <-ctx.Done():
+		if !clock.Sleep(ctx, p.clock, wait) {
 			return nil
-		case <-timer.C:
 		}
-		start := time.Now()
+		start := p.clock.Now()
 		p.ScanOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		timer.Reset(max(0, p.cfg.Interval-time.Since(start)))
+		wait = max(0, p.cfg.Interval-p.clock.Now().Sub(start))
 	}
 }
 

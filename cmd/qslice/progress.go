@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/qslice/qslice/internal/clock"
 )
 
 // progressLine rewrites one line of a terminal with the state of long work, at most every
@@ -13,7 +15,7 @@ import (
 // create one only when their output goes to a terminal (see interactive), so scripts stay quiet.
 type progressLine struct {
 	w     io.Writer
-	now   func() time.Time
+	clk   clock.Clock
 	mu    sync.Mutex
 	last  time.Time
 	width int // of the last line, to blank what a shorter one leaves behind
@@ -26,7 +28,7 @@ func newProgress(w io.Writer) *progressLine {
 	if !interactive(w) {
 		return nil
 	}
-	return &progressLine{w: w, now: time.Now}
+	return &progressLine{w: w, clk: clock.System{}}
 }
 
 // Update shows the formatted state unless the previous one is younger than progressEvery.
@@ -36,7 +38,7 @@ func (p *progressLine) Update(format string, args ...any) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := p.now()
+	now := p.clk.Now()
 	if !p.last.IsZero() && now.Sub(p.last) < progressEvery {
 		return
 	}

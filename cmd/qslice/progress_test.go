@@ -4,15 +4,17 @@ import (
 	"bytes"
 	"testing"
 	"time"
+
+	"github.com/qslice/qslice/internal/clock"
 )
 
 func TestProgressLine(t *testing.T) {
 	var b bytes.Buffer
-	now := time.Unix(0, 0)
-	p := &progressLine{w: &b, now: func() time.Time { return now }}
+	clk := clock.NewFake(time.Unix(0, 0))
+	p := &progressLine{w: &b, clk: clk}
 	p.Update("scanned %d names", 1000)
 	p.Update("scanned %d names", 2000) // too soon: dropped
-	now = now.Add(progressEvery)
+	clk.Advance(progressEvery)
 	p.Update("scanned %d", 3000) // shorter: the rest of the old line is blanked
 	p.Done("scanned %d names in all", 3500)
 	want := "\rscanned 1000 names" + "\rscanned 3000      " + "\rscanned 3500 names in all\n"
@@ -21,7 +23,7 @@ func TestProgressLine(t *testing.T) {
 	}
 
 	b.Reset()
-	p = &progressLine{w: &b, now: func() time.Time { return now }}
+	p = &progressLine{w: &b, clk: clk}
 	p.Update("scanning: %d", 7)
 	p.Done("")
 	if want := "\rscanning: 7" + "\r           \r"; b.String() != want {
@@ -29,7 +31,7 @@ func TestProgressLine(t *testing.T) {
 	}
 
 	var nothing bytes.Buffer
-	q := &progressLine{w: &nothing, now: time.Now}
+	q := &progressLine{w: &nothing, clk: clock.System{}}
 	q.Done("")
 	var nilLine *progressLine
 	nilLine.Update("x")

@@ -34,6 +34,16 @@ type systemTimer struct{ t *time.Timer }
 func (t systemTimer) C() <-chan time.Time { return t.t.C }
 func (t systemTimer) Stop() bool          { return t.t.Stop() }
 
+// Offset is the system clock shifted by D (D < 0: behind). Tests use it for a process whose
+// clock is set wrong, where the waits must still be real ones (another process is involved).
+type Offset struct{ D time.Duration }
+
+// Now returns time.Now() shifted by D.
+func (o Offset) Now() time.Time { return time.Now().Add(o.D) }
+
+// NewTimer returns a time.Timer: durations do not depend on the offset.
+func (Offset) NewTimer(d time.Duration) Timer { return System{}.NewTimer(d) }
+
 // After returns a channel that receives the time once d has passed on c, like time.After.
 func After(c Clock, d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/internal/testenv"
 	"io"
 	"math/rand/v2"
@@ -383,7 +384,7 @@ func TestInteropExpiredLocksAreBroken(t *testing.T) {
 		t.Run("python breaks go "+naming.String(), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "L")
 			// Our clock runs an hour behind: the lock we stamp expired long ago for Python.
-			g := newTestLock(t, path, offsetClock{-time.Hour}, func(o *Options) { o.Host = "node-go"; o.Naming = naming })
+			g := newTestLock(t, path, clock.Offset{D: -time.Hour}, func(o *Options) { o.Host = "node-go"; o.Naming = naming })
 			if _, err := g.Lock(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -408,11 +409,6 @@ func TestInteropExpiredLocksAreBroken(t *testing.T) {
 		})
 	}
 }
-
-type offsetClock struct{ d time.Duration }
-
-func (c offsetClock) Now() time.Time                 { return time.Now().Add(c.d) }
-func (c offsetClock) NewTimer(d time.Duration) Timer { return SystemClock().NewTimer(d) }
 
 // Two Python processes and two Go Locks contend for one lock; each critical section appends
 // "enter"/"exit" to a ledger and increments a counter by read-modify-write. Mutual exclusion
