@@ -92,6 +92,8 @@ type ClusterConfig struct {
 	FSHealth FSHealthConfig
 	// ConsulAddr is host:port of the Consul HTTP API; required.
 	ConsulAddr string
+	// Name is the nodes' cluster: name (default "chaos").
+	Name string
 	Log        *slog.Logger // the harness's own log; nil discards
 }
 
@@ -152,6 +154,9 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Name == "" {
+		c.Name = "chaos"
 	}
 	return c
 }
@@ -293,7 +298,7 @@ func (c *Cluster) writeConfig(n *Node) error {
 	cfg := map[string]any{
 		"health":  map[string]any{"filesystem": fsh},
 		"node":    n.Name,
-		"cluster": "chaos",
+		"cluster": c.cfg.Name,
 		"listen":  n.Listen,
 		"control": map[string]any{"socket": c.socketPath(n)}, // qslice drain uses it
 		"consul": map[string]any{

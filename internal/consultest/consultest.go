@@ -162,7 +162,7 @@ const startTries = 3
 // startOnFreePorts writes the configuration with newly chosen free ports and starts Consul.
 func (s *Server) startOnFreePorts(o options) error {
 	dir := s.dir
-	ports, err := freePorts(3)
+	ports, err := FreePorts(3)
 	if err != nil {
 		return err
 	}
@@ -204,8 +204,9 @@ func (s *Server) startOnFreePorts(o options) error {
 	return s.start()
 }
 
-// freePorts asks the kernel for n free loopback ports (TCP and UDP: serf uses both).
-func freePorts(n int) ([]int, error) {
+// FreePorts asks the kernel for n free loopback ports (TCP and UDP: serf uses both). Another
+// process may bind one before the caller does: retry with new ports on "address already in use".
+func FreePorts(n int) ([]int, error) {
 	var ports []int
 	var closers []func()
 	defer func() {

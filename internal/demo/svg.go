@@ -18,9 +18,10 @@ import (
 type Chart struct {
 	Title, Subtitle string
 	Window          Window
-	Nodes           []string    // in legend order; a node's color is its place here
-	Ownership       [][]Segment // per slice (OwnershipSegments)
-	Backlog         []Series    // one per slice (label slice): ready messages
+	Nodes           []string          // in legend order; a node's color is its place here
+	Instances       map[string]string // scrape target -> node name, to label alerts
+	Ownership       [][]Segment       // per slice (OwnershipSegments)
+	Backlog         []Series          // one per slice (label slice): ready messages
 	Alerts          []AlertSpan
 	Marks           []Mark
 }
@@ -83,9 +84,7 @@ func RenderSVG(c Chart) []byte {
 	marksTop := y
 	alertsTop := y
 	y += float64(len(alertKeys)) * (alertHeight + rowGap)
-	if len(alertKeys) > 0 {
-		y += 8
-	}
+	y += 20 // the heading of the ownership rows
 	ownTop := y
 	y += float64(len(c.Ownership)) * (rowHeight + rowGap)
 	ownBottom := y
@@ -93,7 +92,7 @@ func RenderSVG(c Chart) []byte {
 	backTop := y
 	y += backlogH
 	backBottom := y
-	y += 44
+	y += 64
 	height := y
 
 	w.printf(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%.0f" viewBox="0 0 %d %.0f" font-family="%s" font-size="12">`+"\n",
@@ -121,17 +120,30 @@ func RenderSVG(c Chart) []byte {
 	// Alerts: one row per alert (name and labels), pending and firing spans.
 	w.printf(`<g id="alerts">` + "\n")
 	if len(alertKeys) > 0 {
-		w.text(plotLeft-130, alertsTop+alertHeight-3, "start", "font-weight=\"bold\"", "Alerts")
+		w.text(plotLeft-130, alertsTop-6, "start", "font-weight=\"bold\"", "Alerts")
 	}
-	for i, key := range alertKeys {
+	for i, name := range alertKeys {
 		ry := alertsTop + float64(i)*(alertHeight+rowGap)
-		name, _, _ := strings.Cut(key, "{")
-		w.text(plotLeft-6, ry+alertHeight-3, "end", "", strings.TrimPrefix(name, "Qslice"))
+		var subjects []string
+		for _, s := range c.Alerts {
+			if subj := s.Subject(c.Instances); s.Name == name && !slices.Contains(subjects, subj) {
+				subjects = append(subjects, subj)
+			}
+		}
+		label := strings.TrimPrefix(name, "Qslice")
+		switch {
+		case len(subjects) == 1 && subjects[0] != "":
+			label += " " + subjects[0]
+		case len(subjects) > 1:
+			label += fmt.Sprintf(" (%d)", len(subjects))
+		}
+		w.text(plotLeft-6, ry+alertHeight-3, "end", "", label)
 		w.printf(`<rect x="%d" y="%.1f" width="%.1f" height="%d" fill="#fafafa" stroke="#dddddd"/>`+"\n", plotLeft, ry, plotW, alertHeight)
 		for _, s := range c.Alerts {
-			if s.Key() != key {
+			if s.Name != name {
 				continue
 			}
+			key := s.Key()
 			color := pendingColor
 			if s.State == "firing" {
 				color = firingColor
@@ -147,7 +159,7 @@ func RenderSVG(c Chart) []byte {
 	// Ownership: one row per slice, a bar per segment in its owner's color; a segment with two
 	// owners (a hand-over between two scrapes) is split in two half-height bars.
 	w.printf(`<g id="ownership">` + "\n")
-	w.text(plotLeft-130, ownTop+rowHeight-5, "start", "font-weight=\"bold\"", "Owner")
+	w.text(plotLeft-130, ownTop-6, "start", "font-weight=\"bold\"", "Owner of each slice")
 	for s, segs := range c.Ownership {
 		ry := ownTop + float64(s)*(rowHeight+rowGap)
 		w.text(plotLeft-6, ry+rowHeight-5, "end", "", fmt.Sprintf("slice %d", s))
@@ -223,7 +235,7 @@ func RenderSVG(c Chart) []byte {
 		w.text(tx, ownBottom+16, "middle", "", strconv.FormatFloat(t, 'f', -1, 64)+" s")
 		w.text(tx, backBottom+16, "middle", "", strconv.FormatFloat(t, 'f', -1, 64)+" s")
 	}
-	w.text(plotLeft+plotW, backBottom+40, "end", "fill=\"#555555\"", "seconds since "+c.Window.Start.UTC().Format("2006-01-02 15:04:05 UTC"))
+	w.text(plotLeft+plotW, backBottom+58, "end", "fill=\"#555555\"", "time in seconds since "+c.Window.Start.UTC().Format("2006-01-02 15:04:05 UTC"))
 	w.printf("</g>\n")
 
 	// Marks across both panels, labels staggered on two lines above the panels.
@@ -243,15 +255,16 @@ func RenderSVG(c Chart) []byte {
 	return w.b.Bytes()
 }
 
-// alertRows lists the distinct alerts in order of first appearance.
+// alertRows lists the names of the alerts, one row each, in order of first appearance; a row
+// draws the spans of every subject of its alert (every slice, every node).
 func alertRows(spans []AlertSpan) []string {
-	var keys []string
+	var names []string
 	for _, s := range spans {
-		if !slices.Contains(keys, s.Key()) {
-			keys = append(keys, s.Key())
+		if !slices.Contains(names, s.Name) {
+			names = append(names, s.Name)
 		}
 	}
-	return keys
+	return names
 }
 
 func nodeColor(nodes []string, n string) string {

@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"sort"
@@ -224,4 +225,86 @@ func Fired(spans []AlertSpan) []string {
 		}
 	}
 	return out
+}
+
+// Subject names what an alert is about, for people: "queue/slice", else its node (instances maps
+// a scrape target to its node name), else its instance, else "".
+func (a AlertSpan) Subject(instances map[string]string) string {
+	switch {
+	case a.Labels["slice"] != "":
+		return a.Labels["queue"] + "/" + a.Labels["slice"]
+	case a.Labels["node"] != "":
+		return a.Labels["node"]
+	case instances[a.Labels["instance"]] != "":
+		return instances[a.Labels["instance"]]
+	default:
+		return a.Labels["instance"]
+	}
+}
+
+// SummarizeAlerts says, one line per alert that fired (and subject) and one per alert that was
+// only pending, what Prometheus' ALERTS series show, with times relative to ref (the kill).
+func SummarizeAlerts(spans []AlertSpan, ref time.Time, instances map[string]string) []string {
+	if len(spans) == 0 {
+		return []string{"none, not even pending"}
+	}
+	var names []string
+	by := map[string][]AlertSpan{}
+	for _, s := range spans {
+		if _, ok := by[s.Name]; !ok {
+			names = append(names, s.Name)
+		}
+		by[s.Name] = append(by[s.Name], s)
+	}
+	var out []string
+	for _, name := range names {
+		ss := by[name]
+		fired := false
+		for _, f := range ss {
+			if f.State != "firing" {
+				continue
+			}
+			fired = true
+			line := name + " FIRED"
+			if subj := f.Subject(instances); subj != "" {
+				line += " for " + subj
+			}
+			var pending *AlertSpan
+			for i, p := range ss {
+				if p.State == "pending" && p.Key() == f.Key() && !p.From.After(f.From) {
+					pending = &ss[i]
+				}
+			}
+			if pending != nil {
+				line += ": pending from " + relTo(ref, pending.From) + ","
+			}
+			out = append(out, fmt.Sprintf("%s firing from %s to %s (times after the kill)", line, relTo(ref, f.From), relTo(ref, f.To)))
+		}
+		if fired {
+			continue
+		}
+		var subjects []string
+		longest := time.Duration(0)
+		for _, p := range ss {
+			if subj := p.Subject(instances); subj != "" && !slices.Contains(subjects, subj) {
+				subjects = append(subjects, subj)
+			}
+			longest = max(longest, p.To.Sub(p.From))
+		}
+		line := name + " pending only, never fired"
+		if len(subjects) > 0 {
+			line += " (" + strings.Join(subjects, ", ") + ")"
+		}
+		out = append(out, fmt.Sprintf("%s: at most %s at a time", line, longest.Round(time.Second)))
+	}
+	return out
+}
+
+// relTo formats t relative to ref in whole seconds, signed: "+13s", "-1s".
+func relTo(ref, t time.Time) string {
+	d := t.Sub(ref).Round(time.Second)
+	if d < 0 {
+		return "-" + (-d).String()
+	}
+	return "+" + d.String()
 }

@@ -144,3 +144,32 @@ func TestAlertSpans(t *testing.T) {
 		t.Errorf("fired: %q, want NodeDown only (SliceUnowned was only pending)", f)
 	}
 }
+
+func TestSummarizeAlerts(t *testing.T) {
+	w := Window{Start: at(0), End: at(60), Step: time.Second}
+	series := func(name, state string, labels map[string]string, secs ...int) Series {
+		l := map[string]string{"alertname": name, "alertstate": state}
+		for k, v := range labels {
+			l[k] = v
+		}
+		return Series{Labels: l, Points: pointsAt(secs[0], secs[1])}
+	}
+	down := map[string]string{"instance": "127.0.0.1:9", "job": "qslice"}
+	spans := AlertSpans([]Series{
+		series("QsliceNodeDown", "pending", down, 11, 23),
+		series("QsliceNodeDown", "firing", down, 23, 31),
+		series("QsliceSliceUnowned", "pending", map[string]string{"queue": "in", "slice": "1"}, 11, 14),
+		series("QsliceSliceUnowned", "pending", map[string]string{"queue": "in", "slice": "3"}, 11, 15),
+	}, w)
+	got := SummarizeAlerts(spans, at(10), map[string]string{"127.0.0.1:9": "n2"})
+	want := []string{
+		"QsliceNodeDown FIRED for n2: pending from +1s, firing from +13s to +21s (times after the kill)",
+		"QsliceSliceUnowned pending only, never fired (in/1, in/3): at most 4s at a time",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got\n%q\nwant\n%q", got, want)
+	}
+	if got := SummarizeAlerts(nil, at(10), nil); len(got) != 1 || !strings.HasPrefix(got[0], "none") {
+		t.Errorf("no spans: %q", got)
+	}
+}
