@@ -39,8 +39,9 @@ func (c *ConsulCoordinator) acquireTxn(ctx context.Context, req AcquireReq) EvAc
 			c.log.Debug("slice lock not granted", "slice", req.Move.Slice.String(), "why", txnErrors(resp.Errors), "stale_snapshot", res.Stale)
 			return nil
 		}
-		if n := len(resp.Results); n == 3 && resp.Results[2] != nil {
-			res.Granted, res.Token, res.LockIndex = true, resp.Results[2].ModifyIndex, resp.Results[2].LockIndex
+		// The get is the last result: check-not-exists returns none, so there may be 2 or 3.
+		if n := len(resp.Results); n >= 2 && resp.Results[n-1] != nil {
+			res.Granted, res.Token, res.LockIndex = true, resp.Results[n-1].ModifyIndex, resp.Results[n-1].LockIndex
 		}
 		return nil
 	})

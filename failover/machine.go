@@ -27,7 +27,9 @@ import (
 //  1. Step every input as it happens: the lease (EvLease) whenever the session or its deadline
 //     changes, every KV snapshot (EvKV, with Reset when Consul's index went backwards), every
 //     membership answer (EvMembers), the queues this node cannot work (EvUnavailable), Drain,
-//     Undrain, Stop, and EvTick at least every RenewInterval and at the lease deadline.
+//     Undrain, Stop (KeepLocks for a restart), and EvTick at least every RenewInterval and at the
+//     lease deadline. To resume a previous process's session (restart in place), step EvAdopt
+//     before the first EvLease, and only under the conditions EvAdopt states.
 //  2. After each batch of events call Ready and carry out, in this order: publish Tokens, call
 //     SetSlices for each Assign, carry out each Release transaction (Step EvReleaseResult; stop
 //     at the first error), each Acquire transaction (Step EvAcquireResult; stop at the first
@@ -59,16 +61,25 @@ type Machine struct {
 	unavailable map[string]bool
 	stopping    bool
 	stopBy      time.Time
-	notBefore   time.Time             // acquisitions back off until then
-	retryAt     map[SliceID]time.Time // a refused lock (held, lock-delay) is retried after one RenewInterval
-	staleAt     map[SliceID]uint64    // KV snapshot index at which an acquisition found the key changed
-	quarantine  time.Time             // no acquisitions until then (after a Consul state reset)
-	acqBackoff  backoff.BackOff
-	kv          *KVSnapshot
-	members     []MemberInfo
-	plan        Plan
-	planner     Planner
-	states      map[SliceID]SliceState // reused by sliceStates
+	// keepLocks: the stop is a restart (EvStop.KeepLocks): narrow the assignee, release nothing.
+	keepLocks bool
+	// adoptSession: a session of a previous run of this node that the driver adopted
+	// (EvAdopt); adopting: the Machine runs on it and has not reconciled a KV snapshot yet.
+	adoptSession string
+	adopting     bool
+	// unsure: acquisitions whose answer was lost (EvAcquireResult.Err): Consul may have applied
+	// them. Only these, and an adopted session's locks, are ever adopted from a KV snapshot.
+	unsure     map[SliceID]AcquireReq
+	notBefore  time.Time             // acquisitions back off until then
+	retryAt    map[SliceID]time.Time // a refused lock (held, lock-delay) is retried after one RenewInterval
+	staleAt    map[SliceID]uint64    // KV snapshot index at which an acquisition found the key changed
+	quarantine time.Time             // no acquisitions until then (after a Consul state reset)
+	acqBackoff backoff.BackOff
+	kv         *KVSnapshot
+	members    []MemberInfo
+	plan       Plan
+	planner    Planner
+	states     map[SliceID]SliceState // reused by sliceStates
 	// dirty: something the snapshot shows changed since the last one (a tick alone changes
 	// nothing: the previous snapshot is handed out again).
 	dirty      bool
@@ -116,6 +127,8 @@ type held struct {
 	handoff   *Move // set once the planner asked to hand it off; the lock goes once released
 	// handoffSince is when handoff was set (for the hand-off span).
 	handoffSince time.Time
+	// releaseErr: a release of this hand-off got no answer; Consul may have applied it.
+	releaseErr bool
 }
 
 // KVEntry is one slice key as a KV read saw it.
@@ -185,8 +198,25 @@ type (
 	// EvDrain / EvUndrain: operator control.
 	EvDrain   struct{ Now time.Time }
 	EvUndrain struct{ Now time.Time }
-	// EvStop: Run's context ended: hand everything off within DrainTimeout.
-	EvStop struct{ Now time.Time }
+	// EvStop: Run's context ended: hand everything off within DrainTimeout. With KeepLocks
+	// (a restart: SIGTERM) only narrow the assignee to nothing and release no lock: the session
+	// and its locks stay for the next process of this node to adopt (EvAdopt), or, if none comes,
+	// for Consul to release when the session's check lapses (TTL, then the lock-delay).
+	EvStop struct {
+		Now       time.Time
+		KeepLocks bool
+	}
+	// EvAdopt: the driver adopts Session, the session of a previous process of this node, and
+	// vouches that no process of that run can still act: it holds the node's local lock (the
+	// previous process is gone), the previous run's handler process trees are dead, and Consul
+	// confirmed the session exists, is named for this node and is bound to its check. Step it
+	// before the EvLease that carries the session. The first KV snapshot reconciled on that
+	// session then makes every slice key it holds ours, with its fencing token unchanged:
+	// Consul never saw another holder, so no other node can hold a token for it in between.
+	EvAdopt struct {
+		Now     time.Time
+		Session string
+	}
 	// EvAssigned: SetSlices of Assign Gen was called; Pending when its channel is not closed
 	// yet (the removed slices still have messages in flight).
 	EvAssigned struct {
@@ -232,6 +262,7 @@ func (e EvUnavailable) at() time.Time      { return e.Now }
 func (e EvDrain) at() time.Time            { return e.Now }
 func (e EvUndrain) at() time.Time          { return e.Now }
 func (e EvStop) at() time.Time             { return e.Now }
+func (e EvAdopt) at() time.Time            { return e.Now }
 func (e EvAssigned) at() time.Time         { return e.Now }
 func (e EvAssigneeReleased) at() time.Time { return e.Now }
 func (e EvAcquireResult) at() time.Time    { return e.Now }
@@ -305,7 +336,7 @@ func NewMachine(cfg MachineConfig, logger *slog.Logger, tp trace.TracerProvider)
 		cfg: cfg, log: logger, tracer: tp.Tracer(tracerName),
 		owned: map[SliceID]*held{}, assigned: map[string]map[int]bool{}, releasing: map[SliceID]uint64{},
 		releasedAt: map[SliceID]uint64{}, destroyed: map[string]bool{}, retryAt: map[SliceID]time.Time{}, staleAt: map[SliceID]uint64{},
-		changes: map[string]uint64{},
+		changes: map[string]uint64{}, unsure: map[SliceID]AcquireReq{},
 	}
 	m.acqBackoff = cfg.Backoff(cfg.RenewInterval/4, 4*cfg.RenewInterval)
 	for _, q := range cfg.Queues {
@@ -353,10 +384,20 @@ func (m *Machine) Step(ev Event) {
 		}
 		m.draining = false
 	case EvStop:
-		if !m.stopping {
+		switch {
+		case !m.stopping && e.KeepLocks:
+			m.stopping, m.keepLocks, m.stopBy = true, true, now.Add(m.cfg.DrainTimeout)
+			m.log.Info("stopping for a restart: handlers stop, the session and its locks stay for the next process of this node",
+				"owned", len(m.owned), "drain_timeout", m.cfg.DrainTimeout)
+		case !m.stopping:
 			m.stopping, m.stopBy = true, now.Add(m.cfg.DrainTimeout)
 			m.log.Info("stopping: releasing all slices", "drain_timeout", m.cfg.DrainTimeout)
+		case m.keepLocks && !e.KeepLocks: // leave while stopping for a restart: hand off after all
+			m.keepLocks = false
+			m.log.Info("stopping: releasing all slices", "drain_timeout", m.cfg.DrainTimeout)
 		}
+	case EvAdopt:
+		m.adoptSession = e.Session
 	case EvAssigned:
 		if !e.Pending {
 			m.clearReleasing(e.Gen)
@@ -389,6 +430,8 @@ func (m *Machine) stepLease(e EvLease) {
 		return
 	}
 	// A new session means every lock of the old one is gone.
+	m.adopting = e.Session != "" && e.Session == m.adoptSession
+	clear(m.unsure) // attempts of the old session: whatever they got is gone with it
 	if m.session != "" {
 		// This run's own ended session: a KV snapshot taken before its end still shows it
 		// holding our locks, which is not a session "left by a previous run" to destroy.
@@ -432,13 +475,38 @@ func (m *Machine) NextDeadline() time.Time {
 	return next
 }
 
-// Stopped reports whether a stop is complete: every slice released, or DrainTimeout passed.
+// Stopped reports whether a stop is complete: every slice released (for a restart: the
+// assignee has released every slice; the locks stay), or DrainTimeout passed.
 func (m *Machine) Stopped() bool {
-	return m.stopping && ((len(m.owned) == 0 && len(m.releasing) == 0) || !m.now.Before(m.stopBy))
+	if !m.stopping {
+		return false
+	}
+	if !m.now.Before(m.stopBy) {
+		return true
+	}
+	if m.keepLocks {
+		for _, a := range m.assigned {
+			if len(a) > 0 {
+				return false
+			}
+		}
+		return len(m.releasing) == 0
+	}
+	return len(m.owned) == 0 && len(m.releasing) == 0
 }
 
-// HeldAtStop lists the slices still held (for the final count when DrainTimeout passed).
-func (m *Machine) HeldAtStop() []SliceID { return m.ownedSorted() }
+// HeldAtStop lists the slices still held that should have been released (for the final count
+// when DrainTimeout passed); none after a stop for a restart, which keeps them on purpose.
+func (m *Machine) HeldAtStop() []SliceID {
+	if m.keepLocks {
+		return nil
+	}
+	return m.ownedSorted()
+}
+
+// KeepsLocks reports whether the stop under way is one for a restart: the driver must neither
+// destroy the session nor deregister the service, so that the next process can adopt them.
+func (m *Machine) KeepsLocks() bool { return m.stopping && m.keepLocks }
 
 // LeaseValid reports whether the Machine considers its lease valid now.
 func (m *Machine) LeaseValid() bool { return m.leaseValid }
@@ -451,8 +519,15 @@ func (m *Machine) Changes() map[string]uint64 { return maps.Clone(m.changes) }
 func (m *Machine) CountChange(s SliceID, from, to, reason string) { m.changed(s, from, to, reason) }
 
 // reconcileKV drops slices whose lock the last KV snapshot shows we lost, adopts locks our
-// session holds that we did not know about (an acquisition whose answer was lost), and decides
-// to destroy sessions left by a previous run of this node.
+// session holds that we did not know about, and decides to destroy sessions left by a previous
+// run of this node.
+//
+// A lock is adopted only for a reason of its own, never because a snapshot shows our session
+// on a key: (a) an acquisition of it whose answer was lost (EvAcquireResult.Err: Consul may
+// have applied it), or (b) the first snapshot on a session adopted from this node's previous
+// process (EvAdopt). A snapshot may be older than our own release of the key (its answer lost,
+// the retry found the key gone), and the next owner may hold it already: adopting from it
+// would make two nodes process the slice until the next snapshot.
 func (m *Machine) reconcileKV() {
 	for _, s := range m.ownedSorted() {
 		h := m.owned[s]
@@ -468,29 +543,65 @@ func (m *Machine) reconcileKV() {
 			m.lost(s, owner, "lock no longer held by our session")
 		}
 	}
+	// An unsure acquisition that can no longer be applied (the key changed, so its check fails)
+	// will never be adopted.
+	for s, req := range m.unsure {
+		e, ok := m.kv.Entries[s]
+		switch {
+		case req.Session != m.session:
+			delete(m.unsure, s)
+		case ok && e.Session == m.session:
+			// applied: adopted below
+		case ok != req.Exists || (ok && e.ModifyIndex != req.CheckIndex):
+			delete(m.unsure, s)
+		}
+	}
 	var keys []SliceID // the entries to act on, sorted so that logs and destroys are deterministic
 	for s, e := range m.kv.Entries {
-		_, releasing := m.releasing[s]
-		adopt := e.Session != "" && e.Session == m.session && m.owned[s] == nil && e.ModifyIndex > m.releasedAt[s] && !releasing
-		stale := e.Session != "" && e.Session != m.session && e.Value.Node == m.cfg.Self && !m.destroyed[e.Session]
-		if (adopt || stale) && m.known(s) {
+		if (m.adoptable(s, e) || m.staleSession(e)) && m.known(s) {
 			keys = append(keys, s)
 		}
 	}
 	sortSlices(keys)
 	for _, s := range keys {
 		e := m.kv.Entries[s]
-		_, releasing := m.releasing[s]
 		switch {
-		case e.Session != "" && e.Session == m.session && m.owned[s] == nil && e.ModifyIndex > m.releasedAt[s] && !releasing:
+		case m.adoptable(s, e):
 			m.owned[s] = &held{session: e.Session, token: e.ModifyIndex, lockIndex: e.LockIndex, since: m.now, value: e.Value}
-			m.changed(s, "", m.cfg.Self, ReasonAcquired)
-		case e.Session != "" && e.Session != m.session && e.Value.Node == m.cfg.Self && !m.destroyed[e.Session]:
+			if req, ok := m.unsure[s]; ok {
+				delete(m.unsure, s)
+				m.log.Info("an acquisition whose answer was lost was applied: slice adopted", "slice", s.String(), "fencing_token", e.ModifyIndex)
+				m.changed(s, req.Move.From, m.cfg.Self, req.Move.Reason)
+			} else {
+				// The previous process of this node held it: no change of owner, same token.
+				m.log.Info("slice adopted from the previous process of this node", "slice", s.String(), "fencing_token", e.ModifyIndex)
+			}
+		case m.staleSession(e):
 			m.destroyed[e.Session] = true
 			m.log.Warn("destroying a session left by a previous run of this node", "session", e.Session, "slice", s.String())
 			m.toDestroy = append(m.toDestroy, e.Session)
 		}
 	}
+	m.adopting = false // only the first snapshot on an adopted session: later ones may be older than our releases
+}
+
+// adoptable: the snapshot shows our session holding s, which we do not know as ours, and we
+// have a reason to believe it is (see reconcileKV).
+func (m *Machine) adoptable(s SliceID, e KVEntry) bool {
+	if e.Session == "" || e.Session != m.session || m.owned[s] != nil || e.ModifyIndex <= m.releasedAt[s] {
+		return false
+	}
+	if _, releasing := m.releasing[s]; releasing {
+		return false
+	}
+	req, unsure := m.unsure[s]
+	return (unsure && req.Session == m.session) || (m.adopting && e.Value.Node == m.cfg.Self)
+}
+
+// staleSession: e is held by a session of an earlier run of this node that is not ours. Not
+// before this run has a session: until then the earlier one may be the one it adopts.
+func (m *Machine) staleSession(e KVEntry) bool {
+	return m.session != "" && e.Session != "" && e.Session != m.session && e.Value.Node == m.cfg.Self && !m.destroyed[e.Session]
 }
 
 func (m *Machine) known(s SliceID) bool {
@@ -569,6 +680,9 @@ func (m *Machine) Ready() Ready {
 	}
 	m.plan = m.planner.Plan(in)
 	for _, mv := range m.plan.Release {
+		if m.keepLocks {
+			break // a restart keeps every lock for the next process
+		}
 		if h := m.owned[mv.Slice]; h != nil && h.handoff == nil {
 			mv := mv
 			if m.stopping {
@@ -577,7 +691,7 @@ func (m *Machine) Ready() Ready {
 			h.handoff, h.handoffSince, m.dirty = &mv, now, true
 		}
 	}
-	if m.stopping { // even without a plan entry (e.g. no members seen), everything goes
+	if m.stopping && !m.keepLocks { // even without a plan entry (e.g. no members seen), everything goes
 		for s, h := range m.owned {
 			if h.handoff == nil {
 				h.handoff, h.handoffSince, m.dirty = &Move{Slice: s, From: m.cfg.Self, Reason: ReasonReleased}, now, true
@@ -688,10 +802,28 @@ func (m *Machine) releases() []ReleaseReq {
 func (m *Machine) stepReleased(e EvReleaseResult) {
 	s := e.Req.Slice
 	h := m.owned[s]
-	if e.Err || h == nil || h.session != e.Req.Session {
-		return // retried at the next Ready
+	if h == nil || h.session != e.Req.Session {
+		return
+	}
+	if e.Err {
+		h.releaseErr = true // retried at the next Ready; Consul may have applied it
+		return
 	}
 	delete(m.owned, s)
+	if e.Gone && h.releaseErr {
+		// An earlier attempt of this hand-off got no answer and Consul most likely applied it:
+		// the hand-off happened, under its own reason (the next owner may hold the key already).
+		// A snapshot older than it must not make us adopt the key again.
+		if m.kv != nil {
+			if ent, ok := m.kv.Entries[s]; ok {
+				m.releasedAt[s] = max(m.releasedAt[s], ent.ModifyIndex)
+			}
+		}
+		m.log.Info("a release whose answer was lost was applied: hand-off done", "slice", s.String(), "to", h.handoff.To, "reason", h.handoff.Reason)
+		m.traceHandoff(s, h, m.now, "released")
+		m.changed(s, m.cfg.Self, h.handoff.To, h.handoff.Reason)
+		return
+	}
 	if e.Gone {
 		// Not ours any more: a snapshot that still shows it held by our session is older than
 		// that, and must not make us adopt it again.
@@ -742,9 +874,11 @@ func (m *Machine) acquisitions() []AcquireReq {
 
 func (m *Machine) stepAcquired(e EvAcquireResult) {
 	s := e.Req.Move.Slice
-	switch {
-	case e.Err:
+	if e.Err {
 		m.notBefore = m.now.Add(m.acqBackoff.NextBackOff())
+		if e.Req.Session == m.session && m.owned[s] == nil {
+			m.unsure[s] = e.Req // Consul may have applied it: a later snapshot tells
+		}
 		return
 	}
 	m.acqBackoff.Reset()
@@ -761,6 +895,7 @@ func (m *Machine) stepAcquired(e EvAcquireResult) {
 	default:
 		delete(m.retryAt, s)
 		delete(m.staleAt, s)
+		delete(m.unsure, s)
 		m.owned[s] = &held{session: e.Req.Session, token: e.Token, lockIndex: e.LockIndex, since: m.now, value: e.Req.Value}
 		m.traceAcquire(e.Req.Move, e.Start, m.now, e.Token)
 		m.changed(s, e.Req.Move.From, m.cfg.Self, e.Req.Move.Reason)
@@ -831,7 +966,7 @@ func (m *Machine) meta(owned map[string][]int) map[string]string {
 		"version":     m.cfg.Version,
 		"queues":      queuesMeta(m.cfg.Queues),
 		"owned":       ownedMeta(m.cfg.Queues, owned),
-		"draining":    strconv.FormatBool(m.draining || m.stopping),
+		"draining":    strconv.FormatBool(m.draining || (m.stopping && !m.keepLocks)),
 	})
 	return out
 }

@@ -96,29 +96,227 @@ func TestMachineLapseNarrowsAndResetsConnections(t *testing.T) {
 	}
 }
 
-// TestMachineGoneReleaseIsNotReadopted: a release refused because our session no longer holds
-// the key must not be undone by a snapshot taken before (it still shows our session).
-func TestMachineGoneReleaseIsNotReadopted(t *testing.T) {
+// ownBoth makes m (self "a", alone) acquire both slices of "in", granted with tokens 11 and 12.
+func ownBoth(t *testing.T, m *Machine, now time.Time) {
+	t.Helper()
+	m.Step(EvMembers{Now: now, Members: []MemberInfo{{Node: "a", Live: true}}})
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 5, Entries: map[SliceID]KVEntry{}}})
+	carry(m, now, granted(10), nil)
+	carry(m, now, granted(20), nil)
+	if len(m.owned) != 2 || len(m.assigned["in"]) != 2 {
+		t.Fatalf("owned %v, assigned %v: want both slices", m.owned, m.assigned)
+	}
+}
+
+// TestMachineSnapshotAloneNeverAdopts: a KV snapshot that shows our session on a key we have
+// no acquisition pending for (it predates our own release, say) adopts nothing; an acquisition
+// whose answer was lost is adopted from the first snapshot that shows it applied, counted once
+// under its move's reason.
+func TestMachineSnapshotAloneNeverAdopts(t *testing.T) {
 	m, now := testMachine(t)
-	s := SliceID{"in", 0}
-	snap := &KVSnapshot{Index: 50, Entries: map[SliceID]KVEntry{
-		s:         {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 40, LockIndex: 1},
-		{"in", 1}: {Session: "sb", Value: LockValue{Node: "b"}, ModifyIndex: 41, LockIndex: 1},
-	}}
-	m.Step(EvKV{Now: now, Snap: snap}) // adopts s: our session holds it
-	if m.owned[s] == nil {
-		t.Fatal("a lock held by our session was not adopted")
+	s0, s1 := SliceID{"in", 0}, SliceID{"in", 1}
+	m.Step(EvMembers{Now: now, Members: []MemberInfo{{Node: "a", Live: true}}})
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 50, Entries: map[SliceID]KVEntry{
+		s0: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 40, LockIndex: 1},
+		s1: {Value: LockValue{Node: "b", Reason: ReasonFailback, To: "a"}, ModifyIndex: 41, LockIndex: 1},
+	}}})
+	if m.owned[s0] != nil {
+		t.Fatal("adopted a key from a snapshot alone")
 	}
+	// s1 is free: the Machine tries it, and the answer is lost.
+	lost := func(a AcquireReq) EvAcquireResult { return EvAcquireResult{Req: a, Err: true} }
+	rd := carry(m, now, lost, nil)
+	if len(rd.Acquire) != 1 || rd.Acquire[0].Move.Slice != s1 {
+		t.Fatalf("acquisitions %+v, want s1 only (s0 shows held)", rd.Acquire)
+	}
+	// Consul applied it: the next snapshot shows s1 with our session.
+	later := now.Add(time.Second)
+	m.Step(EvLease{Now: later, Session: "sa", Deadline: later.Add(800 * time.Millisecond)})
+	m.Step(EvKV{Now: later, Snap: &KVSnapshot{Index: 60, Entries: map[SliceID]KVEntry{
+		s0: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 40, LockIndex: 1},
+		s1: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 55, LockIndex: 2},
+	}}})
+	if h := m.owned[s1]; h == nil || h.token != 55 {
+		t.Fatalf("s1 after its lost acquisition applied: %+v, want adopted with token 55", h)
+	}
+	if m.owned[s0] != nil {
+		t.Fatal("adopted s0 from a snapshot alone")
+	}
+	if got := m.Changes(); got[ReasonFailback] != 1 || len(got) != 1 {
+		t.Fatalf("changes %v: want the adoption counted once, as the failback it was", got)
+	}
+	if rd := carry(m, later, granted(100), nil); len(rd.Assign) != 1 || len(rd.Assign[0].Slices) != 1 || rd.Assign[0].Slices[0] != 1 {
+		t.Fatalf("assignments %+v: want s1 only", rd.Assign)
+	}
+}
+
+// TestMachineUnsureAcquisitionThatCannotApplyIsForgotten: once a snapshot shows the key changed
+// (taken by another node), a lost acquisition can no longer be applied, and a later snapshot
+// showing our session on the key does not make us adopt it.
+func TestMachineUnsureAcquisitionThatCannotApplyIsForgotten(t *testing.T) {
+	m, now := testMachine(t)
+	s0 := SliceID{"in", 0}
+	m.Step(EvMembers{Now: now, Members: []MemberInfo{{Node: "a", Live: true}}})
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 5, Entries: map[SliceID]KVEntry{{"in", 1}: {Session: "sb", Value: LockValue{Node: "b"}, ModifyIndex: 4}}}})
+	carry(m, now, func(a AcquireReq) EvAcquireResult { return EvAcquireResult{Req: a, Err: true} }, nil)
+	if _, ok := m.unsure[s0]; !ok {
+		t.Fatal("a lost acquisition is not remembered")
+	}
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 9, Entries: map[SliceID]KVEntry{
+		s0: {Session: "sb", Value: LockValue{Node: "b"}, ModifyIndex: 8, LockIndex: 1}}}})
+	if _, ok := m.unsure[s0]; ok {
+		t.Fatal("a lost acquisition whose check can no longer pass is still remembered")
+	}
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 12, Entries: map[SliceID]KVEntry{
+		s0: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 11, LockIndex: 2}}}})
+	if m.owned[s0] != nil || len(m.Changes()) != 0 {
+		t.Fatalf("adopted from a snapshot alone: owned %v, changes %v", m.owned, m.Changes())
+	}
+}
+
+// TestMachineLostReleaseAnswerIsTheHandoff: a hand-off whose release got no answer and whose
+// retry finds the key gone happened (Consul applied the first attempt): it counts under its
+// own reason, not lease_lost, and a snapshot from before it does not bring the slice back.
+func TestMachineLostReleaseAnswerIsTheHandoff(t *testing.T) {
+	m, now := testMachine(t)
+	ownBoth(t, m, now)
 	m.Step(EvDrain{Now: now})
-	gone := func(r ReleaseReq) EvReleaseResult { return EvReleaseResult{Req: r, Gone: true} }
-	for i := 0; i < 4; i++ {
-		carry(m, now, granted(100), gone)
+	calls := 0
+	release := func(r ReleaseReq) EvReleaseResult {
+		calls++
+		if calls <= 2 {
+			return EvReleaseResult{Req: r, Err: true} // applied, the answer lost
+		}
+		return EvReleaseResult{Req: r, Gone: true}
 	}
-	if got := m.Changes(); got[ReasonLeaseLost] != 1 || got[ReasonAcquired] != 1 {
-		t.Fatalf("changes %v: want one adoption and one loss, not a loop", got)
+	for i := 0; i < 6; i++ {
+		carry(m, now, granted(100), release)
+	}
+	got := m.Changes()
+	if got[ReasonDrain] != 2 || got[ReasonLeaseLost] != 0 {
+		t.Fatalf("changes %v: want both hand-offs counted as drain, none as lease_lost", got)
 	}
 	if rd := m.Ready(); !rd.DrainDone {
 		t.Fatal("drain not done with nothing held")
+	}
+	// A snapshot taken before the releases still shows our session on both keys.
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 30, Entries: map[SliceID]KVEntry{
+		{"in", 0}: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 11, LockIndex: 1},
+		{"in", 1}: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 12, LockIndex: 1},
+	}}})
+	if len(m.owned) != 0 {
+		t.Fatalf("a snapshot from before the hand-offs brought back %v", m.owned)
+	}
+	// Without a lost answer, a release that finds the key gone is a lost lock.
+	m2, now2 := testMachine(t)
+	ownBoth(t, m2, now2)
+	m2.Step(EvDrain{Now: now2})
+	for i := 0; i < 3; i++ {
+		carry(m2, now2, granted(100), func(r ReleaseReq) EvReleaseResult { return EvReleaseResult{Req: r, Gone: true} })
+	}
+	if got := m2.Changes(); got[ReasonLeaseLost] != 2 || got[ReasonDrain] != 0 {
+		t.Fatalf("changes %v: want two lease_lost", got)
+	}
+}
+
+// TestMachineAdoptsThePreviousProcessSession: after EvAdopt the first snapshot on the adopted
+// session makes its keys ours with their tokens unchanged and no ownership change; without
+// EvAdopt the same events adopt nothing (and the previous run's session is destroyed).
+func TestMachineAdoptsThePreviousProcessSession(t *testing.T) {
+	snap := func(idx uint64) *KVSnapshot {
+		return &KVSnapshot{Index: idx, Entries: map[SliceID]KVEntry{
+			{"in", 0}: {Session: "old", Value: LockValue{Node: "a"}, ModifyIndex: 40, LockIndex: 3},
+			{"in", 1}: {Session: "sb", Value: LockValue{Node: "b"}, ModifyIndex: 41, LockIndex: 1},
+		}}
+	}
+	cfg := MachineConfig{Self: "a", Queues: []QueueSpec{{Name: "in", Slices: 2}}, TTL: 2 * time.Second, LockDelay: time.Second,
+		HoldDown: 3 * time.Second, RenewInterval: 200 * time.Millisecond, DrainTimeout: time.Minute}
+	members := []MemberInfo{{Node: "a", Live: true}} // b holds in/1 and is gone from the members: nobody takes a held slice
+
+	m := NewMachine(cfg, nil, nil)
+	now := t0
+	m.Step(EvMembers{Now: now, Members: members})
+	m.Step(EvKV{Now: now, Snap: snap(50)}) // the watch answered before the keeper's first round
+	m.Step(EvAdopt{Now: now, Session: "old"})
+	m.Step(EvLease{Now: now, Session: "old", Deadline: now.Add(800 * time.Millisecond)})
+	rd := carry(m, now, granted(100), nil)
+	h := m.owned[SliceID{"in", 0}]
+	if h == nil || h.token != 40 || h.lockIndex != 3 || len(m.owned) != 1 {
+		t.Fatalf("owned %v: want in/0 adopted with token 40, lock index 3", m.owned)
+	}
+	if len(rd.Acquire) != 0 || len(rd.DestroySessions) != 0 || len(m.Changes()) != 0 {
+		t.Fatalf("adoption: acquire %+v, destroy %v, changes %v; want none of them", rd.Acquire, rd.DestroySessions, m.Changes())
+	}
+	if len(rd.Assign) != 1 || len(rd.Assign[0].Slices) != 1 || rd.Tokens[SliceID{"in", 0}] != 40 {
+		t.Fatalf("ready %+v: want in/0 processed with token 40", rd)
+	}
+	// It is handed off later (say b drains into it... here: a drain), and a snapshot from
+	// before the release must not bring it back: adoption is for the first snapshot only.
+	m.Step(EvDrain{Now: now})
+	carry(m, now, granted(100), func(r ReleaseReq) EvReleaseResult { return EvReleaseResult{Req: r, Index: 60} })
+	carry(m, now, granted(100), func(r ReleaseReq) EvReleaseResult { return EvReleaseResult{Req: r, Index: 60} })
+	if len(m.owned) != 0 {
+		t.Fatalf("drain left %v", m.owned)
+	}
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 55, Entries: map[SliceID]KVEntry{
+		{"in", 0}: {Session: "old", Value: LockValue{Node: "a"}, ModifyIndex: 58, LockIndex: 3}}}})
+	if len(m.owned) != 0 {
+		t.Fatalf("a later snapshot adopted %v again", m.owned)
+	}
+
+	// Without EvAdopt: a new session; the old one's key is not ours, its session is destroyed.
+	m2 := NewMachine(cfg, nil, nil)
+	m2.Step(EvMembers{Now: now, Members: members})
+	m2.Step(EvKV{Now: now, Snap: snap(50)})
+	m2.Step(EvLease{Now: now, Session: "new", Deadline: now.Add(800 * time.Millisecond)})
+	rd = carry(m2, now, granted(100), nil)
+	if len(m2.owned) != 0 || len(rd.DestroySessions) != 1 || rd.DestroySessions[0] != "old" {
+		t.Fatalf("fresh start: owned %v, destroy %v; want nothing owned and the old session destroyed", m2.owned, rd.DestroySessions)
+	}
+	// EvAdopt of a session the lease never carries adopts nothing.
+	m3 := NewMachine(cfg, nil, nil)
+	m3.Step(EvAdopt{Now: now, Session: "old"})
+	m3.Step(EvMembers{Now: now, Members: members})
+	m3.Step(EvKV{Now: now, Snap: snap(50)})
+	m3.Step(EvLease{Now: now, Session: "new", Deadline: now.Add(800 * time.Millisecond)})
+	if len(m3.owned) != 0 {
+		t.Fatalf("adopted %v without running on the adopted session", m3.owned)
+	}
+}
+
+// TestMachineStopForRestartKeepsLocks: EvStop with KeepLocks narrows the assignee and releases
+// nothing; the stop is complete once the assignee let go, with the locks still held.
+func TestMachineStopForRestartKeepsLocks(t *testing.T) {
+	m, now := testMachine(t)
+	ownBoth(t, m, now)
+	m.Step(EvStop{Now: now, KeepLocks: true})
+	rd := m.Ready()
+	if len(rd.Release) != 0 || len(rd.Assign) != 1 || len(rd.Assign[0].Slices) != 0 || len(rd.Assign[0].Removed) != 2 {
+		t.Fatalf("stop for a restart: %+v; want the assignee narrowed to nothing and no release", rd)
+	}
+	if rd.Meta["draining"] != "false" {
+		t.Errorf("Meta draining %q during a stop for a restart, want false", rd.Meta["draining"])
+	}
+	m.Advance(rd)
+	m.Step(EvAssigned{Now: now, Gen: rd.Assign[0].Gen, Pending: true})
+	if m.Stopped() {
+		t.Fatal("stopped while the assignee still has messages in flight")
+	}
+	m.Step(EvAssigneeReleased{Now: now, Gen: rd.Assign[0].Gen})
+	if !m.Stopped() || !m.KeepsLocks() || len(m.HeldAtStop()) != 0 || len(m.owned) != 2 {
+		t.Fatalf("stopped %v, keeps %v, held at stop %v, owned %d; want stopped with both locks kept",
+			m.Stopped(), m.KeepsLocks(), m.HeldAtStop(), len(m.owned))
+	}
+	if rd := m.Ready(); len(rd.Release) != 0 || len(rd.Acquire) != 0 {
+		t.Fatalf("after the stop: %+v", rd)
+	}
+	// A leave while stopping for a restart hands everything off after all.
+	m.Step(EvStop{Now: now})
+	if rd := carry(m, now, granted(100), func(r ReleaseReq) EvReleaseResult { return EvReleaseResult{Req: r, Index: 70} }); len(rd.Release) != 2 {
+		t.Fatalf("leave: releases %+v, want both", rd.Release)
+	}
+	if !m.Stopped() || m.KeepsLocks() || len(m.owned) != 0 {
+		t.Fatalf("after the leave: stopped %v keeps %v owned %v", m.Stopped(), m.KeepsLocks(), m.owned)
 	}
 }
 
