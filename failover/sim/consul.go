@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -17,8 +19,10 @@ import (
 //   - KV pairs with ModifyIndex and LockIndex from one Raft index that only grows, except when
 //     the state is lost (the index starts again lower: clients must reset their watches);
 //   - transactions: check-index / check-not-exists + lock (refused while another session
-//     holds the key or within its lock-delay) + get; unlock + get;
+//     holds the key or within its lock-delay) + get; unlock + get; a write that changes
+//     nothing (the holder locking again with the same value) leaves ModifyIndex as it was;
 //   - consistent session reads;
+//   - blocking queries answer once the index is above the one asked for (blockingAnswers);
 //   - unavailability (leader election, restart): every request fails.
 type consul struct {
 	now       time.Time
@@ -134,20 +138,40 @@ func (c *consul) createSession(node string, lockDelay time.Duration) (string, er
 	return id, nil
 }
 
-func (c *consul) acquire(req failover.AcquireReq) (res failover.EvAcquireResult) {
+// Why a lock is refused (acquireWhy), in the words of the cross-check's transcripts.
+const (
+	refusedStale   = "stale"           // the check-index or check-not-exists failed
+	refusedSession = "invalid session" // the session does not exist (ended, destroyed)
+	refusedHeld    = "held"            // another session holds the key
+	refusedDelay   = "lock-delay"      // within the lock-delay of the previous holder's session
+)
+
+func (c *consul) acquire(req failover.AcquireReq) failover.EvAcquireResult {
+	res, _ := c.acquireWhy(req)
+	return res
+}
+
+// acquireWhy is acquire, and why it refused (a refused* constant; "" when granted).
+func (c *consul) acquireWhy(req failover.AcquireReq) (res failover.EvAcquireResult, why string) {
 	res.Req = req
 	k := req.Move.Slice
 	p := c.kv[k]
 	switch {
 	case req.Exists && (p == nil || p.modify != req.CheckIndex), !req.Exists && p != nil:
 		res.Stale = true
-		return res
+		return res, refusedStale
 	case c.sessions[req.Session] == nil:
-		return res // invalid session: refused
+		return res, refusedSession
 	case p != nil && p.session != "" && p.session != req.Session:
-		return res // held
+		return res, refusedHeld
 	case c.now.Before(c.lockDelay[k]):
-		return res // lock-delay
+		return res, refusedDelay
+	}
+	if p != nil && p.session == req.Session && sameValue(p.value, req.Value) {
+		// The holder locks again with the same value: Consul writes nothing for an unchanged
+		// entry, so ModifyIndex (the token), the index and the watches stay as they were.
+		res.Granted, res.Token, res.LockIndex = true, p.modify, p.lock
+		return res, ""
 	}
 	if p == nil {
 		p = &pair{}
@@ -164,7 +188,14 @@ func (c *consul) acquire(req failover.AcquireReq) (res failover.EvAcquireResult)
 	p.session, p.value, p.modify = req.Session, req.Value, c.index
 	res.Granted, res.Token, res.LockIndex = true, p.modify, p.lock
 	c.changed(true)
-	return res
+	return res, ""
+}
+
+// sameValue reports whether two lock values are the same bytes in Consul.
+func sameValue(a, b failover.LockValue) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return bytes.Equal(x, y)
 }
 
 func (c *consul) release(req failover.ReleaseReq) (res failover.EvReleaseResult) {
@@ -180,6 +211,13 @@ func (c *consul) release(req failover.ReleaseReq) (res failover.EvReleaseResult)
 	c.changed(true)
 	return res
 }
+
+// blockingAnswers reports whether a blocking query on the KV from index answers now, as Consul
+// decides it: only once the index is above the one asked for. A query from an index the state
+// no longer reaches (after a state loss the index starts again lower) waits its full time, and
+// a write that leaves the index below it does not end the wait. (The driver therefore reads
+// afresh, without an index, after a failed request: a restart that lost the state shows then.)
+func (c *consul) blockingAnswers(index uint64) bool { return c.index > index }
 
 func (c *consul) snapshot() *failover.KVSnapshot {
 	s := &failover.KVSnapshot{Index: c.index, Entries: make(map[failover.SliceID]failover.KVEntry, len(c.kv))}

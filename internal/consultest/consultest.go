@@ -355,6 +355,22 @@ func (s *Server) Restart() {
 	}
 }
 
+// RestartLosingState restarts Consul on the same ports with its data dir emptied, as an agent
+// in -dev mode (state in memory) or a server rebuilt from nothing restarts: KV, sessions and
+// registrations are gone and the Raft index starts again low. It waits until Consul is ready.
+func (s *Server) RestartLosingState() {
+	s.t.Helper()
+	if err := s.Stop(); err != nil {
+		s.t.Logf("consultest: %v", err)
+	}
+	if err := os.RemoveAll(filepath.Join(s.dir, "data")); err != nil {
+		s.t.Fatalf("consultest: wipe the data dir: %v", err)
+	}
+	if err := s.start(); err != nil {
+		s.t.Fatalf("consultest: restart: %v", err)
+	}
+}
+
 // Running reports whether the Consul process runs.
 func (s *Server) Running() bool {
 	s.mu.Lock()
