@@ -360,6 +360,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if !slices.ContainsFunc(rep.Fired, func(k string) bool { return strings.HasPrefix(k, "QsliceNodeDown{") }) {
 		rep.problem("Prometheus' ALERTS has no firing QsliceNodeDown")
 	}
+	// The takeover is faster than their for:, and ownership is exclusive.
+	for _, k := range rep.Fired {
+		if strings.HasPrefix(k, "QsliceSliceUnowned{") || strings.HasPrefix(k, "QsliceSliceOwnedTwice{") {
+			rep.problem("%s fired", k)
+		}
+	}
 
 	// The picture.
 	var names []string
