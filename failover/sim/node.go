@@ -45,6 +45,14 @@ type node struct {
 	assigned            map[failover.SliceID]bool
 	crashAt             time.Time
 	releasedGens        map[uint64]bool
+
+	// Restart in place: the previous run's session and live_since, which this run adopts at
+	// its first keeper round if Consul still has the session (the simulated process is gone
+	// with its run, and its handlers with it, as the node lock and KillOrphans make sure).
+	adoptFrom      string
+	adoptLiveSince time.Time
+	adopted        bool // this run adopted its previous run's session
+	startedAt      time.Time
 }
 
 type liveRec struct{ publishedAt, since time.Time }
@@ -107,7 +115,9 @@ func (n *node) event(d time.Duration, fn func()) {
 func (n *node) start(after time.Duration) {
 	n.run++
 	n.crashed, n.paused, n.defer_ = false, false, nil
+	n.adoptFrom, n.adoptLiveSince, n.adopted, n.startedAt = n.session, n.liveSince, false, n.w.now.Add(after)
 	n.session, n.ttlSent, n.confirmSent, n.deadline = "", time.Time{}, time.Time{}, time.Time{}
+	n.kvLast, n.memLast = time.Time{}, time.Time{} // a new process has not asked yet
 	n.freshSince = false
 	n.setLiveSince(n.local(n.w.now.Add(after)))
 	n.lastIndex, n.kvAsked, n.memAsked, n.kvMissed, n.memMissed, n.roundQueued = 0, false, false, true, true, false
@@ -126,6 +136,24 @@ func (n *node) start(after time.Duration) {
 func (n *node) crash() {
 	n.crashed, n.crashAt = true, n.w.now
 	n.assigned = map[failover.SliceID]bool{}
+}
+
+// stopForRestart is SIGTERM: the Machine narrows the assignee and keeps its locks; once it is
+// stopped the process exits (then restarts after For). Its session lives on until its check
+// lapses, unless the next run adopts it first.
+func (n *node) stopForRestart(exited func()) {
+	n.m.Step(failover.EvStop{Now: n.local(n.w.now), KeepLocks: true})
+	n.round()
+	var wait func()
+	wait = func() {
+		if n.m.Stopped() {
+			n.crash()
+			exited()
+			return
+		}
+		n.event(10*time.Millisecond, wait)
+	}
+	n.event(0, wait)
 }
 
 func (n *node) resume() {
@@ -183,6 +211,14 @@ func (n *node) keeperRound() {
 		if !c.up() {
 			return
 		}
+		adopt := ""
+		if n.adoptFrom != "" && !w.cfg.NoAdopt { // the first round of a restarted process
+			if se := c.sessions[n.adoptFrom]; se != nil && se.node == n.id {
+				n.session, adopt = n.adoptFrom, n.adoptFrom
+				n.setLiveSince(n.adoptLiveSince) // its live stretch goes on
+			}
+			n.adoptFrom = ""
+		}
 		if n.session != "" {
 			if c.sessions[n.session] == nil {
 				n.session, n.freshSince = "", true
@@ -213,6 +249,10 @@ func (n *node) keeperRound() {
 		}
 		n.event(d, func() { // the answer reaches the node
 			n.deadline = deadline
+			if adopt != "" {
+				n.adopted = true
+				n.m.Step(failover.EvAdopt{Now: n.local(w.now), Session: adopt})
+			}
 			n.m.Step(failover.EvLease{Now: n.local(w.now), Session: session, Deadline: deadline, CriticalSince: n.critical})
 			n.round()
 		})
@@ -376,6 +416,7 @@ func (n *node) round() {
 				res = w.consul.acquire(a)
 				if res.Granted {
 					w.res.Moves++
+					w.grants[a.Move.Slice]++
 				}
 				if n.loss > 0 && w.rng.Float64() < n.loss { // applied, answer lost
 					res = failover.EvAcquireResult{Req: a, Err: true}

@@ -3,7 +3,9 @@
 // rounds, the watches, the transactions, the assignee), against a model of the Consul semantics
 // qslice relies on (consul.go), on virtual time, with injected faults.
 //
-// Faults: a node crashes (and restarts as a new process), pauses past its lease, is cut off
+// Faults: a node crashes (and restarts as a new process, which adopts the previous run's
+// session if Consul still has it: restart in place), restarts at once after a crash or after a
+// clean stop that keeps its locks (SIGTERM), pauses past its lease, is cut off
 // Consul (partition), sees its messages delayed or lost (a request may be applied and its answer
 // lost), Consul restarts or loses its leader (every request fails for a while), Consul loses its
 // state (the index goes backwards); every node's clock runs at its own rate within the documented
@@ -14,6 +16,9 @@
 //     slice while the assignee has it and its lease is valid on its own clock); and a new owner
 //     starts at least LeaseMargin after the previous one's end;
 //   - a slice goes back to a node (fail-back) only once that node has been live for HoldDown;
+//   - a node restarted in place (restart, stop-restart) adopts its session and moves nothing:
+//     no acquisition of a home slice it held until it processes every one again, within
+//     ResumeBound of its start;
 //
 // and at the end:
 //   - every slice is processed by exactly one node within Bound of the last fault's end;
@@ -60,6 +65,9 @@ type Config struct {
 	// BrokenLease is added to every lease deadline the nodes compute: a deliberately wrong
 	// lease, so tests can show that the checks catch an unsafe protocol.
 	BrokenLease time.Duration
+	// NoAdopt: a restarted process never adopts its previous session (restart in place off),
+	// so tests can show that the restart checks catch a restart that moves slices.
+	NoAdopt bool
 }
 
 // Fault kinds.
@@ -72,6 +80,8 @@ const (
 	FaultConsulDown   = "consul-restart"
 	FaultLeaderLoss   = "leader-loss"
 	FaultConsulLoss   = "consul-state-loss"
+	FaultRestart      = "restart"      // crash, restart at once on the same node
+	FaultStopRestart  = "stop-restart" // SIGTERM (keep the locks), restart at once
 	defaultMaxDrift   = 500e-6
 	defaultNetDelay   = 2 * time.Millisecond
 	defaultDrainFor   = 300 * time.Millisecond
@@ -80,7 +90,8 @@ const (
 )
 
 // AllKinds lists every fault kind.
-var AllKinds = []string{FaultCrash, FaultPause, FaultPartition, FaultDelay, FaultLoss, FaultConsulDown, FaultLeaderLoss, FaultConsulLoss}
+var AllKinds = []string{FaultCrash, FaultPause, FaultPartition, FaultDelay, FaultLoss, FaultConsulDown, FaultLeaderLoss, FaultConsulLoss,
+	FaultRestart, FaultStopRestart}
 
 // Fault is one scheduled fault.
 type Fault struct {
@@ -112,6 +123,9 @@ type Result struct {
 	// after the fault began it was processed again (by another node, or by the node itself once
 	// the fault ended).
 	ReownedAfter []time.Duration
+	// ResumedAfter: for every restart in place, from the new process's start until it processed
+	// every slice it held before again.
+	ResumedAfter []time.Duration
 }
 
 // Failed reports whether an invariant was broken.
@@ -195,6 +209,18 @@ type world struct {
 	// pending: slices a faulted node processed when its fault began, not processed since by
 	// another node (or by it after the fault ended), with the fault's start.
 	pending map[failover.SliceID]pendingTakeover
+	// restart: the restart in place under way, checked until the node processes its slices again
+	restart *restartCheck
+	// grants counts the acquisitions of each slice
+	grants map[failover.SliceID]int
+}
+
+// restartCheck: a node restarted in place must move nothing and resume every slice it held.
+type restartCheck struct {
+	node    *node
+	held    []failover.SliceID
+	grants  int       // acquisitions of the held slices when the fault began
+	started time.Time // the new process's start; zero until then
 }
 
 type pendingTakeover struct {
@@ -271,7 +297,7 @@ func Run(cfg Config) Result {
 	w := &world{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)), start: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
 		byID: map[string]*node{}, res: &Result{Seed: cfg.Seed, Drift: map[string]float64{}},
 		cur: map[failover.SliceID]string{}, lastEnd: map[failover.SliceID]procEnd{}, faultFrom: map[string]time.Time{},
-		takenOver: map[failover.SliceID]bool{}, pending: map[failover.SliceID]pendingTakeover{}}
+		takenOver: map[failover.SliceID]bool{}, pending: map[failover.SliceID]pendingTakeover{}, grants: map[failover.SliceID]int{}}
 	w.now = w.start
 	w.consul = newConsul(w.now, w.consulChanged)
 	w.consul.granted = func(s failover.SliceID, invalidated bool) { w.takenOver[s] = invalidated }
@@ -306,7 +332,7 @@ func Run(cfg Config) Result {
 	if len(w.res.Schedule) > 0 {
 		last := w.res.Schedule[len(w.res.Schedule)-1]
 		w.lastFaultEnd = w.start.Add(last.At + last.For)
-		if last.Kind == FaultCrash { // the restarted process must get a session first
+		if last.Kind == FaultCrash || last.Kind == FaultRestart || last.Kind == FaultStopRestart { // the restarted process must get a session first
 			w.lastFaultEnd = w.lastFaultEnd.Add(cfg.RenewInterval)
 		}
 	}
@@ -323,6 +349,7 @@ func Run(cfg Config) Result {
 		e.fn()
 		w.res.Events++
 		w.checkStep()
+		w.checkRestart()
 	}
 	w.res.Virtual = w.now.Sub(w.start)
 	w.res.MoveBudget = w.moveBudget()
@@ -373,6 +400,10 @@ func (w *world) drawFault(at time.Duration) Fault {
 		f.Node, f.For = "", rnd(100*time.Millisecond, lease)
 	case FaultConsulLoss:
 		f.Node, f.For = "", rnd(100*time.Millisecond, time.Second)
+	case FaultRestart, FaultStopRestart:
+		// Down for at most TTL/4: the session's check (passed at most one renew interval before
+		// the stop) is still passing when the new process passes it.
+		f.For = rnd(10*time.Millisecond, cfg.TTL/4)
 	}
 	return f
 }
@@ -380,7 +411,8 @@ func (w *world) drawFault(at time.Duration) Fault {
 func (w *world) schedule(f Fault) {
 	start, end := w.start.Add(f.At), w.start.Add(f.At+f.For)
 	n := w.byID[f.Node]
-	if n == nil { // Consul faults delay every takeover under way
+	w.at(start, w.endRestartCheck) // a new fault ends the previous restart's window
+	if n == nil {                  // Consul faults delay every takeover under way
 		w.at(start, w.anotherFault)
 		w.at(end, w.anotherFault)
 	}
@@ -407,7 +439,95 @@ func (w *world) schedule(f Fault) {
 	case FaultConsulLoss:
 		w.at(start, func() { w.consul.downUntil = end; w.consul.loseState() })
 		w.at(end, w.consulBack)
+	case FaultRestart:
+		var rc *restartCheck
+		w.at(start, func() { rc = w.restartBegins(n); n.crash() })
+		w.at(end, func() { delete(w.faultFrom, n.id); n.start(0); rc.started = w.now })
+	case FaultStopRestart:
+		// For counts from the process's exit, once the assignee let go of everything.
+		w.at(start, func() {
+			rc := w.restartBegins(n)
+			n.stopForRestart(func() {
+				w.after(f.For, func() { delete(w.faultFrom, n.id); n.start(0); rc.started = w.now })
+			})
+		})
 	}
+}
+
+// restartBegins: n restarts in place; its slices must be processed again (as for a crash), by
+// n itself, with no acquisition anywhere meanwhile.
+func (w *world) restartBegins(n *node) *restartCheck {
+	w.faultFrom[n.id] = w.now
+	w.faultBegins(n)
+	rc := &restartCheck{node: n}
+	if n.session == "" || w.consul.sessions[n.session] == nil {
+		return rc // no session to adopt (Consul lost it, say): a fresh start, as after a crash
+	}
+	for _, s := range sortedKeys(w.homes) {
+		// Its home slices: one it holds for another node may go back to it meanwhile (the
+		// fail-back of an earlier fault), a move the restart did not cause.
+		if n.processing(s) && w.homes[s] == n.id {
+			rc.held = append(rc.held, s)
+			rc.grants += w.grants[s]
+		}
+	}
+	w.restart = rc
+	w.after(w.cfg.RestartDeadline(), func() {
+		if w.restart == rc {
+			w.violation("%s restarted in place and did not adopt its session or process the %d slices it held again within %s of the stop (adopted: %v)",
+				n.id, len(rc.held), w.cfg.RestartDeadline(), n.adopted)
+			w.endRestartCheck()
+		}
+	})
+	return rc
+}
+
+// checkRestart runs after every event while a restart in place is checked.
+func (w *world) checkRestart() {
+	rc := w.restart
+	if rc == nil {
+		return
+	}
+	grants := 0
+	for _, s := range rc.held {
+		grants += w.grants[s]
+	}
+	if grants != rc.grants {
+		w.violation("a slice of %s was acquired while it restarted in place (%d acquisitions): a restart must move nothing", rc.node.id, grants-rc.grants)
+		w.restart = nil
+		return
+	}
+	if rc.started.IsZero() || w.now.Before(rc.started) || !rc.node.adopted {
+		return // not adopted by the deadline: restartBegins reports it
+	}
+	for _, s := range rc.held {
+		if w.cur[s] != rc.node.id {
+			return
+		}
+	}
+	d := w.now.Sub(rc.started)
+	w.res.ResumedAfter = append(w.res.ResumedAfter, d)
+	if d > w.cfg.ResumeBound() {
+		w.violation("%s resumed its %d slices %.3fs after its restart, beyond %s", rc.node.id, len(rc.held), d.Seconds(), w.cfg.ResumeBound())
+	}
+	w.restart = nil
+}
+
+func (w *world) endRestartCheck() { w.restart = nil }
+
+// ResumeBound is how long after its start a node restarted in place must process its slices
+// again: one keeper round (the session confirmed, the check passed) and one KV answer, each a
+// network round trip, within two renew intervals.
+func (c Config) ResumeBound() time.Duration {
+	c = c.withDefaults()
+	return 2 * c.RenewInterval
+}
+
+// RestartDeadline bounds a restart in place from the stop: the assignee's drain, the longest
+// downtime drawn (TTL/4) and ResumeBound.
+func (c Config) RestartDeadline() time.Duration {
+	c = c.withDefaults()
+	return c.MaxDrainFor + c.TTL/4 + c.ResumeBound() + time.Second
 }
 
 // faultBegins: n's slices must be processed again within FailoverBound.

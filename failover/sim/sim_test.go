@@ -79,3 +79,20 @@ func TestSimulatorCatchesNoFailover(t *testing.T) {
 		t.Fatalf("a cluster without its only node went unnoticed: %s", r.Report())
 	}
 }
+
+// TestSimulatorCatchesARestartThatMoves: without adoption a restarted process starts a new
+// session, and the restart checks must report that it did not resume its slices in place.
+func TestSimulatorCatchesARestartThatMoves(t *testing.T) {
+	ok := Run(Config{Seed: 5, Faults: 4, Kinds: []string{FaultRestart, FaultStopRestart}})
+	if ok.Failed() || len(ok.ResumedAfter) == 0 {
+		t.Fatalf("restarts in place: %d resumed, want some and no violation:\n%s", len(ok.ResumedAfter), ok.Report())
+	}
+	r := Run(Config{Seed: 5, Faults: 4, Kinds: []string{FaultRestart, FaultStopRestart}, NoAdopt: true})
+	found := false
+	for _, v := range r.Violations {
+		found = found || strings.Contains(v, "restarted in place")
+	}
+	if !found {
+		t.Fatalf("restarts without adoption went unnoticed: %s", r.Report())
+	}
+}

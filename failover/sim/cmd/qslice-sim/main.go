@@ -72,29 +72,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	start := time.Now()
 	failed := 0
-	var reowned []time.Duration
+	var reowned, resumed []time.Duration
 	events := 0
 	for s := uint64(1); s <= uint64(*seeds) && ctx.Err() == nil; s++ {
 		cfg.Seed = s
 		r := sim.Run(cfg)
 		events += r.Events
 		reowned = append(reowned, r.ReownedAfter...)
+		resumed = append(resumed, r.ResumedAfter...)
 		if r.Failed() {
 			failed++
 			fmt.Fprint(stdout, r.Report())
 		}
 	}
-	slices.Sort(reowned)
-	q := func(p float64) time.Duration {
-		if len(reowned) == 0 {
+	q := func(d []time.Duration, p float64) time.Duration {
+		if len(d) == 0 {
 			return 0
 		}
-		return reowned[min(len(reowned)-1, int(p*float64(len(reowned))))]
+		slices.Sort(d)
+		return d[min(len(d)-1, int(p*float64(len(d))))]
 	}
 	c := cfg.WithDefaults()
 	fmt.Fprintf(stdout, "%d seeds, %d failed, %d events, %s; slices of a faulted node processed again after: n=%d median %.2fs p95 %.2fs max %.2fs (target TTL + lock-delay + 2 renew intervals = %.2fs, checked bound %.2fs)\n",
-		*seeds, failed, events, time.Since(start).Round(time.Millisecond), len(reowned), q(0.5).Seconds(), q(0.95).Seconds(), q(1).Seconds(),
+		*seeds, failed, events, time.Since(start).Round(time.Millisecond), len(reowned), q(reowned, 0.5).Seconds(), q(reowned, 0.95).Seconds(), q(reowned, 1).Seconds(),
 		(c.TTL + c.LockDelay + 2*c.RenewInterval).Seconds(), cfg.FailoverBound().Seconds())
+	fmt.Fprintf(stdout, "restarts in place: n=%d, every home slice processed again after the new process started: median %.3fs p95 %.3fs max %.3fs (checked bound %.2fs), moves 0 (checked)\n",
+		len(resumed), q(resumed, 0.5).Seconds(), q(resumed, 0.95).Seconds(), q(resumed, 1).Seconds(), cfg.ResumeBound().Seconds())
 	if failed > 0 {
 		return fmt.Errorf("%d seeds violated invariants", failed)
 	}
