@@ -85,6 +85,8 @@ func TestDemoShort(t *testing.T) {
 	if len(rep.Problems) > 0 {
 		t.Errorf("the demo reports problems: %q", rep.Problems)
 	}
+	t.Logf("%s killed: slices %v taken over after %v, back after %v (bound %s, hold-down %s); fired: %q",
+		rep.Victim, rep.VictimSlices, rep.Takeover, rep.Failback, rep.Bound, rep.HoldDown, rep.Fired)
 	if rep.Victim == "" || len(rep.VictimSlices) == 0 || len(rep.Ownership) != demoSlices {
 		t.Fatalf("report: victim %q with slices %v, ownership of %d slices\n%s", rep.Victim, rep.VictimSlices, len(rep.Ownership), text)
 	}
