@@ -18,6 +18,7 @@ import (
 	"github.com/qslice/qslice/config"
 	"github.com/qslice/qslice/exporters"
 	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/failover/consul"
 	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner"
@@ -90,7 +91,7 @@ type leaseProxy struct{ coord *failover.Coordinator }
 func (l leaseProxy) ValidUntil() time.Time { return (*l.coord).ValidUntil() }
 
 // The Consul coordinator's tokens reach the handlers through leaseProxy.
-var _ runner.Fencer = (*failover.ConsulCoordinator)(nil)
+var _ runner.Fencer = (*consul.Coordinator)(nil)
 
 // FencingToken implements runner.Fencer when the coordinator has tokens (Consul), else 0.
 func (l leaseProxy) FencingToken(q string, slice int) uint64 {
@@ -251,7 +252,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		if err := a.advertise(&fc); err != nil {
 			return nil, err
 		}
-		c, err := failover.NewConsul(fc, assignee{a}, a, a.log, opts.Clock) // it names its own component
+		c, err := consul.New(fc, assignee{a}, a, a.log, opts.Clock) // it names its own component
 		if err != nil {
 			return nil, err
 		}

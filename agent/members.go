@@ -17,6 +17,7 @@ import (
 	"github.com/qslice/qslice/config"
 	"github.com/qslice/qslice/exporters"
 	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/failover/consul"
 )
 
 // Member states.
@@ -88,7 +89,7 @@ func (m *memberWatch) Run(ctx context.Context) error {
 	pause := 500 * time.Millisecond
 	for ctx.Err() == nil {
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: memberWatchWait, AllowStale: true}).WithContext(ctx)
-		entries, meta, err := m.client.Health().Service(failover.ServiceName, "", false, q)
+		entries, meta, err := m.client.Health().Service(consul.ServiceName, "", false, q)
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -33,7 +33,7 @@ type TLSConfig struct {
 	InsecureSkipVerify bool
 }
 
-// ConsulConfig configures a ConsulCoordinator. Zero durations take the defaults below.
+// ConsulConfig configures the Consul coordinator (package failover/consul). Zero durations take the defaults below.
 type ConsulConfig struct {
 	// Cluster names this qslice cluster: KV prefix qslice/<Cluster>/ and service Meta "cluster".
 	Cluster string

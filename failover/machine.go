@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -17,7 +18,7 @@ import (
 )
 
 // Machine is the ownership state machine of one node, in the style of etcd-io/raft's RawNode: it
-// never does I/O and never reads a clock. The driver (ConsulCoordinator in production, the
+// never does I/O and never reads a clock. The driver (consul.Coordinator in production, the
 // simulator in failover/sim) feeds it events with Step, asks Ready what must be done, does it
 // (Consul transactions, SetSlices, session destroys) and reports every outcome back with Step,
 // then calls Advance. Given the same events, a Machine takes the same decisions.
@@ -978,4 +979,28 @@ func sortSlices(s []SliceID) {
 		}
 		return s[i].Index < s[j].Index
 	})
+}
+
+// ownedMeta renders owned slices for the service Meta: "in:1-2 out:0-3,7", or, when that would
+// not fit in a Meta value, per-queue counts "in:2/8 out:5/64".
+func ownedMeta(queues []QueueSpec, owned map[string][]int) string {
+	var parts, counts []string
+	names := make([]string, 0, len(queues))
+	spec := map[string]int{}
+	for _, q := range queues {
+		names = append(names, q.Name)
+		spec[q.Name] = q.Slices
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if len(owned[n]) == 0 {
+			continue
+		}
+		parts = append(parts, n+":"+FormatRanges(owned[n]))
+		counts = append(counts, fmt.Sprintf("%s:%d/%d", n, len(owned[n]), spec[n]))
+	}
+	if s := strings.Join(parts, " "); len(s) <= metaValueMaxLen {
+		return s
+	}
+	return strings.Join(counts, " ")
 }

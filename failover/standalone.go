@@ -150,3 +150,11 @@ func (s *Standalone) Status() Status {
 	}
 	return st
 }
+
+func cloneCounts(m map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

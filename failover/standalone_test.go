@@ -1,4 +1,4 @@
-package failover
+package failover_test
 
 import (
 	"context"
@@ -6,15 +6,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/failover/failovertest"
 	"github.com/qslice/qslice/internal/consultest"
 )
 
+// The queues of the standalone tests: 12 slices.
+var standaloneQueues = []failover.QueueSpec{{Name: "out", Slices: 8}, {Name: "in", Slices: 4}}
+
+const standaloneSlices = 12
+
 func TestStandalone(t *testing.T) {
-	l := newLedger()
-	a := newFakeAssignee("standalone", l)
-	defer a.close()
-	s := NewStandalone(testQueues, a)
-	var _ Coordinator = s
+	l := failovertest.NewLedger()
+	a := failovertest.NewAssignee("standalone", l)
+	defer a.Close()
+	s := failover.NewStandalone(standaloneQueues, a)
+	var _ failover.Coordinator = s
 	if d := time.Until(s.ValidUntil()); d < 50*365*24*time.Hour {
 		t.Fatalf("standalone lease ends in %s", d)
 	}
@@ -22,28 +29,28 @@ func TestStandalone(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	consultest.WaitFor(t, 5*time.Second, "every slice assigned", func() error {
-		if n := a.count(); n != totalTestSlices {
+		if n := a.Count(); n != standaloneSlices {
 			return fmt.Errorf("%d slices assigned", n)
 		}
 		return nil
 	})
 	st := s.Status()
-	if st.Mode != "standalone" || len(st.Owned) != totalTestSlices || !st.LeaseValid || len(st.Slices) != totalTestSlices {
+	if st.Mode != "standalone" || len(st.Owned) != standaloneSlices || !st.LeaseValid || len(st.Slices) != standaloneSlices {
 		t.Errorf("status %+v", st)
 	}
 	if err := s.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.count(); n != 0 {
+	if n := a.Count(); n != 0 {
 		t.Fatalf("after Drain %d slices assigned", n)
 	}
-	if st := s.Status(); !st.Draining || len(st.Owned) != 0 || st.OwnershipChanges[ReasonDrain] != totalTestSlices {
+	if st := s.Status(); !st.Draining || len(st.Owned) != 0 || st.OwnershipChanges[failover.ReasonDrain] != standaloneSlices {
 		t.Errorf("status after drain %+v", st)
 	}
 	if err := s.Undrain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.count(); n != totalTestSlices {
+	if n := a.Count(); n != standaloneSlices {
 		t.Fatalf("after Undrain %d slices assigned", n)
 	}
 	cancel()
@@ -55,18 +62,18 @@ func TestStandalone(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return")
 	}
-	if n := a.count(); n != 0 {
+	if n := a.Count(); n != 0 {
 		t.Fatalf("after stop %d slices assigned", n)
 	}
-	if err := s.Run(context.Background()); err != ErrAlreadyRunning {
+	if err := s.Run(context.Background()); err != failover.ErrAlreadyRunning {
 		t.Errorf("second Run: %v", err)
 	}
-	a.check(t)
-	l.check(t)
+	a.Check(t)
+	l.Check(t)
 }
 
 func TestStandaloneRejectsBadQueues(t *testing.T) {
-	s := NewStandalone([]QueueSpec{{Name: "out", Slices: 0}}, newFakeAssignee("x", newLedger()))
+	s := failover.NewStandalone([]failover.QueueSpec{{Name: "out", Slices: 0}}, failovertest.NewAssignee("x", failovertest.NewLedger()))
 	if err := s.Run(context.Background()); err == nil {
 		t.Fatal("Run accepted a queue with 0 slices")
 	}

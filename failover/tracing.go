@@ -8,7 +8,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Spans of the Consul coordinator, for a timeline of a failover next to the message spans of the
@@ -26,15 +25,6 @@ import (
 // traces in virtual time): the loop never waits on the tracer.
 
 const tracerName = "github.com/qslice/qslice/failover"
-
-// SetTracer makes the coordinator record its spans with tp; call it before Run. Without it the
-// coordinator records nothing.
-func (c *ConsulCoordinator) SetTracer(tp trace.TracerProvider) {
-	if tp == nil {
-		tp = noop.NewTracerProvider()
-	}
-	c.tp = tp
-}
 
 func sliceAttrs(s SliceID) []attribute.KeyValue {
 	return []attribute.KeyValue{

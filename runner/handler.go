@@ -87,7 +87,7 @@ type Lease interface {
 	ValidUntil() time.Time
 }
 
-// Fencer is implemented by a Lease whose slices carry fencing tokens (failover.ConsulCoordinator:
+// Fencer is implemented by a Lease whose slices carry fencing tokens (consul.Coordinator in failover/consul:
 // the ModifyIndex of the slice's lock at acquisition). FencingToken returns 0 for a slice this
 // node does not hold.
 type Fencer interface {

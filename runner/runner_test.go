@@ -817,7 +817,7 @@ func TestLapseAfterClaimRenewedGenerationCancelsHandler(t *testing.T) {
 	}
 }
 
-// fencedLease hands out a fencing token per slice, like failover.ConsulCoordinator.
+// fencedLease hands out a fencing token per slice, like the Consul coordinator (failover/consul).
 type fencedLease struct{ tokens map[int]uint64 }
 
 func (fencedLease) ValidUntil() time.Time { return farFuture }

@@ -32,12 +32,12 @@ mutation chaos-explains-any-bad-file chaos/analyze.go \
 mutation chaos-ignores-node-errors chaos/soak.go \
   'if l.Msg == "" || l.At.IsZero() {' $'if true {\n\t\treturn true\n\t}\n\tif l.Msg == "" || l.At.IsZero() {' \
   'go test -count=1 -run TestNodeErrorsAreJudged ./chaos'
-mutation lease-ttl-stamped-on-answer failover/lease.go \
+mutation lease-ttl-stamped-on-answer failover/consul/keeper.go \
   'k.ttlSent = sent' 'k.ttlSent, _ = c.clk.Now(), sent' \
-  'go test -count=1 -run TestLeaseStampedWhenSent/ttl_term ./failover'
-mutation lease-confirm-stamped-on-answer failover/lease.go \
+  'go test -count=1 -run TestLeaseStampedWhenSent/ttl_term ./failover/consul'
+mutation lease-confirm-stamped-on-answer failover/consul/keeper.go \
   'k.confirmSent, k.freshSince = sent, false' 'k.confirmSent, k.freshSince, _ = c.clk.Now(), false, sent' \
-  'go test -count=1 -run TestLeaseStampedWhenSent/confirmation_term ./failover'
+  'go test -count=1 -run TestLeaseStampedWhenSent/confirmation_term ./failover/consul'
 
 want=("$@")
 work=$(mktemp -d)

@@ -1,4 +1,4 @@
-package failover
+package consul
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/failover/failovertest"
 	"github.com/qslice/qslice/internal/consultest"
 )
 
@@ -81,7 +83,7 @@ func TestLeaseStampedWhenSent(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			srv := consultest.Start(t)
 			p := newDelayingProxy(t, srv.HTTPAddr)
-			n := startNode(t, srv, newLedger(), "a", func(cfg *ConsulConfig) {
+			n := startNode(t, srv, failovertest.NewLedger(), "a", func(cfg *failover.ConsulConfig) {
 				cfg.Address = p.URL
 				cfg.TTL, cfg.LockDelay, cfg.LeaseMargin, cfg.HoldDown = c.ttl, c.lockDelay, margin, c.ttl
 				cfg.RenewInterval, cfg.RequestTimeout = 500*time.Millisecond, 1500*time.Millisecond

@@ -1,4 +1,4 @@
-package failover
+package consul
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/failover/failovertest"
 	"github.com/qslice/qslice/internal/consultest"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -26,10 +28,10 @@ func TestConsulAcquireAndRelease(t *testing.T) {
 		Checks: api.AgentServiceChecks{{CheckID: "qslice-test-a:queue:old", TTL: "1m"}}}); err != nil {
 		t.Fatal(err)
 	}
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a := startNode(t, srv, l, "a", nil)
 
-	waitSplit(t, 15*time.Second, "a owns every slice", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	waitSplit(t, 15*time.Second, "a owns every slice", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
 	st := a.c.Status()
 	if !st.LeaseValid || st.LeaseRemaining <= 0 || st.LeaseRemaining > time.Second {
 		t.Errorf("lease valid %v remaining %s; want valid, at most min(TTL, lock-delay)", st.LeaseValid, st.LeaseRemaining)
@@ -87,7 +89,7 @@ func TestConsulAcquireAndRelease(t *testing.T) {
 	if err := a.stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if n := a.a.count(); n != 0 {
+	if n := a.a.Count(); n != 0 {
 		t.Errorf("after stop the assignee still has %d slices", n)
 	}
 	for _, s := range allTestSlices() {
@@ -95,7 +97,7 @@ func TestConsulAcquireAndRelease(t *testing.T) {
 		if err != nil || p == nil {
 			t.Fatalf("get %s: %v", s, err)
 		}
-		if v := parseLockValue(p.Value); p.Session != "" || v.Reason != ReasonReleased || v.Node != "a" {
+		if v := parseLockValue(p.Value); p.Session != "" || v.Reason != failover.ReasonReleased || v.Node != "a" {
 			t.Errorf("%s after stop: session %q value %s; want released by a", s, p.Session, p.Value)
 		}
 	}
@@ -106,7 +108,7 @@ func TestConsulAcquireAndRelease(t *testing.T) {
 		t.Errorf("%d service instances after stop", len(svcs))
 	}
 	st = a.c.Status()
-	if st.OwnershipChanges[ReasonAcquired] != totalTestSlices || st.OwnershipChanges[ReasonReleased] != totalTestSlices {
+	if st.OwnershipChanges[failover.ReasonAcquired] != totalTestSlices || st.OwnershipChanges[failover.ReasonReleased] != totalTestSlices {
 		t.Errorf("ownership changes %v; want %d acquired and released", st.OwnershipChanges, totalTestSlices)
 	}
 	if !a.c.ValidUntil().IsZero() {
@@ -115,14 +117,14 @@ func TestConsulAcquireAndRelease(t *testing.T) {
 	if n := a.logs.count("slice ownership changed"); n != 2*totalTestSlices {
 		t.Errorf("%d ownership log lines, want %d", n, 2*totalTestSlices)
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulTwoNodesSpreadAfterHoldDown(t *testing.T) {
 	srv := consultest.Start(t)
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a := startNode(t, srv, l, "a", nil)
-	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
 	waitSettled(t, a)
 	b := startNode(t, srv, l, "b", nil)
 	want := rendezvousSplit(a, b)
@@ -132,28 +134,28 @@ func TestConsulTwoNodesSpreadAfterHoldDown(t *testing.T) {
 	waitSplit(t, 20*time.Second, "rendezvous split", want, a, b)
 	// b is new: a gives slices to it only after b has been live for the hold-down.
 	for _, s := range want[b] {
-		if first := l.firstStart(s, "b", b.started); first.Sub(b.started) < 3*time.Second {
+		if first := l.FirstStart(s, "b", b.started); first.Sub(b.started) < 3*time.Second {
 			t.Errorf("b got %s %s after starting: earlier than the hold-down", s, first.Sub(b.started))
 		}
 	}
 	sa, sb := a.c.Status(), b.c.Status()
-	if int(sa.OwnershipChanges[ReasonFailback]) != len(want[b]) || int(sb.OwnershipChanges[ReasonFailback]) != len(want[b]) {
-		t.Errorf("failback counts a=%d b=%d, want %d each", sa.OwnershipChanges[ReasonFailback], sb.OwnershipChanges[ReasonFailback], len(want[b]))
+	if int(sa.OwnershipChanges[failover.ReasonFailback]) != len(want[b]) || int(sb.OwnershipChanges[failover.ReasonFailback]) != len(want[b]) {
+		t.Errorf("failback counts a=%d b=%d, want %d each", sa.OwnershipChanges[failover.ReasonFailback], sb.OwnershipChanges[failover.ReasonFailback], len(want[b]))
 	}
 	for _, ss := range sb.Slices {
-		if ss.Home == "" || (ss.State == SliceOwned) != (ss.Owner == "b") {
+		if ss.Home == "" || (ss.State == failover.SliceOwned) != (ss.Owner == "b") {
 			t.Errorf("b's view of %s: %+v", ss.Slice, ss)
 		}
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	srv := consultest.Start(t)
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a, b, want := startSettledPair(t, srv, l)
 
-	tokenBefore := map[SliceID]uint64{}
+	tokenBefore := map[failover.SliceID]uint64{}
 	for _, s := range want[a] {
 		tok := a.c.FencingToken(s.Queue, s.Index)
 		if tok == 0 || b.c.FencingToken(s.Queue, s.Index) != 0 {
@@ -164,7 +166,7 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 
 	failedAt := time.Now()
 	a.h.set(errors.New("shared disk unreachable"))
-	waitSplit(t, 15*time.Second, "b takes over everything", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	waitSplit(t, 15*time.Second, "b takes over everything", map[*testNode][]failover.SliceID{a: {}, b: allTestSlices()}, a, b)
 	for _, s := range want[a] {
 		if got := b.c.FencingToken(s.Queue, s.Index); got <= tokenBefore[s] {
 			t.Errorf("%s: b's fencing token %d is not above a's %d: a stale owner could not be refused", s, got, tokenBefore[s])
@@ -176,17 +178,17 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	for _, s := range want[a] {
 		// a passed its TTL at most one renew interval before failing: the check lapses no earlier
 		// than failedAt - renew + TTL, and lock-delay comes on top.
-		if d := l.firstStart(s, "b", failedAt).Sub(failedAt); d < 2*time.Second+time.Second-200*time.Millisecond {
+		if d := l.FirstStart(s, "b", failedAt).Sub(failedAt); d < 2*time.Second+time.Second-200*time.Millisecond {
 			t.Errorf("b took %s %s after a's check stopped passing: earlier than TTL + lock-delay", s, d)
 		}
 	}
 	if a.logs.count("node unhealthy") != 1 || a.logs.count("lease lapsed") != 1 {
 		t.Errorf("want one 'node unhealthy' and one 'lease lapsed' line on a:\n%s", a.logs.String())
 	}
-	if got := a.c.Status().OwnershipChanges[ReasonLeaseLost]; int(got) != len(want[a]) {
+	if got := a.c.Status().OwnershipChanges[failover.ReasonLeaseLost]; int(got) != len(want[a]) {
 		t.Errorf("a counted %d lease_lost, want %d", got, len(want[a]))
 	}
-	if got := b.c.Status().OwnershipChanges[ReasonFailover]; int(got) != len(want[a]) {
+	if got := b.c.Status().OwnershipChanges[failover.ReasonFailover]; int(got) != len(want[a]) {
 		t.Errorf("b counted %d failover, want %d", got, len(want[a]))
 	}
 
@@ -194,20 +196,20 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	a.h.set(nil)
 	waitSplit(t, 20*time.Second, "fail-back to the rendezvous split", want, a, b)
 	for _, s := range want[a] {
-		if d := l.firstStart(s, "a", healedAt).Sub(healedAt); d < 3*time.Second {
+		if d := l.FirstStart(s, "a", healedAt).Sub(healedAt); d < 3*time.Second {
 			t.Errorf("a got %s back %s after healing: earlier than the hold-down", s, d)
 		}
 	}
-	if got := b.c.Status().OwnershipChanges[ReasonFailback]; int(got) < len(want[a]) {
+	if got := b.c.Status().OwnershipChanges[failover.ReasonFailback]; int(got) < len(want[a]) {
 		t.Errorf("b counted %d failback, want >= %d", got, len(want[a]))
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulCrashFailoverHonoursLeaseAndLockDelay(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a, b, want := startSettledPair(t, srv, l)
 	session := a.c.sessionID()
 
@@ -228,9 +230,9 @@ func TestConsulCrashFailoverHonoursLeaseAndLockDelay(t *testing.T) {
 		}
 		return nil
 	})
-	waitSplit(t, 10*time.Second, "b takes over", map[*testNode][]SliceID{b: allTestSlices()}, b)
+	waitSplit(t, 10*time.Second, "b takes over", map[*testNode][]failover.SliceID{b: allTestSlices()}, b)
 	for _, s := range want[a] {
-		start := l.firstStart(s, "b", crashAt)
+		start := l.FirstStart(s, "b", crashAt)
 		if start.Before(lastAlive.Add(time.Second)) {
 			t.Errorf("b took %s %s after a's session was last seen alive: lock-delay (1s) not honoured",
 				s, start.Sub(lastAlive))
@@ -240,24 +242,24 @@ func TestConsulCrashFailoverHonoursLeaseAndLockDelay(t *testing.T) {
 		}
 		t.Logf("%s: taken %s after a's lease ended, %s after its session was last seen", s, start.Sub(aValid).Round(time.Millisecond), start.Sub(lastAlive).Round(time.Millisecond))
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulNodeRestartAfterCrash(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a := startNode(t, srv, l, "a", nil)
-	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
 	old := a.c.sessionID()
 	validUntil := a.crash(t)
 
 	// The same node comes back at once, before its old session could lapse: the new process
 	// passes the same alive check, so it must destroy the old session itself.
 	a2 := startNodeAs(t, srv, l, "a", "a-restarted", nil)
-	waitSplit(t, 15*time.Second, "the restarted node owns everything", map[*testNode][]SliceID{a2: allTestSlices()}, a2)
+	waitSplit(t, 15*time.Second, "the restarted node owns everything", map[*testNode][]failover.SliceID{a2: allTestSlices()}, a2)
 	for _, s := range allTestSlices() {
-		if start := l.firstStart(s, "a-restarted", time.Time{}); !start.After(validUntil) {
+		if start := l.FirstStart(s, "a-restarted", time.Time{}); !start.After(validUntil) {
 			t.Errorf("%s restarted at %s, before the crashed run's lease ended at %s", s, start.Format("15:04:05.000"), validUntil.Format("15:04:05.000"))
 		}
 	}
@@ -267,13 +269,13 @@ func TestConsulNodeRestartAfterCrash(t *testing.T) {
 	if a2.logs.count("destroying a session left by a previous run of this node") == 0 {
 		t.Error("no log line for the stale session")
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a, b, want := startSettledPair(t, srv, l)
 	session := a.c.sessionID()
 
@@ -282,7 +284,7 @@ func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 		t.Fatal(err)
 	}
 	consultest.WaitFor(t, 3*time.Second, "a stops processing", func() error {
-		if n := a.a.count(); n != 0 {
+		if n := a.a.Count(); n != 0 {
 			return fmt.Errorf("a still has %d slices", n)
 		}
 		return nil
@@ -291,26 +293,26 @@ func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 		t.Errorf("a stopped %s after its session was destroyed: not before lock-delay ran out", d)
 	}
 	// Losing its session restarts a's hold-down: b takes a's slices, but only after lock-delay...
-	waitSplit(t, 10*time.Second, "b takes a's slices", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	waitSplit(t, 10*time.Second, "b takes a's slices", map[*testNode][]failover.SliceID{a: {}, b: allTestSlices()}, a, b)
 	for _, s := range want[a] {
-		if d := l.firstStart(s, "b", destroyedAt).Sub(destroyedAt); d < time.Second {
+		if d := l.FirstStart(s, "b", destroyedAt).Sub(destroyedAt); d < time.Second {
 			t.Errorf("b took %s %s after a's session was destroyed: lock-delay (1s) not honoured", s, d)
 		}
 	}
 	// ...and a gets them back once it has held its new session for a hold-down.
 	waitSplit(t, 10*time.Second, "fail-back to a", want, a, b)
 	for _, s := range want[a] {
-		if d := l.firstStart(s, "a", destroyedAt).Sub(destroyedAt); d < 3*time.Second {
+		if d := l.FirstStart(s, "a", destroyedAt).Sub(destroyedAt); d < 3*time.Second {
 			t.Errorf("a re-took %s %s after losing its session: earlier than the hold-down", s, d)
 		}
 	}
 	if a.c.sessionID() == session {
 		t.Error("a still uses the destroyed session")
 	}
-	if got := a.c.Status().OwnershipChanges[ReasonLeaseLost]; int(got) != len(want[a]) {
+	if got := a.c.Status().OwnershipChanges[failover.ReasonLeaseLost]; int(got) != len(want[a]) {
 		t.Errorf("a counted %d lease_lost, want %d", got, len(want[a]))
 	}
-	if got := b.c.Status().OwnershipChanges[ReasonLeaseLost]; got != 0 {
+	if got := b.c.Status().OwnershipChanges[failover.ReasonLeaseLost]; got != 0 {
 		t.Errorf("b lost %d slices", got)
 	}
 	if a.logs.count("left by a previous run") != 0 {
@@ -322,21 +324,21 @@ func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 			t.Errorf("%s: %d slice.lost spans on a, want one saying why", s, len(sp))
 		}
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulRestart(t *testing.T) {
 	srv := consultest.Start(t)
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a := startNode(t, srv, l, "a", nil)
-	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
 
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	stoppedAt := time.Now()
 	consultest.WaitFor(t, 5*time.Second, "processing stops when the lease lapses", func() error {
-		if n := a.a.count(); n != 0 {
+		if n := a.a.Count(); n != 0 {
 			return fmt.Errorf("%d slices still processed", n)
 		}
 		return nil
@@ -358,7 +360,7 @@ func TestConsulRestart(t *testing.T) {
 	}
 
 	srv.Restart()
-	waitSplit(t, 20*time.Second, "processing resumes", map[*testNode][]SliceID{a: allTestSlices()}, a)
+	waitSplit(t, 20*time.Second, "processing resumes", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
 	if n := a.logs.count("lease lapsed"); n != 1 {
 		t.Errorf("%d 'lease lapsed' lines, want 1", n)
 	}
@@ -378,7 +380,7 @@ func TestConsulRestart(t *testing.T) {
 	if err := a.stop(t); err != nil {
 		t.Errorf("Run after restart: %v", err)
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 // qsliceRules is the ACL policy docs/failover.md documents for a node of cluster "test".
@@ -391,10 +393,10 @@ session_prefix "" { policy = "write" }
 
 func TestConsulACL(t *testing.T) {
 	srv := consultest.Start(t, consultest.WithACL())
-	l := newLedger()
+	l := failovertest.NewLedger()
 
 	t.Run("unknown token", func(t *testing.T) {
-		n := startNode(t, srv, l, "denied", func(c *ConsulConfig) { c.Token = "00000000-dead-beef-0000-000000000000" })
+		n := startNode(t, srv, l, "denied", func(c *failover.ConsulConfig) { c.Token = "00000000-dead-beef-0000-000000000000" })
 		consultest.WaitFor(t, 5*time.Second, "clear error", func() error {
 			if !strings.Contains(n.logs.String(), "consul at "+srv.HTTPAddr+": permission denied: check the ACL token (CONSUL_HTTP_TOKEN or consul.token) (consul said: ACL not found)") {
 				return errors.New("no clear error logged yet")
@@ -408,7 +410,7 @@ func TestConsulACL(t *testing.T) {
 		if err := n.stop(t); err != nil {
 			t.Errorf("Run: %v", err)
 		}
-		if calls := n.a.callCount(); calls != 0 {
+		if calls := n.a.CallCount(); calls != 0 {
 			t.Errorf("assignee called %d times without any lock", calls)
 		}
 		if c := n.logs.count("consul request failing"); c != 1 {
@@ -423,14 +425,14 @@ node_prefix "" { policy = "read" }
 key_prefix "qslice/test/" { policy = "read" }
 session_prefix "" { policy = "write" }
 `)
-		n := startNode(t, srv, l, "readonly", func(c *ConsulConfig) { c.Token = tok })
+		n := startNode(t, srv, l, "readonly", func(c *failover.ConsulConfig) { c.Token = tok })
 		consultest.WaitFor(t, 10*time.Second, "clear error", func() error {
 			if !strings.Contains(n.logs.String(), "acquire slice lock: consul at "+srv.HTTPAddr+": permission denied: check the ACL token") {
 				return errors.New("no clear error logged yet")
 			}
 			return nil
 		})
-		if n.a.count() != 0 {
+		if n.a.Count() != 0 {
 			t.Error("slices assigned without locks")
 		}
 		if err := n.stop(t); err != nil {
@@ -439,8 +441,8 @@ session_prefix "" { policy = "write" }
 	})
 
 	t.Run("documented policy", func(t *testing.T) {
-		n := startNode(t, srv, l, "good", func(c *ConsulConfig) { c.Token = srv.Token("qslice-good", qsliceRules) })
-		waitSplit(t, 15*time.Second, "node with the documented policy owns everything", map[*testNode][]SliceID{n: allTestSlices()}, n)
+		n := startNode(t, srv, l, "good", func(c *failover.ConsulConfig) { c.Token = srv.Token("qslice-good", qsliceRules) })
+		waitSplit(t, 15*time.Second, "node with the documented policy owns everything", map[*testNode][]failover.SliceID{n: allTestSlices()}, n)
 		if err := n.stop(t); err != nil {
 			t.Errorf("Run with the documented policy: %v", err)
 		}
@@ -452,12 +454,12 @@ session_prefix "" { policy = "write" }
 			t.Errorf("a request was refused with the documented policy: %v (%s)\n%s", st.ConsulErrors, st.ConsulError, logs)
 		}
 	})
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulDrainAndUndrain(t *testing.T) {
 	srv := consultest.Start(t)
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a, b, want := startSettledPair(t, srv, l)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -466,30 +468,30 @@ func TestConsulDrainAndUndrain(t *testing.T) {
 	if err := a.c.Drain(ctx); err != nil {
 		t.Fatalf("Drain: %v", err)
 	}
-	if n := a.a.count(); n != 0 || len(a.c.Status().Owned) != 0 {
+	if n := a.a.Count(); n != 0 || len(a.c.Status().Owned) != 0 {
 		t.Fatalf("after Drain a still processes %d slices / owns %d", n, len(a.c.Status().Owned))
 	}
 	t.Logf("drain took %s", time.Since(drainStart))
 	// Explicit release: no lock-delay, b takes over at once.
-	waitSplit(t, 2*time.Second, "b owns everything", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	waitSplit(t, 2*time.Second, "b owns everything", map[*testNode][]failover.SliceID{a: {}, b: allTestSlices()}, a, b)
 	if !a.c.Status().Draining {
 		t.Error("Status.Draining false after Drain")
 	}
-	if got := b.c.Status().OwnershipChanges[ReasonDrain]; int(got) != len(want[a]) {
+	if got := b.c.Status().OwnershipChanges[failover.ReasonDrain]; int(got) != len(want[a]) {
 		t.Errorf("b counted %d drain acquisitions, want %d", got, len(want[a]))
 	}
 	// The timeline in traces: a hand-off span per slice on a, an acquire span on b.
 	handoffs, acquires := a.endedSpans("qslice.slice.handoff"), b.endedSpans("qslice.slice.acquire")
 	for _, s := range want[a] {
 		h, acq := handoffs[s.String()], acquires[s.String()]
-		if len(h) != 1 || spanAttr(h[0], "qslice.reason") != ReasonDrain || spanAttr(h[0], "qslice.outcome") != "released" ||
+		if len(h) != 1 || spanAttr(h[0], "qslice.reason") != failover.ReasonDrain || spanAttr(h[0], "qslice.outcome") != "released" ||
 			spanAttr(h[0], "qslice.to") != "b" || h[0].EndTime().Before(h[0].StartTime()) {
 			t.Errorf("%s: hand-off spans on a: %d, want one (reason drain, to b, released)", s, len(h))
 			continue
 		}
 		var drained *sdktrace.ReadOnlySpan
 		for i := range acq {
-			if spanAttr(acq[i], "qslice.reason") == ReasonDrain {
+			if spanAttr(acq[i], "qslice.reason") == failover.ReasonDrain {
 				drained = &acq[i]
 			}
 		}
@@ -504,7 +506,7 @@ func TestConsulDrainAndUndrain(t *testing.T) {
 	// a stays empty while drained, even after a hold-down.
 	holdEnd := time.Now().Add(3500 * time.Millisecond)
 	consultest.WaitFor(t, 5*time.Second, "a stays drained past a hold-down", func() error {
-		if n := a.a.count(); n != 0 {
+		if n := a.a.Count(); n != 0 {
 			t.Fatalf("drained node took %d slices", n)
 		}
 		if time.Now().Before(holdEnd) {
@@ -516,13 +518,13 @@ func TestConsulDrainAndUndrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSplit(t, 10*time.Second, "a gets its share back", want, a, b)
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulStuckSliceHandoff(t *testing.T) {
 	srv := consultest.Start(t)
-	l := newLedger()
-	stuck := func(c *ConsulConfig) { c.StuckHandoff, c.StuckAfter = true, 500*time.Millisecond }
+	l := failovertest.NewLedger()
+	stuck := func(c *failover.ConsulConfig) { c.StuckHandoff, c.StuckAfter = true, 500*time.Millisecond }
 	a := startNode(t, srv, l, "a", stuck)
 	b := startNode(t, srv, l, "b", stuck)
 	want := rendezvousSplit(a, b)
@@ -531,9 +533,9 @@ func TestConsulStuckSliceHandoff(t *testing.T) {
 	waitSettled(t, b)
 
 	s := want[a][0]
-	a.h.setSlice(s, Health{Status: StatusCritical, Output: "worker exits 1"})
+	a.h.setSlice(s, failover.Health{Status: failover.StatusCritical, Output: "worker exits 1"})
 	consultest.WaitFor(t, 10*time.Second, "stuck slice moves to b", func() error {
-		if !slices.Contains(b.a.slices(), s) {
+		if !slices.Contains(b.a.Slices(), s) {
 			return fmt.Errorf("%s not on b", s)
 		}
 		return nil
@@ -542,60 +544,60 @@ func TestConsulStuckSliceHandoff(t *testing.T) {
 	if err != nil || p == nil {
 		t.Fatal(err)
 	}
-	var v LockValue
+	var v failover.LockValue
 	if err := json.Unmarshal(p.Value, &v); err != nil || v.Node != "b" || len(v.Avoid) != 1 || v.Avoid[0].Node != "a" {
 		t.Errorf("lock value %s: want owner b avoiding a", p.Value)
 	}
-	if got := a.c.Status().OwnershipChanges[ReasonStuck]; got != 1 {
+	if got := a.c.Status().OwnershipChanges[failover.ReasonStuck]; got != 1 {
 		t.Errorf("a counted %d stuck hand-offs", got)
 	}
 	// b keeps it while the avoidance lasts (one hold-down), then it goes home.
-	a.h.setSlice(s, Health{Status: StatusPassing})
+	a.h.setSlice(s, failover.Health{Status: failover.StatusPassing})
 	consultest.WaitFor(t, 10*time.Second, "slice goes home after the avoidance", func() error {
-		if !slices.Contains(a.a.slices(), s) {
+		if !slices.Contains(a.a.Slices(), s) {
 			return fmt.Errorf("%s not back on a", s)
 		}
 		return nil
 	})
-	l.check(t)
+	l.Check(t)
 }
 
 func TestConsulServiceMaintenanceHandsOff(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
-	l := newLedger()
+	l := failovertest.NewLedger()
 	a, b, want := startSettledPair(t, srv, l)
 
 	if err := cl.Agent().EnableServiceMaintenance("qslice-test-a", "replacing a disk"); err != nil {
 		t.Fatal(err)
 	}
-	waitSplit(t, 5*time.Second, "b owns everything", map[*testNode][]SliceID{a: {}, b: allTestSlices()}, a, b)
+	waitSplit(t, 5*time.Second, "b owns everything", map[*testNode][]failover.SliceID{a: {}, b: allTestSlices()}, a, b)
 	if err := cl.Agent().DisableServiceMaintenance("qslice-test-a"); err != nil {
 		t.Fatal(err)
 	}
 	// Maintenance does not end a's session, so a stays settled and gets its share back at once.
 	waitSplit(t, 5*time.Second, "a gets its share back", want, a, b)
-	if got := a.c.Status().OwnershipChanges[ReasonLeaseLost]; got != 0 {
+	if got := a.c.Status().OwnershipChanges[failover.ReasonLeaseLost]; got != 0 {
 		t.Errorf("a lost %d locks; maintenance should hand off cleanly", got)
 	}
-	l.check(t)
+	l.Check(t)
 }
 
 func TestNewConsulRejectsBadConfig(t *testing.T) {
-	_, err := NewConsul(ConsulConfig{Cluster: "c", NodeID: "n"}, newFakeAssignee("n", newLedger()), nil, nil, nil)
-	var fe *FieldError
+	_, err := New(failover.ConsulConfig{Cluster: "c", NodeID: "n"}, failovertest.NewAssignee("n", failovertest.NewLedger()), nil, nil, nil)
+	var fe *failover.FieldError
 	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "queues: must list at least one queue") {
 		t.Fatalf("err = %v", err)
 	}
 }
 
 func TestConsulDrainWithoutRun(t *testing.T) {
-	c, err := NewConsul(ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:1"},
-		newFakeAssignee("n", newLedger()), nil, nil, nil)
+	c, err := New(failover.ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:1"},
+		failovertest.NewAssignee("n", failovertest.NewLedger()), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Drain(context.Background()); !errors.Is(err, ErrNotRunning) {
+	if err := c.Drain(context.Background()); !errors.Is(err, failover.ErrNotRunning) {
 		t.Fatalf("Drain without Run: %v", err)
 	}
 }
@@ -607,7 +609,7 @@ func TestConsulDrainWithoutRun(t *testing.T) {
 func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
-	c, err := NewConsul(testConfig(srv, "b"), newFakeAssignee("b", newLedger()), nil, nil, nil)
+	c, err := New(testConfig(srv, "b"), failovertest.NewAssignee("b", failovertest.NewLedger()), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,9 +617,9 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := SliceID{"out", 3}
+	s := failover.SliceID{Queue: "out", Index: 3}
 	key := c.sliceKey(s)
-	put := func(v LockValue) uint64 {
+	put := func(v failover.LockValue) uint64 {
 		body, _ := json.Marshal(v)
 		if _, err := cl.KV().Put(&api.KVPair{Key: key, Value: body}, nil); err != nil {
 			t.Fatal(err)
@@ -629,21 +631,23 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 		return p.ModifyIndex
 	}
 	until := time.Now().Add(time.Hour).Round(0)
-	oldIdx := put(LockValue{Node: "a", Reason: ReasonReleased})
-	newIdx := put(LockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}})
+	oldIdx := put(failover.LockValue{Node: "a", Reason: failover.ReasonReleased})
+	newIdx := put(failover.LockValue{Node: "c", Reason: failover.ReasonStuck, Avoid: []failover.Avoid{{Node: "c", Until: until}}})
 
 	// The Machine decides, the real Consul answers: only the acquisition of s is carried out.
-	m := NewMachine(c.machineConfig(), nil, nil)
+	m := failover.NewMachine(c.machineConfig(), nil, nil)
 	now := time.Now()
-	m.Step(EvLease{Now: now, Session: session, Deadline: now.Add(time.Hour)})
-	m.Step(EvMembers{Now: now, Members: []MemberInfo{{Node: "b", Live: true}}})
-	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: oldIdx, Entries: map[SliceID]KVEntry{s: {Value: LockValue{Node: "a", Reason: ReasonReleased}, ModifyIndex: oldIdx}}}})
+	m.Step(failover.EvLease{Now: now, Session: session, Deadline: now.Add(time.Hour)})
+	m.Step(failover.EvMembers{Now: now, Members: []failover.MemberInfo{{Node: "b", Live: true}}})
+	m.Step(failover.EvKV{Now: now, Snap: &failover.KVSnapshot{Index: oldIdx, Entries: map[failover.SliceID]failover.KVEntry{s: {Value: failover.LockValue{Node: "a", Reason: failover.ReasonReleased}, ModifyIndex: oldIdx}}}})
 	ctx := context.Background()
+	var last failover.EvAcquireResult
 	acquire := func() (tried bool) {
 		rd := m.Ready()
 		for _, a := range rd.Acquire {
 			if a.Move.Slice == s {
-				m.Step(c.acquireTxn(ctx, a))
+				last = c.acquireTxn(ctx, a)
+				m.Step(last)
 				tried = true
 			}
 		}
@@ -653,11 +657,11 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 	if !acquire() {
 		t.Fatal("the acquisition of a free slice was not even tried")
 	}
-	if m.owned[s] != nil {
-		t.Fatal("took the lock on a stale snapshot")
+	if last.Granted || last.Err || !last.Stale {
+		t.Fatalf("acquisition on a stale snapshot: %+v, want refused by its check-index", last)
 	}
-	if m.staleAt[s] != oldIdx {
-		t.Fatalf("staleAt = %d, want the stale snapshot's index %d", m.staleAt[s], oldIdx)
+	if p, _, _ := cl.KV().Get(key, nil); p == nil || p.Session != "" {
+		t.Fatal("took the lock on a stale snapshot")
 	}
 	if acquire() { // same snapshot: not even tried
 		t.Fatal("an acquisition was tried again on the same stale snapshot")
@@ -666,13 +670,14 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 		t.Fatal("the key changed: an acquisition was tried again on the same stale snapshot")
 	}
 
-	m.Step(EvKV{Now: time.Now(), Snap: &KVSnapshot{Index: newIdx, Entries: map[SliceID]KVEntry{s: {Value: LockValue{Node: "c", Reason: ReasonStuck, Avoid: []Avoid{{Node: "c", Until: until}}}, ModifyIndex: newIdx}}}})
+	m.Step(failover.EvKV{Now: time.Now(), Snap: &failover.KVSnapshot{Index: newIdx, Entries: map[failover.SliceID]failover.KVEntry{s: {Value: failover.LockValue{Node: "c", Reason: failover.ReasonStuck, Avoid: []failover.Avoid{{Node: "c", Until: until}}}, ModifyIndex: newIdx}}}})
 	acquire()
-	h := m.owned[s]
-	if h == nil || h.token <= newIdx {
-		t.Fatalf("not taken with a fresh snapshot: %+v", h)
+	rd := m.Ready()
+	m.Advance(rd)
+	if tok := rd.Tokens[s]; !last.Granted || tok <= newIdx {
+		t.Fatalf("not taken with a fresh snapshot: %+v, token %d", last, tok)
 	}
-	if got := m.Changes()[ReasonStuck]; got != 1 {
+	if got := m.Changes()[failover.ReasonStuck]; got != 1 {
 		t.Errorf("changes counted as stuck = %d, want 1 (reason from the snapshot)", got)
 	}
 	p, _, err := cl.KV().Get(key, nil)

@@ -1,4 +1,4 @@
-package failover
+package consul
 
 import (
 	"context"
@@ -6,21 +6,22 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/qslice/qslice/failover"
 )
 
 // The two KV transactions of a move. Each is one Consul request; its outcome goes back to the
 // Machine as an event.
 
 // acquireTxn runs check-index (or check-not-exists) + lock + get for req.
-func (c *ConsulCoordinator) acquireTxn(ctx context.Context, req AcquireReq) EvAcquireResult {
-	res := EvAcquireResult{Start: c.clk.Now(), Req: req}
+func (c *Coordinator) acquireTxn(ctx context.Context, req failover.AcquireReq) failover.EvAcquireResult {
+	res := failover.EvAcquireResult{Start: c.clk.Now(), Req: req}
 	key := c.sliceKey(req.Move.Slice)
 	check := &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: key}
 	if req.Exists {
 		check = &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: req.CheckIndex}
 	}
 	body, _ := json.Marshal(req.Value)
-	err := c.call(ctx, OpAcquire, func(ctx context.Context) error {
+	err := c.call(ctx, failover.OpAcquire, func(ctx context.Context) error {
 		ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
 			check,
 			{Verb: api.KVLock, Key: key, Value: body, Session: req.Session},
@@ -51,10 +52,10 @@ func (c *ConsulCoordinator) acquireTxn(ctx context.Context, req AcquireReq) EvAc
 }
 
 // releaseTxn runs unlock + get for req: the value says why and to whom the slice goes.
-func (c *ConsulCoordinator) releaseTxn(ctx context.Context, req ReleaseReq) EvReleaseResult {
-	res := EvReleaseResult{Req: req}
+func (c *Coordinator) releaseTxn(ctx context.Context, req failover.ReleaseReq) failover.EvReleaseResult {
+	res := failover.EvReleaseResult{Req: req}
 	body, _ := json.Marshal(req.Value)
-	err := c.call(ctx, OpRelease, func(ctx context.Context) error {
+	err := c.call(ctx, failover.OpRelease, func(ctx context.Context) error {
 		ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
 			{Verb: api.KVUnlock, Key: c.sliceKey(req.Slice), Value: body, Session: req.Session},
 			{Verb: api.KVGet, Key: c.sliceKey(req.Slice)},

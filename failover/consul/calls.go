@@ -1,4 +1,4 @@
-package failover
+package consul
 
 import (
 	"context"
@@ -11,20 +11,21 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/internal/retry"
 )
 
 // Every Consul request goes through call: bounded by RequestTimeout (blocking queries by their
 // wait), counted by operation when it fails, explained, and logged once per problem per outage.
 
-func (c *ConsulCoordinator) newBackoff(initial, maxInterval time.Duration) backoff.BackOff {
+func (c *Coordinator) newBackoff(initial, maxInterval time.Duration) backoff.BackOff {
 	// Retry forever; the owner's context stops it.
 	return retry.New(retry.Policy{Initial: max(initial, time.Millisecond), Max: maxInterval, Jitter: 0.5}, c.clk)
 }
 
 // requestTimeout is how long op may take: RequestTimeout, or for a blocking query its wait
 // plus Consul's jitter (wait/16) plus RequestTimeout.
-func (c *ConsulCoordinator) requestTimeout(op ConsulOp) time.Duration {
+func (c *Coordinator) requestTimeout(op failover.ConsulOp) time.Duration {
 	if op.Blocking() {
 		return watchWait + watchWait/16 + c.cfg.RequestTimeout
 	}
@@ -33,7 +34,7 @@ func (c *ConsulCoordinator) requestTimeout(op ConsulOp) time.Duration {
 
 // call runs one Consul request with RequestTimeout (blocking queries set their own), counts and
 // explains failures, and logs each change of Consul's state once.
-func (c *ConsulCoordinator) call(ctx context.Context, op ConsulOp, f func(ctx context.Context) error) error {
+func (c *Coordinator) call(ctx context.Context, op failover.ConsulOp, f func(ctx context.Context) error) error {
 	rctx, cancel := context.WithTimeout(ctx, c.requestTimeout(op))
 	err := f(rctx)
 	cancel()
@@ -55,14 +56,14 @@ func (c *ConsulCoordinator) call(ctx context.Context, op ConsulOp, f func(ctx co
 // request has succeeded for one TTL, and each problem is logged once per outage.
 type outage struct {
 	start      time.Time
-	problems   map[string]bool // ConsulError.Problem values already logged
+	problems   map[string]bool // Error.Problem values already logged
 	clearSince time.Time       // when the last failing request recovered; zero while one fails
 }
 
 // noteOK clears op's failure and every "Consul unavailable" failure: Consul answered. Failures
 // such as a denied permission stay until their own operation succeeds. "consul answers again"
 // is logged once per outage, after nothing failed for one TTL.
-func (c *ConsulCoordinator) noteOK(op ConsulOp) {
+func (c *Coordinator) noteOK(op failover.ConsulOp) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.outage == nil {
@@ -70,7 +71,7 @@ func (c *ConsulCoordinator) noteOK(op ConsulOp) {
 	}
 	delete(c.failing, op)
 	for o, f := range c.failing {
-		if errors.Is(f, ErrConsulUnavailable) {
+		if errors.Is(f, failover.ErrConsulUnavailable) {
 			delete(c.failing, o)
 		}
 	}
@@ -91,9 +92,9 @@ func (c *ConsulCoordinator) noteOK(op ConsulOp) {
 
 // noteErr counts a failure, keeps it as the current state, and logs it when its problem is new
 // in this outage.
-func (c *ConsulCoordinator) noteErr(op ConsulOp, err error) {
+func (c *Coordinator) noteErr(op failover.ConsulOp, err error) {
 	problem := err.Error()
-	if ce := (*ConsulError)(nil); errors.As(err, &ce) {
+	if ce := (*Error)(nil); errors.As(err, &ce) {
 		problem = ce.Problem
 	}
 	c.mu.Lock()
@@ -111,17 +112,17 @@ func (c *ConsulCoordinator) noteErr(op ConsulOp, err error) {
 	}
 }
 
-// ConsulError explains a failed Consul request and says what to do.
-type ConsulError struct {
+// Error explains a failed Consul request and says what to do.
+type Error struct {
 	Op      string // what we were doing
 	Addr    string
 	Problem string // "permission denied", "unreachable", ...
 	Hint    string
-	Kind    error // ErrPermissionDenied, ErrConsulUnavailable or nil
+	Kind    error // failover.ErrPermissionDenied, failover.ErrConsulUnavailable or nil
 	Err     error // the client's error
 }
 
-func (e *ConsulError) Error() string {
+func (e *Error) Error() string {
 	s := fmt.Sprintf("%s: consul at %s: %s", e.Op, e.Addr, e.Problem)
 	if e.Hint != "" {
 		s += ": " + e.Hint
@@ -135,38 +136,38 @@ func (e *ConsulError) Error() string {
 	return s
 }
 
-func (e *ConsulError) Unwrap() []error {
+func (e *Error) Unwrap() []error {
 	if e.Kind == nil {
 		return []error{e.Err}
 	}
 	return []error{e.Kind, e.Err}
 }
 
-func (c *ConsulCoordinator) explain(op ConsulOp, err error) error {
-	e := &ConsulError{Op: op.Description(), Addr: c.addr, Err: err}
+func (c *Coordinator) explain(op failover.ConsulOp, err error) error {
+	e := &Error{Op: op.Description(), Addr: c.addr, Err: err}
 	var se api.StatusError
 	var ne net.Error
 	msg := err.Error()
 	switch {
 	case errors.As(err, &se) && (se.Code == 403 || strings.Contains(se.Body, "Permission denied") || strings.Contains(se.Body, "ACL not found")):
-		e.Problem, e.Kind = "permission denied", ErrPermissionDenied
+		e.Problem, e.Kind = "permission denied", failover.ErrPermissionDenied
 		e.Hint = "check the ACL token (CONSUL_HTTP_TOKEN or consul.token)"
 	case errors.As(err, &se) && (strings.Contains(se.Body, "No cluster leader") || strings.Contains(se.Body, "leadership lost") || se.Code == 503):
-		e.Problem, e.Kind = "no cluster leader", ErrConsulUnavailable
+		e.Problem, e.Kind = "no cluster leader", failover.ErrConsulUnavailable
 		e.Hint = "Consul servers are electing a leader or lost quorum; retrying"
 	case errors.As(err, &se) && se.Code == 429:
-		e.Problem, e.Kind = "rate limited", ErrConsulUnavailable
+		e.Problem, e.Kind = "rate limited", failover.ErrConsulUnavailable
 		e.Hint = "raise the agent's http rate limit (limits.http_max_conns_per_client)"
 	case errors.As(err, &se):
 		e.Problem = fmt.Sprintf("unexpected response %d", se.Code)
 	case strings.Contains(msg, "x509:") || strings.Contains(msg, "tls:") || strings.Contains(msg, "server gave HTTP response to HTTPS client"):
-		e.Problem, e.Kind = "TLS failure", ErrConsulUnavailable
+		e.Problem, e.Kind = "TLS failure", failover.ErrConsulUnavailable
 		e.Hint = "check consul.tls (CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_HTTP_SSL)"
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
-		e.Problem, e.Kind = "timed out", ErrConsulUnavailable
+		e.Problem, e.Kind = "timed out", failover.ErrConsulUnavailable
 		e.Hint = fmt.Sprintf("no answer within %s; Consul is slow or unreachable", c.requestTimeout(op))
 	default:
-		e.Problem, e.Kind = "unreachable", ErrConsulUnavailable
+		e.Problem, e.Kind = "unreachable", failover.ErrConsulUnavailable
 		e.Hint = "is the Consul agent running? check CONSUL_HTTP_ADDR or consul.address"
 	}
 	return e

@@ -1,4 +1,4 @@
-package failover
+package consul
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/failover/failovertest"
 	"github.com/qslice/qslice/internal/consultest"
 )
 
@@ -14,7 +16,7 @@ import (
 func TestConsulServiceAddressPortTagsMeta(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
-	startNode(t, srv, newLedger(), "a", func(c *ConsulConfig) {
+	startNode(t, srv, failovertest.NewLedger(), "a", func(c *failover.ConsulConfig) {
 		c.ServiceAddress, c.ServicePort = "127.0.0.2", 9466
 		c.ServiceTags = []string{"metrics"}
 		c.ServiceMeta = map[string]string{"metrics_path": "/metrics", "node": "not-a"}
