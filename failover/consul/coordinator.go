@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -184,9 +185,11 @@ func (c *Coordinator) Status() failover.Status {
 	s := *c.pub.Load().status
 	s.Owned = slices.Clone(s.Owned)
 	s.Slices = slices.Clone(s.Slices)
-	s.OwnershipChanges = cloneCounts(s.OwnershipChanges)
+	if s.OwnershipChanges = maps.Clone(s.OwnershipChanges); s.OwnershipChanges == nil {
+		s.OwnershipChanges = map[string]uint64{}
+	}
 	c.mu.Lock()
-	s.ConsulErrors = cloneCounts(c.errCount)
+	s.ConsulErrors = maps.Clone(c.errCount) // never nil
 	s.ConsulError = c.lastErr
 	c.mu.Unlock()
 	now := c.clk.Now()
@@ -196,14 +199,6 @@ func (c *Coordinator) Status() failover.Status {
 		s.LeaseRemaining = deadline.Sub(now)
 	}
 	return s
-}
-
-func cloneCounts(m map[string]uint64) map[string]uint64 {
-	out := make(map[string]uint64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 type ctlReq struct {
