@@ -120,100 +120,49 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	t := o.Timing
 	ctx, cancel := context.WithTimeout(ctx, t.Limit)
 	defer cancel()
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
 	}
-	out := o.Stdout
-	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
-	rep := &Report{Short: o.Short, TTL: t.TTL, LockDelay: t.LockDelay, HoldDown: t.HoldDown, ForDivisor: t.ForDivisor,
-		Bound: t.Bound(), Takeover: map[int]time.Duration{}, Failback: map[int]time.Duration{}}
+	d := &show{o: o, t: t, rep: &Report{Short: o.Short, TTL: t.TTL, LockDelay: t.LockDelay, HoldDown: t.HoldDown,
+		ForDivisor: t.ForDivisor, Bound: t.Bound(), Takeover: map[int]time.Duration{}, Failback: map[int]time.Duration{}}}
 
-	// Consul, the nodes, Prometheus.
+	// Consul, the nodes, Prometheus; stopped in the reverse order.
 	consul, consulAddr, err := startConsul(ctx, o.Consul, o.Dir)
 	if err != nil {
-		return rep, err
+		return d.rep, err
 	}
 	defer consul.stop(10 * time.Second)
-	cl, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: demoNodes, Slices: demoSlices, TTL: t.TTL, LockDelay: t.LockDelay,
+	d.cl, err = chaos.NewCluster(chaos.ClusterConfig{Nodes: demoNodes, Slices: demoSlices, TTL: t.TTL, LockDelay: t.LockDelay,
 		HoldDown: t.HoldDown, Work: t.Work, Bin: o.Bin, Dir: filepath.Join(o.Dir, "cluster"), ConsulAddr: consulAddr,
-		Name: "demo", ShutdownGrace: 5 * time.Second, Log: log})
+		Name: "demo", ShutdownGrace: 5 * time.Second, Log: o.Log})
 	if err != nil {
-		return rep, err
+		return d.rep, err
 	}
-	defer cl.Close()
-	rules, err := os.ReadFile(o.Rules)
-	if err != nil {
-		return rep, fmt.Errorf("rules: %w", err)
-	}
-	if rules, err = ScaleRules(rules, t.ForDivisor); err != nil {
-		return rep, err
-	}
-	rulesPath := filepath.Join(o.Dir, "qslice-rules.yaml")
-	if err := os.WriteFile(rulesPath, rules, 0o644); err != nil {
-		return rep, fmt.Errorf("rules: %w", err)
-	}
+	defer d.cl.Close()
+	d.instances = map[string]string{}
 	var targets []string
-	for _, n := range cl.Nodes {
+	for _, n := range d.cl.Nodes {
 		targets = append(targets, n.Listen)
+		d.instances[n.Listen] = n.Name
 	}
-	pcfg, err := prometheusConfig(t.Scrape, rulesPath, targets)
+	prom, promURL, err := d.startPrometheus(ctx, targets)
 	if err != nil {
-		return rep, err
-	}
-	prom, promURL, err := startPrometheus(ctx, o.Prometheus, o.Dir, pcfg)
-	if err != nil {
-		return rep, err
+		return d.rep, err
 	}
 	defer prom.stop(10 * time.Second)
-	pc := &promClient{base: promURL}
-
-	timing := fmt.Sprintf("TTL %s, lock-delay %s, hold-down %s", t.TTL, t.LockDelay, t.HoldDown)
-	say("== qslice failover demo%s: Consul %s (dev mode), Prometheus %s (scraping every %s, the shipped rules%s)",
+	d.pc = &promClient{base: promURL}
+	d.say("== qslice failover demo%s: Consul %s (dev mode), Prometheus %s (scraping every %s, the shipped rules%s)",
 		map[bool]string{true: " (short mode)"}[o.Short], consulAddr, promURL, t.Scrape, forNote(t.ForDivisor))
-	say("   %d nodes on 127.0.0.1 sharing queue \"in\" of %d slices; %s (the shipped hold-down is 60s: shortened for the demo)", demoNodes, demoSlices, timing)
-	if err := cl.StartAll(); err != nil {
-		return rep, err
-	}
-	// Nodes that start together converge once the hold-down has passed: the first to come up
-	// takes every slice, the others get their share when they are settled. Every node must see
-	// itself a member first, or the others converge on a cluster without it.
-	for _, n := range cl.Nodes {
-		if err := cl.WaitRejoined(ctx, n, true, time.Minute); err != nil {
-			return rep, fmt.Errorf("node %s did not join: %w", n.Name, err)
-		}
-	}
-	if err := cl.WaitOwned(ctx, t.HoldDown+time.Minute, true); err != nil {
-		return rep, fmt.Errorf("the cluster did not converge: %w", err)
-	}
-	if err := poll(ctx, time.Minute, 200*time.Millisecond, func() error {
-		n, err := pc.count(ctx, `up{job="qslice"} == 1`)
-		if err == nil && n < demoNodes {
-			err = fmt.Errorf("Prometheus scrapes %d of %d nodes", n, demoNodes)
-		}
-		return err
-	}); err != nil {
-		return rep, err
-	}
-	// Alerts still pending from the start-up (slices moving while the nodes settled) end at
-	// the next evaluations, once Prometheus has scraped the settled cluster; the run starts
-	// without any.
-	if err := sleep(ctx, 2*t.Scrape); err != nil {
-		return rep, err
-	}
-	if err := poll(ctx, 30*time.Second, 200*time.Millisecond, func() error {
-		n, err := pc.count(ctx, "ALERTS")
-		if err == nil && n > 0 {
-			err = fmt.Errorf("%d alerts pending or firing", n)
-		}
-		return err
-	}); err != nil {
-		log.Warn("alerts left from the start-up", "err", err)
+	d.say("   %d nodes on 127.0.0.1 sharing queue \"in\" of %d slices; %s (the shipped hold-down is 60s: shortened for the demo)",
+		demoNodes, demoSlices, d.timing())
+
+	if err := d.converge(ctx); err != nil {
+		return d.rep, err
 	}
 	start := time.Now().Truncate(t.Scrape)
+	// The feeder, until stopFeed; its goroutine is waited for on every way out.
 	feedCtx, stopFeed := context.WithCancel(ctx)
-	defer stopFeed()
-	feeder := &chaos.Feeder{Dir: queue.NewDir(cl.QueueDir, "", ""), Rate: t.Rate}
+	feeder := &chaos.Feeder{Dir: queue.NewDir(d.cl.QueueDir, "", ""), Rate: t.Rate}
 	var feedErr error
 	var feedWG sync.WaitGroup
 	feedWG.Add(1)
@@ -221,103 +170,222 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		defer feedWG.Done()
 		feedErr = feeder.Run(feedCtx)
 	}()
-	defer feedWG.Wait()
-	say("== the cluster has converged; feeding %.0f messages/s (each handled in %s)", t.Rate, t.Work)
-	cli(ctx, say, cl.Nodes[0], "members")
-	cli(ctx, say, cl.Nodes[0], "status")
-	instances := map[string]string{}
-	for _, n := range cl.Nodes {
-		instances[n.Listen] = n.Name
-	}
+	defer func() { stopFeed(); feedWG.Wait() }()
+	d.say("== the cluster has converged; feeding %.0f messages/s (each handled in %s)", t.Rate, t.Work)
+	d.cli(ctx, d.cl.Nodes[0], "members")
+	d.cli(ctx, d.cl.Nodes[0], "status")
 	if err := sleep(ctx, t.Baseline); err != nil {
-		return rep, err
+		return d.rep, err
 	}
 
-	// The kill.
-	own, err := cl.Ownership(ctx)
+	victim, err := d.kill(ctx)
 	if err != nil {
-		return rep, err
+		return d.rep, err
 	}
-	victim := cl.Nodes[0]
-	for _, n := range cl.Nodes {
+	if err := d.nodeDown(ctx); err != nil {
+		return d.rep, err
+	}
+	back, err := d.failback(ctx, victim)
+	if err != nil {
+		return d.rep, err
+	}
+	if err := sleep(ctx, t.Tail); err != nil {
+		return d.rep, err
+	}
+
+	stopFeed()
+	feedWG.Wait()
+	if feedErr != nil {
+		return d.rep, feedErr
+	}
+	d.messages(ctx, feeder.Enqueued())
+	// Two more scrapes, so the picture ends on the drained queue.
+	if err := sleep(ctx, 2*t.Scrape+t.Scrape/2); err != nil {
+		return d.rep, err
+	}
+	if err := d.draw(ctx, Window{Start: start, End: time.Now().Truncate(t.Scrape), Step: t.Scrape}, back); err != nil {
+		return d.rep, err
+	}
+	d.say("== stopping: nodes (SIGTERM), Prometheus, Consul")
+	if err := d.cl.StopAll(20 * time.Second); err != nil {
+		o.Log.Warn("stop nodes", "err", err)
+	}
+	return d.rep, nil
+}
+
+// show is one run of the demo: the cluster, Prometheus, and what was seen so far.
+type show struct {
+	o         Options
+	t         Timing
+	rep       *Report
+	cl        *chaos.Cluster
+	pc        *promClient
+	instances map[string]string // scrape target -> node name
+}
+
+func (d *show) say(format string, args ...any) { fmt.Fprintf(d.o.Stdout, format+"\n", args...) }
+
+func (d *show) timing() string {
+	return fmt.Sprintf("TTL %s, lock-delay %s, hold-down %s", d.t.TTL, d.t.LockDelay, d.t.HoldDown)
+}
+
+// startPrometheus writes the rules (for: scaled) and the configuration and starts Prometheus.
+func (d *show) startPrometheus(ctx context.Context, targets []string) (*process, string, error) {
+	rules, err := os.ReadFile(d.o.Rules)
+	if err != nil {
+		return nil, "", fmt.Errorf("rules: %w", err)
+	}
+	if rules, err = ScaleRules(rules, d.t.ForDivisor); err != nil {
+		return nil, "", err
+	}
+	rulesPath := filepath.Join(d.o.Dir, "qslice-rules.yaml")
+	if err := os.WriteFile(rulesPath, rules, 0o644); err != nil {
+		return nil, "", fmt.Errorf("rules: %w", err)
+	}
+	cfg, err := prometheusConfig(d.t.Scrape, rulesPath, targets)
+	if err != nil {
+		return nil, "", err
+	}
+	return startPrometheus(ctx, d.o.Prometheus, d.o.Dir, cfg)
+}
+
+// converge starts the nodes and waits until every slice is at its home, Prometheus scrapes
+// every node and no alert is left from the start-up.
+func (d *show) converge(ctx context.Context) error {
+	if err := d.cl.StartAll(); err != nil {
+		return err
+	}
+	// Nodes that start together converge once the hold-down has passed: the first to come up
+	// takes every slice, the others get their share when they are settled. Every node must see
+	// itself a member first, or the others converge on a cluster without it.
+	for _, n := range d.cl.Nodes {
+		if err := d.cl.WaitRejoined(ctx, n, true, time.Minute); err != nil {
+			return fmt.Errorf("node %s did not join: %w", n.Name, err)
+		}
+	}
+	if err := d.cl.WaitOwned(ctx, d.t.HoldDown+time.Minute, true); err != nil {
+		return fmt.Errorf("the cluster did not converge: %w", err)
+	}
+	if err := poll(ctx, time.Minute, 200*time.Millisecond, func() error {
+		n, err := d.pc.count(ctx, `up{job="qslice"} == 1`)
+		if err == nil && n < demoNodes {
+			err = fmt.Errorf("Prometheus scrapes %d of %d nodes", n, demoNodes)
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	// Alerts still pending from the start-up (slices moving while the nodes settled) end at
+	// the next evaluations, once Prometheus has scraped the settled cluster; the run starts
+	// without any.
+	if err := sleep(ctx, 2*d.t.Scrape); err != nil {
+		return err
+	}
+	if err := poll(ctx, 30*time.Second, 200*time.Millisecond, func() error {
+		n, err := d.pc.count(ctx, "ALERTS")
+		if err == nil && n > 0 {
+			err = fmt.Errorf("%d alerts pending or firing", n)
+		}
+		return err
+	}); err != nil {
+		d.o.Log.Warn("alerts left from the start-up", "err", err)
+	}
+	return nil
+}
+
+// kill SIGKILLs the node owning the most slices and waits until others process them.
+func (d *show) kill(ctx context.Context) (*chaos.Node, error) {
+	own, err := d.cl.Ownership(ctx)
+	if err != nil {
+		return nil, err
+	}
+	victim := d.cl.Nodes[0]
+	for _, n := range d.cl.Nodes {
 		if len(own.Owned[n.Name]) > len(own.Owned[victim.Name]) {
 			victim = n
 		}
 	}
+	rep := d.rep
 	rep.Victim, rep.VictimSlices = victim.Name, slices.Sorted(slices.Values(own.Owned[victim.Name]))
-	say("== kill -9 %s (it processes slices %v)", victim.Name, rep.VictimSlices)
+	d.say("== kill -9 %s (it processes slices %v)", victim.Name, rep.VictimSlices)
 	rep.Killed = time.Now()
 	if err := victim.Kill(); err != nil {
-		return rep, err
+		return nil, err
 	}
 	others := func(n string) bool { return n != "" && n != victim.Name }
-	if err := waitSlices(ctx, cl, rep.VictimSlices, rep.Killed, t.Bound()+time.Minute, others, rep.Takeover); err != nil {
+	if err := waitSlices(ctx, d.cl, rep.VictimSlices, rep.Killed, d.t.Bound()+time.Minute, others, rep.Takeover); err != nil {
 		rep.problem("takeover: %v", err)
 	}
 	for _, s := range rep.VictimSlices {
-		if d, ok := rep.Takeover[s]; ok {
-			say("   slice %d processed by another node %.1fs after the kill", s, d.Seconds())
-			if d > t.Bound() {
-				rep.problem("slice %d taken over after %s, over the bound of %s", s, d.Round(time.Millisecond), t.Bound())
+		if dur, ok := rep.Takeover[s]; ok {
+			d.say("   slice %d processed by another node %.1fs after the kill", s, dur.Seconds())
+			if dur > d.t.Bound() {
+				rep.problem("slice %d taken over after %s, over the bound of %s", s, dur.Round(time.Millisecond), d.t.Bound())
 			}
 		}
 	}
-	say("   (bound: TTL + lock-delay + 3 s = %s)", t.Bound())
-	cli(ctx, say, cl.Nodes[otherIndex(cl, victim)], "status")
+	d.say("   (bound: TTL + lock-delay + 3 s = %s)", d.t.Bound())
+	for _, n := range d.cl.Nodes {
+		if n != victim {
+			d.cli(ctx, n, "status")
+			break
+		}
+	}
+	return victim, nil
+}
 
-	// QsliceNodeDown: up == 0 for its for: (2 minutes shipped).
-	say("== %s stays down until Prometheus fires QsliceNodeDown (for: %s)", victim.Name, scaledFor(2*time.Minute, t.ForDivisor))
+// nodeDown waits for QsliceNodeDown (up == 0 for its for:, 2 minutes shipped) to fire, then
+// AfterAlert more.
+func (d *show) nodeDown(ctx context.Context) error {
+	d.say("== %s stays down until Prometheus fires QsliceNodeDown (for: %s)", d.rep.Victim, scaledFor(2*time.Minute, d.t.ForDivisor))
 	firing := `ALERTS{alertname="QsliceNodeDown", alertstate="firing"}`
-	if err := poll(ctx, scaledFor(2*time.Minute, t.ForDivisor)+time.Minute, 500*time.Millisecond, func() error {
-		n, err := pc.count(ctx, firing)
+	if err := poll(ctx, scaledFor(2*time.Minute, d.t.ForDivisor)+time.Minute, 500*time.Millisecond, func() error {
+		n, err := d.pc.count(ctx, firing)
 		if err == nil && n == 0 {
 			err = errors.New("not firing yet")
 		}
 		return err
 	}); err != nil {
-		rep.problem("QsliceNodeDown did not fire: %v", err)
-	} else {
-		say("   QsliceNodeDown fires %.0fs after the kill", time.Since(rep.Killed).Seconds())
-		if err := sleep(ctx, t.AfterAlert); err != nil {
-			return rep, err
-		}
+		d.rep.problem("QsliceNodeDown did not fire: %v", err)
+		return ctx.Err()
 	}
+	d.say("   QsliceNodeDown fires %.0fs after the kill", time.Since(d.rep.Killed).Seconds())
+	return sleep(ctx, d.t.AfterAlert)
+}
 
-	// The restart and the fail-back.
-	say("== %s restarts; its slices come back once it has been healthy for the hold-down (%s)", victim.Name, t.HoldDown)
+// failback restarts the victim and waits until it processes its slices again; it returns when
+// the last came back (zero if none did).
+func (d *show) failback(ctx context.Context, victim *chaos.Node) (time.Time, error) {
+	rep := d.rep
+	d.say("== %s restarts; its slices come back once it has been healthy for the hold-down (%s)", victim.Name, d.t.HoldDown)
 	rep.Restarted = time.Now()
 	if err := victim.Start(); err != nil {
-		return rep, err
+		return time.Time{}, err
 	}
 	home := func(n string) bool { return n == victim.Name }
-	if err := waitSlices(ctx, cl, rep.VictimSlices, rep.Restarted, t.HoldDown+time.Minute, home, rep.Failback); err != nil {
+	if err := waitSlices(ctx, d.cl, rep.VictimSlices, rep.Restarted, d.t.HoldDown+time.Minute, home, rep.Failback); err != nil {
 		rep.problem("fail-back: %v", err)
 	}
-	back := time.Time{}
+	var back time.Time
 	for _, s := range rep.VictimSlices {
-		if d, ok := rep.Failback[s]; ok {
-			say("   slice %d back on %s %.1fs after the restart", s, victim.Name, d.Seconds())
-			back = maxTime(back, rep.Restarted.Add(d))
-			if d < t.HoldDown {
-				rep.problem("slice %d back on %s after %s, before the hold-down of %s", s, victim.Name, d, t.HoldDown)
+		if dur, ok := rep.Failback[s]; ok {
+			d.say("   slice %d back on %s %.1fs after the restart", s, victim.Name, dur.Seconds())
+			back = maxTime(back, rep.Restarted.Add(dur))
+			if dur < d.t.HoldDown {
+				rep.problem("slice %d back on %s after %s, before the hold-down of %s", s, victim.Name, dur, d.t.HoldDown)
 			}
 		}
 	}
-	cli(ctx, say, victim, "status")
-	if err := sleep(ctx, t.Tail); err != nil {
-		return rep, err
-	}
+	d.cli(ctx, victim, "status")
+	return back, nil
+}
 
-	// Stop feeding; every message must be handled.
-	stopFeed()
-	feedWG.Wait()
-	if feedErr != nil {
-		return rep, feedErr
-	}
-	ids := feeder.Enqueued()
+// messages waits (up to a minute) until every enqueued message was handled, from the ledgers.
+func (d *show) messages(ctx context.Context, ids []string) {
+	rep := d.rep
 	rep.Enqueued = len(ids)
 	_ = poll(ctx, time.Minute, 200*time.Millisecond, func() error {
-		handled, lost, err := handledMessages(filepath.Join(o.Dir, "cluster"), ids)
+		handled, lost, err := handledMessages(filepath.Join(d.o.Dir, "cluster"), ids)
 		rep.Handled, rep.Lost = handled, lost
 		if err == nil && len(lost) > 0 {
 			err = fmt.Errorf("%d messages not handled yet", len(lost))
@@ -327,36 +395,36 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if len(rep.Lost) > 0 {
 		rep.problem("%d of %d messages were not handled (first: %v)", len(rep.Lost), rep.Enqueued, rep.Lost)
 	}
-	say("== messages: %d enqueued, %d handled, %d not handled", rep.Enqueued, rep.Handled, len(rep.Lost))
-	// Two more scrapes, so the picture ends on the drained queue.
-	if err := sleep(ctx, 2*t.Scrape+t.Scrape/2); err != nil {
-		return rep, err
-	}
+	d.say("== messages: %d enqueued, %d handled, %d not handled", rep.Enqueued, rep.Handled, len(rep.Lost))
+}
 
-	// What Prometheus recorded.
-	rep.Window = Window{Start: start, End: time.Now().Truncate(t.Scrape), Step: t.Scrape}
-	ownSeries, err := pc.rangeQuery(ctx, queryOwnership, rep.Window)
+// draw reads what Prometheus recorded over w, prints the alerts, checks the data and writes the
+// picture.
+func (d *show) draw(ctx context.Context, w Window, back time.Time) error {
+	rep := d.rep
+	rep.Window = w
+	ownSeries, err := d.pc.rangeQuery(ctx, queryOwnership, w)
 	if err != nil {
-		return rep, err
+		return err
 	}
-	backlog, err := pc.rangeQuery(ctx, queryBacklog, rep.Window)
+	backlog, err := d.pc.rangeQuery(ctx, queryBacklog, w)
 	if err != nil {
-		return rep, err
+		return err
 	}
-	alerts, err := pc.rangeQuery(ctx, queryAlerts, rep.Window)
+	alerts, err := d.pc.rangeQuery(ctx, queryAlerts, w)
 	if err != nil {
-		return rep, err
+		return err
 	}
-	rep.Ownership = OwnershipSegments(ownSeries, demoSlices, rep.Window)
-	rep.Alerts = AlertSpans(alerts, rep.Window)
+	rep.Ownership = OwnershipSegments(ownSeries, demoSlices, w)
+	rep.Alerts = AlertSpans(alerts, w)
 	rep.Fired = Fired(rep.Alerts)
-	say("== alerts, from Prometheus' ALERTS series over the run (rules evaluated every %s%s):", t.Scrape, forNote(t.ForDivisor))
-	for _, line := range SummarizeAlerts(rep.Alerts, rep.Killed, instances) {
-		say("   %s", line)
+	d.say("== alerts, from Prometheus' ALERTS series over the run (rules evaluated every %s%s):", d.t.Scrape, forNote(d.t.ForDivisor))
+	for _, line := range SummarizeAlerts(rep.Alerts, rep.Killed, d.instances) {
+		d.say("   %s", line)
 	}
-	say("   (Pending is not firing: an alert fires only once its condition has held for its for:. A slice seen")
-	say("   unowned while it moves, or owned twice for one step of a hand-over (the two nodes scraped at")
-	say("   different instants), stays pending.)")
+	d.say("   (Pending is not firing: an alert fires only once its condition has held for its for:. A slice seen")
+	d.say("   unowned while it moves, or owned twice for one step of a hand-over (the two nodes scraped at")
+	d.say("   different instants), stays pending.)")
 	if !slices.ContainsFunc(rep.Fired, func(k string) bool { return strings.HasPrefix(k, "QsliceNodeDown{") }) {
 		rep.problem("Prometheus' ALERTS has no firing QsliceNodeDown")
 	}
@@ -366,38 +434,31 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rep.problem("%s fired", k)
 		}
 	}
+	checkFromPrometheus(rep, backlog)
 
-	// The picture.
 	var names []string
-	for _, n := range cl.Nodes {
+	for _, n := range d.cl.Nodes {
 		names = append(names, n.Name)
 	}
 	chart := Chart{
-		Title: fmt.Sprintf("qslice: node %s killed (kill -9), its slices taken over, then given back", victim.Name),
+		Title: fmt.Sprintf("qslice: node %s killed (kill -9), its slices taken over, then given back", rep.Victim),
 		Subtitle: fmt.Sprintf("%d nodes, queue \"in\" of %d slices, %.0f messages/s; %s (demo hold-down); from Prometheus, every %s",
-			demoNodes, demoSlices, t.Rate, timing, t.Scrape),
-		Window: rep.Window, Nodes: names, Instances: instances, Ownership: rep.Ownership, Backlog: backlog, Alerts: rep.Alerts,
-		Marks: []Mark{{rep.Killed, "kill -9 " + victim.Name}, {rep.Restarted, victim.Name + " restarted"}},
+			demoNodes, demoSlices, d.t.Rate, d.timing(), d.t.Scrape),
+		Window: w, Nodes: names, Instances: d.instances, Ownership: rep.Ownership, Backlog: backlog, Alerts: rep.Alerts,
+		Marks: []Mark{{rep.Killed, "kill -9 " + rep.Victim}, {rep.Restarted, rep.Victim + " restarted"}},
 	}
 	if !back.IsZero() {
-		chart.Marks = append(chart.Marks, Mark{back, "slices back on " + victim.Name})
+		chart.Marks = append(chart.Marks, Mark{back, "slices back on " + rep.Victim})
 	}
-	svg := RenderSVG(chart)
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return rep, fmt.Errorf("picture: %w", err)
+	if err := os.MkdirAll(d.o.Out, 0o755); err != nil {
+		return fmt.Errorf("picture: %w", err)
 	}
-	rep.Picture = filepath.Join(o.Out, PictureName)
-	if err := os.WriteFile(rep.Picture, svg, 0o644); err != nil {
-		return rep, fmt.Errorf("picture: %w", err)
+	rep.Picture = filepath.Join(d.o.Out, PictureName)
+	if err := os.WriteFile(rep.Picture, RenderSVG(chart), 0o644); err != nil {
+		return fmt.Errorf("picture: %w", err)
 	}
-	checkFromPrometheus(rep, backlog)
-	say("== picture: %s", rep.Picture)
-
-	say("== stopping: nodes (SIGTERM), Prometheus, Consul")
-	if err := cl.StopAll(20 * time.Second); err != nil {
-		log.Warn("stop nodes", "err", err)
-	}
-	return rep, nil
+	d.say("== picture: %s", rep.Picture)
+	return nil
 }
 
 // checkFromPrometheus checks what the report promises against Prometheus' data: each victim
@@ -482,25 +543,16 @@ func handledMessages(dir string, ids []string) (int, []string, error) {
 }
 
 // cli prints `qslice <cmd>` as run against node n, with its output and exit status.
-func cli(ctx context.Context, say func(string, ...any), n *chaos.Node, cmd string) {
-	say("$ qslice %s    # asking %s", cmd, n.Name)
+func (d *show) cli(ctx context.Context, n *chaos.Node, cmd string) {
+	d.say("$ qslice %s    # asking %s", cmd, n.Name)
 	out, err := n.CLI(ctx, cmd)
-	say("%s", strings.TrimRight(out, "\n"))
+	d.say("%s", strings.TrimRight(out, "\n"))
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		say("(exit status %d%s)", ee.ExitCode(), map[bool]string{true: ": a member is down or a slice is unowned"}[ee.ExitCode() == 3])
+		d.say("(exit status %d%s)", ee.ExitCode(), map[bool]string{true: ": a member is down or a slice is unowned"}[ee.ExitCode() == 3])
 	} else if err != nil {
-		say("(%v)", err)
+		d.say("(%v)", err)
 	}
-}
-
-func otherIndex(cl *chaos.Cluster, victim *chaos.Node) int {
-	for i, n := range cl.Nodes {
-		if n != victim {
-			return i
-		}
-	}
-	return 0
 }
 
 func forNote(div int) string {
