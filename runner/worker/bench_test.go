@@ -1,13 +1,17 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,7 +59,7 @@ type kind struct {
 // drain fills dir with n messages and returns how long the runner took to handle them all. It
 // verifies the work: every message reached the handler exactly once and was done, and the queue,
 // shunt and bad directories are empty at the end.
-func drain(b *testing.B, base string, k kind) time.Duration {
+func drain(b *testing.B, base string, k kind) (time.Duration, cpuUse) {
 	dir := filepath.Join(base, k.name, "in")
 	d := queue.NewDir(dir, "", "")
 	if err := d.Ensure(); err != nil {
@@ -94,8 +98,8 @@ func drain(b *testing.B, base string, k kind) time.Duration {
 	} else {
 		close(poolDone)
 	}
-	defer func() { stopPool(); <-poolDone }()
 	r.SetSlices([]int{0})
+	self0, kids0, workers0 := rusage(syscall.RUSAGE_SELF), rusage(syscall.RUSAGE_CHILDREN), workerCPU(b, pool)
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	t0 := time.Now()
@@ -108,8 +112,15 @@ func drain(b *testing.B, base string, k kind) time.Duration {
 		time.Sleep(time.Millisecond)
 	}
 	took := time.Since(t0)
+	self1, workers1 := rusage(syscall.RUSAGE_SELF), workerCPU(b, pool)
 	cancel()
 	<-ran
+	stopPool()
+	<-poolDone
+	cpu := cpuUse{engine: self1 - self0, handlers: rusage(syscall.RUSAGE_CHILDREN) - kids0}
+	if pool != nil {
+		cpu.handlers = workers1 - workers0 // without their start-up (an interpreter, a pyenv shim)
+	}
 	n := 0
 	seen.Range(func(any, any) bool { n++; return true })
 	if obs.other.Load() != 0 || dups.Load() != 0 || n != k.n || obs.done.Load() != int64(k.n) {
@@ -121,7 +132,47 @@ func drain(b *testing.B, base string, k kind) time.Duration {
 			b.Fatalf("%s: %s holds %d entries at the end (%v), want none", k.name, sub, len(ents), err)
 		}
 	}
-	return took
+	return took, cpu
+}
+
+// cpuUse is the CPU time (user and system) a drain cost: qslice's process (the engine, and the
+// Go handler when that is the kind) and the handler processes (workers, exec handlers).
+type cpuUse struct{ engine, handlers time.Duration }
+
+// workerCPU returns the CPU time the pool's worker processes used so far (none may restart
+// during a drain: that would be another outcome than done).
+func workerCPU(b *testing.B, pool *Pool) time.Duration {
+	if pool == nil {
+		return 0
+	}
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	var sum time.Duration
+	for _, pr := range pool.procs {
+		if pr == nil {
+			b.Fatal("a worker is not ready")
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pr.pgid))
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Fields after the command's closing parenthesis: state is 3, utime 14, stime 15 (in
+		// USER_HZ ticks, 100 a second on Linux).
+		f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
+		for _, v := range f[11:13] {
+			t, _ := strconv.ParseInt(v, 10, 64)
+			sum += time.Duration(t) * 10 * time.Millisecond
+		}
+	}
+	return sum
+}
+
+func rusage(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkHandlerKinds measures, in one run, on tmpfs and on disk, the messages per second of
@@ -144,7 +195,11 @@ func BenchmarkHandlerKinds(b *testing.B) {
 		b.Fatal(err)
 	}
 	noop := runner.HandlerFunc(func(context.Context, *runner.Message) error { return nil })
-	poolCfg := Config{Queue: "bench", Command: []string{py, lib}, Workers: 2, InFlight: 16}
+	cmd := []string{py, lib}
+	if s := os.Getenv("QSLICE_BENCH_PYWORKER"); s != "" {
+		cmd = strings.Fields(s)
+	}
+	poolCfg := Config{Queue: "bench", Command: cmd, Workers: 2, InFlight: 16}
 	kinds := []kind{
 		{"go", n, 2, func(*testing.B) (runner.Handler, *Pool) { return noop, nil }},
 		{"pyworker", n, poolCfg.RunnerConcurrency(), func(b *testing.B) (runner.Handler, *Pool) {
@@ -161,25 +216,35 @@ func BenchmarkHandlerKinds(b *testing.B) {
 			return &runner.ExecHandler{Command: []string{"true"}}, nil
 		}},
 	}
+	if only := os.Getenv("QSLICE_BENCH_KINDS"); only != "" {
+		kinds = slices.DeleteFunc(kinds, func(k kind) bool { return !slices.Contains(strings.Split(only, ","), k.name) })
+	}
 	for _, root := range benchRoots() {
 		b.Run(root[0], func(b *testing.B) {
-			rate := map[string]float64{}
+			rate, engineCPU, handlerCPU := map[string]float64{}, map[string]float64{}, map[string]float64{}
 			for i := 0; i < b.N; i++ {
 				base, err := os.MkdirTemp(root[1], "qslice-bench-kinds-")
 				if err != nil {
 					b.Fatal(err)
 				}
 				for _, k := range kinds {
-					took := drain(b, base, k)
+					took, cpu := drain(b, base, k)
 					rate[k.name] += float64(k.n) / took.Seconds() / float64(b.N)
+					engineCPU[k.name] += float64(cpu.engine.Microseconds()) / float64(k.n) / float64(b.N)
+					handlerCPU[k.name] += float64(cpu.handlers.Microseconds()) / float64(k.n) / float64(b.N)
 				}
 				os.RemoveAll(base)
 			}
 			for _, k := range kinds {
 				b.ReportMetric(rate[k.name], k.name+"_msgs/s")
+				b.ReportMetric(engineCPU[k.name], k.name+"_qslice_cpu_us/msg")
+				b.ReportMetric(handlerCPU[k.name], k.name+"_handler_cpu_us/msg")
 			}
-			b.ReportMetric(rate["pyworker"]/rate["go"], "pyworker/go")
-			b.ReportMetric(rate["pyworker"]/rate["pyexec"], "pyworker/pyexec")
+			for _, over := range []string{"go", "pyexec"} {
+				if rate["pyworker"] > 0 && rate[over] > 0 {
+					b.ReportMetric(rate["pyworker"]/rate[over], "pyworker/"+over)
+				}
+			}
 		})
 	}
 }

@@ -2,7 +2,10 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -217,6 +220,61 @@ func TestPythonWorkerAnswers(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(e.metrics.starts.WithLabelValues("in")); n != 2 {
 		t.Errorf("%v workers started, want 2 (concurrency)", n)
+	}
+}
+
+// TestBodiesArriveWhole: bodies of every size, around the pipe's and the libraries' buffer sizes
+// and far beyond them, many in flight on one worker at once, reach the worker byte for byte.
+func TestBodiesArriveWhole(t *testing.T) {
+	e := start(t, pythonWorker(t), func(c *Config) { c.Workers = 1; c.InFlight = 8 }, nil)
+	want := map[string]string{} // message id -> sha256 of its body
+	sizes := []int{0, 1, 4095, 4096, 65535, 65536, 65537, 200_000, 3 << 20}
+	for i := range 40 {
+		body := []byte("ok:")
+		if n := sizes[i%len(sizes)]; n > 0 {
+			body = append(body, bytes.Repeat([]byte{byte('a' + i%26), 0, '\n', 0xff}, n/4+1)[:n]...)
+		}
+		n, err := e.dir.Enqueue(queue.Meta{}, body, time.Unix(1_700_000_000, int64(i)*1e6))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(body)
+		want[n.Base] = hex.EncodeToString(sum[:])
+	}
+	waitFor(t, "queue empty", 120*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	got := map[string]string{}
+	for _, r := range e.records() {
+		got[r["message_id"].(string)] = r["body_sha256"].(string)
+	}
+	for id, sum := range want {
+		if got[id] != sum {
+			t.Errorf("message %s: the worker got a body with sha256 %q, want %s", id, got[id], sum)
+		}
+	}
+	if len(e.shunted()) != 0 || e.exits(ExitProtocol)+e.exits(ExitDied) != 0 {
+		t.Errorf("shunted %v, %v worker crashes; want none", e.shunted(), e.exits(ExitProtocol)+e.exits(ExitDied))
+	}
+}
+
+// TestAWorkerWaitingForInputIsNotStarved: qslice holds frames back while a worker has messages
+// unanswered (so a busy worker gets them in one read); a worker that waits for more input before
+// it answers still gets it (after holdMax), so every message is done without a timeout.
+func TestAWorkerWaitingForInputIsNotStarved(t *testing.T) {
+	e := start(t, pythonWorker(t), func(c *Config) {
+		c.Workers = 1
+		c.Env = append(c.Env, "TEST_WORKER_MODE=pairs")
+	}, func(c *runner.Config) { c.HandlerTimeout = time.Minute })
+	bodies := make([]string, 40)
+	for i := range bodies {
+		bodies[i] = "ok"
+	}
+	e.enqueue(bodies...)
+	waitFor(t, "queue empty", 60*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
+	if len(e.shunted()) != 0 {
+		t.Errorf("shunted %v, want nothing", e.shunted())
+	}
+	if n := e.exits(ExitTimeout) + e.exits(ExitProtocol) + e.exits(ExitDied); n != 0 {
+		t.Errorf("%v workers ended, want none", n)
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,11 +18,14 @@ import (
 
 // proc is one running worker process: its pipes, the messages in flight on it, and how it ended.
 //
-// Writing: the goroutine of each Handle call writes its own frame under wmu, so a message body
-// (valid only during Handle) is never touched after Handle returned; whichever writer finds no
-// other writer queued behind it flushes, so frames sent close together share one write(2).
+// Writing: each Handle call appends its whole frame (header and a copy of the body) to out under
+// wmu; one goroutine (writeLoop) writes out to stdin in one write(2). Frames are written
+// at once while the worker has no message unanswered (it waits for input); while it is busy they
+// are held and written together as soon as the reader has taken in the worker's answers, or after
+// holdMax in any case. So a busy worker reads many frames per read(2) and answers them with one
+// write(2), and a Handle call never blocks on a full pipe. Only whole frames reach the pipe.
 // Reading: one goroutine reads answers and hands each to the call waiting for it.
-// Ending: end() kills the process group once, closes both pipes (unblocking a writer), and
+// Ending: end() kills the process group once, closes both pipes (unblocking the writer), and
 // answers every call still in flight with the reason; the exit reason is the first one given.
 type proc struct {
 	index int
@@ -31,11 +33,17 @@ type proc struct {
 	pgid  int
 	log   *slog.Logger
 
-	wmu     sync.Mutex
-	w       *bufio.Writer
-	stdin   *os.File
-	writers atomic.Int32
-	scratch []byte // header encoding buffer, under wmu
+	stdin      *os.File
+	wmu        sync.Mutex
+	out        []byte        // whole frames not yet written, under wmu
+	nout       int           // frames in out
+	spare      []byte        // the buffer the writer wrote last, for reuse
+	unanswered int           // frames written whose answers the reader has not taken in yet
+	holding    bool          // the hold timer is armed
+	hold       *time.Timer   // writes held frames after holdMax
+	wake       chan struct{} // buffered 1: the writer should write out now
+	quit       chan struct{} // closed by end: the writer stops
+	wdone      chan struct{} // closed when the writer stopped
 
 	stdout *os.File
 	r      *bufio.Reader
@@ -50,11 +58,19 @@ type proc struct {
 	endErr      error
 	ended       bool
 
-	done      chan struct{} // closed when the process was reaped and the reader stopped
+	done      chan struct{} // closed when the process was reaped and the reader and writer stopped
 	exited    chan struct{} // closed when the process was reaped and its tree is gone
 	state     *os.ProcessState
 	survivors error // set before exited closes: processes of the tree outlived SIGKILL
 }
+
+// holdMax bounds how long frames are held back while the worker has messages unanswered: the
+// libraries answer before they wait for input, so the reader releases held frames long before;
+// holdMax only matters for a worker that waits for more input before it answers.
+const holdMax = 2 * time.Millisecond
+
+// maxSpare: a write buffer larger than this (a big message went through it) is not kept.
+const maxSpare = 1 << 20
 
 // call is one message in flight on a proc.
 type call struct {
@@ -130,7 +146,8 @@ func startProc(cfg *Config, index int, log *slog.Logger) (*proc, error) {
 	}
 	p := &proc{
 		index: index, cmd: cmd, pgid: cmd.Process.Pid, log: log.With("worker", index, "pid", cmd.Process.Pid),
-		w: bufio.NewWriterSize(inW, 64<<10), stdin: inW, stdout: outR, r: bufio.NewReaderSize(outR, 64<<10),
+		stdin: inW, stdout: outR, r: bufio.NewReaderSize(outR, 64<<10),
+		wake: make(chan struct{}, 1), quit: make(chan struct{}), wdone: make(chan struct{}),
 		pending: map[uint64]*call{}, maxInFlight: cfg.InFlight,
 		done: make(chan struct{}), exited: make(chan struct{}),
 	}
@@ -174,11 +191,7 @@ func (p *proc) logStderr(f *os.File) {
 func (p *proc) handshake(cfg *Config, timeout time.Duration) error {
 	hello, _ := json.Marshal(Hello{Type: TypeHello, Client: ClientName, Versions: []int{ProtocolVersion},
 		Queue: cfg.Queue, Worker: p.index, MaxInFlight: cfg.InFlight})
-	p.wmu.Lock()
-	p.w.Write(appendFrameHeader(nil, len(hello), 0))
-	p.w.Write(hello)
-	err := p.w.Flush()
-	p.wmu.Unlock()
+	_, err := p.stdin.Write(append(appendFrameHeader(nil, len(hello), 0), hello...))
 	if err != nil {
 		err = protoErr(ErrKindHandshake, "writing hello: %v (did the worker exit at once?)", err)
 		p.end(ExitHandshake, err)
@@ -230,6 +243,7 @@ func (p *proc) handshake(cfg *Config, timeout time.Duration) error {
 	if rd.MaxInFlight > 0 && rd.MaxInFlight < p.maxInFlight {
 		p.maxInFlight = rd.MaxInFlight
 	}
+	go p.writeLoop()
 	go p.readLoop()
 	return nil
 }
@@ -253,10 +267,17 @@ func (p *proc) waitExit(d time.Duration) string {
 func (p *proc) readLoop() {
 	defer func() {
 		<-p.exited
+		<-p.wdone
 		close(p.done)
 	}()
 	var scratch []byte
+	taken := 0 // answers taken in since the writer was last told
 	for {
+		if taken > 0 && p.r.Buffered() == 0 {
+			// Every answer at hand is in: the worker is about to wait for input.
+			p.answersIn(taken)
+			taken = 0
+		}
 		b, err := readFrame(p.r, scratch)
 		if err != nil {
 			p.mu.Lock()
@@ -291,7 +312,60 @@ func (p *proc) readLoop() {
 			p.end(ExitProtocol, protoErr(ErrKindID, "%s answer for id %d, which is not in flight on this worker", a.Type, *a.ID))
 			return
 		}
+		taken++
 		c.res <- result{answer: a}
+	}
+}
+
+// answersIn notes n answers taken in and releases the frames held meanwhile.
+func (p *proc) answersIn(n int) {
+	p.wmu.Lock()
+	p.unanswered -= n
+	if p.unanswered < 0 {
+		p.unanswered = 0 // answers to frames that were still held when the worker ended do not exist
+	}
+	release := p.nout > 0
+	p.wmu.Unlock()
+	if release {
+		p.kick()
+	}
+}
+
+// kick tells the writer to write what is held.
+func (p *proc) kick() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop writes held frames to the worker's stdin whenever kicked, until the worker ends. A
+// write error ends the worker.
+func (p *proc) writeLoop() {
+	defer close(p.wdone)
+	for {
+		select {
+		case <-p.wake:
+		case <-p.quit:
+			return
+		}
+		p.wmu.Lock()
+		buf, n := p.out, p.nout
+		p.out, p.nout, p.spare = p.spare[:0], 0, nil
+		p.unanswered += n
+		p.wmu.Unlock()
+		if n == 0 {
+			continue
+		}
+		if _, err := p.stdin.Write(buf); err != nil {
+			p.end(ExitDied, fmt.Errorf("writing to the worker's stdin: %w", err))
+			return
+		}
+		if cap(buf) <= maxSpare {
+			p.wmu.Lock()
+			p.spare = buf[:0]
+			p.wmu.Unlock()
+		}
 	}
 }
 
@@ -314,38 +388,40 @@ func (p *proc) reserve() (*call, bool) {
 	return c, true
 }
 
-// send writes one message frame. A write error ends the worker (the call then gets its result
-// from end).
+// send queues one message frame for the writer (see proc). If the worker ends first, the call
+// gets its result from end.
 func (p *proc) send(c *call, hdr *Header, body []byte) {
 	hdr.ID = c.id
-	p.writers.Add(1)
-	p.wmu.Lock()
-	defer p.wmu.Unlock()
 	js, err := json.Marshal(hdr)
 	if err != nil {
-		p.writers.Add(-1)
 		p.end(ExitDied, fmt.Errorf("encode header: %w", err))
 		return
 	}
-	p.scratch = appendFrameHeader(p.scratch[:0], len(js), len(body))
-	p.w.Write(p.scratch)
-	p.w.Write(js)
-	p.w.Write(body)
-	if p.writers.Add(-1) == 0 {
-		err = p.w.Flush()
+	p.wmu.Lock()
+	p.out = appendFrameHeader(p.out, len(js), len(body))
+	p.out = append(append(p.out, js...), body...)
+	p.nout++
+	now := p.unanswered == 0
+	if !now && !p.holding {
+		p.holding = true
+		if p.hold == nil {
+			p.hold = time.AfterFunc(holdMax, p.holdOver)
+		} else {
+			p.hold.Reset(holdMax)
+		}
 	}
-	if err == nil {
-		err = p.wErr()
-	}
-	if err != nil {
-		p.end(ExitDied, fmt.Errorf("writing to the worker's stdin: %w", err))
+	p.wmu.Unlock()
+	if now {
+		p.kick()
 	}
 }
 
-// wErr reports a sticky write error of the buffered writer (a write that failed before a flush).
-func (p *proc) wErr() error {
-	_, err := p.w.Write(nil)
-	return err
+// holdOver writes held frames once holdMax passed.
+func (p *proc) holdOver() {
+	p.wmu.Lock()
+	p.holding = false
+	p.wmu.Unlock()
+	p.kick()
 }
 
 // end ends the worker once: kills its process group (unless it was asked to stop), closes the
@@ -366,6 +442,13 @@ func (p *proc) end(reason string, err error) {
 	if reason != ExitStopped {
 		_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
 	}
+	close(p.quit)
+	p.wmu.Lock()
+	if p.hold != nil {
+		p.hold.Stop()
+	}
+	p.out, p.spare = nil, nil
+	p.wmu.Unlock()
 	// Closing the pipes unblocks a writer stuck on a full pipe and the reader.
 	p.stdin.Close()
 	if reason != ExitStopped {

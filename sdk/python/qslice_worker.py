@@ -92,6 +92,9 @@ def _answer(msg_id, exc):
     return _frame(json.dumps(a).encode())
 
 
+_BUF = 1 << 16  # the input buffer: most frames fit; a larger one grows it
+
+
 def run(handle, max_in_flight=None, in_fd=0, out_fd=None):
     """Serve messages until qslice closes stdin; handle(msg) is called for each one.
 
@@ -102,70 +105,91 @@ def run(handle, max_in_flight=None, in_fd=0, out_fd=None):
         out_fd = os.dup(1)
         sys.stdout.flush()
         os.dup2(2, 1)
-    buf = bytearray()
-    pos = 0
+    # Input is read into one reused buffer (os.readv: no allocation per read); complete frames
+    # are parsed from it in place. start..end is what has been read and not parsed yet.
+    buf = bytearray(_BUF)
+    view = memoryview(buf)
+    start = end = 0
+    need = 0  # bytes the frame at start needs, once its header line is known
     out = []
     ready = False
-
-    def flush():
-        data = b"".join(out)
-        out.clear()
-        view = memoryview(data)
-        while view:
-            n = os.write(out_fd, view)
-            view = view[n:]
+    decode = json.JSONDecoder().decode
+    readv, write = os.readv, os.write
 
     while True:
         # Parse every complete frame in the buffer.
         while True:
-            nl = buf.find(b"\n", pos)
+            nl = buf.find(b"\n", start, end)
             if nl < 0:
-                if len(buf) - pos > 64:
-                    raise ProtocolError("frame header line too long: %r" % bytes(buf[pos:pos + 64]))
+                if end - start > 64:
+                    raise ProtocolError("frame header line too long: %r" % bytes(view[start:start + 64]))
+                break
+            hl, sp, bl = bytes(view[start:nl]).partition(b" ")
+            if not (hl.isdigit() and bl.isdigit()):
+                raise ProtocolError("bad frame header line %r" % bytes(view[start:nl]))
+            hstart = nl + 1
+            bstart = hstart + int(hl)
+            stop = bstart + int(bl)
+            if stop > end:
+                need = stop - start
                 break
             try:
-                hlen, blen = (int(x) for x in buf[pos:nl].split(b" "))
-            except ValueError:
-                raise ProtocolError("bad frame header line %r" % bytes(buf[pos:nl])) from None
-            end = nl + 1 + hlen + blen
-            if len(buf) < end:
-                break
-            header = json.loads(buf[nl + 1:nl + 1 + hlen])
-            body = bytes(buf[nl + 1 + hlen:end])
-            pos = end
+                header = decode(str(view[hstart:bstart], "utf-8"))
+            except ValueError as e:
+                raise ProtocolError("bad frame header %r: %s" % (bytes(view[hstart:bstart][:80]), e)) from None
+            if type(header) is not dict:
+                raise ProtocolError("frame header %r is not a JSON object" % bytes(view[hstart:bstart][:80]))
+            body = bytes(view[bstart:stop])
+            start = stop
             kind = header.get("type")
-            if not ready:
-                if kind != "hello" or PROTOCOL_VERSION not in header.get("versions", ()):
+            if kind == "message":
+                if not ready:
+                    raise ProtocolError("message before hello")
+                msg = Message(header, body)
+                try:
+                    handle(msg)
+                    out.append(_frame(b'{"type":"done","id":%d}' % msg.id))
+                except (Retry, Fail) as e:
+                    out.append(_answer(msg.id, e))
+                except Exception as e:  # a failed message, not a dead worker
+                    traceback.print_exc(file=sys.stderr)
+                    out.append(_answer(msg.id, e))
+            elif kind == "hello" and not ready:
+                if PROTOCOL_VERSION not in header.get("versions", ()):
                     raise ProtocolError("expected hello offering version %d, got %r" % (PROTOCOL_VERSION, header))
                 r = {"type": "ready", "version": PROTOCOL_VERSION}
                 if max_in_flight:
                     r["max_in_flight"] = int(max_in_flight)
                 out.append(_frame(json.dumps(r).encode()))
                 ready = True
-                continue
-            if kind != "message":
+            else:
                 raise ProtocolError("unexpected frame type %r" % (kind,))
-            msg = Message(header, body)
-            try:
-                handle(msg)
-                out.append(_answer(msg.id, None))
-            except (Retry, Fail) as e:
-                out.append(_answer(msg.id, e))
-            except Exception as e:  # a failed message, not a dead worker
-                traceback.print_exc(file=sys.stderr)
-                out.append(_answer(msg.id, e))
-        if pos:
-            del buf[:pos]
-            pos = 0
         # Nothing complete left to handle: answer, then wait for more.
         if out:
-            flush()
-        chunk = os.read(in_fd, 1 << 20)
-        if not chunk:
-            if buf:
+            data = b"".join(out)
+            out.clear()
+            n = write(out_fd, data)
+            while n < len(data):
+                data = data[n:]
+                n = write(out_fd, data)
+        # Make room: move the unparsed rest to the front, or into a larger buffer for a big frame.
+        if start == end:
+            start = end = 0
+        if start + need > len(buf) or len(buf) - end < 4096:
+            rest = view[start:end].tobytes()
+            if need > len(buf):
+                view.release()
+                buf = bytearray(need)
+                view = memoryview(buf)
+            buf[:len(rest)] = rest
+            start, end = 0, len(rest)
+        need = 0
+        got = readv(in_fd, [view[end:]])
+        if not got:
+            if end > start:
                 raise ProtocolError("input ended in the middle of a frame")
             return
-        buf += chunk
+        end += got
 
 
 if __name__ == "__main__":

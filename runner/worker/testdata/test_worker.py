@@ -1,8 +1,11 @@
 # A worker for qslice's tests, built on the reference library. The message body says what to do:
 #   ok | fail:<reason> | exception:<text> | retry:<delay> | die | garbage | sleep:<seconds> | print
 # and "once:<command>" does the command the first time it sees the message id, then "ok".
-# TEST_WORKER_MODE=exit|badversion|silent breaks the worker before it serves anything.
+# TEST_WORKER_MODE=exit|badversion|silent breaks the worker before it serves anything;
+# TEST_WORKER_MODE=pairs speaks the protocol itself and answers messages only two at a time (it
+# waits for a second message before it answers the first: a worker qslice must not starve).
 # TEST_WORKER_RECORD=<file>: one JSON line per message (its header fields, pid, lock present).
+import hashlib
 import json
 import os
 import sys
@@ -23,6 +26,29 @@ if mode == "badversion":
     h = b'{"type":"ready","version":99}'
     os.write(out, b"%d 0\n%s" % (len(h), h))
     time.sleep(60)
+if mode == "pairs":
+    inp = os.fdopen(0, "rb", buffering=0)
+
+    def frame():
+        line = b""
+        while not line.endswith(b"\n"):
+            c = inp.read(1)
+            if not c:
+                sys.exit(0)
+            line += c
+        hl, bl = (int(x) for x in line.split())
+        data = b""
+        while len(data) < hl + bl:
+            data += inp.read(hl + bl - len(data))
+        return json.loads(data[:hl])
+
+    frame()  # hello
+    h = b'{"type":"ready","version":1}'
+    os.write(out, b"%d 0\n%s" % (len(h), h))
+    while True:
+        ids = [frame()["id"], frame()["id"]]
+        a = b"".join(b'%d 0\n%s' % (len(x), x) for x in (b'{"type":"done","id":%d}' % i for i in ids))
+        os.write(out, a)
 state = os.environ.get("TEST_WORKER_STATE", "")
 record = os.environ.get("TEST_WORKER_RECORD", "")
 lockdir = os.environ.get("TEST_WORKER_LOCKDIR", "")
@@ -32,10 +58,12 @@ def handle(m):
     if record:
         rec = {k: getattr(m, k) for k in qw.Message.__slots__ if k != "body"}
         rec["pid"] = os.getpid()
+        rec["body_len"] = len(m.body)
+        rec["body_sha256"] = hashlib.sha256(m.body).hexdigest()
         rec["lock_held"] = bool(lockdir and m.lock and os.path.exists(os.path.join(lockdir, m.lock)))
         with open(record, "a") as f:
             f.write(json.dumps(rec) + "\n")
-    cmd = m.body.decode()
+    cmd = m.body.decode("utf-8", "replace")
     if cmd.startswith("once:"):
         marker = os.path.join(state, m.message_id)
         if os.path.exists(marker):
