@@ -688,3 +688,37 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 		t.Errorf("lock value %+v: want node b and c's avoid entry carried over", v)
 	}
 }
+
+// TestConsulRestartLosingState: Consul restarts without its state (a -dev agent): keys,
+// sessions and the registration are gone and its index starts again lower. A blocking query
+// from an index Consul no longer reaches answers only when its wait ends (watchWait, 5
+// minutes; failover/sim's TestModelMatchesConsul/consul/state-loss shows it), so the watches
+// must read afresh after their failed request to see the reset. The node then owns its slices
+// again within the outage plus one lease of quarantine plus a few renew intervals, not minutes.
+func TestConsulRestartLosingState(t *testing.T) {
+	srv := consultest.Start(t)
+	l := failovertest.NewLedger()
+	a := startNode(t, srv, l, "a", nil)
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
+
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	consultest.WaitFor(t, 5*time.Second, "processing stops when the lease lapses", func() error {
+		if n := a.a.Count(); n != 0 {
+			return fmt.Errorf("%d slices still processed", n)
+		}
+		return nil
+	})
+	srv.RestartLosingState()
+	back := time.Now()
+	waitSplit(t, 30*time.Second, "a owns everything again after the state loss", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
+	t.Logf("slices owned again %s after Consul was back", time.Since(back).Round(time.Millisecond))
+	if n := a.logs.count("consul KV index went backwards"); n < 1 {
+		t.Error("the reset of Consul's index was not noticed")
+	}
+	if err := a.stop(t); err != nil {
+		t.Errorf("Run after the state loss: %v", err)
+	}
+	l.Check(t)
+}

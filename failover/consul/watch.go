@@ -50,8 +50,15 @@ func (c *Coordinator) resetConnections() {
 // blockingLoop runs fetch as a Consul blocking query forever, following the blocking-query
 // rules: the index goes back to 0 when it moves backwards, is never left at 0, and the loop is
 // rate-limited to one request per WatchMinInterval; errors back off exponentially with jitter.
+//
+// After a failed or abandoned request the next one reads without an index (it answers at
+// once): Consul may have restarted without its state, and it answers a query from an index it
+// no longer reaches only when the wait ends (watchWait), however it changes meanwhile
+// (failover/sim's cross-check shows it on a real Consul). The fresh answer's index, lower than
+// the last, shows the reset.
 func (c *Coordinator) blockingLoop(ctx context.Context, op failover.ConsulOp, fetch func(ctx context.Context, q *api.QueryOptions) (uint64, error), publish func(reset bool)) {
 	var index uint64
+	fresh := false // the last request failed or was abandoned: read without an index
 	// Backoff tops out at one TTL: after an outage the watches are back within a TTL of the keeper.
 	b := c.newBackoff(c.cfg.WatchMinInterval, c.cfg.TTL)
 	var last time.Time
@@ -70,7 +77,11 @@ func (c *Coordinator) blockingLoop(ctx context.Context, op failover.ConsulOp, fe
 		gctx, stop := c.watchContext(ctx)
 		err := c.call(gctx, op, func(ctx context.Context) error {
 			var err error
-			newIndex, err = fetch(ctx, (&api.QueryOptions{WaitIndex: index, WaitTime: watchWait}).WithContext(ctx))
+			q := &api.QueryOptions{WaitIndex: index, WaitTime: watchWait}
+			if fresh {
+				q.WaitIndex = 0
+			}
+			newIndex, err = fetch(ctx, q.WithContext(ctx))
 			return err
 		})
 		abandoned := gctx.Err() != nil
@@ -79,8 +90,9 @@ func (c *Coordinator) blockingLoop(ctx context.Context, op failover.ConsulOp, fe
 			if ctx.Err() != nil {
 				return
 			}
+			fresh = true
 			if abandoned {
-				continue // resetConnections: ask again at once, on a new connection, same index
+				continue // resetConnections: ask again at once, on a new connection
 			}
 			select {
 			case <-ctx.Done():
@@ -90,6 +102,7 @@ func (c *Coordinator) blockingLoop(ctx context.Context, op failover.ConsulOp, fe
 			continue
 		}
 		b.Reset()
+		fresh = false
 		reset := false
 		switch {
 		case newIndex < index:
