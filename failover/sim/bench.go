@@ -22,7 +22,8 @@ import (
 //     over every member), a membership change (a node leaves, comes back unsettled, settles,
 //     drains, undrains: each kind over 20 nodes, one change per event), and an event with the
 //     membership unchanged (one slice changed), each against its target;
-//   - one Machine event (Step + Ready: plan, assignments, status snapshot);
+//   - one Machine event (Step + Ready: plan, assignments, status snapshot): a tick, and a
+//     membership change (a node leaves or comes back);
 //   - slices moved when one node fails, against the 1/N optimum: every node's failure planned
 //     by the real planner, and every moved slice checked to be the failed node's own;
 //   - the bytes of one answer of the recursive KV watch, and what a failover costs the Consul
@@ -171,7 +172,21 @@ func BenchScale(ctx context.Context, w io.Writer, nodes int) error {
 		m.Step(failover.EvTick{Now: now.Add(time.Duration(i+1) * time.Second)})
 		m.Advance(m.Ready())
 	})
-	line("machine event (Step + Ready, status snapshot)", ev, evB, false)
+	line("machine event: a tick (Step + Ready, status)", ev, evB, false)
+	// Membership events: the nodes of changed leave one per event, then come back.
+	var memberEvents [][]failover.MemberInfo
+	cur_ := slices.Clone(ms_)
+	for _, live := range []bool{false, true} {
+		for _, i := range changed {
+			cur_[i].Live = live
+			memberEvents = append(memberEvents, slices.Clone(cur_))
+		}
+	}
+	mev, mevB := measure(len(memberEvents), func(i int) {
+		m.Step(failover.EvMembers{Now: now.Add(time.Minute), Members: memberEvents[i]})
+		m.Advance(m.Ready())
+	})
+	line("machine event: membership changed (Step + Ready)", mev, mevB, false)
 
 	// Moves per failure, with the real planner: for every node, the targets without it; every
 	// slice whose target changed must be one the failed node was the target of.
