@@ -288,6 +288,6 @@ func watchAnswerBytes(home map[failover.SliceID]string) int {
 		pairs = append(pairs, kvPair{LockIndex: 3, Key: fmt.Sprintf("qslice/prod/slices/%s/%d", s.Queue, s.Index), Value: v,
 			Session: "5f0a6ac0-1f5e-49a6-9f79-3d1fa1a1b6c1", CreateIndex: 123456, ModifyIndex: 234567})
 	}
-	b, _ := json.MarshalIndent(pairs, "", "    ") // Consul pretty-prints unless asked not to
+	b, _ := json.Marshal(pairs) // Consul indents only with ?pretty (TestWatchCostModelMatchesConsul)
 	return len(b)
 }

@@ -7,7 +7,7 @@ import (
 	"github.com/qslice/qslice/failover"
 )
 
-// node is one qslice process and its driver: what failover's ConsulCoordinator does (keeper
+// node is one qslice process and its driver: what the Consul driver (failover/consul) does (keeper
 // rounds, watches, transactions, assignee), on virtual time and the model of Consul.
 type node struct {
 	w     *world

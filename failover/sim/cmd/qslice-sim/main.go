@@ -4,6 +4,7 @@
 //	qslice-sim -seeds 1000                 # seeds 1..1000, 6 faults each; failing seeds print their schedule
 //	qslice-sim -seed 169 -v                # replay one seed with every node's log
 //	qslice-sim -bench scale                # 1,000 nodes x 16 queues x 256 slices: plan time, allocations, moves
+//	qslice-sim -bench watch                # Consul load of one failover per watch layout at 50, 200, 1,000 nodes
 package main
 
 import (
@@ -39,15 +40,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	nodes := fs.Int("nodes", 4, "nodes")
 	kinds := fs.String("kinds", "", "comma-separated fault kinds (default all: "+strings.Join(sim.AllKinds, ",")+")")
 	verbose := fs.Bool("v", false, "print every node's log (with -seed)")
-	bench := fs.String("bench", "", `"scale": planner and watch figures at 1,000 nodes x 16 queues x 256 slices`)
+	bench := fs.String("bench", "", `"scale": planner and watch figures at 1,000 nodes x 16 queues x 256 slices; "watch": Consul load of one failover per watch layout at 50, 200, 1,000 nodes`)
 	benchNodes := fs.Int("bench-nodes", 1000, "nodes for -bench scale")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *bench == "scale" {
+	switch *bench {
+	case "":
+	case "scale":
 		return sim.BenchScale(ctx, stdout, *benchNodes)
-	} else if *bench != "" {
-		return fmt.Errorf("-bench %q: only \"scale\"", *bench)
+	case "watch":
+		return sim.BenchWatch(stdout)
+	default:
+		return fmt.Errorf("-bench %q: \"scale\" or \"watch\"", *bench)
 	}
 	cfg := sim.Config{Nodes: *nodes, Faults: *faults}
 	if *kinds != "" {
