@@ -185,6 +185,7 @@ Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (sta
 		newConfigCmd(g),
 		newMailmanCmd(g),
 		newVersionCmd(g),
+		newGenerateCmd(),
 	)
 	return root
 }

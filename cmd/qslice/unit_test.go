@@ -28,7 +28,7 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	dir := t.TempDir()
 	p := filepath.Join(dir, "qslice.service")
-	os.WriteFile(p, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/qslice", bin)), 0o644)
+	os.WriteFile(p, []byte(strings.ReplaceAll(string(unit), "/usr/bin/qslice", bin)), 0o644)
 	if out, err := exec.Command(sa, "verify", p).CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
