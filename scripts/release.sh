@@ -109,19 +109,30 @@ gen=$tmp/gen
   --zsh-completion "$gen/completions/_qslice" --fish-completion "$gen/completions/qslice.fish"
 gzip -9n "$gen"/man/*.1
 
-echo "building nfpm (tools/nfpm)" >&2
-(cd tools/nfpm && go build -o "$tmp/nfpm" github.com/goreleaser/nfpm/v2/cmd/nfpm)
+# nfpm, the version tools/nfpm pins, built once and cached beside Consul and Prometheus.
+nfpm_version=$(cd tools/nfpm && go list -m -f '{{.Version}}' github.com/goreleaser/nfpm/v2)
+nfpm=${QSLICE_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/qslice/bin}/nfpm-$nfpm_version
+if [ ! -x "$nfpm" ]; then
+  echo "building nfpm $nfpm_version (tools/nfpm) into $nfpm" >&2
+  mkdir -p "$(dirname "$nfpm")"
+  (cd tools/nfpm && go build -trimpath -o "$nfpm.tmp" github.com/goreleaser/nfpm/v2/cmd/nfpm)
+  mv "$nfpm.tmp" "$nfpm"
+fi
 
 for arch in "${arches[@]}"; do
   stage=$tmp/stage-$arch
   mkdir -p "$stage"
   cp -r "$gen/man" "$gen/completions" "$stage/"
-  build "$arch" "$stage/qslice"
+  if [ "$arch" = "$hostarch" ]; then
+    cp "$tmp/host/qslice" "$stage/qslice"
+  else
+    build "$arch" "$stage/qslice"
+  fi
   cp "$stage/qslice" "$out/qslice-$version-linux-$arch"
   CGO_ENABLED=0 GOOS=linux GOARCH=$arch scripts/copyright.sh "$stage/qslice" > "$stage/copyright"
   QSLICE_ARCH=$arch QSLICE_STAGE=$stage QSLICE_DEB_VERSION=$deb_version \
     QSLICE_MAINTAINER=$maintainer \
-    "$tmp/nfpm" package --config packaging/nfpm.yaml --packager deb --target "$out/" >&2
+    "$nfpm" package --config packaging/nfpm.yaml --packager deb --target "$out/" >&2
 done
 
 cd "$out"

@@ -2,14 +2,16 @@
 # Runs qslice's whole test suite on a fresh Debian machine, setting up what it needs first:
 #   - the Debian packages listed in .ci/apt-packages.txt (python3-flufl.lock for the lock
 #     interoperability tests, prometheus for promtool, mailman3 for the supervision test, chromium
-#     for the status page test), when running as root;
+#     for the status page test, man-db and bash-completion for the man pages and completions), when
+#     running as root;
 #   - Consul 1.13.9, built once from the Go module proxy by scripts/build-consul.sh and cached;
 #   - a Prometheus and promtool with Consul service discovery (Debian's have none), built once by
 #     scripts/build-prometheus.sh and cached.
 # Tests that need a missing part skip with a message saying what to install. CI has every part, so
 # a skip that .ci/allowed-skips.txt does not list fails the run (QSLICE_ALLOW_SKIPS=1 only reports
 # them, for a developer machine without root). Every benchmark then runs once at a small size, so a
-# benchmark that no longer checks out fails here, not in someone's measurement.
+# benchmark that no longer checks out fails here, not in someone's measurement. Last, as root,
+# scripts/check-package.sh builds the Debian package and checks it installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,3 +53,11 @@ scripts/fuzz.sh
 echo "benchmarks, once each at a small size:"
 QSLICE_BENCH_FILES=2000 go test -count=1 -run '^$' -bench . -benchtime 1x -timeout 20m ./... | grep -Ev '^(goos|goarch|cpu|pkg):'
 
+# The Debian package (scripts/release.sh): installed, checked and purged on this machine, which
+# needs root; CI runs as root.
+if [ "$(id -u)" = 0 ]; then
+  echo "the Debian package: build, install, check, purge:"
+  scripts/check-package.sh
+else
+  echo "not root: scripts/check-package.sh (dpkg -i of the package) not run" >&2
+fi

@@ -59,7 +59,11 @@ func TestGenerate(t *testing.T) {
 		}
 	}
 
-	if man, err := exec.LookPath("man"); err == nil {
+	t.Run("man", func(t *testing.T) {
+		man, err := exec.LookPath("man")
+		if err != nil {
+			t.Skipf("man missing (install the Debian package man-db): %v", err)
+		}
 		cmd := exec.Command(man, "--warnings=all", "-l", filepath.Join(dir, "man", "qslice.1"))
 		cmd.Env = append(os.Environ(), "MANWIDTH=100")
 		var out, errOut bytes.Buffer
@@ -72,9 +76,7 @@ func TestGenerate(t *testing.T) {
 				t.Errorf("man -l qslice.1 lacks %q:\n%s", s, out.String())
 			}
 		}
-	} else {
-		t.Logf("man not installed (Debian package man-db): rendering not checked")
-	}
+	})
 
 	zsh, _ := os.ReadFile(filepath.Join(dir, "_qslice"))
 	fish, _ := os.ReadFile(filepath.Join(dir, "qslice.fish"))
@@ -86,24 +88,26 @@ func TestGenerate(t *testing.T) {
 	}
 
 	// bash: complete "qslice queue s" through bash-completion, asking the real binary.
-	framework := "/usr/share/bash-completion/bash_completion"
-	if _, err := os.Stat(framework); err != nil {
-		t.Fatalf("bash completion not checked: %v (install the Debian package bash-completion)", err)
-	}
-	bin := buildQslice(t)
-	script := `source "$1"; source "$2"
+	t.Run("bash", func(t *testing.T) {
+		framework := "/usr/share/bash-completion/bash_completion"
+		if _, err := os.Stat(framework); err != nil {
+			t.Skipf("bash-completion missing (install the Debian package bash-completion): %v", err)
+		}
+		bin := buildQslice(t)
+		script := `source "$1"; source "$2"
 COMP_WORDS=(qslice queue s); COMP_CWORD=2; COMP_LINE="qslice queue s"; COMP_POINT=${#COMP_LINE}
 __start_qslice qslice s queue 2>/dev/null
 printf '%s\n' "${COMPREPLY[@]}"`
-	cmd := exec.Command("bash", "--norc", "--noprofile", "-c", script, "bash", framework, filepath.Join(dir, "bash", "qslice"))
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+string(os.PathListSeparator)+os.Getenv("PATH"))
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("bash completion: %v", err)
-	}
-	if got := strings.Fields(string(out)); strings.Join(got, " ") != "show stats" {
-		t.Errorf("bash completes \"qslice queue s\" to %q, want [show stats]", got)
-	}
+		cmd := exec.Command("bash", "--norc", "--noprofile", "-c", script, "bash", framework, filepath.Join(dir, "bash", "qslice"))
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("bash completion: %v", err)
+		}
+		if got := strings.Fields(string(out)); strings.Join(got, " ") != "show stats" {
+			t.Errorf("bash completes \"qslice queue s\" to %q, want [show stats]", got)
+		}
+	})
 
 	if code := run(context.Background(), []string{"generate"}, nil, &stdout, &stderr); code != exitUsage {
 		t.Errorf("generate without an output: exit %d, want %d", code, exitUsage)
