@@ -124,11 +124,15 @@ func ComputePlan(in PlanInput) Plan { return new(Planner).Plan(in) }
 // take a slice whose best candidate it now beats, or lose one it was best for, so each slice is
 // compared with the changed members only, and ranked afresh over every member only when its
 // cached target or home is among them (rendezvous: about 1/N of the slices per changed member).
-// A queue whose "is any candidate settled" answer flips is ranked afresh whole; so are slices
-// with a home list, every plan with a custom Weight, and a plan where more than half of the
-// members changed. Slices with an avoid list, or held by an unsettled member, get their own
-// target for the plan, as ComputePlan ranks them. Buffers are reused: a plan allocates little
-// beyond its Acquire and Release lists.
+// Homes depend only on who is there and not draining, so settling and queues do not touch them.
+// A queue whose "is any candidate settled" answer flips (everyone unsettled after a Consul state
+// loss, the first member settled again), or a change of most members, ranks the queue's targets
+// afresh: the target is the home when every non-draining member is a candidate, else the best
+// of the candidates, found once per queue. Slices with a home list are ranked afresh at every
+// change, so is everything with a custom Weight or when most members joined, left or flipped
+// draining. Slices with an avoid list, or held by an unsettled member, get their own target for
+// the plan, as ComputePlan ranks them. Buffers are reused: a plan allocates little beyond its
+// Acquire and Release lists.
 //
 // The Target and Home maps of a Plan belong to the Planner: they stay valid until its next Plan
 // call, which updates them in place. A Planner is not safe for concurrent use.
@@ -142,7 +146,10 @@ type Planner struct {
 	target    map[SliceID]string
 	homes     map[SliceID]string
 	overrides []override // Target entries that hold a per-plan value, put back next plan
-	changes   []change   // buffer of the members diff
+	// buffers: the members diff, its part that moves homes, the next modes, candidates
+	changes, homeChanges []change
+	modesNext            []queueMode
+	cands                []int32
 }
 
 // pick is a ranked choice: the node, its rendezvous weight for the slice and its name's hash.
@@ -171,6 +178,7 @@ type change struct {
 	node string
 	hash uint64
 	m    *rankMember // its new state; nil when it left
+	home bool        // it changes home rankings: it joined, left or its draining flipped
 }
 
 // Plan decides, for Self, which slices to acquire and which to hand off.
@@ -252,8 +260,11 @@ func (pl *Planner) full(r *ranker) {
 	}
 	pl.modes = r.modes(pl.modes[:0])
 	for qi, q := range in.Queues {
-		for i := 0; i < q.Slices; i++ {
-			pl.rank(r, qi, SliceID{q.Name, i})
+		pl.rankHomes(r, qi)
+		pl.rankTargets(r, qi)
+		for i := 0; i < q.Slices; i++ { // new maps have no entries yet
+			s, k := SliceID{q.Name, i}, pl.offset[qi]+i
+			pl.target[s], pl.homes[s] = pl.tgt[k].node, pl.home[k].node
 		}
 	}
 }
@@ -266,27 +277,109 @@ func (pl *Planner) rank(r *ranker, qi int, s SliceID) {
 	pl.target[s], pl.homes[s] = pl.tgt[k].node, pl.home[k].node
 }
 
+// rankHomes ranks the homes of queue qi afresh: one pass over the non-draining members per
+// slice.
+func (pl *Planner) rankHomes(r *ranker, qi int) {
+	q, off := r.in.Queues[qi], pl.offset[qi]
+	hc := pl.cands[:0]
+	for i := range r.members {
+		if !r.members[i].Draining {
+			hc = append(hc, int32(i))
+		}
+	}
+	pl.cands = hc
+	qh := stringHash(q.Name)
+	for i := 0; i < q.Slices; i++ {
+		s := SliceID{q.Name, i}
+		var h pick
+		if len(q.Home[i]) > 0 || r.in.Weight != nil {
+			h = r.home(qi, s)
+		} else {
+			seed := sliceSeedH(qh, i)
+			for _, j := range hc {
+				m := &r.members[j]
+				if w := mix64(seed ^ m.hash); h.beatenBy(w, m.Node) {
+					h = pick{m.Node, w, m.hash}
+				}
+			}
+		}
+		if h.node != pl.home[off+i].node {
+			pl.homes[s] = h.node
+		}
+		pl.home[off+i] = h
+	}
+}
+
+// rankTargets ranks the targets of queue qi afresh, after its homes. The candidates are the
+// same for every slice (no avoid list, no holder); when they are every non-draining member
+// (nobody lacks the queue, and the hold-down excludes nobody), each target is the home.
+func (pl *Planner) rankTargets(r *ranker, qi int) {
+	q, off, mode := r.in.Queues[qi], pl.offset[qi], pl.modes[qi]
+	tc := pl.cands[:0]
+	same := true
+	for i := range r.members {
+		m := &r.members[i]
+		switch {
+		case m.Draining:
+		case m.unavailable(qi) || (mode.anySettled && !m.settled):
+			same = false
+		default:
+			tc = append(tc, int32(i))
+		}
+	}
+	pl.cands = tc
+	qh := stringHash(q.Name)
+	for i := 0; i < q.Slices; i++ {
+		s := SliceID{q.Name, i}
+		var t pick
+		switch {
+		case len(q.Home[i]) > 0 || r.in.Weight != nil:
+			t = r.target(qi, s, nil, "", "")
+		case same:
+			t = pl.home[off+i]
+		default:
+			seed := sliceSeedH(qh, i)
+			for _, j := range tc {
+				m := &r.members[j]
+				if w := mix64(seed ^ m.hash); t.beatenBy(w, m.Node) {
+					t = pick{m.Node, w, m.hash}
+				}
+			}
+		}
+		if t.node != pl.tgt[off+i].node {
+			pl.target[s] = t.node
+		}
+		pl.tgt[off+i] = t
+	}
+}
+
 // update brings the cache from pl.prev's members to r's; false when a full ranking is cheaper.
+// Homes are compared with the members whose home ranking changed (joined, left, draining
+// flipped); targets with every changed member, or ranked afresh for a queue whose mode flipped
+// or when most members changed (a cheap pass when the target is the home).
 func (pl *Planner) update(r *ranker) bool {
 	ch := diffMembers(pl.changes[:0], &pl.prev, r)
 	pl.changes = ch
 	if len(ch) == 0 {
 		return true
 	}
-	if 2*len(ch) > len(r.members) {
+	hch := pl.homeChanges[:0]
+	for _, c := range ch {
+		if c.home {
+			hch = append(hch, c)
+		}
+	}
+	pl.homeChanges = hch
+	if 2*len(hch) > len(r.members) {
 		return false
 	}
-	modes := r.modes(nil)
+	pl.modesNext = r.modes(pl.modesNext[:0])
+	manyChanged := 2*len(ch) > len(r.members)
 	in := r.in
 	for qi, q := range in.Queues {
-		mode, off := modes[qi], pl.offset[qi]
-		if mode != pl.modes[qi] {
-			pl.modes[qi] = mode
-			for i := 0; i < q.Slices; i++ {
-				pl.rank(r, qi, SliceID{q.Name, i})
-			}
-			continue
-		}
+		mode, off := pl.modesNext[qi], pl.offset[qi]
+		bulk := manyChanged || mode != pl.modes[qi]
+		pl.modes[qi] = mode
 		qh := stringHash(q.Name)
 		for i := 0; i < q.Slices; i++ {
 			s := SliceID{q.Name, i}
@@ -295,36 +388,56 @@ func (pl *Planner) update(r *ranker) bool {
 				continue
 			}
 			seed := sliceSeedH(qh, i)
-			t, h := pl.tgt[off+i], pl.home[off+i]
+			h := pl.home[off+i]
 			stale := false
-			for j := range ch {
-				c := &ch[j]
-				if (t.node != "" && c.hash == t.hash && c.node == t.node) || (h.node != "" && c.hash == h.hash && c.node == h.node) {
-					stale = true // the cached choice itself changed: rank over everyone
+			for j := range hch {
+				c := &hch[j]
+				if h.node != "" && c.hash == h.hash && c.node == h.node {
+					stale = true // the cached home itself changed: rank over everyone
 					break
 				}
 				if c.m == nil || c.m.Draining {
 					continue
 				}
-				w := mix64(seed ^ c.hash)
-				if h.beatenBy(w, c.node) {
+				if w := mix64(seed ^ c.hash); h.beatenBy(w, c.node) {
 					h = pick{c.node, w, c.hash}
-				}
-				if !c.m.unavailable(qi) && (!mode.anySettled || c.m.settled) && t.beatenBy(w, c.node) {
-					t = pick{c.node, w, c.hash}
 				}
 			}
 			if stale {
-				pl.rank(r, qi, s)
-				continue
-			}
-			if t.node != pl.tgt[off+i].node {
-				pl.target[s] = t.node
+				h = r.home(qi, s)
 			}
 			if h.node != pl.home[off+i].node {
 				pl.homes[s] = h.node
 			}
-			pl.tgt[off+i], pl.home[off+i] = t, h
+			pl.home[off+i] = h
+			if bulk {
+				continue
+			}
+			t := pl.tgt[off+i]
+			stale = false
+			for j := range ch {
+				c := &ch[j]
+				if t.node != "" && c.hash == t.hash && c.node == t.node {
+					stale = true
+					break
+				}
+				if c.m == nil || c.m.Draining || c.m.unavailable(qi) || (mode.anySettled && !c.m.settled) {
+					continue
+				}
+				if w := mix64(seed ^ c.hash); t.beatenBy(w, c.node) {
+					t = pick{c.node, w, c.hash}
+				}
+			}
+			if stale {
+				t = r.target(qi, s, nil, "", "")
+			}
+			if t.node != pl.tgt[off+i].node {
+				pl.target[s] = t.node
+			}
+			pl.tgt[off+i] = t
+		}
+		if bulk {
+			pl.rankTargets(r, qi)
 		}
 	}
 	return true
@@ -337,14 +450,15 @@ func diffMembers(out []change, a, b *ranker) []change {
 	for i < len(a.members) || j < len(b.members) {
 		switch {
 		case j == len(b.members) || (i < len(a.members) && a.members[i].Node < b.members[j].Node):
-			out = append(out, change{node: a.members[i].Node, hash: a.members[i].hash})
+			out = append(out, change{node: a.members[i].Node, hash: a.members[i].hash, home: true})
 			i++
 		case i == len(a.members) || b.members[j].Node < a.members[i].Node:
-			out = append(out, change{node: b.members[j].Node, hash: b.members[j].hash, m: &b.members[j]})
+			out = append(out, change{node: b.members[j].Node, hash: b.members[j].hash, m: &b.members[j], home: true})
 			j++
 		default:
 			if !a.members[i].sameRanking(&b.members[j]) {
-				out = append(out, change{node: b.members[j].Node, hash: b.members[j].hash, m: &b.members[j]})
+				out = append(out, change{node: b.members[j].Node, hash: b.members[j].hash, m: &b.members[j],
+					home: a.members[i].Draining != b.members[j].Draining})
 			}
 			i, j = i+1, j+1
 		}

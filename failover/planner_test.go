@@ -805,7 +805,7 @@ func TestPlannerCacheMatchesComputePlan(t *testing.T) {
 
 // TestIncrementalPlannerMatchesFullPlanning: over random membership sequences (joins, leaves,
 // members settling, draining, losing and regaining queues, every member restarting its
-// live_since at once, duplicated entries) with random slice states (holders settled or not,
+// live_since or settling at once, half of them draining at once, duplicated entries) with random slice states (holders settled or not,
 // avoid lists, home lists, critical slices), a Planner that updates its rankings incrementally
 // gives exactly the plan of a full ranking at every step, for several observers. The reference
 // passes Rendezvous as a custom Weight, which takes none of the shortcuts: every slice ranked
@@ -859,9 +859,20 @@ func TestIncrementalPlannerMatchesFullPlanning(t *testing.T) {
 					m.since = time.Time{}
 				}
 			}
-			if rng.IntN(40) == 0 { // a Consul restart: everybody unsettled
+			switch rng.IntN(40) {
+			case 0: // a Consul restart: everybody unsettled
 				for _, m := range live {
 					m.since = now
+				}
+			case 1: // everybody settled
+				for _, m := range live {
+					m.since = time.Time{}
+				}
+			case 2: // half of the members drain
+				for _, n := range all[:len(all)/2] {
+					if m := live[n]; m != nil {
+						m.draining = !m.draining
+					}
 				}
 			}
 			var ms []Member

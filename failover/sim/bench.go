@@ -138,6 +138,30 @@ func BenchScale(ctx context.Context, w io.Writer, nodes int) error {
 	}
 	line("membership changed, mean of the above", sumD/time.Duration(len(batches)), sumB/uint64(len(batches)), true)
 	line("membership changed, worst kind", worstD, worstB, true)
+
+	// Changes that flip a queue's "is any candidate settled" answer rank whole queues afresh:
+	// every member restarting its live_since at once (what a Consul state loss does), then the
+	// first member settling again, then all of them. Three rounds, each event measured alone.
+	allUnsettled, firstSettled := slices.Clone(members), slices.Clone(members)
+	for i := range allUnsettled {
+		allUnsettled[i].HealthySince, firstSettled[i].HealthySince = now, now
+	}
+	firstSettled[nodes/2].HealthySince = time.Time{}
+	flips := []struct {
+		what string
+		ms   []failover.Member
+	}{{"every member unsettled at once", allUnsettled}, {"the first member settles again", firstSettled}, {"every member settled again", members}}
+	flipD, flipB := make([]time.Duration, len(flips)), make([]uint64, len(flips))
+	const rounds = 3
+	for range rounds {
+		for i, f := range flips {
+			d, by := measure(1, func(int) { in.Members = f.ms; pl.Plan(in) })
+			flipD[i], flipB[i] = flipD[i]+d, flipB[i]+by
+		}
+	}
+	for i, f := range flips {
+		line("membership changed: "+f.what, flipD[i]/rounds, flipB[i]/rounds, true)
+	}
 	in.Members = members
 	pl.Plan(in)
 	ids0 := sortedKeys(home)
