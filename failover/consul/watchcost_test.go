@@ -1,0 +1,168 @@
+package consul
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/failover/failovertest"
+	"github.com/qslice/qslice/failover/sim"
+	"github.com/qslice/qslice/internal/consultest"
+)
+
+// countingProxy forwards one node's requests to Consul and counts the answers of its two
+// watches: how many, their bytes (uncompressed: the proxy asks for no gzip, so the bytes are
+// the JSON Consul encoded) and the index of the last one.
+type countingProxy struct {
+	URL string
+	mu  sync.Mutex
+	n   map[string]int   // answers by watch ("kv", "health")
+	b   map[string]int64 // bytes by watch
+	idx map[string]uint64
+}
+
+func newCountingProxy(t *testing.T, consulAddr string) *countingProxy {
+	t.Helper()
+	target, err := url.Parse("http://" + consulAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &countingProxy{}
+	p.reset()
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		r := resp.Request
+		kind := ""
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/v1/kv/") && r.URL.Query().Has("recurse"):
+			kind = "kv"
+		case strings.HasPrefix(r.URL.Path, "/v1/health/service/"):
+			kind = "health"
+		}
+		if kind == "" || resp.StatusCode != http.StatusOK {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		resp.Body = io.NopCloser(strings.NewReader(string(body)))
+		idx, _ := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
+		p.mu.Lock()
+		p.n[kind]++
+		p.b[kind] += int64(len(body))
+		p.idx[kind] = idx
+		p.mu.Unlock()
+		return nil
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Header.Del("Accept-Encoding")
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	p.URL = srv.URL
+	return p
+}
+
+func (p *countingProxy) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n, p.b, p.idx = map[string]int{}, map[string]int64{}, map[string]uint64{}
+}
+
+func (p *countingProxy) snapshot() (n map[string]int, b map[string]int64, idx map[string]uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n, b, idx = map[string]int{}, map[string]int64{}, map[string]uint64{}
+	for k, v := range p.n {
+		n[k] = v
+	}
+	for k, v := range p.b {
+		b[k] = v
+	}
+	for k, v := range p.idx {
+		idx[k] = v
+	}
+	return n, b, idx
+}
+
+// TestWatchLoadPerFailoverMatchesModel measures what one crash costs the watches of the layout
+// as built on a real Consul (4 nodes, 12 slices), and checks the watch-cost model of
+// failover/sim (qslice-sim -bench watch) against it: every survivor is woken, and reads about
+// the answers and bytes the model counts for it.
+func TestWatchLoadPerFailoverMatchesModel(t *testing.T) {
+	srv := consultest.Start(t)
+	cl := srv.Client("")
+	l := failovertest.NewLedger()
+	ids := []string{"a", "b", "c", "d"}
+	var nodes []*testNode
+	proxies := map[string]*countingProxy{}
+	for _, id := range ids {
+		p := newCountingProxy(t, srv.HTTPAddr)
+		proxies[id] = p
+		nodes = append(nodes, startNode(t, srv, l, id, func(c *failover.ConsulConfig) { c.Address = p.URL }))
+	}
+	for _, n := range nodes {
+		waitSettled(t, n)
+	}
+	waitSplit(t, 20*time.Second, "the four nodes share the slices", rendezvousSplit(nodes...), nodes...)
+
+	for _, p := range proxies {
+		p.reset()
+	}
+	dead, survivors := nodes[0], nodes[1:]
+	dead.crash(t)
+	waitSplit(t, 15*time.Second, "the survivors take the dead node's slices", rendezvousSplit(survivors...), survivors...)
+	// Every watch answer caused by the failover has arrived once each survivor's watches have
+	// answered at the indexes Consul is at now (the Meta of the new holders included).
+	consultest.WaitFor(t, 15*time.Second, "the survivors' watches caught up", func() error {
+		_, kvMeta, err := cl.KV().List("qslice/test/", nil)
+		if err != nil {
+			return err
+		}
+		_, hMeta, err := cl.Health().Service(ServiceName, "", false, nil)
+		if err != nil {
+			return err
+		}
+		for _, n := range survivors {
+			_, _, idx := proxies[n.id].snapshot()
+			if idx["kv"] < kvMeta.LastIndex || idx["health"] < hMeta.LastIndex {
+				return fmt.Errorf("%s at kv %d health %d, Consul at %d, %d", n.id, idx["kv"], idx["health"], kvMeta.LastIndex, hMeta.LastIndex)
+			}
+		}
+		return nil
+	})
+
+	model := sim.FailoverWatchCost(sim.LayoutPrefix, testQueues, ids, dead.id)
+	var answers int
+	var bytes int64
+	for _, n := range survivors {
+		cnt, b, _ := proxies[n.id].snapshot()
+		t.Logf("%s read %d KV answers (%d bytes) and %d health answers (%d bytes)", n.id, cnt["kv"], b["kv"], cnt["health"], b["health"])
+		if cnt["kv"] == 0 || cnt["health"] == 0 {
+			t.Errorf("%s: %d KV and %d health answers: every survivor must be woken by a failover in this layout", n.id, cnt["kv"], cnt["health"])
+		}
+		answers += cnt["kv"] + cnt["health"]
+		bytes += b["kv"] + b["health"]
+	}
+	perNode := float64(bytes) / float64(len(survivors))
+	t.Logf("measured per survivor: %.1f answers, %.0f bytes; model: %.1f answers, %d bytes",
+		float64(answers)/float64(len(survivors)), perNode, float64(model.Answers)/float64(model.Woken), model.MeanWokenBytes())
+	if model.Woken != len(survivors) {
+		t.Errorf("the model wakes %d nodes, Consul woke all %d survivors", model.Woken, len(survivors))
+	}
+	if r := perNode / float64(model.MeanWokenBytes()); r < 0.5 || r > 2 {
+		t.Errorf("a survivor read %.0f bytes, the model counts %d (ratio %.2f): the model no longer describes the driver", perNode, model.MeanWokenBytes(), r)
+	}
+	l.Check(t)
+}
