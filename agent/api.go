@@ -4,7 +4,9 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"time"
 
@@ -24,7 +26,8 @@ type Status struct {
 	Locks                 []probes.LockView `json:"locks"`
 	Filesystems           []FSView          `json:"filesystems"` // one per queue worked here
 	Members               []Member          `json:"members"`
-	Problems              []string          `json:"problems"` // unowned or unhealthy slices, failed scans: non-empty makes `status` exit 3
+	WorkerPools           []PoolView        `json:"worker_pools"` // one per queue with handler.worker worked here
+	Problems              []string          `json:"problems"`     // unowned or unhealthy slices, failed scans: non-empty makes `status` exit 3
 	GeneratedAt           time.Time         `json:"generated_at"`
 }
 
@@ -38,6 +41,19 @@ type FSView struct {
 	LastProbeSeconds float64   `json:"last_probe_seconds"`
 	LastGood         time.Time `json:"last_good,omitzero"`
 	StuckFiles       []string  `json:"stuck_files,omitempty"` // abandoned messages whose operations have not returned
+}
+
+// PoolView is the persistent worker pool (handler.worker) of one queue on this node.
+type PoolView struct {
+	Queue               string    `json:"queue"`
+	Size                int       `json:"size"`     // worker processes it keeps (the queue's concurrency)
+	Live                int       `json:"live"`     // worker processes ready for messages now
+	PIDs                []int     `json:"pids"`     // of the live workers
+	Restarts            int       `json:"restarts"` // workers started again after one ended (crashes and kills)
+	CrashLoop           bool      `json:"crash_loop"`
+	CrashLoopReason     string    `json:"crash_loop_reason,omitempty"`
+	LastProtocolError   string    `json:"last_protocol_error,omitempty"`
+	LastProtocolErrorAt time.Time `json:"last_protocol_error_at,omitzero"`
 }
 
 // SliceView is one slice in the status.
@@ -75,6 +91,19 @@ func (a *Agent) Status() Status {
 			st.Problems = append(st.Problems, fmt.Sprintf("queue %s: filesystem of %s unavailable on this node: %s", fs.Name, fs.Dir, fs.Reason))
 		}
 		st.Filesystems = append(st.Filesystems, v)
+	}
+	st.WorkerPools = []PoolView{}
+	for _, name := range slices.Sorted(maps.Keys(a.pools)) {
+		ps := a.pools[name].Status()
+		v := PoolView{Queue: ps.Queue, Size: ps.Workers, Live: len(ps.Live), PIDs: ps.Live, Restarts: ps.Restarts,
+			CrashLoop: ps.CrashLoop, CrashLoopReason: ps.CrashLoopReason, LastProtocolError: ps.LastProtocolError}
+		if !ps.LastProtocolErrorAt.IsZero() {
+			v.LastProtocolErrorAt = ps.LastProtocolErrorAt.UTC()
+		}
+		if ps.CrashLoop {
+			st.Problems = append(st.Problems, fmt.Sprintf("queue %s: persistent workers in a crash loop: %s", name, ps.CrashLoopReason))
+		}
+		st.WorkerPools = append(st.WorkerPools, v)
 	}
 	ms := a.Members()
 	st.Members = ms.Members

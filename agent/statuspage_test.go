@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/config"
 	"github.com/qslice/qslice/internal/clock"
+	"github.com/qslice/qslice/internal/testenv"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/lockfile"
 	"github.com/qslice/qslice/runner/queue"
@@ -66,6 +69,8 @@ return {
   slices: table("slices"),
   locks: table("locks"),
   members: table("members"),
+  pools: table("pools"),
+  poolTitles: Array.from(document.querySelectorAll("#pools tbody tr"), tr => tr.title),
 };`
 
 type pageCell struct {
@@ -99,9 +104,11 @@ type pageState struct {
 		Title string `json:"title"`
 		Color string `json:"color"`
 	} `json:"grid"`
-	Slices  pageTable `json:"slices"`
-	Locks   pageTable `json:"locks"`
-	Members pageTable `json:"members"`
+	Slices     pageTable `json:"slices"`
+	Locks      pageTable `json:"locks"`
+	Members    pageTable `json:"members"`
+	Pools      pageTable `json:"pools"`
+	PoolTitles []string  `json:"poolTitles"`
 }
 
 // readyOnPage returns the ready column of the slice table by slice index, or an explanation of
@@ -366,6 +373,10 @@ func TestStatusPageInHeadlessChromium(t *testing.T) {
 	}
 	checkLock(heldPath, "held", "ok", false)
 	checkLock(stalePath, "EXPIRED", "bad", true)
+	// No handler.worker queue here: the worker pools table says so.
+	if len(ps.Pools.Rows) != 1 || len(ps.Pools.Rows[0]) != 1 || !strings.Contains(ps.Pools.Rows[0][0].Text, "no persistent workers") {
+		t.Errorf("worker pools table %+v, want the one row saying there are none", ps.Pools.Rows)
+	}
 	sess.screenshot(t, shots, "statuspage.png")
 
 	// The page refreshes by itself: mark the window (a reload would clear the mark), enqueue more,
@@ -382,6 +393,152 @@ func TestStatusPageInHeadlessChromium(t *testing.T) {
 		t.Errorf("ready total %d, want %d", total(wantReady2), total(wantReady)+9)
 	}
 	sess.screenshot(t, shots, "statuspage-refreshed.png")
+	sess.checkConsole(t)
+}
+
+// TestStatusPageShowsWorkerPools: a node with two queues of persistent workers (handler.worker),
+// one working (a no-op Python worker, 2 processes) and one whose worker prints to stdout instead of
+// answering the hello (a crash loop with a protocol error). /api/status and the page, in a real
+// Chromium, show per queue the pool size, the live workers and their pids, the restarts (a
+// working worker killed by the test is restarted and counted), the crash-loop state with its
+// reason, and the last protocol error with its time; the crash loop is a listed problem.
+func TestStatusPageShowsWorkerPools(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the browser test of the status page")
+	}
+	chromium, err1 := exec.LookPath("chromium")
+	chromedriver, err2 := exec.LookPath("chromedriver")
+	if err1 != nil || err2 != nil {
+		t.Skipf("chromium or chromedriver not installed (Debian packages chromium and chromium-driver, listed in .ci/apt-packages.txt): skipping the status page browser test (%v; %v)", err1, err2)
+	}
+	py := testenv.RequirePython(t, "json", "python3")
+	lib, err := filepath.Abs("../sdk/python/qslice_worker.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	text := fmt.Sprintf(`node: pools-node
+listen: 127.0.0.1:0
+probes: {interval: 200ms, budget: 150ms}
+queues:
+  - name: good
+    dir: q/good
+    slices: 2
+    concurrency: 2
+    poll_interval: 20ms
+    shutdown_grace: 1s
+    handler: {worker: [%q, %q]}
+  - name: broken
+    dir: q/broken
+    slices: 2
+    concurrency: 1
+    poll_interval: 20ms
+    shutdown_grace: 1s
+    handler: {worker: [%q, "-c", "print('not a frame', flush=True); import time; time.sleep(60)"]}
+`, py, lib, py)
+	cfg, err := config.Parse(filepath.Join(dir, "qslice.yaml"), []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Control.Socket = testenv.SocketPath(t, "qslice.sock")
+	a := startAgent(t, cfg, Options{Version: "test"})
+	base := "http://" + a.Addr()
+
+	pools := func() map[string]PoolView {
+		var st Status
+		getJSON(t, base+"/api/status", &st)
+		out := map[string]PoolView{}
+		for _, p := range st.WorkerPools {
+			out[p.Queue] = p
+		}
+		return out
+	}
+	var got map[string]PoolView
+	poll(t, "/api/status: good has 2 live workers, broken is in a crash loop", apiTimeout+30*time.Second, func() bool {
+		got = pools()
+		g, b := got["good"], got["broken"]
+		return g.Live == 2 && len(g.PIDs) == 2 && b.CrashLoop
+	})
+	// Kill one working worker: it is restarted (a crash, not a loop) and counted.
+	killed := got["good"].PIDs[0]
+	if err := syscall.Kill(killed, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "/api/status: good restarted the killed worker", apiTimeout, func() bool {
+		got = pools()
+		g := got["good"]
+		return g.Live == 2 && g.Restarts == 1 && !slices.Contains(g.PIDs, killed)
+	})
+	g, b := got["good"], got["broken"]
+	if g.Size != 2 || g.CrashLoop || g.CrashLoopReason != "" || g.LastProtocolError != "" || !g.LastProtocolErrorAt.IsZero() {
+		t.Errorf("pool good: %+v, want size 2, no crash loop, no protocol error", g)
+	}
+	if b.Size != 1 || b.Live != 0 || len(b.PIDs) != 0 || b.Restarts < 2 || !strings.Contains(b.CrashLoopReason, "crashes in a row") {
+		t.Errorf("pool broken: %+v, want size 1, none live, 2+ restarts, the crash loop's reason", b)
+	}
+	if !strings.Contains(b.LastProtocolError, `"not a frame`) || time.Since(b.LastProtocolErrorAt) > time.Minute {
+		t.Errorf("pool broken: last protocol error %q at %v, want the worker's output named, just now", b.LastProtocolError, b.LastProtocolErrorAt)
+	}
+
+	profile, shots := t.TempDir(), t.TempDir()
+	wd := startChromeDriver(t, chromedriver)
+	sess := wd.newSession(t, chromium, profile)
+	defer func() {
+		if t.Failed() {
+			sess.screenshot(t, shots, "statuspage-pools-failed.png")
+		}
+	}()
+	if err := sess.wd.do("POST", "/session/"+sess.id+"/url", map[string]string{"url": base + "/"}, nil, navigateTimeout); err != nil {
+		t.Fatal(err)
+	}
+	var ps pageState
+	deadline := time.Now().Add(pageTimeout)
+	for {
+		ps = pageState{}
+		sess.call(t, "POST", "/execute/sync", map[string]any{"script": pageStateJS, "args": []any{}}, &ps)
+		if len(ps.Pools.Rows) == 2 && len(ps.Pools.Rows[0]) == len(ps.Pools.Headers) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for the page's worker pools table: %+v", pageTimeout, ps.Pools)
+		}
+		time.Sleep(pollEvery)
+	}
+	row := func(i int) func(string) pageCell {
+		return func(col string) pageCell { return ps.Pools.cell(ps.Pools.Rows[i], col) }
+	}
+	br, gr := row(0), row(1) // sorted by queue: broken, good
+	if br("queue").Text != "broken" || gr("queue").Text != "good" {
+		t.Fatalf("pool rows %q, %q; want broken, good", br("queue").Text, gr("queue").Text)
+	}
+	if gr("workers").Text != "2 / 2" || gr("workers").Cls != "ok" || gr("restarts").Text != "1" ||
+		gr("crash loop").Text != "no" || gr("crash loop").Cls != "ok" || gr("last protocol error").Text != "none" {
+		t.Errorf("good row: workers %q (%s), restarts %q, crash loop %q (%s), last protocol error %q; want 2 / 2 (ok), 1, no (ok), none",
+			gr("workers").Text, gr("workers").Cls, gr("restarts").Text, gr("crash loop").Text, gr("crash loop").Cls, gr("last protocol error").Text)
+	}
+	if want := fmt.Sprint(g.PIDs[0]) + " " + fmt.Sprint(g.PIDs[1]); gr("pids").Text != want {
+		t.Errorf("good row: pids %q, the API says %q", gr("pids").Text, want)
+	}
+	if br("workers").Text != "0 / 1" || br("workers").Cls != "bad" || br("crash loop").Text != "CRASH LOOP" || br("crash loop").Cls != "bad" ||
+		br("pids").Text != "" || !strings.Contains(br("last protocol error").Text, `"not a frame`) || br("last protocol error").Cls != "warn" {
+		t.Errorf("broken row: workers %q (%s), crash loop %q (%s), pids %q, last protocol error %q (%s)",
+			br("workers").Text, br("workers").Cls, br("crash loop").Text, br("crash loop").Cls, br("pids").Text,
+			br("last protocol error").Text, br("last protocol error").Cls)
+	}
+	if n, err := strconv.Atoi(br("restarts").Text); err != nil || n < 2 {
+		t.Errorf("broken row: restarts %q, want 2 or more", br("restarts").Text)
+	}
+	if len(ps.PoolTitles) != 2 || !strings.Contains(ps.PoolTitles[0], "crashes in a row") || ps.PoolTitles[1] != "" {
+		t.Errorf("row titles %q: want the crash loop's reason on broken's only", ps.PoolTitles)
+	}
+	found := false
+	for _, p := range ps.Problems {
+		found = found || strings.Contains(p, "queue broken: persistent workers in a crash loop")
+	}
+	if !found {
+		t.Errorf("problems %q: want broken's crash loop listed", ps.Problems)
+	}
+	sess.screenshot(t, shots, "statuspage-pools.png")
 	sess.checkConsole(t)
 }
 

@@ -41,7 +41,8 @@
 //   - End to end (TestEndToEndAlertsFire), a real Prometheus scraping a real agent, with the
 //     rules' for: durations cut to 1s, fires the stale-lock (an expired flufl.lock lock),
 //     stalled-slice and old-backlog (a supervised queue whose workers never take a message)
-//     and crash-loop (a supervised worker that exits at once) alerts, and none of the
+//     and crash-loop (a supervised worker that exits at once; persistent workers that print
+//     instead of answering the hello) alerts, and none of the
 //     ownership, node, drain, scan and Consul alerts.
 //
 // Tests that need promtool, prometheus (Debian package prometheus) or a python3 with flufl.lock

@@ -57,6 +57,12 @@ queues:
     supervise:
       command: ["sh", "-c", "echo cannot start >&2; exit 3"]
       grace: 1s
+  - name: wcrash
+    dir: queue/wcrash
+    slices: 1
+    concurrency: 1
+    handler:
+      worker: ["sh", "-c", "echo not a frame; exec sleep 100"]
 `
 
 // e2eTimeout bounds the whole end-to-end test: the flufl.lock lock needs its lifetime (1s)
@@ -228,7 +234,7 @@ func matches(a promAlert, want map[string]string) bool {
 }
 
 // TestEndToEndAlertsFire runs a real qslice agent with an abandoned flufl.lock lock, a stalled
-// supervised queue and a crash-looping supervised worker, and a real Prometheus with the rules
+// supervised queue, a crash-looping supervised worker and crash-looping persistent workers, and a real Prometheus with the rules
 // (for: cut to 1s) scraping it: the stale-lock, stalled-slice, old-backlog and crash-loop alerts
 // must reach "firing", and the ownership, node, drain and scan alerts must not.
 func TestEndToEndAlertsFire(t *testing.T) {
@@ -256,8 +262,10 @@ func TestEndToEndAlertsFire(t *testing.T) {
 			wantStalled[strconv.Itoa(queue.SliceOf(name.Digest, 2))] = true
 		}
 		// The crash-looping queue is empty: its alert comes from the worker, not the backlog.
-		if err := os.MkdirAll(filepath.Join(dir, "queue", "crash"), 0o755); err != nil {
-			t.Fatal(err)
+		for _, q := range []string{"crash", "wcrash"} {
+			if err := os.MkdirAll(filepath.Join(dir, "queue", q), 0o755); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 	// A Mailman-style lock abandoned by its (exited) holder, with a 1s lifetime.
@@ -272,6 +280,8 @@ func TestEndToEndAlertsFire(t *testing.T) {
 		{"alertname": "QsliceSliceBacklogOld", "queue": "stuck", "severity": "critical"},
 		// Joined with qslice_node_info: the node's name and cluster (the defaults) are labels.
 		{"alertname": "QsliceWorkerCrashLooping", "queue": "crash", "slice": "0", "node": "e2e", "cluster": "default", "severity": "warning"},
+		// Persistent workers that print instead of answering the hello: a crash loop in under a second.
+		{"alertname": "QsliceWorkerPoolCrashLooping", "queue": "wcrash", "node": "e2e", "cluster": "default", "severity": "warning"},
 	}
 	for slice := range wantStalled {
 		want = append(want, map[string]string{"alertname": "QsliceSliceStalled", "queue": "stuck", "slice": slice})

@@ -19,7 +19,8 @@ import (
 	"github.com/qslice/qslice/runner/queue"
 )
 
-// metricsTestConfig: one queue worked by qslice's runner (with a lock directory) and fast probes.
+// metricsTestConfig: one queue worked by qslice's runner (with a lock directory), one by
+// persistent workers, and fast probes.
 const metricsTestConfig = `
 node: metrics-test
 listen: 127.0.0.1:0
@@ -37,6 +38,12 @@ queues:
     handler:
       exec: ["sh", "-c", "cat > /dev/null"]
       timeout: 10s
+  - name: work  # persistent workers: the worker pool metrics (this one never answers the hello)
+    dir: queue/work
+    slices: 1
+    concurrency: 1
+    handler:
+      worker: ["sh", "-c", "echo not a frame; exec sleep 100"]
 `
 
 // prepareMetricsTest puts work in the queue so that every runner event happens once: a message

@@ -19,7 +19,7 @@ func thresholdsLine() *common.GraphThresholdsStyleConfigBuilder {
 // node: everything about one agent.
 func node() *dashboard.DashboardBuilder {
 	return newDashboard("qslice-node", "qslice / Node",
-		"One qslice agent: identity, drain, liveness, lease, owned slices and their health, supervised workers, its runners' work, its Consul calls, its probes and its process.",
+		"One qslice agent: identity, drain, liveness, lease, owned slices and their health, supervised and persistent workers, its runners' work, its Consul calls, its probes and its process.",
 		jobVar(), instanceVar(false), queueVar()).
 		WithRow(row("Node")).
 		WithPanel(single("Scrape", "Whether Prometheus scraped this agent at its last attempt.",
@@ -88,6 +88,20 @@ func node() *dashboard.DashboardBuilder {
 		WithPanel(bars("Worker restarts", "Restarts of supervised workers after an unexpected exit, per interval and slice. A steady stream is a crash loop: the worker's output is in qslice's log (fields queue, slice, pid, stream).",
 			unitCount, half,
 			q(`sum by (queue, slice) (increase(qslice_worker_restarts_total{`+selOneQueue+`}[$__rate_interval]))`, "{{queue}}/{{slice}}"))).
+		WithRow(row("Persistent workers")).
+		WithPanel(single("Worker pools in a crash loop", "Queues with persistent workers (handler.worker) whose workers on this node ended 3 times in a row without answering a message: their slices report critical until a worker answers or runs 30s. For 2 minutes it raises QsliceWorkerPoolCrashLooping.",
+			unitCount, small, thresholds(1, "red"),
+			q(`sum(qslice_worker_pool_crash_loop{`+selOneQueue+`}) or vector(0)`, "crash loop"))).
+		WithPanel(graph("Worker processes ready", "Persistent worker processes ready for messages (handshake done, not ended), by queue. A queue keeps concurrency of them; fewer means workers are restarting.",
+			unitCount, size{6, 8},
+			q(`qslice_worker_pool_ready{`+selOneQueue+`}`, "{{queue}}"))).
+		WithPanel(bars("Worker starts and exits", "Persistent worker processes started (restarts included) and ended per interval, by queue and reason: stopped, timeout, lease_lapsed, cancelled (qslice killed or stopped it); died, protocol_error, handshake_failed (crashes). The log line of each end names why.",
+			unitCount, third,
+			q(`sum by (queue) (increase(qslice_worker_pool_starts_total{`+selOneQueue+`}[$__rate_interval]))`, "{{queue}} started"),
+			q(`sum by (queue, reason) (increase(qslice_worker_pool_exits_total{`+selOneQueue+`}[$__rate_interval])) > 0`, "{{queue}} {{reason}}"))).
+		WithPanel(bars("Worker protocol errors", "Breaches of the worker protocol (docs/worker-protocol.md) per interval, by queue and kind: bad_frame (often a print to stdout), bad_json, unknown_type, unknown_id, closed_stdout, handshake. Each ends the worker; its messages are retried.",
+			unitCount, size{6, 8},
+			q(`sum by (queue, error) (increase(qslice_worker_pool_protocol_errors_total{`+selOneQueue+`}[$__rate_interval]))`, "{{queue}} {{error}}"))).
 		WithRow(row("Work")).
 		WithPanel(graph("Owned slices by queue", "Slices of each queue this node owns.",
 			unitCount, half,

@@ -49,7 +49,7 @@ func overview() *dashboard.DashboardBuilder {
 		WithPanel(single("Unhealthy slices", "Slices whose owner reports them warning (backlog older than health.max_age, or no progress for health.stall_after) or critical (supervised worker in a crash loop), in the selected queues.",
 			unitCount, quart, thresholds(1, "orange"),
 			q(`count(max by (job, queue, slice) (qslice_slice_health{job=~"$job", queue=~"$queue", state!="passing"}) == 1) or vector(0)`, "unhealthy"))).
-		WithPanel(single("Critical slices", "Slices whose owner reports them critical: their supervised worker is in a crash loop (crash_loop_threshold exits within crash_loop_window). With stuck_handoff they move to another node.",
+		WithPanel(single("Critical slices", "Slices whose owner reports them critical: their supervised worker is in a crash loop (crash_loop_threshold exits within crash_loop_window), or the queue's persistent workers (handler.worker) on that node are. With stuck_handoff they move to another node.",
 			unitCount, quart, thresholds(1, "red"),
 			q(`count(max by (job, queue, slice) (qslice_slice_health{job=~"$job", queue=~"$queue", state="critical"}) == 1) or vector(0)`, "critical"))).
 		WithPanel(single("Worker restarts (1h)", "Restarts of supervised workers (Mailman's runners) after an unexpected exit, all nodes, over the last hour.",

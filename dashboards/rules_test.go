@@ -98,7 +98,7 @@ var requiredAlerts = []string{
 	"QsliceSliceUnowned", "QsliceSliceOwnedTwice", "QsliceNodeDown", "QsliceAgentAbsent",
 	"QsliceQueueScanFailing", "QsliceConsulUnreachable", "QsliceLeaseInvalid",
 	"QsliceWorkerCrashLooping", "QsliceSliceUnhealthy", "QsliceNodeDrainedTooLong",
-	"QsliceRunnerDiskFault",
+	"QsliceRunnerDiskFault", "QsliceWorkerPoolCrashLooping",
 }
 
 func TestRulesWellFormed(t *testing.T) {

@@ -76,6 +76,10 @@ func writeStatusTable(w io.Writer, st agent.Status) {
 			time.Duration(s.OldestAgeSeconds*float64(time.Second)).Round(time.Second), s.Health, leaseLeft)
 	}
 	tw.Flush()
+	if len(st.WorkerPools) > 0 {
+		fmt.Fprintln(w)
+		writePoolsTable(w, st.WorkerPools)
+	}
 	if len(st.Members) > 0 {
 		fmt.Fprintln(w)
 		writeMembersTable(w, st.Members)
@@ -83,6 +87,23 @@ func writeStatusTable(w io.Writer, st agent.Status) {
 	for _, p := range st.Problems {
 		fmt.Fprintln(w, "problem:", p)
 	}
+}
+
+// writePoolsTable prints the persistent worker pools (handler.worker) of the node.
+func writePoolsTable(w io.Writer, pools []agent.PoolView) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER POOL\tLIVE\tRESTARTS\tCRASH LOOP\tLAST PROTOCOL ERROR")
+	for _, p := range pools {
+		loop, perr := "no", "none"
+		if p.CrashLoop {
+			loop = "YES: " + p.CrashLoopReason
+		}
+		if p.LastProtocolError != "" {
+			perr = p.LastProtocolErrorAt.Local().Format(time.TimeOnly) + " " + p.LastProtocolError
+		}
+		fmt.Fprintf(tw, "%s\t%d / %d\t%d\t%s\t%s\n", p.Queue, p.Live, p.Size, p.Restarts, loop, perr)
+	}
+	tw.Flush()
 }
 
 func newDrainCmd(g *globals) *cobra.Command {

@@ -13,5 +13,6 @@
 //     counts for every message in flight; MaxKills of them shunt the message.
 //   - While the lease is not valid no worker process runs.
 //   - Crashes (exits nobody asked for, protocol errors, failed handshakes) restart the worker
-//     with backoff; CrashLoop of them in a row make Health critical.
+//     with backoff; CrashLoop of them in a row make Health critical, until a worker answers or
+//     runs StableAfter without ending.
 package worker

@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer, queues []string) (*Metrics, error) {
 		}, []string{"queue"}),
 		loop: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "qslice_worker_pool_crash_loop",
-			Help: "1 while the queue's persistent workers crash in a row without answering (its slices report critical), else 0.",
+			Help: "1 while the queue's persistent workers crash in a row without answering (its slices report critical) and none has run 30s since, else 0.",
 		}, []string{"queue"}),
 	}
 	for _, c := range []prometheus.Collector{m.starts, m.exits, m.protocol, m.readyProc, m.loop} {

@@ -147,6 +147,22 @@ type Pool struct {
 	streak   int            // consecutive crashes without an answer in between
 	lastWhy  string
 	critical bool
+	started  []bool // by slot: a worker was started there before (the next start is a restart)
+	restarts int
+	protoErr string    // the last protocol error, for the status page
+	protoAt  time.Time // when it happened
+}
+
+// Status is what the status page and /api/status show of a pool.
+type Status struct {
+	Queue               string
+	Workers             int       // the pool's size (the queue's concurrency)
+	Live                []int     // pids of the worker processes ready now, by slot
+	Restarts            int       // worker processes started again after one ended (crashes and kills)
+	CrashLoop           bool      // the queue's slices report critical (see Health)
+	CrashLoopReason     string    // why, while CrashLoop
+	LastProtocolError   string    // the last breach of the protocol by a worker, "" if none
+	LastProtocolErrorAt time.Time // when
 }
 
 var _ runner.Handler = (*Pool)(nil)
@@ -158,7 +174,7 @@ func New(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("queue %q: %w", cfg.Queue, err)
 	}
 	return &Pool{cfg: cfg, log: cfg.Logger.With("queue", cfg.Queue), procs: make([]*proc, cfg.Workers),
-		avail: make(chan struct{}), kills: map[string]int{}}, nil
+		started: make([]bool, cfg.Workers), avail: make(chan struct{}), kills: map[string]int{}}, nil
 }
 
 // Run keeps the workers running until ctx is cancelled, then stops them (stdin closed, StopGrace,
@@ -227,6 +243,12 @@ func (p *Pool) runSlot(ctx context.Context, i int) {
 			return
 		}
 		started := p.cfg.Clock.Now()
+		p.mu.Lock()
+		if p.started[i] {
+			p.restarts++
+		}
+		p.started[i] = true
+		p.mu.Unlock()
 		pr, err := startProc(&p.cfg, i, log)
 		if err == nil {
 			p.cfg.Metrics.started(p.cfg.Queue)
@@ -236,10 +258,7 @@ func (p *Pool) runSlot(ctx context.Context, i int) {
 			}
 		}
 		if err != nil {
-			var pe *ProtocolError
-			if errors.As(err, &pe) {
-				p.cfg.Metrics.protocolError(p.cfg.Queue, pe.Kind)
-			}
+			p.noteProtocolError(err)
 			p.cfg.Metrics.exited(p.cfg.Queue, ExitHandshake)
 			p.crashed(log, fmt.Sprintf("worker did not start: %v", err), false)
 			if !clock.Sleep(ctx, p.cfg.Clock, delay) {
@@ -250,19 +269,27 @@ func (p *Pool) runSlot(ctx context.Context, i int) {
 		}
 		log.Info("worker ready", "pid", pr.pgid, "in_flight", pr.maxInFlight)
 		p.setProc(i, pr)
-		select {
-		case <-pr.done:
-		case <-ctx.Done():
-			pr.stop(p.cfg.StopGrace)
-			<-pr.done
+		// A worker that runs StableAfter without ending works, messages or not: that ends a
+		// crash loop even on a node whose slices moved away because of it.
+		stable := p.cfg.Clock.NewTimer(p.cfg.StableAfter)
+	serve:
+		for {
+			select {
+			case <-pr.done:
+				break serve
+			case <-ctx.Done():
+				pr.stop(p.cfg.StopGrace)
+				<-pr.done
+				break serve
+			case <-stable.C():
+				p.streakOver("a worker has run " + p.cfg.StableAfter.String() + " without ending")
+			}
 		}
+		stable.Stop()
 		p.setProc(i, nil)
 		reason, err, answered := pr.outcome()
 		p.cfg.Metrics.exited(p.cfg.Queue, reason)
-		var pe *ProtocolError
-		if errors.As(err, &pe) {
-			p.cfg.Metrics.protocolError(p.cfg.Queue, pe.Kind)
-		}
+		p.noteProtocolError(err)
 		lived := p.cfg.Clock.Now().Sub(started)
 		switch {
 		case reason == ExitStopped:
@@ -304,8 +331,8 @@ func (p *Pool) crashed(log *slog.Logger, why string, fresh bool) {
 	}
 }
 
-// answered ends a crash streak.
-func (p *Pool) answeredOK() {
+// streakOver ends a crash streak (and a crash loop): a worker answered, or ran StableAfter.
+func (p *Pool) streakOver(why string) {
 	p.mu.Lock()
 	if p.streak == 0 {
 		p.mu.Unlock()
@@ -316,9 +343,38 @@ func (p *Pool) answeredOK() {
 	p.critical = false
 	p.mu.Unlock()
 	if was {
-		p.log.Info("worker crash loop over: a worker answered")
+		p.log.Info("worker crash loop over: " + why)
 		p.cfg.Metrics.crashLoop(p.cfg.Queue, false)
 	}
+}
+
+// noteProtocolError counts err if it is a protocol error, and keeps it for Status.
+func (p *Pool) noteProtocolError(err error) {
+	var pe *ProtocolError
+	if !errors.As(err, &pe) {
+		return
+	}
+	p.cfg.Metrics.protocolError(p.cfg.Queue, pe.Kind)
+	p.mu.Lock()
+	p.protoErr, p.protoAt = err.Error(), p.cfg.Clock.Now()
+	p.mu.Unlock()
+}
+
+// Status returns a snapshot of the pool.
+func (p *Pool) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := Status{Queue: p.cfg.Queue, Workers: p.cfg.Workers, Live: []int{}, Restarts: p.restarts,
+		CrashLoop: p.critical, LastProtocolError: p.protoErr, LastProtocolErrorAt: p.protoAt}
+	for _, pr := range p.procs {
+		if pr != nil {
+			st.Live = append(st.Live, pr.pgid)
+		}
+	}
+	if p.critical {
+		st.CrashLoopReason = fmt.Sprintf("%d crashes in a row without an answer; last: %s", p.streak, p.lastWhy)
+	}
+	return st
 }
 
 // Health reports whether the pool is in a crash loop, and why.
@@ -458,7 +514,7 @@ func (p *Pool) Handle(ctx context.Context, m *runner.Message) error {
 		}
 		return p.ended(m, res.err, ownFault)
 	}
-	p.answeredOK()
+	p.streakOver("a worker answered")
 	p.forget(m)
 	a := res.answer
 	switch a.Type {

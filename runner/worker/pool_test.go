@@ -404,6 +404,43 @@ func TestCrashLoopMakesThePoolCritical(t *testing.T) {
 	}
 }
 
+// TestCrashLoopEndsOnceAWorkerRuns: while a dependency is down the workers write garbage instead of
+// ready: the pool reports a crash loop with the protocol error and counts the restarts; once the
+// dependency is back a worker that runs StableAfter ends the crash loop, with no message needed
+// (a node whose slices moved away because of the loop gets none).
+func TestCrashLoopEndsOnceAWorkerRuns(t *testing.T) {
+	down := filepath.Join(t.TempDir(), "database-down")
+	os.WriteFile(down, nil, 0o644)
+	e := start(t, pythonWorker(t), func(c *Config) {
+		c.Workers = 1
+		c.Env = append(c.Env, "TEST_WORKER_BROKEN_WHILE="+down)
+		c.StableAfter = time.Second
+	}, nil)
+	waitFor(t, "critical", 60*time.Second, func() bool { c, _ := e.pool.Health(); return c })
+	st := e.pool.Status()
+	if !st.CrashLoop || !strings.Contains(st.CrashLoopReason, "crashes in a row") || len(st.Live) != 0 || st.Workers != 1 {
+		t.Errorf("status in the crash loop: %+v", st)
+	}
+	if !strings.Contains(st.LastProtocolError, `"cannot connect to the database`) || st.LastProtocolErrorAt.IsZero() {
+		t.Errorf("last protocol error %q at %v: want the worker's garbage named", st.LastProtocolError, st.LastProtocolErrorAt)
+	}
+	if st.Restarts < 2 {
+		t.Errorf("%d restarts, want at least 2 (3 crashes)", st.Restarts)
+	}
+	os.Remove(down)
+	waitFor(t, "the crash loop over", 60*time.Second, func() bool { c, _ := e.pool.Health(); return !c })
+	st = e.pool.Status()
+	if st.CrashLoop || len(st.Live) != 1 || st.Live[0] <= 0 {
+		t.Errorf("status after the crash loop: %+v", st)
+	}
+	if v := testutil.ToFloat64(e.metrics.loop.WithLabelValues("in")); v != 0 {
+		t.Errorf("crash loop gauge = %v after the loop ended", v)
+	}
+	if n := len(e.records()); n != 0 {
+		t.Errorf("%d messages handled: the loop must end without any", n)
+	}
+}
+
 // TestHandshakeRejectsAWrongVersion: the version mismatch is named.
 func TestHandshakeRejectsAWrongVersion(t *testing.T) {
 	e := start(t, pythonWorker(t), func(c *Config) { c.Env = append(c.Env, "TEST_WORKER_MODE=badversion") }, nil)

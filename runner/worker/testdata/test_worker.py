@@ -2,6 +2,7 @@
 #   ok | fail:<reason> | exception:<text> | retry:<delay> | die | garbage | sleep:<seconds> | print
 # and "once:<command>" does the command the first time it sees the message id, then "ok".
 # TEST_WORKER_MODE=exit|badversion|silent breaks the worker before it serves anything;
+# TEST_WORKER_BROKEN_WHILE=<file>: while the file exists the worker writes garbage instead of ready;
 # TEST_WORKER_MODE=pairs speaks the protocol itself and answers messages only two at a time (it
 # waits for a second message before it answers the first: a worker qslice must not starve).
 # TEST_WORKER_RECORD=<file>: one JSON line per message (its header fields, pid, lock present).
@@ -17,6 +18,10 @@ import qslice_worker as qw  # noqa: E402
 mode = os.environ.get("TEST_WORKER_MODE", "")
 if mode == "exit":
     sys.exit(3)
+broken = os.environ.get("TEST_WORKER_BROKEN_WHILE", "")
+if broken and os.path.exists(broken):  # a dependency that is down: fail the handshake
+    os.write(1, b"cannot connect to the database\n")
+    time.sleep(60)
 out = os.dup(1)
 os.dup2(2, 1)
 if mode == "silent":
