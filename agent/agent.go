@@ -241,7 +241,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		specs = append(specs, failover.QueueSpec{Name: q.Name, Slices: q.Slices, Home: q.Home})
 	}
 	if cfg.Standalone() {
-		a.coord = failover.NewStandalone(specs, assignee{a})
+		a.coord = failover.NewStandalone(specs, assignee{a}, opts.Clock)
 	} else {
 		fc, err := cfg.FailoverConfig()
 		if err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/qslice/qslice/internal/clock"
 )
 
 // StandaloneNode is the node name a Standalone coordinator reports.
@@ -17,6 +19,7 @@ type Standalone struct {
 	a          Assignee
 	validUntil time.Time
 
+	clk      clock.Clock
 	mu       sync.Mutex // serialises SetSlices calls with the state below
 	running  bool
 	stopped  bool
@@ -28,12 +31,17 @@ type Standalone struct {
 
 var _ Coordinator = (*Standalone)(nil)
 
-// NewStandalone returns a coordinator that gives a every slice of queues while Run runs.
-func NewStandalone(queues []QueueSpec, a Assignee) *Standalone {
+// NewStandalone returns a coordinator that gives a every slice of queues while Run runs. clk
+// nil is the system clock.
+func NewStandalone(queues []QueueSpec, a Assignee, clk clock.Clock) *Standalone {
+	if clk == nil {
+		clk = clock.System{}
+	}
 	return &Standalone{
 		queues:     queues,
 		a:          a,
-		validUntil: time.Now().Add(100 * 365 * 24 * time.Hour), // carries a monotonic reading
+		clk:        clk,
+		validUntil: clk.Now().Add(100 * 365 * 24 * time.Hour), // from System: carries a monotonic reading
 		changes:    map[string]uint64{},
 	}
 }
@@ -78,7 +86,7 @@ func (s *Standalone) assignAllLocked(reason string) {
 		s.a.SetSlices(q.Name, all)
 		s.changes[reason] += uint64(q.Slices)
 	}
-	s.assigned, s.since = true, time.Now()
+	s.assigned, s.since = true, s.clk.Now()
 }
 
 func (s *Standalone) releaseAllLocked(reason string) []<-chan struct{} {

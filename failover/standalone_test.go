@@ -20,7 +20,7 @@ func TestStandalone(t *testing.T) {
 	l := failovertest.NewLedger()
 	a := failovertest.NewAssignee("standalone", l)
 	defer a.Close()
-	s := failover.NewStandalone(standaloneQueues, a)
+	s := failover.NewStandalone(standaloneQueues, a, nil)
 	var _ failover.Coordinator = s
 	if d := time.Until(s.ValidUntil()); d < 50*365*24*time.Hour {
 		t.Fatalf("standalone lease ends in %s", d)
@@ -73,7 +73,7 @@ func TestStandalone(t *testing.T) {
 }
 
 func TestStandaloneRejectsBadQueues(t *testing.T) {
-	s := failover.NewStandalone([]failover.QueueSpec{{Name: "out", Slices: 0}}, failovertest.NewAssignee("x", failovertest.NewLedger()))
+	s := failover.NewStandalone([]failover.QueueSpec{{Name: "out", Slices: 0}}, failovertest.NewAssignee("x", failovertest.NewLedger()), nil)
 	if err := s.Run(context.Background()); err == nil {
 		t.Fatal("Run accepted a queue with 0 slices")
 	}
