@@ -47,3 +47,28 @@ func TestStatusTableShowsWorkerPools(t *testing.T) {
 		t.Errorf("a pool table without pools:\n%s", b.String())
 	}
 }
+
+// TestConfigCheckExplainsHandlerKinds: `config check --help` explains the three handler kinds,
+// and the shipped worker example passes `config check`, which says how each queue is worked.
+func TestConfigCheckExplainsHandlerKinds(t *testing.T) {
+	code, out, stderr := runCLI(t, "", "config", "check", "--help")
+	if code != 0 {
+		t.Fatalf("config check --help: exit %d\n%s", code, stderr)
+	}
+	for _, want := range []string{"exec runs one process per message", "worker keeps concurrency long-lived processes",
+		"docs/worker-protocol.md", "a Go handler runs in process"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config check --help lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, stderr = runCLI(t, "", "config", "check", "../../examples/qslice-worker.yaml")
+	if code != 0 {
+		t.Fatalf("config check examples/qslice-worker.yaml: exit %d\n%s", code, stderr)
+	}
+	for _, want := range []string{"valid", "queue in: handler.worker: 2 long-lived /usr/bin/python3 processes per node",
+		"queue archive: handler.worker: 1 long-lived", "worker protocol v1"} {
+		if !strings.Contains(out+stderr, want) {
+			t.Errorf("config check examples/qslice-worker.yaml lacks %q:\n%s%s", want, out, stderr)
+		}
+	}
+}
