@@ -38,6 +38,7 @@ var crossScenarios = []struct {
 	{"indexes", scenarioIndexes},
 	{"session-destroy", scenarioSessionDestroy},
 	{"blocking-query", scenarioBlockingQuery},
+	{"restart", scenarioRestart},
 	{"state-loss", scenarioStateLoss}, // last: it wipes the real Consul
 }
 
@@ -141,6 +142,27 @@ func scenarioBlockingQuery(x *xrun) {
 	x.blockingQuery()
 	x.acquire("sb", 0, checkLastRead)
 	x.blockingQuery()
+}
+
+// scenarioRestart: a Consul that restarts with its state keeps keys, sessions, locks and
+// indexes; a check passed within its TTL is still passing (the agent restores its status), so
+// the sessions bound to it live on. The model's Consul restart is only a time without answers.
+func scenarioRestart(x *xrun) {
+	x.node("a", longTTL)
+	x.node("b", longTTL)
+	x.session("sa", "a", time.Second)
+	x.session("sb", "b", time.Second)
+	x.acquire("sa", 0, checkNotExists)
+	x.pass("a") // as the keeper does every renew interval: the agent persists the status
+	x.pass("b")
+	x.list()
+	x.restart()
+	x.blockingQuery()
+	x.read(0)
+	x.sessionState("sa")
+	x.acquire("sb", 0, checkLastRead)
+	x.release("sa", 0)
+	x.acquire("sb", 0, checkLastRead)
 }
 
 // scenarioStateLoss: a Consul that restarts without its state (dev mode) has no keys and no
@@ -265,6 +287,7 @@ type backend interface {
 	// it answered before its wait ended (woke).
 	block(index uint64) (newIndex uint64, woke bool, err error)
 	loseState()
+	restart()
 	// now is the backend's time; pause lets time pass (the model advances, Consul is polled).
 	now() time.Time
 	pause(d time.Duration)
@@ -558,6 +581,11 @@ func (x *xrun) blockingQuery() {
 	// The next query starts from this answer, as a watch does.
 }
 
+func (x *xrun) restart() {
+	x.b.restart()
+	x.logf("Consul restarted with its state")
+}
+
 func (x *xrun) loseState() {
 	x.b.loseState()
 	x.logf("Consul restarted without its state")
@@ -620,6 +648,12 @@ func (b *modelBackend) block(index uint64) (uint64, bool, error) {
 }
 
 func (b *modelBackend) loseState() { b.c.loseState() }
+
+// restart is the model's Consul restart: a few seconds without answers, nothing lost.
+func (b *modelBackend) restart() {
+	b.c.downUntil = b.c.now.Add(3 * time.Second)
+	b.pause(3 * time.Second)
+}
 
 func (b *modelBackend) now() time.Time { return b.c.now }
 
@@ -789,6 +823,8 @@ func (b *realBackend) block(index uint64) (uint64, bool, error) {
 }
 
 func (b *realBackend) loseState() { b.srv.RestartLosingState() }
+
+func (b *realBackend) restart() { b.srv.Restart() }
 
 func (b *realBackend) now() time.Time { return time.Now() }
 
