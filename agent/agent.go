@@ -72,8 +72,9 @@ type Agent struct {
 	server *exporters.Server
 	health *healthTracker
 	fs     *fsWatch // filesystem health of the queues worked here
-	// members watches the cluster's service instances in Consul (nil when standalone).
-	members *memberWatch
+	// members has the cluster's service instances from Consul (nil when standalone): the Consul
+	// coordinator's membership watch.
+	members memberSource
 
 	workers     map[string]worker // by queue, only the coordinated queues
 	runners     map[string]*runner.Runner
@@ -258,7 +259,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		}
 		c.SetTracer(opts.Tracer)
 		a.coord = c
-		a.members = newMemberWatch(c.APIClient(), cfg.Cluster, a.log.With("component", "members"))
+		a.members = c
 	}
 
 	slicesByQueue := map[string]int{}
@@ -327,9 +328,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.fs.Run(gctx) })
 	g.Go(func() error { return a.server.Run(gctx) })
 	g.Go(func() error { return a.coord.Run(gctx) })
-	if a.members != nil {
-		g.Go(func() error { return a.members.Run(gctx) })
-	}
 	g.Go(func() error {
 		// A failed worker stops the whole node (its slices must move to a healthy one).
 		t := time.NewTicker(200 * time.Millisecond)

@@ -1,15 +1,12 @@
 package agent
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -63,68 +60,13 @@ type Members struct {
 	GeneratedAt time.Time `json:"generated_at"`
 }
 
-// memberWatchWait is the blocking query's wait: an idle cluster costs one request per wait.
-const memberWatchWait = 30 * time.Second
-
-// memberWatch keeps the latest list of the cluster's qslice service instances, with a blocking
-// query on Consul's health endpoint.
-type memberWatch struct {
-	client  *api.Client
-	cluster string
-	log     *slog.Logger
-
-	mu      sync.Mutex
-	entries []*api.ServiceEntry
-	read    bool
-	err     error
+// memberSource gives the cluster's service instances: the Consul coordinator's membership watch
+// (consul.Coordinator.MemberEntries), read rather than watched a second time.
+type memberSource interface {
+	MemberEntries() (entries []*api.ServiceEntry, read bool, err error)
 }
 
-func newMemberWatch(c *api.Client, cluster string, log *slog.Logger) *memberWatch {
-	return &memberWatch{client: c, cluster: cluster, log: log}
-}
-
-// Run watches until ctx ends; errors are kept for the status and retried after a pause.
-func (m *memberWatch) Run(ctx context.Context) error {
-	var index uint64
-	pause := 500 * time.Millisecond
-	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: memberWatchWait, AllowStale: true}).WithContext(ctx)
-		entries, meta, err := m.client.Health().Service(consul.ServiceName, "", false, q)
-		if ctx.Err() != nil {
-			return nil
-		}
-		m.mu.Lock()
-		if err != nil {
-			m.err = err
-		} else {
-			m.entries, m.read, m.err = entries, true, nil
-		}
-		m.mu.Unlock()
-		if err != nil {
-			index = 0
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(pause):
-			}
-			pause = min(2*pause, 10*time.Second)
-			continue
-		}
-		pause = 500 * time.Millisecond
-		if meta.LastIndex < index { // the index went backwards (a Consul restore): start over
-			index = 0
-		} else {
-			index = meta.LastIndex
-		}
-	}
-	return nil
-}
-
-func (m *memberWatch) snapshot() ([]*api.ServiceEntry, bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.entries, m.read, m.err
-}
+var _ memberSource = (*consul.Coordinator)(nil)
 
 // memberFromEntry reads one service instance.
 func memberFromEntry(e *api.ServiceEntry) Member {
@@ -210,7 +152,7 @@ func (a *Agent) Members() Members {
 		}
 		byNode[m.Node] = &m
 	} else {
-		entries, read, err := a.members.snapshot()
+		entries, read, err := a.members.MemberEntries()
 		known = read
 		if err != nil {
 			out.Error = "consul: " + err.Error()

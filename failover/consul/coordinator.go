@@ -63,6 +63,8 @@ type Coordinator struct {
 	inbox inbox                      // the watches' latest answers, for the loop
 	lease atomic.Pointer[leaseState] // published by the keeper
 	pub   atomic.Pointer[published]  // published by the loop
+	// members is the membership watch's last answer, for MemberEntries (the status page).
+	members atomic.Pointer[memberAnswer]
 
 	mu       sync.Mutex // guards the fields below (Consul request bookkeeping) and watchGen
 	errCount map[string]uint64
@@ -162,6 +164,7 @@ func New(cfg failover.ConsulConfig, a failover.Assignee, health failover.HealthS
 		c.queueCheckID[q.Name] = c.serviceID + ":queue:" + q.Name
 	}
 	c.lease.Store(&leaseState{})
+	c.members.Store(&memberAnswer{})
 	rd := failover.NewMachine(cfg.MachineConfig(), nil, nil).Ready() // the Meta of a node holding nothing
 	c.pub.Store(&published{status: &failover.Status{Mode: "consul", NodeID: cfg.NodeID}, processing: map[string][]int{}, meta: rd.Meta})
 	return c, nil
@@ -270,8 +273,22 @@ func (c *Coordinator) wantMeta() map[string]string { return c.pub.Load().meta }
 
 func (c *Coordinator) processingSlices() map[string][]int { return c.pub.Load().processing }
 
-// APIClient is the Consul client the coordinator uses (the agent reads the members with it).
-func (c *Coordinator) APIClient() *api.Client { return c.client }
+// memberAnswer is what MemberEntries returns: immutable once stored.
+type memberAnswer struct {
+	entries []*api.ServiceEntry
+	read    bool
+	err     error
+}
+
+// MemberEntries returns the last answer of the membership watch (every instance of the qslice
+// service, of every cluster, with its checks), whether one has arrived, and the watch's error
+// while its requests fail (the entries are then the last ones read). The status page reads the
+// members from here instead of watching Consul a second time: each watch answer is the whole
+// service health, and a failover changes it several times.
+func (c *Coordinator) MemberEntries() (entries []*api.ServiceEntry, read bool, err error) {
+	a := c.members.Load()
+	return a.entries, a.read, a.err
+}
 
 func (c *Coordinator) sessionID() string { return c.lease.Load().session }
 

@@ -18,8 +18,13 @@ func (c *Coordinator) watchMembers(ctx context.Context) {
 	c.blockingLoop(ctx, failover.OpMemberWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
 		entries, meta, err := c.client.Health().Service(ServiceName, "", false, q)
 		if err != nil {
+			if ctx.Err() == nil { // not abandoned (resetConnections) nor stopping
+				last := c.members.Load()
+				c.members.Store(&memberAnswer{entries: last.entries, read: last.read, err: err})
+			}
 			return 0, err
 		}
+		c.members.Store(&memberAnswer{entries: entries, read: true})
 		ms = ms[:0:0]
 		for _, e := range entries {
 			if e.Service == nil || e.Service.Meta["cluster"] != c.cfg.Cluster || e.Service.Meta["node"] == "" {

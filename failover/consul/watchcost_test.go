@@ -143,6 +143,21 @@ func TestWatchLoadPerFailoverMatchesModel(t *testing.T) {
 		return nil
 	})
 
+	// The status page reads the members from the same watch (MemberEntries), not from a second
+	// one: a survivor's entries show the dead node's alive check critical.
+	entries, read, err := survivors[0].c.MemberEntries()
+	deadAlive := ""
+	for _, e := range entries {
+		for _, ch := range e.Checks {
+			if ch.CheckID == "qslice-test-"+dead.id+":alive" {
+				deadAlive = ch.Status
+			}
+		}
+	}
+	if !read || err != nil || deadAlive != "critical" {
+		t.Errorf("MemberEntries of %s: read %v, err %v, %s's alive check %q: want the watch's answer with it critical", survivors[0].id, read, err, dead.id, deadAlive)
+	}
+
 	model := sim.FailoverWatchCost(sim.LayoutPrefix, testQueues, ids, dead.id)
 	var answers int
 	var bytes int64
