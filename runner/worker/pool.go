@@ -577,8 +577,27 @@ func header(ctx context.Context, m *runner.Message) *Header {
 	if !m.LeaseDeadline.IsZero() {
 		h.LeaseDeadline = m.LeaseDeadline.UTC().Format(time.RFC3339Nano)
 	}
-	carrier := propagation.MapCarrier{}
-	propagation.TraceContext{}.Inject(ctx, carrier)
-	h.Traceparent = carrier.Get("traceparent")
+	var c traceCarrier
+	propagation.TraceContext{}.Inject(ctx, &c)
+	h.Traceparent = c.traceparent
 	return h
 }
+
+// traceCarrier keeps the traceparent the propagator injects (a message header has no
+// tracestate), without the map of a propagation.MapCarrier.
+type traceCarrier struct{ traceparent string }
+
+func (c *traceCarrier) Get(key string) string {
+	if key == "traceparent" {
+		return c.traceparent
+	}
+	return ""
+}
+
+func (c *traceCarrier) Set(key, value string) {
+	if key == "traceparent" {
+		c.traceparent = value
+	}
+}
+
+func (c *traceCarrier) Keys() []string { return []string{"traceparent"} }

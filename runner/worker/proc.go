@@ -38,6 +38,7 @@ type proc struct {
 	out        []byte        // whole frames not yet written, under wmu
 	nout       int           // frames in out
 	spare      []byte        // the buffer the writer wrote last, for reuse
+	js         []byte        // a message header being encoded, under wmu
 	unanswered int           // frames written whose answers the reader has not taken in yet
 	holding    bool          // the hold timer is armed
 	hold       *time.Timer   // writes held frames after holdMax
@@ -392,14 +393,11 @@ func (p *proc) reserve() (*call, bool) {
 // gets its result from end.
 func (p *proc) send(c *call, hdr *Header, body []byte) {
 	hdr.ID = c.id
-	js, err := json.Marshal(hdr)
-	if err != nil {
-		p.end(ExitDied, fmt.Errorf("encode header: %w", err))
-		return
-	}
 	p.wmu.Lock()
-	p.out = appendFrameHeader(p.out, len(js), len(body))
-	p.out = append(append(p.out, js...), body...)
+	p.js = appendHeader(p.js[:0], hdr)
+	p.out = appendFrameHeader(p.out, len(p.js), len(body))
+	p.out = append(p.out, p.js...)
+	p.out = append(p.out, body...)
 	p.nout++
 	now := p.unanswered == 0
 	if !now && !p.holding {
