@@ -20,6 +20,7 @@ import (
 	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/failover/consul"
 	"github.com/qslice/qslice/internal/clock"
+	"github.com/qslice/qslice/internal/nodestate"
 	"github.com/qslice/qslice/probes"
 	"github.com/qslice/qslice/runner"
 	"github.com/qslice/qslice/runner/supervise"
@@ -81,7 +82,11 @@ type Agent struct {
 	supervisors map[string]*supervise.Supervisor
 	pools       map[string]*workerpool.Pool // queues with handler.worker
 
+	// lock is the node's local lock in state_dir (nil without one), held until Run returns.
+	lock *nodestate.Lock
+
 	mu      sync.Mutex
+	stopRun context.CancelFunc // ends Run (Leave)
 	running bool
 	failed  error // set when a component stopped unexpectedly: the node is unhealthy
 }
@@ -103,7 +108,24 @@ func (l leaseProxy) FencingToken(q string, slice int) uint64 {
 }
 
 // New builds a node from a validated configuration.
+//
+// With a state_dir it first takes the node's local lock: a second process of the same node
+// fails here, before it binds anything. Run releases it when it returns.
 func New(cfg *config.Config, opts Options) (*Agent, error) {
+	lock, err := lockNode(cfg.StateDir, cfg.Node)
+	if err != nil {
+		return nil, err
+	}
+	a, err := newAgent(cfg, opts)
+	if err != nil {
+		lock.Release()
+		return nil, err
+	}
+	a.lock = lock
+	return a, nil
+}
+
+func newAgent(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -298,17 +320,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.New("agent already running")
 	}
 	a.running = true
+	ctx, stop := context.WithCancel(ctx) // Leave ends it too
+	defer stop()
+	a.stopRun = stop
 	a.mu.Unlock()
+	defer a.lock.Release() // the next process of this node may start once this one is done
 
 	mode := "standalone: this node owns every slice"
 	if !a.cfg.Standalone() {
 		mode = "consul: slices are shared with the other nodes of cluster " + a.cfg.Cluster
 	}
 	a.log.Info("qslice starting", "node", a.cfg.Node, "version", a.opts.Version, "mode", mode, "queues", len(a.cfg.Queues), "http", a.Addr())
+	a.prepareRestart(ctx) // before the coordinator starts: what it may adopt
 
 	// Workers and the coordinator stop together: on cancel a runner stops claiming, gives running
 	// handlers shutdown_grace, then releases what is left; the coordinator narrows it to nothing
-	// and waits for exactly that before it lets the slice locks go.
+	// and waits for exactly that before it keeps the slice locks for the next process (a stop
+	// for a restart) or lets them go (Leave, or no state_dir).
 	workCtx, stopWork := context.WithCancel(ctx)
 	defer stopWork()
 	var wg errgroup.Group

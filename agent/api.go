@@ -197,6 +197,13 @@ func (a *Agent) registerAPI() {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "undrained: this node takes slices again"})
 	}))
+	a.server.HandleControl("leave", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := a.Leave(r.Context()); err != nil {
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "left: every slice handed off, session ended, service deregistered; the process exits"})
+	}))
 	a.server.Handle("GET /{$}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Write(statusPage)

@@ -94,7 +94,7 @@ type ClusterConfig struct {
 	ConsulAddr string
 	// Name is the nodes' cluster: name (default "chaos").
 	Name string
-	Log        *slog.Logger // the harness's own log; nil discards
+	Log  *slog.Logger // the harness's own log; nil discards
 }
 
 // FSBed cuts and heals one node's mount of the shared filesystem.
@@ -301,6 +301,9 @@ func (c *Cluster) writeConfig(n *Node) error {
 		"cluster": c.cfg.Name,
 		"listen":  n.Listen,
 		"control": map[string]any{"socket": c.socketPath(n)}, // qslice drain uses it
+		// The node's lock and the session a restart resumes (restart in place), per node: the
+		// harness runs every node on this host.
+		"state_dir": filepath.Join(c.cfg.Dir, "state-"+n.Name),
 		"consul": map[string]any{
 			"address": n.proxy.Addr(), "ttl": c.cfg.TTL.String(), "lock_delay": c.cfg.LockDelay.String(),
 			"hold_down": c.cfg.HoldDown.String(),

@@ -20,8 +20,9 @@ const (
 	KindPause Kind = "pause"
 	// KindConsulRestart: Consul is stopped and started again on the same data (Hold unused).
 	KindConsulRestart Kind = "consul-restart"
-	// KindRestart: SIGTERM (a clean stop: in-flight messages finish, slices are handed off),
-	// then a start after Hold.
+	// KindRestart: SIGTERM (a stop for a restart: in-flight messages finish, the slice locks
+	// stay), then a start after Hold: the new process resumes the slices in place when it comes
+	// within the TTL, else they move after TTL + lock-delay.
 	KindRestart Kind = "restart"
 	// KindDrain: `qslice drain`, then `qslice drain --undo` after Hold.
 	KindDrain Kind = "drain"

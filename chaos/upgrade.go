@@ -36,11 +36,14 @@ type UpgradeReport struct {
 	MaxReady, BaseReady int
 }
 
-// UpgradeStep is one node's restart.
+// UpgradeStep is one node's restart. Stop: from SIGTERM until the new process runs; Resumed:
+// from the new process's start until it processes every slice it held before (polled every
+// 20 ms; zero when it did not within SettleTimeout); Settled: from SIGTERM until every slice is
+// processed by its home node again.
 type UpgradeStep struct {
-	Node          string
-	Owned         int
-	Stop, Settled time.Duration
+	Node                   string
+	Owned                  int
+	Stop, Resumed, Settled time.Duration
 }
 
 // RunRollingUpgrade runs the cluster on a feed, then restarts its nodes one at a time the way
@@ -88,6 +91,7 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 			return nil, err
 		}
 		rec := FaultRecord{Fault: Fault{Seq: i, Kind: KindRestart, Node: n.Index}, NodeName: n.Name, Owned: len(own.Held[n.Name])}
+		held := own.Held[n.Name]
 		rec.At = time.Now()
 		if err := n.Stop(time.Minute); err != nil {
 			problem("stop %s: %v", n.Name, err)
@@ -99,6 +103,11 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 		}
 		rec.End = time.Now()
 		step := UpgradeStep{Node: n.Name, Owned: rec.Owned, Stop: rec.End.Sub(rec.At)}
+		if d, err := waitResumed(ctx, n, held, rec.End, o.SettleTimeout); err != nil {
+			problem("after the restart of %s: %v", n.Name, err)
+		} else {
+			step.Resumed = d
+		}
 		if err := cl.WaitRejoined(ctx, n, rec.Owned > 0, o.SettleTimeout); err != nil {
 			problem("after the restart of %s: %v", n.Name, err)
 		}
@@ -109,7 +118,8 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 		if v, err := n.Version(ctx); err != nil || v != o.Version {
 			problem("%s runs version %q (%v) after its upgrade, want %q", n.Name, v, err, o.Version)
 		}
-		log.Info("node upgraded", "node", n.Name, "owned", step.Owned, "stop", step.Stop.Round(time.Millisecond), "settled", step.Settled.Round(time.Millisecond))
+		log.Info("node upgraded", "node", n.Name, "owned", step.Owned, "stop", step.Stop.Round(time.Millisecond),
+			"resumed", step.Resumed.Round(time.Millisecond), "settled", step.Settled.Round(time.Millisecond))
 		records = append(records, rec)
 		rep.Restarts = append(rep.Restarts, step)
 	}
@@ -131,6 +141,36 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	check.Nodes, check.Duration, check.Problems = len(cl.Nodes), time.Since(began), problems
 	rep.Check = check
 	return rep, nil
+}
+
+// waitResumed polls n's own status until it processes every slice of held again, and returns
+// how long after start that was.
+func waitResumed(ctx context.Context, n *Node, held []int, start time.Time, timeout time.Duration) (time.Duration, error) {
+	err := pollUntil(timeout, func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st, err := n.Status(ctx)
+		if err != nil {
+			return err
+		}
+		processing := map[int]bool{}
+		for _, s := range st.Slices {
+			if s.Owner == n.Name && s.State == "owned" {
+				processing[s.Slice] = true
+			}
+		}
+		for _, s := range held {
+			if !processing[s] {
+				return fmt.Errorf("%s does not process slice %d (it held %v before its restart)", n.Name, s, held)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
 }
 
 // backlogSampler records the largest number of ready messages in a queue directory, sampled

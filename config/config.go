@@ -36,6 +36,11 @@ type Config struct {
 	Queues    []Queue `yaml:"queues"`
 	Health    Health  `yaml:"health"`
 	Control   Control `yaml:"control"` // who may change the node (drain, undrain) and how
+	// StateDir holds the node's local lock (one qslice process per node on a host) and the state
+	// file that lets a restarted process resume its own slices (restart in place). Default: the
+	// first directory of $STATE_DIRECTORY (systemd's StateDirectory=, /var/lib/qslice in the
+	// shipped unit), else none: no lock and no restart in place.
+	StateDir string `yaml:"state_dir"`
 
 	path string // the file it was read from, for error messages
 }
@@ -170,8 +175,15 @@ func Defaults() Config {
 		Probes:  Probes{Interval: 15 * time.Second, Budget: 10 * time.Second, Bytes: true, BytesMaxFiles: 50_000},
 		Health: Health{MaxAge: 15 * time.Minute, StallAfter: 5 * time.Minute, Filesystem: FSHealth{
 			Interval: fshealth.DefaultInterval, Timeout: fshealth.DefaultTimeout, RecoverAfter: fshealth.DefaultRecoverAfter}},
-		Control: Control{Socket: DefaultControlSocket},
+		Control:  Control{Socket: DefaultControlSocket},
+		StateDir: systemdStateDir(),
 	}
+}
+
+// systemdStateDir is the first directory systemd passes in $STATE_DIRECTORY (StateDirectory=).
+func systemdStateDir() string {
+	d, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":")
+	return d
 }
 
 // Load reads a configuration file over the defaults, rejecting unknown keys, and validates it.
@@ -251,6 +263,7 @@ func (c *Config) resolvePaths() {
 		c.WebConfig = abs(c.WebConfig)
 	}
 	c.Control.Socket = abs(c.Control.Socket)
+	c.StateDir = abs(c.StateDir)
 	if c.Consul != nil && c.Consul.TokenFile != "" {
 		c.Consul.TokenFile = abs(c.Consul.TokenFile)
 	}

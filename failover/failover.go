@@ -143,3 +143,38 @@ var (
 	// ErrAlreadyRunning: Run was called twice.
 	ErrAlreadyRunning = errors.New("coordinator already running")
 )
+
+// Restart in place (docs/failover.md): a process that stops for a restart (Run's context ends)
+// keeps its Consul session and slice locks, and the next process of the same node adopts them.
+
+// PreviousRun is what the previous process of this node left for a restart in place.
+type PreviousRun struct {
+	Session   string    // the session it held its locks with
+	LiveSince time.Time // its published live_since: the node's live stretch goes on
+}
+
+// RunStore keeps, for the next process of this node, the session this one holds its locks with
+// (package nodestate writes it to the node's state directory).
+type RunStore interface {
+	SaveRun(PreviousRun) error
+	// ForgetRun: nothing is left to adopt (the process handed everything off, or its session
+	// ended): the next process starts fresh.
+	ForgetRun() error
+}
+
+// Restartable is implemented by coordinators that can stop for a restart and resume after one
+// (the Consul coordinator). Both calls come before Run.
+type Restartable interface {
+	// SetRestart says what to adopt (prev; nil: start fresh) and where to record the session
+	// (store; nil: nowhere, and a stop hands every slice off as without restart in place). The
+	// caller vouches for EvAdopt's conditions: it holds the node's local lock and killed the
+	// previous run's handler process trees.
+	SetRestart(prev *PreviousRun, store RunStore)
+}
+
+// Leaver is implemented by coordinators that tell a stop for a restart (Run's context ends:
+// the session and locks stay) from a hand-off: Leave hands every slice to other nodes, destroys
+// the session, deregisters, makes Run return and returns once it did.
+type Leaver interface {
+	Leave(ctx context.Context) error
+}

@@ -179,6 +179,7 @@ Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 unhealthy (sta
 		newRunCmd(g, true),
 		newStatusCmd(g),
 		newDrainCmd(g),
+		newLeaveCmd(g),
 		newMembersCmd(g),
 		newQueueCmd(g),
 		newLocksCmd(),

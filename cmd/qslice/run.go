@@ -40,9 +40,13 @@ func newRunCmd(g *globals, sidecar bool) *cobra.Command {
 Prometheus metrics and the status page on the listen address, and slice ownership on Consul when
 consul: is configured (without it, this node owns every slice: the standalone mode).
 
-SIGINT or SIGTERM stops it cleanly: no new message is claimed, running handlers get
-shutdown_grace to finish, the rest are released back to their queue, and the node's slices are
-handed back to Consul.`
+SIGINT or SIGTERM stops it for a restart (systemctl stop/restart, an upgrade, a configuration
+change): no new message is claimed, running handlers get shutdown_grace to finish, the rest are
+released back to their queue. With a state_dir the node's Consul session and slice locks stay:
+the next process of this node resumes the same slices without moving them (restart in place);
+if none comes, the other nodes take them after ttl + lock_delay. Without a state_dir the slices
+are handed to the other nodes at once. To take a node out of the cluster (decommission,
+maintenance), run 'qslice leave': it hands every slice off at once and the process exits.`
 	mode := agent.ModeRun
 	if sidecar {
 		use, short, long = "agent", "Run only the sidecar: probes, exporters, Consul ownership and worker supervision",

@@ -152,6 +152,50 @@ logged by the agent with who asked.`,
 	return cmd
 }
 
+func newLeaveCmd(g *globals) *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "leave [--addr ADDR | --config FILE]",
+		Short: "Hand every slice to the other nodes and stop this node (decommission, maintenance)",
+		Long: `Ask the agent on this node to leave the cluster: it hands every slice it owns to the other
+nodes as 'qslice drain' does (in-flight messages finish, then each lock is released so the next
+node takes it at once), ends its Consul session, deregisters its service, forgets its state file
+(the next start begins afresh) and the process exits with status 0 (systemd does not restart it).
+Returns when done.
+
+'qslice leave' is the stop that hands off. SIGTERM (systemctl stop or restart) is the stop for a
+restart: the node keeps its session and slice locks for its next process (restart in place), and
+only if that does not come within ttl do the other nodes take its slices, after ttl + lock_delay.
+A standalone node has nobody to hand to: it just stops.
+
+A state change: accepted on the control socket, or on TCP with control.tcp and web_config
+authentication, like drain.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.newClient()
+			if err != nil {
+				return err
+			}
+			var stopProgress func()
+			if interactive(g.stderr) {
+				stopProgress = showDrainProgress(cmd.Context(), g.stderr, c)
+			}
+			var res struct{ Result string }
+			err = c.post(cmd.Context(), "/api/leave", &res)
+			if stopProgress != nil {
+				stopProgress()
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.Result)
+			return nil
+		},
+	}
+	cf.register(cmd)
+	return cmd
+}
+
 // showDrainProgress prints, on a terminal, how many slices this node still owns while a drain runs.
 // The returned func stops it and ends the line.
 func showDrainProgress(ctx context.Context, w io.Writer, c *apiClient) (stop func()) {

@@ -60,6 +60,13 @@ type Coordinator struct {
 	crashOnCancel bool
 	registered    atomic.Bool // the service was registered at least once
 
+	// Restart in place (restart.go); set before Run.
+	prev  *failover.PreviousRun // the previous process's session to adopt, nil: start fresh
+	store failover.RunStore     // where the session is recorded; nil: a stop hands off
+	leave chan struct{}         // Leave: stop handing everything off, capacity 1
+	// runErr is what Run returned, readable once done is closed.
+	runErr error
+
 	inbox inbox                      // the watches' latest answers, for the loop
 	lease atomic.Pointer[leaseState] // published by the keeper
 	pub   atomic.Pointer[published]  // published by the loop
@@ -152,6 +159,7 @@ func New(cfg failover.ConsulConfig, a failover.Assignee, health failover.HealthS
 		wake:         make(chan struct{}, 1),
 		metaDirty:    make(chan struct{}, 1),
 		ctl:          make(chan ctlReq),
+		leave:        make(chan struct{}, 1),
 		released:     make(chan uint64),
 		done:         make(chan struct{}),
 		errCount:     map[string]uint64{},

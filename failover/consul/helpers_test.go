@@ -108,7 +108,9 @@ func startNode(t *testing.T, srv *consultest.Server, l *failovertest.Ledger, id 
 
 // startNodeAs starts a coordinator with NodeID id whose assignee appears in the ledger as
 // ledgerName (a restarted process of the same node is a different processor).
-func startNodeAs(t *testing.T, srv *consultest.Server, l *failovertest.Ledger, id, ledgerName string, mutate func(*failover.ConsulConfig)) *testNode {
+// startNodeAs starts node id whose processing the ledger records as ledgerName; setup runs on
+// the coordinator before Run.
+func startNodeAs(t *testing.T, srv *consultest.Server, l *failovertest.Ledger, id, ledgerName string, mutate func(*failover.ConsulConfig), setup ...func(*Coordinator)) *testNode {
 	t.Helper()
 	cfg := testConfig(srv, id)
 	if mutate != nil {
@@ -123,6 +125,9 @@ func startNodeAs(t *testing.T, srv *consultest.Server, l *failovertest.Ledger, i
 	n.c = c
 	n.spans = tracetest.NewSpanRecorder()
 	c.SetTracer(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(n.spans)))
+	for _, f := range setup {
+		f(c)
+	}
 	vu := c.ValidUntil
 	n.a.SetLease(vu)
 	ctx, cancel := context.WithCancel(context.Background())

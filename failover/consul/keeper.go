@@ -23,6 +23,8 @@ type leaseState struct {
 	deadline time.Time // lease deadline, zero when none
 	// criticalSince: owned slices whose health is critical, and since when.
 	criticalSince map[failover.SliceID]time.Time
+	// adopted: session is the previous process's, adopted (Coordinator.SetRestart).
+	adopted bool
 }
 
 // keeper owns the agent registration, the TTL checks and the session: one round every
@@ -44,12 +46,20 @@ type keeper struct {
 	liveSince  time.Time
 	freshSince bool // the session was lost: restart liveSince at the next healthy round
 	lastReg    time.Time
+	// adopting: session is the previous process's, not confirmed yet; adopted once it is.
+	adopting, adopted bool
+	saved             failover.PreviousRun // last recorded in the store
 }
 
 func (k *keeper) run(ctx context.Context) {
 	c := k.c
 	k.criticalFrom = map[failover.SliceID]time.Time{}
 	k.liveSince = c.clk.Now()
+	if p := c.prev; p != nil {
+		// The previous process's session, if the first round confirms it is ours and valid;
+		// its live stretch goes on (a restart in place is no new start for the peers).
+		k.session, k.liveSince, k.adopting = p.Session, p.LiveSince, true
+	}
 	// Retries back off up to one RenewInterval only: the keeper's requests go to the local agent
 	// and cost no more than its renewals, and after a cut heals the next pass must come soon
 	// (ConsulConfig.CutTolerance).
@@ -110,10 +120,15 @@ func (k *keeper) round(ctx context.Context) error {
 			se, _, err = c.client.Session().Info(k.session, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 			return err
 		})
+		if why := k.notAdoptable(err, se); why != "" {
+			c.log.Info("restart in place: starting with a new session", "why", why, "previous_session", k.session)
+			k.session, k.adopting, k.freshSince = "", false, true
+		}
 		switch {
+		case k.session == "":
 		case err != nil:
 			errs = append(errs, err)
-			if !c.clk.Now().Before(c.ValidUntil()) {
+			if !k.adopting && !c.clk.Now().Before(c.ValidUntil()) {
 				// The lease lapsed: this node is not settled, whatever becomes of its session.
 				// Passing the check with the old live_since would let peers hand slices back at
 				// once when Consul answers again, before this node learns its session is gone.
@@ -122,12 +137,17 @@ func (k *keeper) round(ctx context.Context) error {
 		case se == nil:
 			c.log.Warn("session lost: Consul invalidated it (TTL check critical, node failed, or destroyed); its slices are gone",
 				"session", k.session)
-			k.session = ""
+			k.session, k.adopted = "", false
 			k.freshSince = true
 		default:
 			// The session outlived the outage: this node kept its slices and its live stretch
 			// (restarting live_since would make it look unsettled and give its slices away).
 			k.confirmSent, k.freshSince = sent, false
+			if k.adopting {
+				k.adopting, k.adopted = false, true
+				c.log.Info("restart in place: adopted the previous process's session; its slices are resumed, not moved",
+					"session", k.session, "live_since", k.liveSince.Format(time.RFC3339Nano))
+			}
 		}
 	}
 
@@ -182,6 +202,7 @@ func (k *keeper) round(ctx context.Context) error {
 			k.destroyStaleSessions(ctx, id)
 		}
 	}
+	k.saveRun()
 	k.publish()
 	return errors.Join(errs...)
 }
@@ -222,9 +243,13 @@ func (k *keeper) publish() {
 	for s, t := range k.criticalFrom {
 		crit[s] = t
 	}
+	session := k.session
+	if k.adopting {
+		session, d = "", time.Time{} // the previous process's session is not ours before it is confirmed
+	}
 	old := c.lease.Load()
-	changed := old.session != k.session || !old.deadline.Equal(d) || !maps.Equal(old.criticalSince, crit)
-	c.lease.Store(&leaseState{session: k.session, deadline: d, criticalSince: crit})
+	changed := old.session != session || !old.deadline.Equal(d) || !maps.Equal(old.criticalSince, crit)
+	c.lease.Store(&leaseState{session: session, deadline: d, criticalSince: crit, adopted: k.adopted})
 	if changed {
 		c.wakeLoop()
 	}

@@ -25,11 +25,11 @@ const shutdownCallAttempts = 3
 
 // Run registers the node, keeps its lease, watches the cluster and moves slices until ctx is
 // cancelled; then it releases everything cleanly and returns. Consul failures never end Run.
-func (c *Coordinator) Run(ctx context.Context) error {
+func (c *Coordinator) Run(ctx context.Context) (err error) {
 	if !c.running.CompareAndSwap(false, true) {
 		return failover.ErrAlreadyRunning
 	}
-	defer close(c.done)
+	defer func() { c.runErr = err; close(c.done) }()
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	stopped := false
@@ -48,6 +48,10 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); c.watchMembers(inner) }()
 
 	m := failover.NewMachine(c.machineConfig(), c.log, c.tp)
+	if c.prev != nil {
+		// Adopted only if the keeper's first round confirms it (leaseState.adopted).
+		m.Step(failover.EvAdopt{Now: c.clk.Now(), Session: c.prev.Session})
+	}
 	d := &driver{c: c, m: m, ctx: inner, wg: &wg}
 	c.log.Info("failover coordinator starting", "consul", c.addr, "cluster", c.cfg.Cluster, "ttl", c.cfg.TTL,
 		"lock_delay", c.cfg.LockDelay, "hold_down", c.cfg.HoldDown, "lease_margin", c.cfg.LeaseMargin)
@@ -62,6 +66,10 @@ func (c *Coordinator) Run(ctx context.Context) error {
 				stop()
 				return nil
 			}
+			// A stop for a restart keeps the session and locks when the next process can find
+			// them (a store); without one nobody could adopt them, so they are handed off.
+			m.Step(failover.EvStop{Now: c.clk.Now(), KeepLocks: c.store != nil})
+		case <-c.leave:
 			m.Step(failover.EvStop{Now: c.clk.Now()})
 		case <-c.wake:
 		case gen := <-c.released:
@@ -239,6 +247,9 @@ func (c *Coordinator) publishTokens(tokens map[failover.SliceID]uint64) {
 // finish runs after the loop: every slice is released or DrainTimeout passed. It destroys the
 // session (remaining locks go to lock-delay) and deregisters the service.
 func (c *Coordinator) finish(m *failover.Machine) error {
+	if m.KeepsLocks() {
+		return c.finishForRestart(m)
+	}
 	var errs []error
 	if held := m.HeldAtStop(); len(held) > 0 {
 		errs = append(errs, fmt.Errorf("stop: %d slices not released within %s; they move after lock-delay", len(held), c.cfg.DrainTimeout))
@@ -271,6 +282,11 @@ func (c *Coordinator) finish(m *failover.Machine) error {
 		try(failover.OpDeregister, func(ctx context.Context) error {
 			return c.client.Agent().ServiceDeregisterOpts(c.serviceID, (&api.QueryOptions{}).WithContext(ctx))
 		})
+	}
+	if c.store != nil && session != "" {
+		if err := c.store.ForgetRun(); err != nil { // the next process has nothing to adopt
+			errs = append(errs, err)
+		}
 	}
 	c.lease.Store(&leaseState{})
 	rd := m.Ready() // owned slices still held are gone with the session

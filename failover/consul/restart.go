@@ -1,0 +1,101 @@
+package consul
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/qslice/qslice/failover"
+)
+
+// Restart in place (docs/failover.md). A stop for a restart (Run's context ends, with a store)
+// narrows the assignee and keeps the session, its slice locks and the service registration; the
+// next process of the node adopts the session if the keeper's first round confirms it (a
+// consistent read finds it, named for this node and bound to its alive check), and steps the
+// Machine's EvAdopt; its first KV snapshot then makes the locks ours with their tokens. The
+// keeper passes the alive check from its first round on, so the session lives on if it was
+// still valid. Leave is the stop that hands everything off.
+
+var (
+	_ failover.Restartable = (*Coordinator)(nil)
+	_ failover.Leaver      = (*Coordinator)(nil)
+)
+
+// SetRestart sets what to adopt and where to record the session; call it before Run. The
+// caller vouches for failover.EvAdopt's conditions (the node's local lock held, the previous
+// run's handler process trees dead).
+func (c *Coordinator) SetRestart(prev *failover.PreviousRun, store failover.RunStore) {
+	if prev != nil && prev.Session == "" {
+		prev = nil
+	}
+	c.prev, c.store = prev, store
+}
+
+// Leave hands every slice to other nodes (in-flight messages first), destroys the session,
+// deregisters the service, forgets the recorded session, makes Run return, and returns what
+// Run returned.
+func (c *Coordinator) Leave(ctx context.Context) error {
+	if !c.running.Load() {
+		return fmt.Errorf("leave: %w", failover.ErrNotRunning)
+	}
+	select {
+	case c.leave <- struct{}{}:
+	default: // asked already
+	}
+	select {
+	case <-c.done:
+		return c.runErr
+	case <-ctx.Done():
+		return fmt.Errorf("leave: %w", ctx.Err())
+	}
+}
+
+// notAdoptable says why the previous process's session, which the keeper is adopting, cannot be
+// (err and se are the first confirmation's outcome), or "": adopt it, or (err) ask again.
+func (k *keeper) notAdoptable(err error, se *api.SessionEntry) string {
+	c := k.c
+	switch {
+	case !k.adopting || err != nil:
+		return ""
+	case se == nil:
+		return "the previous session is gone: the process was down longer than the ttl, or the session was destroyed"
+	case se.Name != c.sessionName:
+		return fmt.Sprintf("session %s is named %q, not %q: not this node's", se.ID, se.Name, c.sessionName)
+	case !slices.ContainsFunc(se.ServiceChecks, func(sc api.ServiceCheck) bool { return sc.ID == c.aliveCheckID }):
+		return fmt.Sprintf("session %s is not bound to this node's check %s", se.ID, c.aliveCheckID)
+	}
+	return ""
+}
+
+// saveRun records the session for the next process whenever it or live_since changed.
+func (k *keeper) saveRun() {
+	c := k.c
+	if c.store == nil || k.session == "" || k.adopting {
+		return
+	}
+	run := failover.PreviousRun{Session: k.session, LiveSince: k.liveSince}
+	if run == k.saved {
+		return
+	}
+	if err := c.store.SaveRun(run); err != nil {
+		c.log.Warn("could not record the session for a restart in place: the next start begins afresh", "err", err)
+		return
+	}
+	k.saved = run
+}
+
+// finishForRestart ends a stop for a restart: the assignee has let go of every slice; the
+// session, the locks and the registration stay for the next process.
+func (c *Coordinator) finishForRestart(m *failover.Machine) error {
+	session := c.lease.Load().session
+	c.lease.Store(&leaseState{})
+	rd := m.Ready()
+	st := *rd.Status
+	held := len(st.Owned)
+	st.Owned, st.OwnershipChanges = nil, m.Changes()
+	c.pub.Store(&published{status: &st, processing: map[string][]int{}, meta: rd.Meta})
+	c.log.Info("failover coordinator stopped for a restart: session, slice locks and registration kept for the next process of this node; if none comes, other nodes take the slices after ttl + lock_delay",
+		"session", session, "slices_kept", held, "ttl", c.cfg.TTL, "lock_delay", c.cfg.LockDelay)
+	return nil
+}
