@@ -19,7 +19,10 @@ type UpgradeOptions struct {
 	// SettleTimeout bounds the wait after each restart for every slice to be back at its home
 	// node (default 60 s).
 	SettleTimeout time.Duration
-	Log           *slog.Logger
+	// Between is how long the cluster runs on the feed after one node's upgrade before the next
+	// (an operator looks at the node; default 3 s).
+	Between time.Duration
+	Log     *slog.Logger
 }
 
 // UpgradeReport is the outcome of a rolling upgrade.
@@ -56,6 +59,9 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	}
 	if o.SettleTimeout == 0 {
 		o.SettleTimeout = time.Minute
+	}
+	if o.Between == 0 {
+		o.Between = 3 * time.Second
 	}
 	log := o.Log
 	if log == nil {
@@ -122,6 +128,7 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 			"resumed", step.Resumed.Round(time.Millisecond), "settled", step.Settled.Round(time.Millisecond))
 		records = append(records, rec)
 		rep.Restarts = append(rep.Restarts, step)
+		clock.Sleep(ctx, clock.System{}, o.Between)
 	}
 	rep.MaxReady = backlog.reset()
 	if err := feed.stop(); err != nil {
