@@ -479,6 +479,32 @@ func (n *Node) Kill() error {
 	return err
 }
 
+// Crash SIGKILLs the node's qslice process alone, as the OOM killer does: its handlers'
+// processes may outlive it until the next process of the node kills them at its start
+// (proctree.KillOrphans), or until their own Pdeathsig. It returns once qslice exited.
+func (n *Node) Crash() error {
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("crash %s: not running", n.Name)
+	}
+	if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("crash %s: %w", n.Name, err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("crash %s: pid %d did not exit within 10s of SIGKILL", n.Name, p.pid)
+	}
+	n.mu.Lock()
+	if n.proc == p {
+		n.proc, n.paused = nil, false
+	}
+	n.mu.Unlock()
+	return nil
+}
+
 // reap waits for the process to exit and its session to empty (handlers killed too).
 func (n *Node) reap(p *process, timeout time.Duration) error {
 	var err error

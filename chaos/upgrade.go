@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -22,7 +23,12 @@ type UpgradeOptions struct {
 	// Between is how long the cluster runs on the feed after one node's upgrade before the next
 	// (an operator looks at the node; default 3 s).
 	Between time.Duration
-	Log     *slog.Logger
+	// Rounds: restart every node this many times, one node at a time (default 1).
+	Rounds int
+	// Crash: SIGKILL qslice alone (Node.Crash) instead of SIGTERM, and start it again at once:
+	// a crash restarted by systemd. Each is a KindKill fault in the report.
+	Crash bool
+	Log   *slog.Logger
 }
 
 // UpgradeReport is the outcome of a rolling upgrade.
@@ -63,6 +69,9 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	if o.Between == 0 {
 		o.Between = 3 * time.Second
 	}
+	if o.Rounds == 0 {
+		o.Rounds = 1
+	}
 	log := o.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -91,15 +100,27 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	rep.BaseReady = backlog.reset()
 
 	var records []FaultRecord
-	for i, n := range cl.Nodes {
+	var restarts []*Node
+	for range o.Rounds {
+		restarts = append(restarts, cl.Nodes...)
+	}
+	kind := KindRestart
+	if o.Crash {
+		kind = KindKill
+	}
+	for i, n := range restarts {
 		own, err := cl.Ownership(ctx)
 		if err != nil {
 			return nil, err
 		}
-		rec := FaultRecord{Fault: Fault{Seq: i, Kind: KindRestart, Node: n.Index}, NodeName: n.Name, Owned: len(own.Held[n.Name])}
+		rec := FaultRecord{Fault: Fault{Seq: i, Kind: kind, Node: n.Index}, NodeName: n.Name, Owned: len(own.Held[n.Name])}
 		held := own.Held[n.Name]
 		rec.At = time.Now()
-		if err := n.Stop(time.Minute); err != nil {
+		if o.Crash {
+			if err := n.Crash(); err != nil {
+				problem("crash %s: %v", n.Name, err)
+			}
+		} else if err := n.Stop(time.Minute); err != nil {
 			problem("stop %s: %v", n.Name, err)
 		}
 		rec.Done = time.Now()
@@ -148,6 +169,41 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	check.Nodes, check.Duration, check.Problems = len(cl.Nodes), time.Since(began), problems
 	rep.Check = check
 	return rep, nil
+}
+
+// Resumed summarizes how long each restarted node took, from its new process's start, to
+// process every slice it held before again.
+func (r *UpgradeReport) Resumed() Stats {
+	var d []time.Duration
+	for _, s := range r.Restarts {
+		if s.Resumed > 0 {
+			d = append(d, s.Resumed)
+		}
+	}
+	return Summarize(d)
+}
+
+// Moves is how many times the restarts moved a slice, and how many moves they needed at least.
+func (r *UpgradeReport) Moves() (moves, least int) {
+	for k, n := range r.Check.Churn.Moves {
+		if k == KindRestart || k == KindKill {
+			moves += n
+			least += r.Check.Churn.Min[k]
+		}
+	}
+	return moves, least
+}
+
+// Print writes the ledger check, every restart, the resume times, the moves and the backlog.
+func (r *UpgradeReport) Print(w io.Writer) {
+	r.Check.Print(w)
+	for _, s := range r.Restarts {
+		fmt.Fprintf(w, "restart of %s: %d slices; new process after %s; its slices processed again %s after it started; every slice home after %s\n",
+			s.Node, s.Owned, s.Stop.Round(time.Millisecond), s.Resumed.Round(time.Millisecond), s.Settled.Round(time.Millisecond))
+	}
+	moves, least := r.Moves()
+	fmt.Fprintf(w, "restarts: %d; slices processed again after the new process started: %s\n", len(r.Restarts), r.Resumed())
+	fmt.Fprintf(w, "moves: %d (least needed %d); ready messages: at most %d during the restarts, %d before\n", moves, least, r.MaxReady, r.BaseReady)
 }
 
 // waitResumed polls n's own status until it processes every slice of held again, and returns

@@ -1,14 +1,16 @@
 // Command qslice-chaos runs the chaos harness of package chaos outside `go test`: a long soak,
-// or the failover benchmark.
+// the failover benchmark, or the restart-in-place benchmark.
 //
 //	go run ./chaos/cmd/qslice-chaos -nodes 3 -duration 10m -seed 1
 //	go run ./chaos/cmd/qslice-chaos -bench failover -kills 10
+//	go run ./chaos/cmd/qslice-chaos -bench restart -rounds 3 -shipped [-crash]
 //
 // It starts a real Consul (the binary of scripts/build-consul.sh, found as the tests find it:
 // QSLICE_CONSUL, then PATH, then the build cache), builds qslice and the ledger handler, runs
 // the nodes as processes on 127.0.0.1, and prints the figures. Every process it started is
 // killed when it ends, also on SIGINT. Exit status: 0 when the ledger check passes (and, with
-// -bench, the failover targets are met), 1 when not, 2 on bad usage.
+// -bench failover, the failover targets are met; with -bench restart, nothing moved), 1 when
+// not, 2 on bad usage.
 package main
 
 import (
@@ -50,7 +52,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		seed      = fs.Uint64("seed", 1, "seed of the fault schedule (and of the first benchmark victim)")
 		rate      = fs.Float64("rate", 0, "messages per second (default 20 for a soak, 40 for the benchmark)")
 		messages  = fs.Int("messages", 0, "soak: stop feeding after this many messages (0: when the faults end)")
-		bench     = fs.String("bench", "", `"failover": measure failover, fail-back and paused-node takeover instead of a soak`)
+		bench     = fs.String("bench", "", `"failover": measure failover, fail-back and paused-node takeover instead of a soak; "restart": restart every node in place, one at a time (a rolling upgrade), and measure how soon each resumes its slices`)
+		rounds    = fs.Int("rounds", 3, "restart benchmark: restart every node this many times")
+		crash     = fs.Bool("crash", false, "restart benchmark: SIGKILL qslice alone and start it at once (a crash restarted by systemd) instead of SIGTERM")
 		kills     = fs.Int("kills", 10, "benchmark: SIGKILL rounds (each also measures the fail-back)")
 		pauses    = fs.Int("pauses", -1, "benchmark: SIGSTOP rounds (default: as many as -kills)")
 		stalls    = fs.Int("stalls", 3, "benchmark: rounds of a 1 s SIGSTOP (at most the stall the timing tolerates), which must move nothing")
@@ -76,8 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "qslice-chaos: unexpected arguments %v\n", fs.Args())
 		return 2
 	}
-	if *bench != "" && *bench != "failover" {
-		fmt.Fprintf(stderr, "qslice-chaos: -bench %q: only \"failover\" is known\n", *bench)
+	if *bench != "" && *bench != "failover" && *bench != "restart" {
+		fmt.Fprintf(stderr, "qslice-chaos: -bench %q: only \"failover\" and \"restart\" are known\n", *bench)
 		return 2
 	}
 	counts, err := chaos.ParseKinds(*faults)
@@ -131,6 +135,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			tb.Fatalf("%v", err)
 		}
 		tb.Cleanup(cl.Close)
+		if *bench == "restart" {
+			bin2, err := chaos.BuildVersion(ctx, dir, "restart-bench-v2")
+			if err != nil {
+				tb.Fatalf("%v", err)
+			}
+			rep, err := chaos.RunRollingUpgrade(ctx, cl, chaos.UpgradeOptions{Binary: bin2, Version: "restart-bench-v2", Rate: *rate,
+				Rounds: *rounds, Crash: *crash, Log: log})
+			if err != nil {
+				tb.Fatalf("%v", err)
+			}
+			rep.Print(stdout)
+			code = 0
+			if err := rep.Check.Err(); err != nil {
+				fmt.Fprintf(stderr, "qslice-chaos: ledger check failed: %v\n", err)
+				code = 1
+			}
+			if moves, _ := rep.Moves(); moves > 0 {
+				fmt.Fprintf(stderr, "qslice-chaos: restarts in place moved slices %d times\n", moves)
+				code = 1
+			}
+			return
+		}
 		if *bench != "" {
 			rep, err := chaos.RunBench(ctx, cl, chaos.BenchOptions{Kills: *kills, Pauses: *pauses, Stalls: *stalls, Blips: *blips,
 				Rate: *rate, Seed: *seed, RoundTimeout: max(time.Minute, 2*(*holdDown)), Log: log})
