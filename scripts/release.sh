@@ -109,6 +109,23 @@ gen=$tmp/gen
   --zsh-completion "$gen/completions/_qslice" --fish-completion "$gen/completions/qslice.fish"
 gzip -9n "$gen"/man/*.1
 
+# The Debian changelog: this release, and the commits since the previous tag.
+{
+  echo "qslice ($deb_version) unstable; urgency=medium"
+  echo
+  echo "  * qslice $version, commit $rev."
+  if prev=$(git describe --tags --abbrev=0 --match 'v[0-9]*' "$rev^" 2>/dev/null); then
+    echo "  * Changes since $prev:"
+    git log --no-merges --reverse --format=%s "$prev..$rev" | while read -r subject; do
+      fold -s -w 72 <<<"$subject" | sed '1s/^/    - /; 2,$s/^/      /'
+    done
+  else
+    echo "  * The first release; its history is the git log of the repository."
+  fi
+  echo
+  echo " -- $maintainer  $(LC_ALL=C date -u -d "@$epoch" '+%a, %d %b %Y %H:%M:%S +0000')"
+} | gzip -9n >"$gen/changelog.gz"
+
 # nfpm, the version tools/nfpm pins, built once and cached beside Consul and Prometheus.
 nfpm_version=$(cd tools/nfpm && go list -m -f '{{.Version}}' github.com/goreleaser/nfpm/v2)
 nfpm=${QSLICE_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/qslice/bin}/nfpm-$nfpm_version
@@ -122,7 +139,7 @@ fi
 for arch in "${arches[@]}"; do
   stage=$tmp/stage-$arch
   mkdir -p "$stage"
-  cp -r "$gen/man" "$gen/completions" "$stage/"
+  cp -r "$gen/man" "$gen/completions" "$gen/changelog.gz" "$stage/"
   if [ "$arch" = "$hostarch" ]; then
     cp "$tmp/host/qslice" "$stage/qslice"
   else
