@@ -113,7 +113,8 @@ gzip -9n "$gen"/man/*.1
 {
   echo "qslice ($deb_version) unstable; urgency=medium"
   echo
-  echo "  * qslice $version, commit $rev."
+  echo "  * qslice $version,"
+  echo "    commit $rev."
   if prev=$(git describe --tags --abbrev=0 --match 'v[0-9]*' "$rev^" 2>/dev/null); then
     echo "  * Changes since $prev:"
     git log --no-merges --reverse --format=%s "$prev..$rev" | while read -r subject; do
