@@ -111,12 +111,13 @@ words=$(bash --norc --noprofile -c '
 [ "$words" = "show stats" ] || fail "bash completes 'qslice queue s' to '$words', want 'show stats'"
 ok "completions for bash (completes 'qslice queue s' to: $words), zsh, fish"
 
-# The shipped configuration: valid, and it runs as the qslice user (the unit's RuntimeDirectory
-# made by hand: systemd is not running here).
+# The shipped configuration: valid, and it runs as the qslice user as the unit runs it (its
+# RuntimeDirectory and StateDirectory made by hand: systemd is not running here).
 qslice config check /etc/qslice/qslice.yaml >"$tmp/check.out" || fail "qslice config check /etc/qslice/qslice.yaml: $(cat "$tmp/check.out")"
 ok "qslice config check /etc/qslice/qslice.yaml"
 install -d -o qslice -g qslice -m 0755 /run/qslice
-runuser -u qslice -- qslice run --config /etc/qslice/qslice.yaml >"$tmp/node.log" 2>&1 &
+runuser -u qslice -- env STATE_DIRECTORY=/var/lib/qslice RUNTIME_DIRECTORY=/run/qslice \
+  qslice run --config /etc/qslice/qslice.yaml >"$tmp/node.log" 2>&1 &
 node_pid=$!
 echo hello | runuser -u qslice -- qslice queue enqueue /var/lib/qslice/queue/in >/dev/null
 deadline=$((SECONDS + 60))
