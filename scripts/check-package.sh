@@ -119,13 +119,20 @@ install -d -o qslice -g qslice -m 0755 /run/qslice
 runuser -u qslice -- env STATE_DIRECTORY=/var/lib/qslice RUNTIME_DIRECTORY=/run/qslice \
   qslice run --config /etc/qslice/qslice.yaml >"$tmp/node.log" 2>&1 &
 node_pid=$!
+# wait_for WHAT CONDITION...: poll for up to 60 s while the node runs.
+wait_for() {
+  local what=$1 deadline=$((SECONDS + 60))
+  shift
+  until "$@"; do
+    kill -0 "$node_pid" 2>/dev/null || fail "qslice run exited: $(cat "$tmp/node.log")"
+    [ $SECONDS -lt $deadline ] || fail "$what within 60 s: $(ls -lR /var/lib/qslice /run/qslice); $(cat "$tmp/node.log")"
+    sleep 0.2
+  done
+}
+wait_for "no control socket and queue directory" test -S /run/qslice/qslice.sock -a -d /var/lib/qslice/queue/in
 echo hello | runuser -u qslice -- qslice queue enqueue /var/lib/qslice/queue/in >/dev/null
-deadline=$((SECONDS + 60))
-until [ -S /run/qslice/qslice.sock ] && [ -z "$(find /var/lib/qslice/queue/in -name '*.pck' 2>/dev/null)" ]; do
-  kill -0 "$node_pid" 2>/dev/null || fail "qslice run exited: $(cat "$tmp/node.log")"
-  [ $SECONDS -lt $deadline ] || fail "the message was not processed within 60 s: $(ls -R /var/lib/qslice); $(cat "$tmp/node.log")"
-  sleep 0.2
-done
+queue_empty() { [ -z "$(find /var/lib/qslice/queue/in -name '*.pck')" ]; }
+wait_for "the message was not processed" queue_empty
 qslice status >"$tmp/status.out" 2>&1 || fail "qslice status: $(cat "$tmp/status.out")"
 kill -TERM "$node_pid"
 wait "$node_pid" || true
