@@ -179,11 +179,15 @@ func rusage(who int) time.Duration {
 // the engine with: a no-op Go handler (in process), a no-op Python persistent worker
 // (sdk/python/qslice_worker.py), a no-op Python exec handler, and the exec handler `true`. All
 // use concurrency 2 (the worker: 2 processes with in_flight 16). Reported per file system:
-// <kind>_msgs/s and the ratios pyworker/go and pyworker/pyexec. QSLICE_BENCH_FILES sets the
-// message count of the fast kinds (default 50000); the exec kinds get 1/2500
-// (python3 starts ~30 times a second here) and 1/50 of it.
+// <kind>_msgs/s, the ratios pyworker/go and pyworker/pyexec, and the CPU time per message of
+// qslice's process (<kind>_qslice_cpu_us/msg: the engine, and the Go handler) and of the handler
+// processes (<kind>_handler_cpu_us/msg: the workers from the start of the drain, so without their
+// start-up; the exec handlers whole). QSLICE_BENCH_FILES sets the message count of the fast kinds
+// (default 50000); the exec kinds get 1/2500 (python3 starts ~30 times a second here) and 1/50 of
+// it. QSLICE_BENCH_KINDS=go,pyworker runs only the named kinds (to profile one);
+// QSLICE_BENCH_PYWORKER replaces the worker's command (a Python profiling wrapper, say).
 //
-//	go test -run '^$' -bench HandlerKinds -benchtime 1x ./runner/worker/
+//	QSLICE_BENCH_FILES=20000 go test -run '^$' -bench HandlerKinds -benchtime 1x ./runner/worker/
 func BenchmarkHandlerKinds(b *testing.B) {
 	py := testenv.RequirePython(b, "json", "python3")
 	n := 50000
