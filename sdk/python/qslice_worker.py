@@ -113,7 +113,8 @@ def run(handle, max_in_flight=None, in_fd=0, out_fd=None):
     need = 0  # bytes the frame at start needs, once its header line is known
     out = []
     ready = False
-    decode = json.JSONDecoder().decode
+    decoder = json.JSONDecoder()
+    scan, decode = decoder.scan_once, decoder.decode
     readv, write = os.readv, os.write
 
     while True:
@@ -134,7 +135,13 @@ def run(handle, max_in_flight=None, in_fd=0, out_fd=None):
                 need = stop - start
                 break
             try:
-                header = decode(str(view[hstart:bstart], "utf-8"))
+                text = str(view[hstart:bstart], "utf-8")
+                try:  # the JSON scanner alone: qslice writes no whitespace around a header
+                    header, hend = scan(text, 0)
+                except StopIteration:
+                    hend = -1
+                if hend != len(text):
+                    header = decode(text)  # the whole decoder: whitespace, or the error named
             except ValueError as e:
                 raise ProtocolError("bad frame header %r: %s" % (bytes(view[hstart:bstart][:80]), e)) from None
             if type(header) is not dict:

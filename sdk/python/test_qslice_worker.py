@@ -126,6 +126,15 @@ class Framing(unittest.TestCase):
             {"type": "fail", "id": 4, "reason": "ValueError: bad"},
         ])
 
+    def test_header_with_whitespace(self):
+        h = b' \n{"type": "message", "id": 5, "message_id": "m5"}\t '
+        data = frame(HELLO) + b"%d 2\n%sok" % (len(h), h)
+        got = []
+        answers, err = serve(data, lambda m: got.append((m.id, m.message_id, m.body)), [len(data)])
+        self.assertIsNone(err)
+        self.assertEqual(got, [(5, "m5", b"ok")])
+        self.assertEqual(answers[1:], [{"type": "done", "id": 5}])
+
     def test_bad_input_is_named(self):
         cases = {
             "bad frame header line": frame(HELLO) + b"12 x\n",
@@ -133,6 +142,7 @@ class Framing(unittest.TestCase):
             "middle of a frame": frame(HELLO) + message(1, b"ok")[:-1],
             "not a JSON object": frame(HELLO) + b"2 0\n[]",
             "bad frame header": frame(HELLO) + b"3 0\n{x}",
+            "Extra data": frame(HELLO) + b'11 0\n{"type":1}x',
             "message before hello": message(1, b"ok"),
             "expected hello": frame({"type": "hello", "versions": [2]}),
             "unexpected frame type": frame(HELLO) + frame({"type": "bye"}),
