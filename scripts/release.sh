@@ -118,7 +118,7 @@ gzip -9n "$gen"/man/*.1
   if prev=$(git describe --tags --abbrev=0 --match 'v[0-9]*' "$rev^" 2>/dev/null); then
     echo "  * Changes since $prev:"
     git log --no-merges --reverse --format=%s "$prev..$rev" | while read -r subject; do
-      fold -s -w 72 <<<"$subject" | sed '1s/^/    - /; 2,$s/^/      /'
+      fold -s -w 72 <<<"$subject" | sed 's/ *$//; 1s/^/    - /; 2,$s/^/      /'
     done
   else
     echo "  * The first release; its history is the git log of the repository."
