@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/qslice/qslice/failover"
@@ -38,7 +40,11 @@ type runStore struct {
 }
 
 func (s runStore) SaveRun(p failover.PreviousRun) error {
-	return s.l.Save(nodestate.State{Cluster: s.cluster, Node: s.node, Session: p.Session, LiveSince: p.LiveSince})
+	st := nodestate.State{Cluster: s.cluster, Node: s.node, Session: p.Session, LiveSince: p.LiveSince}
+	for _, sl := range p.Releasing {
+		st.Releasing = append(st.Releasing, sl.String())
+	}
+	return s.l.Save(st)
 }
 
 func (s runStore) ForgetRun() error { return s.l.Forget() }
@@ -82,9 +88,17 @@ func (a *Agent) previousRun(ctx context.Context) (*failover.PreviousRun, string)
 	if err != nil {
 		return nil, "could not kill the previous process's handler processes: " + err.Error()
 	}
+	prev := &failover.PreviousRun{Session: st.Session, LiveSince: st.LiveSince}
+	for _, r := range st.Releasing {
+		s, ok := parseSlice(r)
+		if !ok {
+			return nil, fmt.Sprintf("state file: releasing %q is not a slice (queue/index)", r)
+		}
+		prev.Releasing = append(prev.Releasing, s)
+	}
 	a.log.Info("restart in place: adopting the previous process's session if Consul confirms it",
-		"session", st.Session, "previous_pid", st.PID, "written", st.Written, "handler_processes_killed", n)
-	return &failover.PreviousRun{Session: st.Session, LiveSince: st.LiveSince}, ""
+		"session", st.Session, "previous_pid", st.PID, "written", st.Written, "handler_processes_killed", n, "being_released", len(prev.Releasing))
+	return prev, ""
 }
 
 // Leave hands every slice to other nodes, ends the session and stops the node (qslice leave):
@@ -103,4 +117,17 @@ func (a *Agent) Leave(ctx context.Context) error {
 	}
 	stop()
 	return err
+}
+
+// parseSlice reads a SliceID as SliceID.String writes it ("in/3").
+func parseSlice(s string) (failover.SliceID, bool) {
+	i := strings.LastIndexByte(s, '/')
+	if i <= 0 {
+		return failover.SliceID{}, false
+	}
+	n, err := strconv.Atoi(s[i+1:])
+	if err != nil || n < 0 {
+		return failover.SliceID{}, false
+	}
+	return failover.SliceID{Queue: s[:i], Index: n}, true
 }

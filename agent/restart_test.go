@@ -3,10 +3,13 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/internal/nodestate"
 	"github.com/qslice/qslice/internal/testenv"
 )
@@ -48,4 +51,40 @@ func TestStateDirLockAndLeave(t *testing.T) {
 	}
 	again.lock.Release()
 	again.server.Close()
+}
+
+// TestRunStoreRoundTrip: what the coordinator records is what the next process adopts, the
+// slices being handed off included; a state file of another node is not adopted.
+func TestRunStoreRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	l, err := nodestate.Acquire(dir, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	cfg := standaloneConfig(t, "node: n1\ncluster: c1\n")
+	store := runStore{l: l, cluster: "c1", node: "n1"}
+	want := failover.PreviousRun{Session: "s-1", LiveSince: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
+		Releasing: []failover.SliceID{{Queue: "in", Index: 3}, {Queue: "out-2", Index: 0}}}
+	if err := store.SaveRun(want); err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: cfg, lock: l, log: slog.New(slog.DiscardHandler)}
+	got, why := a.previousRun(t.Context())
+	if got == nil || got.Session != want.Session || !got.LiveSince.Equal(want.LiveSince) || !slices.Equal(got.Releasing, want.Releasing) {
+		t.Fatalf("previous run %+v (%s), want %+v", got, why, want)
+	}
+	other := runStore{l: l, cluster: "c1", node: "n9"}
+	if err := other.SaveRun(want); err != nil {
+		t.Fatal(err)
+	}
+	if got, why := a.previousRun(t.Context()); got != nil || !strings.Contains(why, `node "n9", this is node "n1"`) {
+		t.Fatalf("a state file of another node: %+v, %q", got, why)
+	}
+	if err := store.ForgetRun(); err != nil {
+		t.Fatal(err)
+	}
+	if got, why := a.previousRun(t.Context()); got != nil || !strings.Contains(why, "no state file") {
+		t.Fatalf("after ForgetRun: %+v, %q", got, why)
+	}
 }

@@ -151,6 +151,10 @@ var (
 type PreviousRun struct {
 	Session   string    // the session it held its locks with
 	LiveSince time.Time // its published live_since: the node's live stretch goes on
+	// Releasing: slices it was handing off (recorded before each release is sent, removed once
+	// Consul answered): a release of theirs may still be applied, so the next process releases
+	// them again instead of processing them (EvAdopt.Releasing).
+	Releasing []SliceID
 }
 
 // RunStore keeps, for the next process of this node, the session this one holds its locks with

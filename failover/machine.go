@@ -66,8 +66,9 @@ type Machine struct {
 	keepLocks bool
 	// adoptSession: a session of a previous run of this node that the driver adopted
 	// (EvAdopt); adopting: the Machine runs on it and has not reconciled a KV snapshot yet.
-	adoptSession string
-	adopting     bool
+	adoptSession   string
+	adopting       bool
+	adoptReleasing map[SliceID]bool // EvAdopt.Releasing
 	// unsure: acquisitions whose answer was lost (EvAcquireResult.Err): Consul may have applied
 	// them. Only these, and an adopted session's locks, are ever adopted from a KV snapshot.
 	unsure     map[SliceID]AcquireReq
@@ -214,9 +215,15 @@ type (
 	// before the EvLease that carries the session. The first KV snapshot reconciled on that
 	// session then makes every slice key it holds ours, with its fencing token unchanged:
 	// Consul never saw another holder, so no other node can hold a token for it in between.
+	//
+	// Releasing lists the slices the previous process was handing off: a release it sent may
+	// still be applied by Consul (an agent forwards a request whose client died), after which
+	// the next owner may take the slice at once. They are adopted only to be released again,
+	// never processed.
 	EvAdopt struct {
-		Now     time.Time
-		Session string
+		Now       time.Time
+		Session   string
+		Releasing []SliceID
 	}
 	// EvAssigned: SetSlices of Assign Gen was called; Pending when its channel is not closed
 	// yet (the removed slices still have messages in flight).
@@ -398,7 +405,10 @@ func (m *Machine) Step(ev Event) {
 			m.log.Info("stopping: releasing all slices", "drain_timeout", m.cfg.DrainTimeout)
 		}
 	case EvAdopt:
-		m.adoptSession = e.Session
+		m.adoptSession, m.adoptReleasing = e.Session, map[SliceID]bool{}
+		for _, s := range e.Releasing {
+			m.adoptReleasing[s] = true
+		}
 	case EvAssigned:
 		if !e.Pending {
 			m.clearReleasing(e.Gen)
@@ -573,6 +583,12 @@ func (m *Machine) reconcileKV() {
 				delete(m.unsure, s)
 				m.log.Info("an acquisition whose answer was lost was applied: slice adopted", "slice", s.String(), "fencing_token", e.ModifyIndex)
 				m.changed(s, req.Move.From, m.cfg.Self, req.Move.Reason)
+			} else if m.adoptReleasing[s] {
+				// The previous process was handing it off and its release may still land: release
+				// it again (a release that finds the key gone was the earlier one), never process it.
+				h := m.owned[s]
+				h.handoff, h.handoffSince, h.releaseErr = &Move{Slice: s, From: m.cfg.Self, Reason: ReasonReleased}, m.now, true
+				m.log.Info("slice adopted to be released again: the previous process was handing it off", "slice", s.String())
 			} else {
 				// The previous process of this node held it: no change of owner, same token.
 				m.log.Info("slice adopted from the previous process of this node", "slice", s.String(), "fencing_token", e.ModifyIndex)

@@ -343,3 +343,44 @@ func TestMachineStaleSnapshotAndQuarantine(t *testing.T) {
 		t.Fatalf("after the quarantine: %d acquisitions, want 2", len(rd.Acquire))
 	}
 }
+
+// TestMachineAdoptedSliceBeingHandedOffIsReleasedNotProcessed: a slice the previous process
+// was handing off (its release may still be applied) is adopted only to be released again.
+func TestMachineAdoptedSliceBeingHandedOffIsReleasedNotProcessed(t *testing.T) {
+	cfg := MachineConfig{Self: "a", Queues: []QueueSpec{{Name: "in", Slices: 2}}, TTL: 2 * time.Second, LockDelay: time.Second,
+		HoldDown: 3 * time.Second, RenewInterval: 200 * time.Millisecond, DrainTimeout: time.Minute}
+	m := NewMachine(cfg, nil, nil)
+	now := t0
+	s0, s1 := SliceID{"in", 0}, SliceID{"in", 1}
+	m.Step(EvAdopt{Now: now, Session: "old", Releasing: []SliceID{s0}})
+	m.Step(EvMembers{Now: now, Members: []MemberInfo{{Node: "a", Live: true}}})
+	m.Step(EvLease{Now: now, Session: "old", Deadline: now.Add(800 * time.Millisecond)})
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 50, Entries: map[SliceID]KVEntry{
+		s0: {Session: "old", Value: LockValue{Node: "a"}, ModifyIndex: 40, LockIndex: 1},
+		s1: {Session: "old", Value: LockValue{Node: "a"}, ModifyIndex: 41, LockIndex: 1},
+	}}})
+	var released []SliceID
+	gone := func(r ReleaseReq) EvReleaseResult {
+		released = append(released, r.Slice)
+		return EvReleaseResult{Req: r, Gone: true}
+	}
+	for i := 0; i < 3; i++ {
+		rd := carry(m, now, func(a AcquireReq) EvAcquireResult { return EvAcquireResult{Req: a, Stale: true} }, gone)
+		for _, a := range rd.Assign {
+			for _, i := range a.Slices {
+				if i == 0 {
+					t.Fatalf("in/0 assigned: %+v; a slice being handed off must not be processed", a)
+				}
+			}
+		}
+	}
+	if len(released) != 1 || released[0] != s0 {
+		t.Fatalf("released %v, want in/0 once", released)
+	}
+	if !m.assigned["in"][1] {
+		t.Fatal("in/1 not processed after its adoption")
+	}
+	if got := m.Changes(); got[ReasonLeaseLost] != 0 || got[ReasonReleased] != 1 {
+		t.Fatalf("changes %v: the release found gone was the previous process's: released, not lease_lost", got)
+	}
+}

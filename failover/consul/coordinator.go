@@ -64,6 +64,7 @@ type Coordinator struct {
 	prev  *failover.PreviousRun // the previous process's session to adopt, nil: start fresh
 	store failover.RunStore     // where the session is recorded; nil: a stop hands off
 	leave chan struct{}         // Leave: stop handing everything off, capacity 1
+	rec   runRecord             // what store holds
 	// runErr is what Run returned, readable once done is closed.
 	runErr error
 

@@ -48,7 +48,6 @@ type keeper struct {
 	lastReg    time.Time
 	// adopting: session is the previous process's, not confirmed yet; adopted once it is.
 	adopting, adopted bool
-	saved             failover.PreviousRun // last recorded in the store
 }
 
 func (k *keeper) run(ctx context.Context) {

@@ -50,7 +50,7 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	m := failover.NewMachine(c.machineConfig(), c.log, c.tp)
 	if c.prev != nil {
 		// Adopted only if the keeper's first round confirms it (leaseState.adopted).
-		m.Step(failover.EvAdopt{Now: c.clk.Now(), Session: c.prev.Session})
+		m.Step(failover.EvAdopt{Now: c.clk.Now(), Session: c.prev.Session, Releasing: c.prev.Releasing})
 	}
 	d := &driver{c: c, m: m, ctx: inner, wg: &wg}
 	c.log.Info("failover coordinator starting", "consul", c.addr, "cluster", c.cfg.Cluster, "ttl", c.cfg.TTL,
@@ -153,6 +153,16 @@ func (d *driver) round() {
 		for _, a := range rd.Assign {
 			sets = append(sets, pending{a.Gen, c.a.SetSlices(a.Queue, a.Slices)})
 		}
+		if len(rd.Release) > 0 && !releaseFailed {
+			// Recorded before they are sent: if this process dies with one on its way, the next
+			// one releases it again rather than process the slice (failover.EvAdopt).
+			var ss []failover.SliceID
+			for _, r := range rd.Release {
+				ss = append(ss, r.Slice)
+			}
+			c.recordReleasing(true, ss...)
+		}
+		var answered []failover.SliceID
 		for _, r := range rd.Release {
 			if releaseFailed {
 				break // retried at the next wake-up
@@ -160,6 +170,12 @@ func (d *driver) round() {
 			res := c.releaseTxn(d.ctx, r)
 			m.Step(res)
 			releaseFailed = res.Err
+			if !res.Err {
+				answered = append(answered, r.Slice) // nothing of it is on its way any more
+			}
+		}
+		if len(answered) > 0 {
+			c.recordReleasing(false, answered...)
 		}
 		for _, a := range rd.Acquire {
 			if acquireDone || c.clk.Now().Sub(acquireStart) > c.cfg.RenewInterval {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/qslice/qslice/failover"
@@ -30,6 +31,12 @@ func (c *Coordinator) SetRestart(prev *failover.PreviousRun, store failover.RunS
 		prev = nil
 	}
 	c.prev, c.store = prev, store
+	if prev != nil {
+		// Kept until the adopted slices being released are released again: if this process
+		// dies first, the next one must know too.
+		c.rec.run = *prev
+		c.rec.run.Releasing = slices.Clone(prev.Releasing)
+	}
 }
 
 // Leave hands every slice to other nodes (in-flight messages first), destroys the session,
@@ -68,21 +75,63 @@ func (k *keeper) notAdoptable(err error, se *api.SessionEntry) string {
 	return ""
 }
 
-// saveRun records the session for the next process whenever it or live_since changed.
+// runRecord is what the store holds for the next process; the keeper (session, live_since)
+// and the loop (slices being released) both update it, one at a time.
+type runRecord struct {
+	mu    sync.Mutex
+	run   failover.PreviousRun
+	saved bool
+}
+
+// record applies update to the record and saves it when it changed and names a session.
+func (c *Coordinator) record(update func(r *failover.PreviousRun)) {
+	if c.store == nil {
+		return
+	}
+	rr := &c.rec
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	next := rr.run
+	next.Releasing = slices.Clone(rr.run.Releasing)
+	update(&next)
+	if next.Session == "" || (rr.saved && next.Session == rr.run.Session && next.LiveSince.Equal(rr.run.LiveSince) && slices.Equal(next.Releasing, rr.run.Releasing)) {
+		return
+	}
+	if err := c.store.SaveRun(next); err != nil {
+		c.log.Warn("could not record the session for a restart in place: the next start may begin afresh", "err", err)
+		return
+	}
+	rr.run, rr.saved = next, true
+}
+
+// saveRun records the session whenever it or live_since changed; a new session has nothing
+// being released yet.
 func (k *keeper) saveRun() {
-	c := k.c
-	if c.store == nil || k.session == "" || k.adopting {
+	if k.session == "" || k.adopting {
 		return
 	}
-	run := failover.PreviousRun{Session: k.session, LiveSince: k.liveSince}
-	if run == k.saved {
-		return
-	}
-	if err := c.store.SaveRun(run); err != nil {
-		c.log.Warn("could not record the session for a restart in place: the next start begins afresh", "err", err)
-		return
-	}
-	k.saved = run
+	k.c.record(func(r *failover.PreviousRun) {
+		if r.Session != k.session {
+			r.Releasing = nil
+		}
+		r.Session, r.LiveSince = k.session, k.liveSince
+	})
+}
+
+// recordReleasing adds (before the releases are sent) or removes (once Consul answered) slices
+// being handed off.
+func (c *Coordinator) recordReleasing(add bool, ss ...failover.SliceID) {
+	c.record(func(r *failover.PreviousRun) {
+		for _, s := range ss {
+			i := slices.Index(r.Releasing, s)
+			switch {
+			case add && i < 0:
+				r.Releasing = append(r.Releasing, s)
+			case !add && i >= 0:
+				r.Releasing = slices.Delete(r.Releasing, i, i+1)
+			}
+		}
+	})
 }
 
 // finishForRestart ends a stop for a restart: the assignee has let go of every slice; the

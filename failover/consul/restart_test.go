@@ -170,3 +170,44 @@ func TestConsulRestartInPlaceRefusedWhenSessionGone(t *testing.T) {
 	}
 	l.Check(t)
 }
+
+// TestConsulRestartInPlaceReleasesWhatWasBeingHandedOff: a slice the previous process was
+// handing off (recorded as releasing: its release may still land) is released again by the
+// new process, never processed under the old lock; the rest is adopted as usual.
+func TestConsulRestartInPlaceReleasesWhatWasBeingHandedOff(t *testing.T) {
+	srv := consultest.Start(t)
+	l := failovertest.NewLedger()
+	store := &memStore{}
+	a := startNodeAs(t, srv, l, "a", "a", nil, func(c *Coordinator) { c.SetRestart(nil, store) })
+	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
+	tokens := tokensOf(a.c.Status())
+	if err := a.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	prev := store.load()
+	handing := allTestSlices()[0]
+	prev.Releasing = []failover.SliceID{handing} // as if it died with this release on its way
+	a2 := startNodeAs(t, srv, l, "a", "a-restarted", nil, func(c *Coordinator) { c.SetRestart(prev, store) })
+	waitSplit(t, 15*time.Second, "the restarted process owns everything", map[*testNode][]failover.SliceID{a2: allTestSlices()}, a2)
+	for s, tok := range tokensOf(a2.c.Status()) {
+		switch {
+		case s == handing && tok <= tokens[s]:
+			t.Errorf("%s: token %d, want a new acquisition's, larger than %d", s, tok, tokens[s])
+		case s != handing && tok != tokens[s]:
+			t.Errorf("%s: token %d, want the adopted %d", s, tok, tokens[s])
+		}
+	}
+	if ch := a2.c.Status().OwnershipChanges; ch[failover.ReasonReleased] != 1 || ch[failover.ReasonAcquired] != 1 || len(ch) != 2 {
+		t.Errorf("changes %v: want %s released once and acquired again, nothing else", ch, handing)
+	}
+	if n := a2.logs.count("slice adopted to be released again"); n != 1 {
+		t.Errorf("%d log lines for the slice being handed off, want 1", n)
+	}
+	consultest.WaitFor(t, 5*time.Second, "nothing recorded as releasing", func() error {
+		if r := store.load(); r == nil || len(r.Releasing) != 0 {
+			return fmt.Errorf("recorded %+v", r)
+		}
+		return nil
+	})
+	l.Check(t)
+}

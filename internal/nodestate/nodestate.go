@@ -48,6 +48,9 @@ type State struct {
 	// LiveSince is when the node's current live stretch began (the live_since the process
 	// published): a restart that adopts the session keeps it, so its peers still see it settled.
 	LiveSince time.Time `json:"live_since"`
+	// Releasing lists the slices ("queue/index") it was handing off: a release of theirs may
+	// still be applied, so the next process releases them again instead of processing them.
+	Releasing []string `json:"releasing,omitempty"`
 	// PID and Written say which process wrote it, when (for the logs).
 	PID     int       `json:"pid"`
 	Written time.Time `json:"written"`
