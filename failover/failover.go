@@ -59,8 +59,10 @@ type QueueAvailability interface {
 
 // Coordinator decides which slices this node processes and tells the Assignee.
 type Coordinator interface {
-	// Run owns everything; on ctx cancel it releases slices cleanly (drain in-flight, then
-	// release locks, destroy the session, deregister).
+	// Run owns everything; on ctx cancel it stops cleanly: the assignee drains its in-flight
+	// messages, then the locks are released, the session destroyed and the service
+	// deregistered, or, for a coordinator set up to restart in place (Restartable), the
+	// session and its locks stay for the node's next process (Leaver hands off instead).
 	Run(ctx context.Context) error
 	// ValidUntil is the lease deadline (a time.Time carrying a monotonic reading); standalone: far
 	// future. The runner claims only while now < ValidUntil() and kills handlers past it.

@@ -24,6 +24,7 @@
 //	members.go      the membership watch over the service's health
 //	txn.go          the acquire and release transactions of one slice
 //	calls.go        every request: timeout, error counts, explanations, outage logging
+//	restart.go      restart in place: adopting the previous process's session, Leave, the record
 //
 // Goroutines, all owned by Run: the loop (the only one that touches the Machine), the keeper,
 // the KV watch and the membership watch, and one short-lived waiter per pending narrowing. They
@@ -55,7 +56,9 @@
 //
 // What the caller must do: implement failover.Assignee (SetSlices returns at once; its channel
 // closes when the removed slices have no message in flight), honour ValidUntil, give each node
-// a unique NodeID, and cancel Run's context to stop (Run then drains, releases, destroys the
-// session and deregisters). A Coordinator runs once. See docs/failover.md for the protocol,
+// a unique NodeID, and cancel Run's context to stop. With SetRestart's store that is a stop for
+// a restart (Run narrows the assignee and keeps the session, its locks and the registration for
+// the next process, which adopts them: restart.go); without one, or through Leave, Run drains,
+// releases, destroys the session and deregisters. A Coordinator runs once. See docs/failover.md for the protocol,
 // the timing invariants, the check layout and its cost, and failure behaviour.
 package consul
