@@ -52,7 +52,7 @@ func pollCLI(t *testing.T, what string, cond func() (bool, string)) {
 }
 
 // On the node, the CLI finds the agent through the configuration's control socket: status,
-// members and drain work with only --config, or with $QSLICE_CONFIG, or with --addr unix:PATH.
+// members, drain and leave work with only --config, or with $QSLICE_CONFIG, or with --addr unix:PATH.
 func TestCLIThroughControlSocket(t *testing.T) {
 	noClientEnv(t)
 	sock := testenv.SocketPath(t, "qslice.sock")
@@ -88,6 +88,15 @@ queues:
 	if code != 0 || !strings.Contains(out, "sock-node *") || !strings.Contains(out, "up") {
 		t.Fatalf("members: %d %s %s", code, out, stderr)
 	}
+	// leave: the node hands everything off and stops; its socket answers no more.
+	code, out, stderr = runCLI(t, "", "leave", "--config", cfgPath)
+	if code != 0 || !strings.Contains(out, "left") {
+		t.Fatalf("leave: %d %s %s", code, out, stderr)
+	}
+	pollCLI(t, "the node gone after leave", func() (bool, string) {
+		code, out, stderr := runCLI(t, "", "status", "--config", cfgPath)
+		return code == exitFailure && strings.Contains(stderr, "cannot reach the qslice agent"), out + stderr
+	})
 	// Nothing there: a clear error, exit 1.
 	code, _, stderr = runCLI(t, "", "status", "--addr", "unix:"+filepath.Join(t.TempDir(), "none.sock"))
 	if code != exitFailure || !strings.Contains(stderr, "cannot reach the qslice agent") {
