@@ -321,10 +321,7 @@ func (p *proc) readLoop() {
 // answersIn notes n answers taken in and releases the frames held meanwhile.
 func (p *proc) answersIn(n int) {
 	p.wmu.Lock()
-	p.unanswered -= n
-	if p.unanswered < 0 {
-		p.unanswered = 0 // answers to frames that were still held when the worker ended do not exist
-	}
+	p.unanswered = max(p.unanswered-n, 0) // answers come only for written frames: never below 0
 	release := p.nout > 0
 	p.wmu.Unlock()
 	if release {
