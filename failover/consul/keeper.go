@@ -23,8 +23,6 @@ type leaseState struct {
 	deadline time.Time // lease deadline, zero when none
 	// criticalSince: owned slices whose health is critical, and since when.
 	criticalSince map[failover.SliceID]time.Time
-	// adopted: session is the previous process's, adopted (Coordinator.SetRestart).
-	adopted bool
 }
 
 // keeper owns the agent registration, the TTL checks and the session: one round every
@@ -46,8 +44,9 @@ type keeper struct {
 	liveSince  time.Time
 	freshSince bool // the session was lost: restart liveSince at the next healthy round
 	lastReg    time.Time
-	// adopting: session is the previous process's, not confirmed yet; adopted once it is.
-	adopting, adopted bool
+	// adopting: session is the previous process's (Coordinator.SetRestart), not confirmed yet;
+	// the lease names it only once it is, and the loop's Machine then adopts its locks.
+	adopting bool
 }
 
 func (k *keeper) run(ctx context.Context) {
@@ -136,14 +135,14 @@ func (k *keeper) round(ctx context.Context) error {
 		case se == nil:
 			c.log.Warn("session lost: Consul invalidated it (TTL check critical, node failed, or destroyed); its slices are gone",
 				"session", k.session)
-			k.session, k.adopted = "", false
+			k.session = ""
 			k.freshSince = true
 		default:
 			// The session outlived the outage: this node kept its slices and its live stretch
 			// (restarting live_since would make it look unsettled and give its slices away).
 			k.confirmSent, k.freshSince = sent, false
 			if k.adopting {
-				k.adopting, k.adopted = false, true
+				k.adopting = false
 				c.log.Info("restart in place: adopted the previous process's session; its slices are resumed, not moved",
 					"session", k.session, "live_since", k.liveSince.Format(time.RFC3339Nano))
 			}
@@ -248,7 +247,7 @@ func (k *keeper) publish() {
 	}
 	old := c.lease.Load()
 	changed := old.session != session || !old.deadline.Equal(d) || !maps.Equal(old.criticalSince, crit)
-	c.lease.Store(&leaseState{session: session, deadline: d, criticalSince: crit, adopted: k.adopted})
+	c.lease.Store(&leaseState{session: session, deadline: d, criticalSince: crit})
 	if changed {
 		c.wakeLoop()
 	}

@@ -49,7 +49,7 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 
 	m := failover.NewMachine(c.machineConfig(), c.log, c.tp)
 	if c.prev != nil {
-		// Adopted only if the keeper's first round confirms it (leaseState.adopted).
+		// Adopted only if the keeper confirms it: the lease names it only then.
 		m.Step(failover.EvAdopt{Now: c.clk.Now(), Session: c.prev.Session, Releasing: c.prev.Releasing})
 	}
 	d := &driver{c: c, m: m, ctx: inner, wg: &wg}
