@@ -171,6 +171,10 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	return rep, nil
 }
 
+// RestartResumeTarget: a node restarted in place processes its own slices again within this
+// long of its new process's start (issue 16).
+const RestartResumeTarget = 2 * time.Second
+
 // Resumed summarizes how long each restarted node took, from its new process's start, to
 // process every slice it held before again.
 func (r *UpgradeReport) Resumed() Stats {
@@ -202,7 +206,8 @@ func (r *UpgradeReport) Print(w io.Writer) {
 			s.Node, s.Owned, s.Stop.Round(time.Millisecond), s.Resumed.Round(time.Millisecond), s.Settled.Round(time.Millisecond))
 	}
 	moves, least := r.Moves()
-	fmt.Fprintf(w, "restarts: %d; slices processed again after the new process started: %s\n", len(r.Restarts), r.Resumed())
+	fmt.Fprintf(w, "restarts: %d; slices processed again after the new process started: %s (target: every one within %s)\n",
+		len(r.Restarts), r.Resumed(), RestartResumeTarget)
 	fmt.Fprintf(w, "moves: %d (least needed %d); ready messages: at most %d during the restarts, %d before\n", moves, least, r.MaxReady, r.BaseReady)
 }
 

@@ -9,7 +9,8 @@
 // QSLICE_CONSUL, then PATH, then the build cache), builds qslice and the ledger handler, runs
 // the nodes as processes on 127.0.0.1, and prints the figures. Every process it started is
 // killed when it ends, also on SIGINT. Exit status: 0 when the ledger check passes (and, with
-// -bench failover, the failover targets are met; with -bench restart, nothing moved), 1 when
+// -bench failover, the failover targets are met; with -bench restart, nothing moved and every
+// node resumed its slices within 2 s of starting), 1 when
 // not, 2 on bad usage.
 package main
 
@@ -153,6 +154,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			if moves, _ := rep.Moves(); moves > 0 {
 				fmt.Fprintf(stderr, "qslice-chaos: restarts in place moved slices %d times\n", moves)
+				code = 1
+			}
+			// The target: a restarted node processes its own slices within 2 s of starting.
+			if r := rep.Resumed(); r.N != len(rep.Restarts) || r.Max > chaos.RestartResumeTarget {
+				fmt.Fprintf(stderr, "qslice-chaos: %d of %d restarts resumed their slices, the slowest after %s: target %s\n",
+					r.N, len(rep.Restarts), r.Max.Round(time.Millisecond), chaos.RestartResumeTarget)
 				code = 1
 			}
 			return
