@@ -10,8 +10,7 @@
 // the nodes as processes on 127.0.0.1, and prints the figures. Every process it started is
 // killed when it ends, also on SIGINT. Exit status: 0 when the ledger check passes (and, with
 // -bench failover, the failover targets are met; with -bench restart, nothing moved and every
-// node resumed its slices within 2 s of starting), 1 when
-// not, 2 on bad usage.
+// node resumed its slices within 2 s of starting), 1 when not, 2 on bad usage.
 package main
 
 import (
