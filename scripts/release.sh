@@ -16,6 +16,7 @@
 # Maintainer field, by default the author of HEAD.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+caller=$PWD
 cd "$here"
 
 arches=()
@@ -70,7 +71,7 @@ if [[ $deb_version == *-* ]]; then
   deb_version="${deb_version%%-*}~${pre//-/.}"
 fi
 
-out=$(mkdir -p "$out" && cd "$out" && pwd)
+out=$(cd "$caller" && mkdir -p "$out" && cd "$out" && pwd)
 if [ -n "$(ls -A "$out")" ]; then
   if [ "$out" = "$here/dist" ]; then
     rm -rf "${out:?}"/*
