@@ -401,6 +401,11 @@ func TestConsulACL(t *testing.T) {
 			if !strings.Contains(n.logs.String(), "consul at "+srv.HTTPAddr+": permission denied: check the ACL token (CONSUL_HTTP_TOKEN or consul.token) (consul said: ACL not found)") {
 				return errors.New("no clear error logged yet")
 			}
+			// Registration and the watches start together: a watch may be refused (and logged)
+			// first, so wait for the registration's refusal too.
+			if n.c.Status().ConsulErrors["register"] == 0 {
+				return errors.New("registration not refused yet")
+			}
 			return nil
 		})
 		st := n.c.Status()
