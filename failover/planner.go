@@ -295,19 +295,26 @@ func (pl *Planner) rankHomes(r *ranker, qi int) {
 		if len(q.Home[i]) > 0 || r.in.Weight != nil {
 			h = r.home(qi, s)
 		} else {
-			seed := sliceSeedH(qh, i)
-			for _, j := range hc {
-				m := &r.members[j]
-				if w := mix64(seed ^ m.hash); h.beatenBy(w, m.Node) {
-					h = pick{m.Node, w, m.hash}
-				}
-			}
+			h = r.bestOf(sliceSeedH(qh, i), hc)
 		}
 		if h.node != pl.home[off+i].node {
 			pl.homes[s] = h.node
 		}
 		pl.home[off+i] = h
 	}
+}
+
+// bestOf is the rendezvous winner among the members cands (indexes into r.members) for a slice
+// whose seed is seed; the zero pick when cands is empty.
+func (r *ranker) bestOf(seed uint64, cands []int32) pick {
+	var p pick
+	for _, j := range cands {
+		m := &r.members[j]
+		if w := mix64(seed ^ m.hash); p.beatenBy(w, m.Node) {
+			p = pick{m.Node, w, m.hash}
+		}
+	}
+	return p
 }
 
 // rankTargets ranks the targets of queue qi afresh, after its homes. The candidates are the
@@ -338,13 +345,7 @@ func (pl *Planner) rankTargets(r *ranker, qi int) {
 		case same:
 			t = pl.home[off+i]
 		default:
-			seed := sliceSeedH(qh, i)
-			for _, j := range tc {
-				m := &r.members[j]
-				if w := mix64(seed ^ m.hash); t.beatenBy(w, m.Node) {
-					t = pick{m.Node, w, m.hash}
-				}
-			}
+			t = r.bestOf(sliceSeedH(qh, i), tc)
 		}
 		if t.node != pl.tgt[off+i].node {
 			pl.target[s] = t.node
