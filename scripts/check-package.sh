@@ -8,8 +8,8 @@
 #     completions are where the shells look, and bash completes subcommands from them;
 #   - qslice config check /etc/qslice/qslice.yaml passes, and the shipped configuration runs as
 #     the qslice user: a message enqueued is processed, `qslice status` answers on the socket;
-#   - reinstalling keeps an edited conffile; dpkg -r keeps configuration and state; dpkg -P
-#     removes both and leaves nothing of the package.
+#   - reinstalling keeps an edited conffile and an enabled service; dpkg -r keeps configuration
+#     and state; dpkg -P removes both and leaves nothing of the package.
 # Needs root (dpkg). Without DEB it builds one for this machine's architecture with
 # scripts/release.sh. Refuses to run when a qslice package is installed already.
 #
@@ -26,7 +26,10 @@ tmp=$(mktemp -d)
 node_pid=
 cleanup() {
   [ -z "$node_pid" ] || kill "$node_pid" 2>/dev/null || true
-  if dpkg-query -W qslice >/dev/null 2>&1; then dpkg -P qslice >/dev/null 2>&1 || true; fi
+  if dpkg-query -W qslice >/dev/null 2>&1; then
+    systemctl disable qslice.service >/dev/null 2>&1 || true
+    dpkg -P qslice >/dev/null 2>&1 || true
+  fi
   rm -rf "$tmp" /run/qslice
 }
 trap cleanup EXIT
@@ -142,11 +145,15 @@ node_pid=
 ok "the shipped configuration runs as qslice: a message processed, qslice status answers on /run/qslice/qslice.sock"
 rm -rf /run/qslice
 
-# Reinstall (an upgrade's path through the maintainer scripts) keeps an edited conffile.
+# Reinstall (an upgrade's path through the maintainer scripts) keeps an edited conffile and the
+# administrator's choice to enable the service.
 echo "# edited by the administrator" >>/etc/qslice/qslice.yaml
+systemctl enable qslice.service >/dev/null 2>&1 || fail "systemctl enable qslice"
 dpkg -i "$deb" >"$tmp/reinstall.log" 2>&1 || { cat "$tmp/reinstall.log" >&2; fail "dpkg -i again"; }
 grep -q "edited by the administrator" /etc/qslice/qslice.yaml || fail "reinstall replaced the edited /etc/qslice/qslice.yaml"
-ok "reinstall keeps the edited conffile"
+state=$(systemctl is-enabled qslice.service 2>&1 || true)
+[ "$state" = enabled ] || fail "qslice.service is $state after reinstall, want enabled (as the administrator left it)"
+ok "reinstall keeps the edited conffile and the service enabled"
 
 dpkg -r qslice >"$tmp/remove.log" 2>&1 || { cat "$tmp/remove.log" >&2; fail "dpkg -r"; }
 [ ! -e /usr/bin/qslice ] || fail "dpkg -r left /usr/bin/qslice"
@@ -160,5 +167,8 @@ for p in /etc/qslice /etc/default/qslice /var/lib/qslice /usr/share/doc/qslice /
 done
 ! dpkg-query -W qslice >/dev/null 2>&1 || fail "dpkg still knows qslice: $(dpkg-query -W -f='${Status}' qslice)"
 getent passwd qslice >/dev/null || fail "purge removed the qslice user (Debian keeps system users)"
-ok "dpkg -P: configuration and state gone, the qslice user kept"
+for p in /etc/systemd/system/multi-user.target.wants/qslice.service /etc/systemd/system/qslice.service; do
+  [ ! -L "$p" ] || fail "dpkg -P left $p -> $(readlink "$p")"
+done
+ok "dpkg -P: configuration, state and the unit's enablement gone, the qslice user kept"
 echo "check-package.sh: all checks passed in $(($(date +%s) - start)) s"
