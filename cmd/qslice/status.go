@@ -127,24 +127,10 @@ logged by the agent with who asked.`,
 			if err != nil {
 				return err
 			}
-			path := "/api/drain"
 			if undo {
-				path = "/api/undrain"
+				return postAndPrint(cmd, g, c, "/api/undrain", false)
 			}
-			var stopProgress func()
-			if interactive(g.stderr) && !undo {
-				stopProgress = showDrainProgress(cmd.Context(), g.stderr, c)
-			}
-			var res struct{ Result string }
-			err = c.post(cmd.Context(), path, &res)
-			if stopProgress != nil {
-				stopProgress()
-			}
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), res.Result)
-			return nil
+			return postAndPrint(cmd, g, c, "/api/drain", true)
 		},
 	}
 	cf.register(cmd)
@@ -176,24 +162,28 @@ authentication, like drain.`,
 			if err != nil {
 				return err
 			}
-			var stopProgress func()
-			if interactive(g.stderr) {
-				stopProgress = showDrainProgress(cmd.Context(), g.stderr, c)
-			}
-			var res struct{ Result string }
-			err = c.post(cmd.Context(), "/api/leave", &res)
-			if stopProgress != nil {
-				stopProgress()
-			}
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), res.Result)
-			return nil
+			return postAndPrint(cmd, g, c, "/api/leave", true)
 		},
 	}
 	cf.register(cmd)
 	return cmd
+}
+
+// postAndPrint sends a state change to path and prints the agent's result. With progress, on a
+// terminal, it shows how many slices this node still owns until the agent answers.
+func postAndPrint(cmd *cobra.Command, g *globals, c *apiClient, path string, progress bool) error {
+	stop := func() {}
+	if progress && interactive(g.stderr) {
+		stop = showDrainProgress(cmd.Context(), g.stderr, c)
+	}
+	var res struct{ Result string }
+	err := c.post(cmd.Context(), path, &res)
+	stop() // ends the progress line before the result is printed
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), res.Result)
+	return nil
 }
 
 // showDrainProgress prints, on a terminal, how many slices this node still owns while a drain runs.
