@@ -5,7 +5,8 @@
 #   - `qslice version` and --version: the release's version and the commit it was built from;
 #   - systemd-analyze verify on the installed unit, and its security exposure (at most 2.5);
 #   - man qslice and the subcommands' pages render without warnings; the bash, zsh and fish
-#     completions are where the shells look, and bash completes subcommands from them;
+#     completions are where the shells look: bash and fish complete subcommands from them, zsh's
+#     compinit registers qslice's;
 #   - qslice config check /etc/qslice/qslice.yaml passes, and the shipped configuration runs as
 #     the qslice user: a message enqueued is processed, `qslice status` answers on the socket;
 #   - reinstalling keeps an edited conffile and an enabled service; dpkg -r keeps configuration
@@ -112,7 +113,12 @@ words=$(bash --norc --noprofile -c '
   __start_qslice qslice s queue 2>/dev/null
   echo "${COMPREPLY[*]}"')
 [ "$words" = "show stats" ] || fail "bash completes 'qslice queue s' to '$words', want 'show stats'"
-ok "completions for bash (completes 'qslice queue s' to: $words), zsh, fish"
+# fish loads vendor_completions.d by itself; zsh's compinit finds _qslice on Debian's fpath.
+fishwords=$(HOME=$tmp XDG_CONFIG_HOME=$tmp/config XDG_DATA_HOME=$tmp/data fish -c 'complete -C"qslice queue s"' | cut -f1 | tr '\n' ' ')
+[ "$fishwords" = "show stats " ] || fail "fish completes 'qslice queue s' to '$fishwords', want 'show stats'"
+zcomp=$(HOME=$tmp zsh -f -c 'autoload -U compinit; compinit -u -d "$HOME/zcompdump"; print -r -- ${_comps[qslice]}')
+[ "$zcomp" = _qslice ] || fail "zsh's compinit does not know qslice's completion (got '$zcomp')"
+ok "completions: bash and fish complete 'qslice queue s' to: $words; zsh's compinit loads _qslice"
 
 # The shipped configuration: valid, and it runs as the qslice user as the unit runs it (its
 # RuntimeDirectory and StateDirectory made by hand: systemd is not running here).
