@@ -2,8 +2,8 @@
 # Runs qslice's whole test suite on a fresh Debian machine, setting up what it needs first:
 #   - the Debian packages listed in .ci/apt-packages.txt (python3-flufl.lock for the lock
 #     interoperability tests, prometheus for promtool, mailman3 for the supervision test, chromium
-#     for the status page test, man-db, bash-completion, zsh and fish for the man pages and completions), when
-#     running as root;
+#     for the status page test; man-db, bash-completion, zsh and fish for the man pages and
+#     completions), when running as root;
 #   - Consul 1.13.9, built once from the Go module proxy by scripts/build-consul.sh and cached;
 #   - a Prometheus and promtool with Consul service discovery (Debian's have none), built once by
 #     scripts/build-prometheus.sh and cached.
