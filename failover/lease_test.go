@@ -3,6 +3,8 @@ package failover
 import (
 	"testing"
 	"time"
+
+	"github.com/qslice/qslice/internal/clock"
 )
 
 func TestLeaseDeadline(t *testing.T) {
@@ -82,5 +84,55 @@ func TestOwnedMeta(t *testing.T) {
 	}
 	if got := ownedMeta(big, map[string][]int{"out": every}); got != "out:512/1024" {
 		t.Errorf("ownedMeta for a long list = %q, want the count form", got)
+	}
+}
+
+// TestLiveStretchSurvivesALapseItsSessionSurvived pins live_since across lease lapses (docs/
+// failover.md, "The state machine"): a lapse restarts it provisionally, a later confirmation of
+// the same session brings the earlier stretch back (a Consul outage that kept every session
+// leaves the settled nodes settled, so a restarted node still waits its hold-down), and a lost
+// or replaced session starts a new stretch for good.
+func TestLiveStretchSurvivesALapseItsSessionSurvived(t *testing.T) {
+	const round = 500 * time.Millisecond
+	type step func(clk *clock.Fake, l *LiveStretch)
+	lapsed := func(s string) step {
+		return func(clk *clock.Fake, l *LiveStretch) { l.Lapsed(s); l.Healthy(clk.Now()); clk.Advance(round) }
+	}
+	lapsedUnhealthy := func(s string) step {
+		return func(clk *clock.Fake, l *LiveStretch) { l.Lapsed(s); clk.Advance(round) }
+	}
+	confirmed := func(s string) step {
+		return func(clk *clock.Fake, l *LiveStretch) { l.Confirmed(s); l.Healthy(clk.Now()); clk.Advance(round) }
+	}
+	lost := func(clk *clock.Fake, l *LiveStretch) { l.Lost(); l.Healthy(clk.Now()); clk.Advance(round) }
+	lostUnhealthy := func(clk *clock.Fake, l *LiveStretch) { l.Lost(); clk.Advance(round) }
+	healthy := func(clk *clock.Fake, l *LiveStretch) { l.Healthy(clk.Now()); clk.Advance(round) }
+	at := func(rounds int) time.Time { return t0.Add(time.Duration(rounds) * round) }
+
+	for _, c := range []struct {
+		name  string
+		steps []step
+		want  time.Time // Since after the steps
+	}{
+		{"healthy rounds keep the stretch", []step{healthy, confirmed("A"), healthy}, at(0)},
+		{"a lapse restarts it provisionally", []step{healthy, lapsed("A"), lapsed("A")}, at(2)},
+		{"the session survived the lapse: the stretch goes on", []step{healthy, lapsed("A"), lapsed("A"), lapsed("A"), confirmed("A")}, at(0)},
+		{"a lapse while unhealthy, session survived", []step{healthy, lapsedUnhealthy("A"), confirmed("A"), healthy}, at(0)},
+		{"the session was lost after the lapse: a new stretch", []step{healthy, lapsed("A"), lost, healthy, confirmed("B")}, at(2)},
+		{"lost while unhealthy: the stretch starts at the next healthy round", []step{healthy, lapsed("A"), lostUnhealthy, lostUnhealthy, healthy}, at(4)},
+		{"a lapse kept for another session restores nothing", []step{healthy, lapsed("A"), confirmed("B")}, at(1)},
+		{"a second lapse keeps the stretch the first restored", []step{healthy, lapsed("A"), confirmed("A"), healthy, lapsed("A"), confirmed("A")}, at(0)},
+		{"a new session's stretch is the one its lapse keeps", []step{healthy, lost, confirmed("B"), lapsed("B"), lapsed("B"), confirmed("B")}, at(1)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			clk := clock.NewFake(t0)
+			l := NewLiveStretch(clk.Now())
+			for _, s := range c.steps {
+				s(clk, &l)
+			}
+			if got := l.Since(); !got.Equal(c.want) {
+				t.Errorf("live_since %s after the steps, want %s", got.Sub(t0), c.want.Sub(t0))
+			}
+		})
 	}
 }

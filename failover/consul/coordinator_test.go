@@ -332,6 +332,7 @@ func TestConsulRestart(t *testing.T) {
 	l := failovertest.NewLedger()
 	a := startNode(t, srv, l, "a", nil)
 	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
+	liveBefore, sessionBefore := publishedLiveSince(t, srv, a)
 
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
@@ -377,10 +378,41 @@ func TestConsulRestart(t *testing.T) {
 	if n := a.logs.count("consul request failing"); n < 1 || n > 4 {
 		t.Errorf("%d 'consul request failing' lines; want one per distinct problem, not one per retry", n)
 	}
+	// live_since: a restart that kept the node's session (Consul keeps its state) is no new live
+	// stretch, or every node would look unsettled after it and a restarted node would take its
+	// slices back without its hold-down (failover.LiveStretch). A lost session starts a new one.
+	switch liveAfter, sessionAfter := publishedLiveSince(t, srv, a); {
+	case sessionAfter == sessionBefore && liveAfter != liveBefore:
+		t.Errorf("live_since %s after the Consul restart, want %s: session %s survived it", liveAfter, liveBefore, sessionBefore)
+	case sessionAfter != sessionBefore && liveAfter <= liveBefore:
+		t.Errorf("live_since %s after the Consul restart, want later than %s: session %s was replaced by %s", liveAfter, liveBefore, sessionBefore, sessionAfter)
+	default:
+		t.Logf("session %s -> %s, live_since %s -> %s", sessionBefore, sessionAfter, liveBefore, liveAfter)
+	}
 	if err := a.stop(t); err != nil {
 		t.Errorf("Run after restart: %v", err)
 	}
 	l.Check(t)
+}
+
+// publishedLiveSince reads n's live_since from its service Meta and its session from Consul.
+func publishedLiveSince(t *testing.T, srv *consultest.Server, n *testNode) (liveSince, session string) {
+	t.Helper()
+	cl := srv.Client("")
+	svc, _, err := cl.Agent().Service(n.c.serviceID, nil)
+	if err != nil {
+		t.Fatalf("reading the service of %s: %v", n.c.serviceID, err)
+	}
+	sessions, _, err := cl.Session().List(nil)
+	if err != nil {
+		t.Fatalf("listing sessions: %v", err)
+	}
+	for _, se := range sessions {
+		if se.Name == n.c.sessionName {
+			session = se.ID
+		}
+	}
+	return svc.Meta["live_since"], session
 }
 
 // qsliceRules is the ACL policy docs/failover.md documents for a node of cluster "test".

@@ -37,13 +37,13 @@ type keeper struct {
 	session      string
 	unhealthy    bool // logged state of failover.HealthSource.NodeHealthy
 	criticalFrom map[failover.SliceID]time.Time
-	// liveSince is published in the Meta (live_since, Unix ms): when this node's current run of
+	// live is published in the Meta (live_since, Unix ms): when this node's current run of
 	// good health began. It restarts when the process starts, and at the first passing round
 	// after the session was lost, so every node sees the same hold-down for this node and a node
-	// whose check flaps never looks settled.
-	liveSince  time.Time
-	freshSince bool // the session was lost: restart liveSince at the next healthy round
-	lastReg    time.Time
+	// whose check flaps never looks settled; a lapse that the session survived does not end it
+	// (failover.LiveStretch).
+	live    failover.LiveStretch
+	lastReg time.Time
 	// adopting: session is the previous process's (Coordinator.SetRestart), not confirmed yet;
 	// the lease names it only once it is, and the loop's Machine then adopts its locks.
 	adopting bool
@@ -52,11 +52,11 @@ type keeper struct {
 func (k *keeper) run(ctx context.Context) {
 	c := k.c
 	k.criticalFrom = map[failover.SliceID]time.Time{}
-	k.liveSince = c.clk.Now()
+	k.live = failover.NewLiveStretch(c.clk.Now())
 	if p := c.prev; p != nil {
 		// The previous process's session, if the first round confirms it is ours and valid;
 		// its live stretch goes on (a restart in place is no new start for the peers).
-		k.session, k.liveSince, k.adopting = p.Session, p.LiveSince, true
+		k.session, k.live, k.adopting = p.Session, failover.NewLiveStretch(p.LiveSince), true
 	}
 	// Retries back off up to one RenewInterval only: the keeper's requests go to the local agent
 	// and cost no more than its renewals, and after a cut heals the next pass must come soon
@@ -81,7 +81,7 @@ func (k *keeper) run(ctx context.Context) {
 				// Owned slices changed: show it in the Meta soon, at most every RenewInterval/4.
 				if !k.unhealthy && k.registered && !c.clk.Now().Before(k.lastReg.Add(c.cfg.RenewInterval/4)) {
 					meta := maps.Clone(c.wantMeta())
-					meta["live_since"] = strconv.FormatInt(k.liveSince.UnixMilli(), 10)
+					meta["live_since"] = strconv.FormatInt(k.live.Since().UnixMilli(), 10)
 					if !maps.Equal(meta, k.regMeta) {
 						_ = k.register(ctx, meta, true)
 					}
@@ -120,40 +120,43 @@ func (k *keeper) round(ctx context.Context) error {
 		})
 		if why := k.notAdoptable(err, se); why != "" {
 			c.log.Info("restart in place: starting with a new session", "why", why, "previous_session", k.session)
-			k.session, k.adopting, k.freshSince = "", false, true
+			k.session, k.adopting = "", false
+			k.live.Lost()
 		}
 		switch {
 		case k.session == "":
 		case err != nil:
 			errs = append(errs, err)
 			if !k.adopting && !c.clk.Now().Before(c.ValidUntil()) {
-				// The lease lapsed: this node is not settled, whatever becomes of its session.
+				// The lease lapsed: this node is not settled until it knows its session survived.
 				// Passing the check with the old live_since would let peers hand slices back at
 				// once when Consul answers again, before this node learns its session is gone.
-				k.freshSince = true
+				k.live.Lapsed(k.session)
 			}
 		case se == nil:
 			c.log.Warn("session lost: Consul invalidated it (TTL check critical, node failed, or destroyed); its slices are gone",
 				"session", k.session)
 			k.session = ""
-			k.freshSince = true
+			k.live.Lost()
 		default:
 			// The session outlived the outage: this node kept its slices and its live stretch
-			// (restarting live_since would make it look unsettled and give its slices away).
-			k.confirmSent, k.freshSince = sent, false
+			// (restarting live_since would make it look unsettled and, when every node lapsed
+			// together, let a restarted node take its slices back without its hold-down).
+			k.confirmSent = sent
+			k.live.Confirmed(k.session)
 			if k.adopting {
 				k.adopting = false
 				c.log.Info("restart in place: adopted the previous process's session; its slices are resumed, not moved",
-					"session", k.session, "live_since", k.liveSince.Format(time.RFC3339Nano))
+					"session", k.session, "live_since", k.live.Since().Format(time.RFC3339Nano))
 			}
 		}
 	}
 
-	if k.freshSince && healthErr == nil {
-		k.liveSince, k.freshSince = c.clk.Now(), false // live again from the pass below
+	if healthErr == nil {
+		k.live.Healthy(c.clk.Now()) // live again from the pass below, if the stretch restarted
 	}
 	meta := maps.Clone(c.wantMeta())
-	meta["live_since"] = strconv.FormatInt(k.liveSince.UnixMilli(), 10)
+	meta["live_since"] = strconv.FormatInt(k.live.Since().UnixMilli(), 10)
 	// Re-registration restarts the agent's TTL timers, so it is skipped while unhealthy: the
 	// check must be allowed to lapse.
 	if !k.registered || (healthErr == nil && !maps.Equal(meta, k.regMeta)) {

@@ -114,7 +114,7 @@ func (k *keeper) saveRun() {
 		if r.Session != k.session {
 			r.Releasing = nil
 		}
-		r.Session, r.LiveSince = k.session, k.liveSince
+		r.Session, r.LiveSince = k.session, k.live.Since()
 	})
 }
 

@@ -50,6 +50,10 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 		return c.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx))
 	})
 	if err != nil {
+		// The agent may have applied it (a lost answer, a timeout): its Meta is unknown now, so
+		// the next healthy round registers again (else a live_since restored after a lapse
+		// would equal regMeta and never replace the one the agent took).
+		k.regMeta = nil
 		return err
 	}
 	if !c.registered.Load() {
