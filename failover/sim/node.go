@@ -25,11 +25,10 @@ type node struct {
 
 	// keeper
 	session     string
-	ttlSent     time.Time // local
-	confirmSent time.Time // local
-	liveSince   time.Time // local
-	freshSince  bool
-	deadline    time.Time // local; the lease the runner honours
+	ttlSent     time.Time            // local
+	confirmSent time.Time            // local
+	live        failover.LiveStretch // live_since (local), decided as the Consul driver's keeper does
+	deadline    time.Time            // local; the lease the runner honours
 	meta        map[string]string
 	critical    map[failover.SliceID]time.Time
 	// liveHist: every live stretch's start (true time) and when it was published (true time).
@@ -58,8 +57,15 @@ type node struct {
 type liveRec struct{ publishedAt, since time.Time }
 
 func (n *node) setLiveSince(l time.Time) {
-	n.liveSince = l
+	n.live = failover.NewLiveStretch(l)
 	n.liveHist = append(n.liveHist, liveRec{publishedAt: n.w.now, since: n.trueOf(l)})
+}
+
+// noteLive records live_since in liveHist if the keeper's decisions changed it.
+func (n *node) noteLive(before time.Time) {
+	if l := n.live.Since(); !l.Equal(before) {
+		n.liveHist = append(n.liveHist, liveRec{publishedAt: n.w.now, since: n.trueOf(l)})
+	}
 }
 
 // settledWithin reports whether the node was settled (live for HoldDown by its published
@@ -115,10 +121,9 @@ func (n *node) event(d time.Duration, fn func()) {
 func (n *node) start(after time.Duration) {
 	n.run++
 	n.crashed, n.paused, n.defer_ = false, false, nil
-	n.adoptFrom, n.adoptLiveSince, n.adopted, n.startedAt = n.session, n.liveSince, false, n.w.now.Add(after)
+	n.adoptFrom, n.adoptLiveSince, n.adopted, n.startedAt = n.session, n.live.Since(), false, n.w.now.Add(after)
 	n.session, n.ttlSent, n.confirmSent, n.deadline = "", time.Time{}, time.Time{}, time.Time{}
 	n.kvLast, n.memLast = time.Time{}, time.Time{} // a new process has not asked yet
-	n.freshSince = false
 	n.setLiveSince(n.local(n.w.now.Add(after)))
 	n.lastIndex, n.kvAsked, n.memAsked, n.kvMissed, n.memMissed, n.roundQueued = 0, false, false, true, true, false
 	n.assigned = map[failover.SliceID]bool{}
@@ -197,7 +202,7 @@ func (n *node) keeperRound() {
 	sent := n.local(w.now)
 	if !n.reachable() {
 		if !sent.Before(n.deadline) {
-			n.freshSince = true
+			n.live.Lapsed(n.session)
 		}
 		return
 	}
@@ -221,16 +226,19 @@ func (n *node) keeperRound() {
 		}
 		if n.session != "" {
 			if c.sessions[n.session] == nil {
-				n.session, n.freshSince = "", true
+				n.session = ""
+				n.live.Lost()
 			} else {
-				n.confirmSent, n.freshSince = sent, false // the session outlived the outage
+				n.confirmSent = sent // the session outlived the outage
+				before := n.live.Since()
+				n.live.Confirmed(n.session)
+				n.noteLive(before)
 			}
 		}
-		if n.freshSince {
-			n.freshSince = false
-			n.setLiveSince(sent)
-		}
-		meta := memberMeta{liveSince: n.liveSince}
+		before := n.live.Since()
+		n.live.Healthy(sent)
+		n.noteLive(before)
+		meta := memberMeta{liveSince: n.live.Since()}
 		if n.meta != nil {
 			meta.draining = n.meta["draining"] == "true"
 			meta.unavailable = n.meta["unavailable"]
@@ -481,7 +489,7 @@ func (n *node) checkFailback(r failover.ReleaseReq) {
 		ch := w.consul.checks[o.id]
 		if o != to && !o.crashed && ch != nil && ch.passing && o.settledWithin(0, slack) {
 			w.violation("slice %s handed back to %s %.3fs after it became live, before the hold-down %s, while %s was settled",
-				r.Slice, to.id, w.now.Sub(to.trueOf(to.liveSince)).Seconds(), w.cfg.HoldDown, o.id)
+				r.Slice, to.id, w.now.Sub(to.trueOf(to.live.Since())).Seconds(), w.cfg.HoldDown, o.id)
 			return
 		}
 	}
