@@ -132,6 +132,14 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 	if err := cl.WaitOwned(ctx, o.RoundTimeout, true); err != nil {
 		return nil, fmt.Errorf("cluster did not come up: %w", err)
 	}
+	// While no node has been live for the hold-down, every node counts as a candidate (a
+	// cluster that boots spreads its slices at once, docs/failover.md), so a node killed then
+	// would get its slices back at once. Fail-back is measured against settled peers, as an
+	// operator sees it on a running cluster: the first fault waits for the hold-down.
+	if settled := began.Add(cfg.HoldDown + timing.RenewInterval); o.Kills+o.Pauses > 0 && time.Now().Before(settled) {
+		log.Info("waiting until every node is settled (hold-down) before the first fault", "hold_down", cfg.HoldDown, "for", time.Until(settled).Round(time.Second))
+		clock.Sleep(ctx, clock.System{}, time.Until(settled))
+	}
 	feeder := &Feeder{Dir: queue.NewDir(cl.QueueDir, "", ""), Rate: o.Rate}
 	feed := startFeeder(ctx, feeder)
 	defer feed.stop()
