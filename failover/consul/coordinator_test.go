@@ -514,9 +514,13 @@ func TestConsulDrainAndUndrain(t *testing.T) {
 	if !a.c.Status().Draining {
 		t.Error("Status.Draining false after Drain")
 	}
-	if got := b.c.Status().OwnershipChanges[failover.ReasonDrain]; int(got) != len(want[a]) {
-		t.Errorf("b counted %d drain acquisitions, want %d", got, len(want[a]))
-	}
+	// b's Status is published after the round whose SetSlices waitSplit saw: wait for it.
+	consultest.WaitFor(t, 2*time.Second, "b's status counts every drain acquisition", func() error {
+		if got := b.c.Status().OwnershipChanges[failover.ReasonDrain]; int(got) != len(want[a]) {
+			return fmt.Errorf("b counted %d drain acquisitions, want %d", got, len(want[a]))
+		}
+		return nil
+	})
 	// The timeline in traces: a hand-off span per slice on a, an acquire span on b.
 	handoffs, acquires := a.endedSpans("qslice.slice.handoff"), b.endedSpans("qslice.slice.acquire")
 	for _, s := range want[a] {
