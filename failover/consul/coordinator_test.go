@@ -185,12 +185,8 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	if a.logs.count("node unhealthy") != 1 || a.logs.count("lease lapsed") != 1 {
 		t.Errorf("want one 'node unhealthy' and one 'lease lapsed' line on a:\n%s", a.logs.String())
 	}
-	if got := a.c.Status().OwnershipChanges[failover.ReasonLeaseLost]; int(got) != len(want[a]) {
-		t.Errorf("a counted %d lease_lost, want %d", got, len(want[a]))
-	}
-	if got := b.c.Status().OwnershipChanges[failover.ReasonFailover]; int(got) != len(want[a]) {
-		t.Errorf("b counted %d failover, want %d", got, len(want[a]))
-	}
+	waitChanges(t, a, failover.ReasonLeaseLost, len(want[a]))
+	waitChanges(t, b, failover.ReasonFailover, len(want[a]))
 
 	healedAt := time.Now()
 	a.h.set(nil)
@@ -494,6 +490,18 @@ session_prefix "" { policy = "write" }
 	l.Check(t)
 }
 
+// waitChanges waits until n's published Status counts want ownership changes for reason. The
+// Status is published after the round whose SetSlices waitSplit saw, so it may lag by a round.
+func waitChanges(t *testing.T, n *testNode, reason string, want int) {
+	t.Helper()
+	consultest.WaitFor(t, 2*time.Second, fmt.Sprintf("%s's status counts %d %s", n.id, want, reason), func() error {
+		if got := n.c.Status().OwnershipChanges[reason]; int(got) != want {
+			return fmt.Errorf("%s counted %d %s, want %d", n.id, got, reason, want)
+		}
+		return nil
+	})
+}
+
 func TestConsulDrainAndUndrain(t *testing.T) {
 	srv := consultest.Start(t)
 	l := failovertest.NewLedger()
@@ -514,13 +522,7 @@ func TestConsulDrainAndUndrain(t *testing.T) {
 	if !a.c.Status().Draining {
 		t.Error("Status.Draining false after Drain")
 	}
-	// b's Status is published after the round whose SetSlices waitSplit saw: wait for it.
-	consultest.WaitFor(t, 2*time.Second, "b's status counts every drain acquisition", func() error {
-		if got := b.c.Status().OwnershipChanges[failover.ReasonDrain]; int(got) != len(want[a]) {
-			return fmt.Errorf("b counted %d drain acquisitions, want %d", got, len(want[a]))
-		}
-		return nil
-	})
+	waitChanges(t, b, failover.ReasonDrain, len(want[a]))
 	// The timeline in traces: a hand-off span per slice on a, an acquire span on b.
 	handoffs, acquires := a.endedSpans("qslice.slice.handoff"), b.endedSpans("qslice.slice.acquire")
 	for _, s := range want[a] {
