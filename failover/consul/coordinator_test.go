@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -740,6 +741,16 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 // again within the outage plus one lease of quarantine plus a few renew intervals, not minutes.
 func TestConsulRestartLosingState(t *testing.T) {
 	srv := consultest.Start(t)
+	// A Consul in production has an index in the millions when it loses its state; a fresh test
+	// Consul is at a few dozen, which the restarted one passes within a second (its own writes
+	// and the node's), so the index might not go backwards at all. Raise it first: the node's
+	// locks then carry indexes the restarted Consul is far below when the watch reads afresh.
+	cl := srv.Client("")
+	for i := 0; i < 300; i++ {
+		if _, err := cl.KV().Put(&api.KVPair{Key: "elsewhere/index-raiser", Value: []byte(strconv.Itoa(i))}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
 	l := failovertest.NewLedger()
 	a := startNode(t, srv, l, "a", nil)
 	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
