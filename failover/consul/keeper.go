@@ -44,6 +44,11 @@ type keeper struct {
 	// (failover.LiveStretch).
 	live    failover.LiveStretch
 	lastReg time.Time
+	// regUnsureUntil: a registration failed recently; until then every healthy round registers
+	// again. A request the client gave up on may still reach the agent later (queued while the
+	// agent was starting) and overwrite a newer Meta, such as a live_since restored after a
+	// lapse; regMeta cannot tell, so the Meta is re-asserted for a while.
+	regUnsureUntil time.Time
 	// adopting: session is the previous process's (Coordinator.SetRestart), not confirmed yet;
 	// the lease names it only once it is, and the loop's Machine then adopts its locks.
 	adopting bool
@@ -159,7 +164,7 @@ func (k *keeper) round(ctx context.Context) error {
 	meta["live_since"] = strconv.FormatInt(k.live.Since().UnixMilli(), 10)
 	// Re-registration restarts the agent's TTL timers, so it is skipped while unhealthy: the
 	// check must be allowed to lapse.
-	if !k.registered || (healthErr == nil && !maps.Equal(meta, k.regMeta)) {
+	if !k.registered || (healthErr == nil && (!maps.Equal(meta, k.regMeta) || c.clk.Now().Before(k.regUnsureUntil))) {
 		if err := k.register(ctx, meta, healthErr == nil); err != nil {
 			k.publish()
 			return errors.Join(append(errs, err)...) // nothing else works without the registration

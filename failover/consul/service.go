@@ -54,6 +54,7 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 		// the next healthy round registers again (else a live_since restored after a lapse
 		// would equal regMeta and never replace the one the agent took).
 		k.regMeta = nil
+		k.regUnsureUntil = c.clk.Now().Add(2 * c.cfg.TTL)
 		return err
 	}
 	if !c.registered.Load() {
