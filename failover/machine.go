@@ -142,9 +142,20 @@ type KVEntry struct {
 }
 
 // KVSnapshot is one answer of the KV watch: every slice key and the index of the answer.
+// In the scoped layout (ScopedView) keys come from different answers: Index is the last full
+// read's and AsOf holds the keys known current at a later index.
 type KVSnapshot struct {
 	Index   uint64
 	Entries map[SliceID]KVEntry
+	AsOf    map[SliceID]uint64
+}
+
+// asOf is the index at which the snapshot's entry for s (or its absence) is known current.
+func (k *KVSnapshot) asOf(s SliceID) uint64 {
+	if i, ok := k.AsOf[s]; ok && i > k.Index {
+		return i
+	}
+	return k.Index
 }
 
 // MemberInfo is one qslice service instance as the membership watch saw it.
@@ -542,7 +553,7 @@ func (m *Machine) CountChange(s SliceID, from, to, reason string) { m.changed(s,
 func (m *Machine) reconcileKV() {
 	for _, s := range m.ownedSorted() {
 		h := m.owned[s]
-		if m.kv.Index < h.token {
+		if m.kv.asOf(s) < h.token {
 			continue // snapshot older than our acquisition
 		}
 		e, ok := m.kv.Entries[s]
@@ -879,7 +890,7 @@ func (m *Machine) acquisitions() []AcquireReq {
 		if m.owned[mv.Slice] != nil || releasing || m.now.Before(m.retryAt[mv.Slice]) {
 			continue
 		}
-		if idx, ok := m.staleAt[mv.Slice]; ok && idx == m.kv.Index {
+		if idx, ok := m.staleAt[mv.Slice]; ok && idx == m.kv.asOf(mv.Slice) {
 			continue // the key changed after this snapshot: wait for the next one
 		}
 		prev, seen := m.kv.Entries[mv.Slice]
@@ -905,7 +916,7 @@ func (m *Machine) stepAcquired(e EvAcquireResult) {
 		// snapshot shows the key as the old session left it).
 	case !e.Granted && e.Stale:
 		if m.kv != nil {
-			m.staleAt[s] = m.kv.Index
+			m.staleAt[s] = m.kv.asOf(s)
 		}
 	case !e.Granted:
 		m.retryAt[s] = m.now.Add(m.cfg.RenewInterval)

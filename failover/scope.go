@@ -1,0 +1,285 @@
+package failover
+
+import (
+	"slices"
+	"strings"
+)
+
+// The scoped watch layout (ConsulConfig.WatchLayout "scoped"): instead of the whole KV prefix
+// and the whole service health, a node watches single keys, the ones whose change it must act
+// on. This file holds the pure part, shared by the Consul driver and the simulator: which keys
+// a node watches (Machine.WatchScope) and whom it must tell when a watch group changes
+// (Pokes). docs/failover.md, "Consul load", describes the layout.
+//
+// Invariants:
+//   - a node watches the key of every slice it holds, is acquiring (unsure), is the planner's
+//     target of, or ranks among the first ScopeDepth eligible candidates of (its watch group);
+//   - it watches the member key of every other member of those groups and of their holders;
+//   - when a group changes, its highest-ranked member that was in it before tells each entrant
+//     (Pokes) which member keys to read; an entrant that knows nothing of the group yet then
+//     reads them, recomputes its scope and watches the slice.
+
+// ScopeDepth is how many candidates of a slice watch it: with three, two overlapping failures
+// among a slice's candidates still leave one watcher that knows the slice, without waiting for
+// a poke.
+const ScopeDepth = 3
+
+// WatchScope is what one node watches in the scoped layout.
+type WatchScope struct {
+	// Slices maps each watched slice to its watch group: its first ScopeDepth eligible
+	// candidates (live, not draining, able to work the queue), home list first, then rendezvous
+	// order, as the planner ranks them. A slice watched only because the node holds it or is
+	// its target may have a group without the node.
+	Slices map[SliceID][]string
+	// Members are the member keys to watch (sorted, without the node itself).
+	Members []string
+}
+
+// Equal reports whether two scopes watch the same keys with the same groups.
+func (w WatchScope) Equal(o WatchScope) bool {
+	if len(w.Slices) != len(o.Slices) || !slices.Equal(w.Members, o.Members) {
+		return false
+	}
+	for s, g := range w.Slices {
+		og, ok := o.Slices[s]
+		if !ok || !slices.Equal(g, og) {
+			return false
+		}
+	}
+	return true
+}
+
+// scopeMember is an eligible member with its precomputed hash.
+type scopeMember struct {
+	node string
+	hash uint64
+	unav map[string]bool
+}
+
+// WatchScope computes the keys this node must watch now (see the package's scoped layout).
+// It reads the Machine's members, last snapshot, plan and owned slices; the driver calls it
+// after Ready and watches the difference.
+func (m *Machine) WatchScope() WatchScope {
+	var elig []scopeMember
+	for _, mem := range m.members {
+		if !mem.Live || mem.Draining || mem.Node == "" {
+			continue
+		}
+		unav := mem.Unavailable
+		if mem.Node == m.cfg.Self {
+			if m.draining || m.stopping {
+				continue
+			}
+			unav = m.unavailable
+		}
+		elig = append(elig, scopeMember{node: mem.Node, hash: stringHash(mem.Node), unav: unav})
+	}
+	slices.SortFunc(elig, func(a, b scopeMember) int { return strings.Compare(a.node, b.node) })
+	elig = slices.CompactFunc(elig, func(a, b scopeMember) bool { return a.node == b.node })
+	selfIdx := slices.IndexFunc(elig, func(e scopeMember) bool { return e.node == m.cfg.Self })
+
+	out := WatchScope{Slices: map[SliceID][]string{}}
+	watch := func(s SliceID, qi int) {
+		if _, ok := out.Slices[s]; !ok {
+			out.Slices[s] = group(m.cfg.Queues[qi], s, elig, ScopeDepth)
+		}
+	}
+	qIndex := make(map[string]int, len(m.cfg.Queues))
+	for qi, q := range m.cfg.Queues {
+		qIndex[q.Name] = qi
+		if selfIdx < 0 || elig[selfIdx].unav[q.Name] {
+			continue
+		}
+		for i := 0; i < q.Slices; i++ {
+			s := SliceID{q.Name, i}
+			if ranksWithin(q, s, elig, selfIdx, ScopeDepth) {
+				watch(s, qi)
+			}
+		}
+	}
+	extra := func(s SliceID) {
+		if qi, ok := qIndex[s.Queue]; ok && s.Index < m.cfg.Queues[qi].Slices {
+			watch(s, qi)
+		}
+	}
+	for s := range m.owned {
+		extra(s)
+	}
+	for s := range m.releasing {
+		extra(s)
+	}
+	for s := range m.unsure {
+		extra(s)
+	}
+	for s, t := range m.plan.Target {
+		if t == m.cfg.Self {
+			extra(s)
+		}
+	}
+	nodes := map[string]bool{}
+	for s, g := range out.Slices {
+		for _, n := range g {
+			nodes[n] = true
+		}
+		if m.kv != nil {
+			if e, ok := m.kv.Entries[s]; ok && e.Session != "" && e.Value.Node != "" {
+				nodes[e.Value.Node] = true
+			}
+		}
+	}
+	delete(nodes, m.cfg.Self)
+	for n := range nodes {
+		out.Members = append(out.Members, n)
+	}
+	slices.Sort(out.Members)
+	return out
+}
+
+// eligibleFor: m can take slices of queue q.
+func (m *scopeMember) eligibleFor(q string) bool { return !m.unav[q] }
+
+// ranksWithin reports whether elig[self] is among the first depth eligible candidates of s.
+func ranksWithin(q QueueSpec, s SliceID, elig []scopeMember, self, depth int) bool {
+	list := q.Home[s.Index]
+	me := &elig[self]
+	myPos := listPos(list, me.node)
+	seed := sliceSeed(s)
+	myW := mix64(seed ^ me.hash)
+	before := 0
+	for i := range elig {
+		o := &elig[i]
+		if i == self || !o.eligibleFor(q.Name) {
+			continue
+		}
+		if rankedBefore(listPos(list, o.node), mix64(seed^o.hash), o.node, myPos, myW, me.node) {
+			before++
+			if before >= depth {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// group returns the first depth eligible candidates of s, best first.
+func group(q QueueSpec, s SliceID, elig []scopeMember, depth int) []string {
+	list := q.Home[s.Index]
+	seed := sliceSeed(s)
+	type cand struct {
+		pos  int
+		w    uint64
+		node string
+	}
+	var top []cand
+	for i := range elig {
+		o := &elig[i]
+		if !o.eligibleFor(q.Name) {
+			continue
+		}
+		c := cand{listPos(list, o.node), mix64(seed ^ o.hash), o.node}
+		at := len(top)
+		for at > 0 && rankedBefore(c.pos, c.w, c.node, top[at-1].pos, top[at-1].w, top[at-1].node) {
+			at--
+		}
+		if at >= depth {
+			continue
+		}
+		top = slices.Insert(top, at, c)
+		if len(top) > depth {
+			top = top[:depth]
+		}
+	}
+	out := make([]string, len(top))
+	for i, c := range top {
+		out[i] = c.node
+	}
+	return out
+}
+
+// listPos is node's position in a home list, or len(list) when it is not listed.
+func listPos(list []string, node string) int {
+	for i, n := range list {
+		if n == node {
+			return i
+		}
+	}
+	return len(list)
+}
+
+func rankedBefore(aPos int, aW uint64, aNode string, bPos int, bW uint64, bNode string) bool {
+	if aPos != bPos {
+		return aPos < bPos
+	}
+	if aW != bW {
+		return aW > bW
+	}
+	return aNode < bNode
+}
+
+// Pokes says whom this node (self) must tell about a change of its watch groups from prev to
+// next, and which member keys each must read: for each slice of next whose highest-ranked
+// member that was already in the group before is self, every entrant (in next's group, not in
+// prev's) learns of the members that left the group and of self. A slice self just started to
+// watch (it joined, came back or entered the group) has no such member: self tells every other
+// member of the group about itself. The answer maps node -> member keys to read, sorted.
+func Pokes(self string, prev, next WatchScope) map[string][]string {
+	out := map[string]map[string]bool{}
+	add := func(to string, nodes ...string) {
+		if to == self {
+			return
+		}
+		if out[to] == nil {
+			out[to] = map[string]bool{}
+		}
+		for _, n := range nodes {
+			if n != to {
+				out[to][n] = true
+			}
+		}
+	}
+	for s, g := range next.Slices {
+		old, watched := prev.Slices[s]
+		if !watched {
+			if slices.Contains(g, self) {
+				for _, n := range g {
+					add(n, self)
+				}
+			}
+			continue
+		}
+		first := ""
+		for _, n := range g {
+			if slices.Contains(old, n) {
+				first = n
+				break
+			}
+		}
+		if first != self {
+			continue
+		}
+		var left []string
+		for _, n := range old {
+			if !slices.Contains(g, n) {
+				left = append(left, n)
+			}
+		}
+		for _, n := range g {
+			if !slices.Contains(old, n) {
+				add(n, append(left, self)...)
+			}
+		}
+	}
+	res := make(map[string][]string, len(out))
+	for to, ns := range out {
+		if len(ns) == 0 {
+			continue
+		}
+		l := make([]string, 0, len(ns))
+		for n := range ns {
+			l = append(l, n)
+		}
+		slices.Sort(l)
+		res[to] = l
+	}
+	return res
+}
