@@ -75,6 +75,13 @@ type ConsulConfig struct {
 	// DrainTimeout bounds how long Run waits, on shutdown, for in-flight work before it destroys
 	// its session and leaves the remaining slices to lock-delay.
 	DrainTimeout time.Duration
+	// WatchLayout is what the node watches: LayoutPrefix (the whole KV prefix and the service's
+	// health; the default) or LayoutScoped (single keys: the slices and members of its watch
+	// groups, and its inbox; for clusters of hundreds of nodes). See docs/failover.md.
+	WatchLayout string
+	// FullReadInterval: in the scoped layout, how often the node reads every slice and member
+	// key (and the service's health) to correct what its watches do not cover.
+	FullReadInterval time.Duration
 
 	// Version is advertised in the service Meta.
 	Version string
@@ -170,6 +177,7 @@ const (
 	DefaultDeregisterCriticalServiceAfter = 10 * time.Minute
 	DefaultWatchMinInterval               = time.Second // at most one 25k-key KV response per second per node
 	DefaultDrainTimeout                   = time.Minute
+	DefaultFullReadInterval               = 5 * time.Minute
 
 	// MaxLockDelay is Consul's cap (structs.MaxLockDelay); a larger value would be cut silently
 	// and break the lease arithmetic.
@@ -220,8 +228,20 @@ func (c ConsulConfig) WithDefaults() ConsulConfig {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
+	if c.WatchLayout == "" {
+		c.WatchLayout = LayoutPrefix
+	}
+	if c.FullReadInterval == 0 {
+		c.FullReadInterval = DefaultFullReadInterval
+	}
 	return c
 }
+
+// The watch layouts (ConsulConfig.WatchLayout).
+const (
+	LayoutPrefix = "prefix" // every node watches the whole KV prefix and the service's health
+	LayoutScoped = "scoped" // every node watches the single keys it must act on (scope.go)
+)
 
 // StallTolerance is the longest the node may stall (its process paused or starved: a GC pause,
 // a frozen VM, SIGSTOP) and keep its session, and so its slices: c must have its defaults.
@@ -323,6 +343,12 @@ func (c ConsulConfig) Validate() error {
 	}
 	if c.DrainTimeout <= 0 {
 		bad("drain_timeout", "must be > 0")
+	}
+	if c.WatchLayout != LayoutPrefix && c.WatchLayout != LayoutScoped {
+		bad("watch_layout", "must be %q or %q, not %q", LayoutPrefix, LayoutScoped, c.WatchLayout)
+	}
+	if c.FullReadInterval < c.TTL {
+		bad("full_read_interval", "must be >= ttl (%s): every node reads the whole prefix at each", c.TTL)
 	}
 	errs = append(errs, validateQueues(c.Queues, "queues")...)
 	errs = append(errs, c.validateMeta()...)

@@ -3,6 +3,7 @@ package failover
 import (
 	"slices"
 	"strings"
+	"time"
 )
 
 // The scoped watch layout (ConsulConfig.WatchLayout "scoped"): instead of the whole KV prefix
@@ -18,6 +19,44 @@ import (
 //   - when a group changes, its highest-ranked member that was in it before tells each entrant
 //     (Pokes) which member keys to read; an entrant that knows nothing of the group yet then
 //     reads them, recomputes its scope and watches the slice.
+
+// MemberValue is the JSON value of a member key qslice/<cluster>/members/<node>, which the node
+// holds with its session (both layouts write it): Consul releases it in the same write that
+// ends the session, so a member is live exactly while its key is held and Out is empty.
+type MemberValue struct {
+	LiveSince   int64  `json:"live_since"` // Unix ms: when the node's current run of good health began
+	Draining    bool   `json:"draining,omitempty"`
+	Unavailable string `json:"unavailable,omitempty"` // queues it cannot work, comma-separated
+	// Out says why the node must not count as live although its session holds: the service or
+	// the node is in maintenance, or a node check fails (what the prefix layout reads from the
+	// service's health).
+	Out     string `json:"out,omitempty"`
+	Version string `json:"version,omitempty"`
+}
+
+// Info is the member a member key shows; held: the key is locked by a session.
+func (v MemberValue) Info(node string, held bool) MemberInfo {
+	mi := MemberInfo{Node: node, Live: held && v.Out == "", Draining: v.Draining}
+	if v.LiveSince > 0 {
+		mi.LiveSince = time.UnixMilli(v.LiveSince)
+	}
+	for _, q := range strings.Split(v.Unavailable, ",") {
+		if q != "" {
+			if mi.Unavailable == nil {
+				mi.Unavailable = map[string]bool{}
+			}
+			mi.Unavailable[q] = true
+		}
+	}
+	return mi
+}
+
+// InboxValue is the JSON value of an inbox key qslice/<cluster>/inbox/<node>: the member keys
+// peers asked the node to read (Pokes). Writers add to it with check-and-set; the node deletes
+// it with check-and-set once it has read them.
+type InboxValue struct {
+	Read []string `json:"read"`
+}
 
 // ScopeDepth is how many candidates of a slice watch it: with three, two overlapping failures
 // among a slice's candidates still leave one watcher that knows the slice, without waiting for
