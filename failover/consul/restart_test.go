@@ -49,6 +49,24 @@ func tokensOf(st failover.Status) map[failover.SliceID]uint64 {
 	return out
 }
 
+// startRestartable starts node a with a store that records its runs for a restart in place,
+// and waits until it processes every slice.
+func startRestartable(t *testing.T, srv *consultest.Server, l *failovertest.Ledger) (*testNode, *memStore) {
+	t.Helper()
+	store := &memStore{}
+	return startAdopting(t, srv, l, "a", nil, store, "a owns everything"), store
+}
+
+// startAdopting starts a process of node a, recorded in the ledger as ledgerName, with prev as
+// the previous run it may adopt and store recording its runs, and waits until it processes
+// every slice (what names the wait).
+func startAdopting(t *testing.T, srv *consultest.Server, l *failovertest.Ledger, ledgerName string, prev *failover.PreviousRun, store *memStore, what string) *testNode {
+	t.Helper()
+	n := startNodeAs(t, srv, l, "a", ledgerName, nil, func(c *Coordinator) { c.SetRestart(prev, store) })
+	waitSplit(t, 15*time.Second, what, map[*testNode][]failover.SliceID{n: allTestSlices()}, n)
+	return n
+}
+
 // TestConsulRestartInPlace: a node stopped for a restart (Run's context ends, with a store)
 // keeps its session and locks; the next process adopts them: same session, same fencing
 // tokens, no ownership change anywhere, every slice processed again without waiting for the
@@ -58,9 +76,7 @@ func TestConsulRestartInPlace(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
 	l := failovertest.NewLedger()
-	store := &memStore{}
-	a := startNodeAs(t, srv, l, "a", "a", nil, func(c *Coordinator) { c.SetRestart(nil, store) })
-	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
+	a, store := startRestartable(t, srv, l)
 	session, tokens := a.c.sessionID(), tokensOf(a.c.Status())
 	consultest.WaitFor(t, 5*time.Second, "the session recorded", func() error {
 		if r := store.load(); r == nil || r.Session != session {
@@ -93,8 +109,7 @@ func TestConsulRestartInPlace(t *testing.T) {
 
 	prev := store.load()
 	start := time.Now()
-	a2 := startNodeAs(t, srv, l, "a", "a-restarted", nil, func(c *Coordinator) { c.SetRestart(prev, store) })
-	waitSplit(t, 15*time.Second, "the restarted process resumes everything", map[*testNode][]failover.SliceID{a2: allTestSlices()}, a2)
+	a2 := startAdopting(t, srv, l, "a-restarted", prev, store, "the restarted process resumes everything")
 	resumed := time.Since(start)
 	t.Logf("restart in place: every slice processed again %s after the new process started", resumed.Round(time.Millisecond))
 	if got := a2.c.sessionID(); got != session {
@@ -138,9 +153,7 @@ func TestConsulRestartInPlaceRefusedWhenSessionGone(t *testing.T) {
 	srv := consultest.Start(t)
 	cl := srv.Client("")
 	l := failovertest.NewLedger()
-	store := &memStore{}
-	a := startNodeAs(t, srv, l, "a", "a", nil, func(c *Coordinator) { c.SetRestart(nil, store) })
-	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
+	a, store := startRestartable(t, srv, l)
 	session, tokens := a.c.sessionID(), tokensOf(a.c.Status())
 	if err := a.stop(t); err != nil {
 		t.Fatal(err)
@@ -152,8 +165,7 @@ func TestConsulRestartInPlaceRefusedWhenSessionGone(t *testing.T) {
 	if prev == nil || prev.Session != session {
 		t.Fatalf("recorded %+v, want %s", prev, session)
 	}
-	a2 := startNodeAs(t, srv, l, "a", "a-restarted", nil, func(c *Coordinator) { c.SetRestart(prev, store) })
-	waitSplit(t, 15*time.Second, "the restarted process owns everything", map[*testNode][]failover.SliceID{a2: allTestSlices()}, a2)
+	a2 := startAdopting(t, srv, l, "a-restarted", prev, store, "the restarted process owns everything")
 	if got := a2.c.sessionID(); got == session || got == "" {
 		t.Errorf("session after the refused adoption %q, want a new one", got)
 	}
@@ -177,9 +189,7 @@ func TestConsulRestartInPlaceRefusedWhenSessionGone(t *testing.T) {
 func TestConsulRestartInPlaceReleasesWhatWasBeingHandedOff(t *testing.T) {
 	srv := consultest.Start(t)
 	l := failovertest.NewLedger()
-	store := &memStore{}
-	a := startNodeAs(t, srv, l, "a", "a", nil, func(c *Coordinator) { c.SetRestart(nil, store) })
-	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
+	a, store := startRestartable(t, srv, l)
 	tokens := tokensOf(a.c.Status())
 	if err := a.stop(t); err != nil {
 		t.Fatal(err)
@@ -187,8 +197,7 @@ func TestConsulRestartInPlaceReleasesWhatWasBeingHandedOff(t *testing.T) {
 	prev := store.load()
 	handing := allTestSlices()[0]
 	prev.Releasing = []failover.SliceID{handing} // as if it died with this release on its way
-	a2 := startNodeAs(t, srv, l, "a", "a-restarted", nil, func(c *Coordinator) { c.SetRestart(prev, store) })
-	waitSplit(t, 15*time.Second, "the restarted process owns everything", map[*testNode][]failover.SliceID{a2: allTestSlices()}, a2)
+	a2 := startAdopting(t, srv, l, "a-restarted", prev, store, "the restarted process owns everything")
 	for s, tok := range tokensOf(a2.c.Status()) {
 		switch {
 		case s == handing && tok <= tokens[s]:
