@@ -135,11 +135,7 @@ func TestConsulTwoNodesSpreadAfterHoldDown(t *testing.T) {
 	}
 	waitSplit(t, 20*time.Second, "rendezvous split", want, a, b)
 	// b is new: a gives slices to it only after b has been live for the hold-down.
-	for _, s := range want[b] {
-		if first := l.FirstStart(s, "b", b.started); first.Sub(b.started) < 3*time.Second {
-			t.Errorf("b got %s %s after starting: earlier than the hold-down", s, first.Sub(b.started))
-		}
-	}
+	checkFirstStarts(t, l, "b", want[b], b.started, "b started", 3*time.Second, "the hold-down")
 	sa, sb := a.c.Status(), b.c.Status()
 	if int(sa.OwnershipChanges[failover.ReasonFailback]) != len(want[b]) || int(sb.OwnershipChanges[failover.ReasonFailback]) != len(want[b]) {
 		t.Errorf("failback counts a=%d b=%d, want %d each", sa.OwnershipChanges[failover.ReasonFailback], sb.OwnershipChanges[failover.ReasonFailback], len(want[b]))
@@ -177,13 +173,9 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 			t.Errorf("%s: a still hands out fencing token %d after losing the slice", s, got)
 		}
 	}
-	for _, s := range want[a] {
-		// a passed its TTL at most one renew interval before failing: the check lapses no earlier
-		// than failedAt - renew + TTL, and lock-delay comes on top.
-		if d := l.FirstStart(s, "b", failedAt).Sub(failedAt); d < 2*time.Second+time.Second-200*time.Millisecond {
-			t.Errorf("b took %s %s after a's check stopped passing: earlier than TTL + lock-delay", s, d)
-		}
-	}
+	// a passed its TTL at most one renew interval before failing: the check lapses no earlier
+	// than failedAt - renew + TTL, and lock-delay comes on top.
+	checkFirstStarts(t, l, "b", want[a], failedAt, "a's check stopped passing", 2*time.Second+time.Second-200*time.Millisecond, "TTL + lock-delay")
 	if a.logs.count("node unhealthy") != 1 || a.logs.count("lease lapsed") != 1 {
 		t.Errorf("want one 'node unhealthy' and one 'lease lapsed' line on a:\n%s", a.logs.String())
 	}
@@ -193,11 +185,7 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	healedAt := time.Now()
 	a.h.set(nil)
 	waitSplit(t, 20*time.Second, "fail-back to the rendezvous split", want, a, b)
-	for _, s := range want[a] {
-		if d := l.FirstStart(s, "a", healedAt).Sub(healedAt); d < 3*time.Second {
-			t.Errorf("a got %s back %s after healing: earlier than the hold-down", s, d)
-		}
-	}
+	checkFirstStarts(t, l, "a", want[a], healedAt, "a was healed", 3*time.Second, "the hold-down")
 	if got := b.c.Status().OwnershipChanges[failover.ReasonFailback]; int(got) < len(want[a]) {
 		t.Errorf("b counted %d failback, want >= %d", got, len(want[a]))
 	}
@@ -292,18 +280,10 @@ func TestConsulSessionDestroyedOutOfBand(t *testing.T) {
 	}
 	// Losing its session restarts a's hold-down: b takes a's slices, but only after lock-delay...
 	waitSplit(t, 10*time.Second, "b takes a's slices", map[*testNode][]failover.SliceID{a: {}, b: allTestSlices()}, a, b)
-	for _, s := range want[a] {
-		if d := l.FirstStart(s, "b", destroyedAt).Sub(destroyedAt); d < time.Second {
-			t.Errorf("b took %s %s after a's session was destroyed: lock-delay (1s) not honoured", s, d)
-		}
-	}
+	checkFirstStarts(t, l, "b", want[a], destroyedAt, "a's session was destroyed", time.Second, "the lock-delay (1s)")
 	// ...and a gets them back once it has held its new session for a hold-down.
 	waitSplit(t, 10*time.Second, "fail-back to a", want, a, b)
-	for _, s := range want[a] {
-		if d := l.FirstStart(s, "a", destroyedAt).Sub(destroyedAt); d < 3*time.Second {
-			t.Errorf("a re-took %s %s after losing its session: earlier than the hold-down", s, d)
-		}
-	}
+	checkFirstStarts(t, l, "a", want[a], destroyedAt, "a lost its session", 3*time.Second, "the hold-down")
 	if a.c.sessionID() == session {
 		t.Error("a still uses the destroyed session")
 	}

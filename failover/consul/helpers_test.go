@@ -258,6 +258,17 @@ func startSettledPair(t *testing.T, srv *consultest.Server, l *failovertest.Ledg
 	return a, b, want
 }
 
+// checkFirstStarts fails t for every slice of ss whose first handling on node after since
+// started sooner than least after it: event says what happened at since, bound what least is.
+func checkFirstStarts(t *testing.T, l *failovertest.Ledger, node string, ss []failover.SliceID, since time.Time, event string, least time.Duration, bound string) {
+	t.Helper()
+	for _, s := range ss {
+		if d := l.FirstStart(s, node, since).Sub(since); d < least {
+			t.Errorf("%s started %s %s after %s: earlier than %s (%s)", node, s, d, event, bound, least)
+		}
+	}
+}
+
 // endedSpans returns the node's finished spans called name, keyed by their
 // messaging.destination.name/partition ("queue/slice"; "" for spans of no slice).
 func (n *testNode) endedSpans(name string) map[string][]sdktrace.ReadOnlySpan {
