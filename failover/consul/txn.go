@@ -22,18 +22,15 @@ func (c *Coordinator) acquireTxn(ctx context.Context, req failover.AcquireReq) f
 	}
 	body, _ := json.Marshal(req.Value)
 	err := c.call(ctx, failover.OpAcquire, func(ctx context.Context) error {
-		ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
+		ok, resp, err := c.kvTxn(ctx, api.KVTxnOps{
 			check,
 			{Verb: api.KVLock, Key: key, Value: body, Session: req.Session},
 			{Verb: api.KVGet, Key: key},
-		}, (&api.QueryOptions{}).WithContext(ctx))
+		})
 		if err != nil {
 			return err
 		}
 		if !ok {
-			if perm := txnPermission(resp.Errors); perm != nil {
-				return perm
-			}
 			for _, e := range resp.Errors {
 				res.Stale = res.Stale || e.OpIndex == 0 // the check, not the lock, failed
 			}
@@ -56,17 +53,14 @@ func (c *Coordinator) releaseTxn(ctx context.Context, req failover.ReleaseReq) f
 	res := failover.EvReleaseResult{Req: req}
 	body, _ := json.Marshal(req.Value)
 	err := c.call(ctx, failover.OpRelease, func(ctx context.Context) error {
-		ok, resp, _, err := c.client.KV().Txn(api.KVTxnOps{
+		ok, resp, err := c.kvTxn(ctx, api.KVTxnOps{
 			{Verb: api.KVUnlock, Key: c.sliceKey(req.Slice), Value: body, Session: req.Session},
 			{Verb: api.KVGet, Key: c.sliceKey(req.Slice)},
-		}, (&api.QueryOptions{}).WithContext(ctx))
+		})
 		if err != nil {
 			return err
 		}
 		if !ok {
-			if perm := txnPermission(resp.Errors); perm != nil {
-				return perm
-			}
 			res.Gone = true // not ours any more: the session was invalidated meanwhile
 			return nil
 		}
@@ -78,6 +72,22 @@ func (c *Coordinator) releaseTxn(ctx context.Context, req failover.ReleaseReq) f
 	res.Err = err != nil
 	res.Now = c.clk.Now()
 	return res
+}
+
+// kvTxn runs ops as one transaction. A failed request is an error, and so is a transaction the
+// ACLs refused (a 403, as for any other call); one that Consul rolled back because a check or a
+// lock failed is not: ok is false and resp holds why.
+func (c *Coordinator) kvTxn(ctx context.Context, ops api.KVTxnOps) (ok bool, resp *api.KVTxnResponse, err error) {
+	ok, resp, _, err = c.client.KV().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, nil, err
+	}
+	if !ok {
+		if perm := txnPermission(resp.Errors); perm != nil {
+			return false, resp, perm
+		}
+	}
+	return ok, resp, nil
 }
 
 func txnPermission(errs api.TxnErrors) error {
