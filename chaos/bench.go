@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -100,37 +101,19 @@ func (b *BenchReport) Print(w io.Writer) {
 // RunBench measures failover, fail-back and paused-node takeover times on a running feed, then
 // checks the ledger of the whole run as RunSoak does. The caller owns cl (and closes it).
 func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, error) {
-	if o.RoundTimeout == 0 {
-		o.RoundTimeout = time.Minute
-	}
-	if o.Rate == 0 {
-		o.Rate = 40
-	}
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	cfg := cl.cfg
 	timing := cfg.Timing()
-	if o.StallFor == 0 {
-		o.StallFor = min(time.Second, timing.StallTolerance())
-	}
-	if o.BlipFor == 0 {
-		o.BlipFor = timing.CutTolerance()
-	}
+	o.RoundTimeout = cmp.Or(o.RoundTimeout, time.Minute)
+	o.Rate = cmp.Or(o.Rate, 40)
+	o.StallFor = cmp.Or(o.StallFor, min(time.Second, timing.StallTolerance()))
+	o.BlipFor = cmp.Or(o.BlipFor, timing.CutTolerance())
+	run := newRunLog(o.Log)
+	log, problem := run.Logger, run.problem
 	rep := &BenchReport{TTL: cfg.TTL, LockDelay: cfg.LockDelay, HoldDown: cfg.HoldDown, Lease: cfg.Lease(),
 		StallFor: o.StallFor, BlipFor: o.BlipFor, StallTolerance: timing.StallTolerance(), CutTolerance: timing.CutTolerance()}
-	problem := func(format string, args ...any) {
-		s := fmt.Sprintf(format, args...)
-		log.Warn("problem", "what", s)
-		rep.Problems = append(rep.Problems, s)
-	}
 	began := time.Now()
-	if err := cl.StartAll(); err != nil {
+	if err := startSettled(ctx, cl, o.RoundTimeout); err != nil {
 		return nil, err
-	}
-	if err := cl.WaitOwned(ctx, o.RoundTimeout, true); err != nil {
-		return nil, fmt.Errorf("cluster did not come up: %w", err)
 	}
 	// While no node has been live for the hold-down, every node counts as a candidate (a
 	// cluster that boots spreads its slices at once, docs/failover.md), so a node killed then
@@ -325,6 +308,7 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 		return nil, err
 	}
 	check.Seed, check.Nodes, check.Duration = o.Seed, len(cl.Nodes), time.Since(began)
+	rep.Problems = run.problems
 	check.Problems = rep.Problems
 	check.OwnershipChanges = scr.total()
 	if check.MetricMismatches, err = scr.crossCheck(); err != nil {

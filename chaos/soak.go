@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -52,35 +53,16 @@ type SoakOptions struct {
 // It must be called from the goroutine that owns consul (a test's: consultest fails the test
 // from Restart). The caller owns cl and closes it (Close kills whatever still runs).
 func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*Report, error) {
-	if o.SettleTimeout == 0 {
-		o.SettleTimeout = time.Minute
-	}
-	if o.DrainTimeout == 0 {
-		o.DrainTimeout = 2 * time.Minute
-	}
-	if o.RecoverTimeout == 0 {
-		o.RecoverTimeout = 7 * time.Minute
-	}
-	if o.Rate == 0 {
-		o.Rate = 5
-	}
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	o.SettleTimeout = cmp.Or(o.SettleTimeout, time.Minute)
+	o.DrainTimeout = cmp.Or(o.DrainTimeout, 2*time.Minute)
+	o.RecoverTimeout = cmp.Or(o.RecoverTimeout, 7*time.Minute)
+	o.Rate = cmp.Or(o.Rate, 5)
+	run := newRunLog(o.Log)
+	log, problem := run.Logger, run.problem
 	began := time.Now()
-	var problems []string
-	problem := func(format string, args ...any) {
-		s := fmt.Sprintf(format, args...)
-		log.Warn("problem", "what", s)
-		problems = append(problems, s)
-	}
 
-	if err := cl.StartAll(); err != nil {
+	if err := startSettled(ctx, cl, 60*time.Second); err != nil {
 		return nil, err
-	}
-	if err := cl.WaitOwned(ctx, 60*time.Second, true); err != nil {
-		return nil, fmt.Errorf("cluster did not come up: %w", err)
 	}
 	log.Info("cluster up", "nodes", len(cl.Nodes), "slices", cl.cfg.Slices)
 
@@ -168,7 +150,7 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 	if rep.MetricMismatches, err = scr.crossCheck(); err != nil {
 		return nil, err
 	}
-	rep.Problems = problems
+	rep.Problems = run.problems
 	return rep, nil
 }
 

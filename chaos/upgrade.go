@@ -1,12 +1,14 @@
 package chaos
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"time"
 
+	"github.com/qslice/qslice/agent"
 	"github.com/qslice/qslice/internal/clock"
 	"github.com/qslice/qslice/runner/queue"
 )
@@ -60,35 +62,16 @@ type UpgradeStep struct {
 // by its home node again), stops the feed, waits until everything is handled and checks the
 // ledger. Every restart is a KindRestart fault in the report, so Check.Churn counts its moves.
 func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*UpgradeReport, error) {
-	if o.Rate == 0 {
-		o.Rate = 10
-	}
-	if o.SettleTimeout == 0 {
-		o.SettleTimeout = time.Minute
-	}
-	if o.Between == 0 {
-		o.Between = 3 * time.Second
-	}
-	if o.Rounds == 0 {
-		o.Rounds = 1
-	}
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	o.Rate = cmp.Or(o.Rate, 10)
+	o.SettleTimeout = cmp.Or(o.SettleTimeout, time.Minute)
+	o.Between = cmp.Or(o.Between, 3*time.Second)
+	o.Rounds = cmp.Or(o.Rounds, 1)
+	run := newRunLog(o.Log)
+	log, problem := run.Logger, run.problem
 	began := time.Now()
 	rep := &UpgradeReport{}
-	var problems []string
-	problem := func(format string, args ...any) {
-		s := fmt.Sprintf(format, args...)
-		log.Warn("problem", "what", s)
-		problems = append(problems, s)
-	}
-	if err := cl.StartAll(); err != nil {
+	if err := startSettled(ctx, cl, o.SettleTimeout); err != nil {
 		return nil, err
-	}
-	if err := cl.WaitOwned(ctx, o.SettleTimeout, true); err != nil {
-		return nil, fmt.Errorf("cluster did not come up: %w", err)
 	}
 	dir := queue.NewDir(cl.QueueDir, "", "")
 	feeder := &Feeder{Dir: dir, Rate: o.Rate}
@@ -166,7 +149,7 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	if err != nil {
 		return nil, err
 	}
-	check.Nodes, check.Duration, check.Problems = len(cl.Nodes), time.Since(began), problems
+	check.Nodes, check.Duration, check.Problems = len(cl.Nodes), time.Since(began), run.problems
 	rep.Check = check
 	return rep, nil
 }
@@ -214,14 +197,7 @@ func (r *UpgradeReport) Print(w io.Writer) {
 // waitResumed polls n's own status until it processes every slice of held again, and returns
 // how long after start that was.
 func waitResumed(ctx context.Context, n *Node, held []int, start time.Time, timeout time.Duration) (time.Duration, error) {
-	err := pollUntil(timeout, func() error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		st, err := n.Status(ctx)
-		if err != nil {
-			return err
-		}
+	err := n.waitStatus(ctx, timeout, func(st agent.Status) error {
 		processing := map[int]bool{}
 		for _, s := range st.Slices {
 			if s.Owner == n.Name && s.State == "owned" {
