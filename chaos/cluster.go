@@ -568,10 +568,9 @@ func (n *Node) Heal() (refused, held int) { return n.proxy.Heal() }
 // Silent is how many of the node's connections to Consul its proxy holds silent.
 func (n *Node) Silent() int { return n.proxy.Silent() }
 
-// WaitLease polls the node's status until its lease is valid (or, with valid false, until it is
-// not), up to timeout.
-func (n *Node) WaitLease(ctx context.Context, valid bool, timeout time.Duration) error {
-	err := pollUntil(timeout, func() error {
+// waitStatus polls the node's status (every 20 ms) until cond accepts it, up to timeout.
+func (n *Node) waitStatus(ctx context.Context, timeout time.Duration, cond func(agent.Status) error) error {
+	return pollUntil(timeout, func() error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -579,6 +578,14 @@ func (n *Node) WaitLease(ctx context.Context, valid bool, timeout time.Duration)
 		if err != nil {
 			return err
 		}
+		return cond(st)
+	})
+}
+
+// WaitLease polls the node's status until its lease is valid (or, with valid false, until it is
+// not), up to timeout.
+func (n *Node) WaitLease(ctx context.Context, valid bool, timeout time.Duration) error {
+	err := n.waitStatus(ctx, timeout, func(st agent.Status) error {
 		if st.LeaseValid != valid {
 			return fmt.Errorf("lease_valid is %t (consul error: %q)", st.LeaseValid, st.ConsulError)
 		}
@@ -822,14 +829,7 @@ func (c *Cluster) Ownership(ctx context.Context) (Ownership, error) {
 // so that WaitOwned's convergence includes it. Without this, right after a restart the others
 // converge on a cluster without n, and n's fail-backs come later, during whatever follows.
 func (c *Cluster) WaitRejoined(ctx context.Context, n *Node, home bool, timeout time.Duration) error {
-	return pollUntil(timeout, func() error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		st, err := n.Status(ctx)
-		if err != nil {
-			return err
-		}
+	return n.waitStatus(ctx, timeout, func(st agent.Status) error {
 		if !st.LeaseValid {
 			return fmt.Errorf("%s: no valid lease yet", n.Name)
 		}
