@@ -145,12 +145,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			if err != nil {
 				tb.Fatalf("%v", err)
 			}
-			rep.Print(stdout)
-			code = 0
-			if err := rep.Check.Err(); err != nil {
-				fmt.Fprintf(stderr, "qslice-chaos: ledger check failed: %v\n", err)
-				code = 1
-			}
+			code = printChecked(stdout, stderr, rep, rep.Check)
 			if moves, _ := rep.Moves(); moves > 0 {
 				fmt.Fprintf(stderr, "qslice-chaos: restarts in place moved slices %d times\n", moves)
 				code = 1
@@ -169,12 +164,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			if err != nil {
 				tb.Fatalf("%v", err)
 			}
-			rep.Print(stdout)
-			code = 0
-			if err := rep.Check.Err(); err != nil {
-				fmt.Fprintf(stderr, "qslice-chaos: ledger check failed: %v\n", err)
-				code = 1
-			}
+			code = printChecked(stdout, stderr, rep, rep.Check)
 			for _, s := range []chaos.Stats{rep.Failover, rep.Paused} {
 				if !rep.Meets(s) {
 					code = 1
@@ -203,6 +193,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return code
+}
+
+// printChecked prints a benchmark's report on stdout and returns 0 when its ledger check
+// passed, 1 (and why, on stderr) when not.
+func printChecked(stdout, stderr io.Writer, rep interface{ Print(io.Writer) }, check *chaos.Report) int {
+	rep.Print(stdout)
+	if err := check.Err(); err != nil {
+		fmt.Fprintf(stderr, "qslice-chaos: ledger check failed: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 // mainTB lets internal/consultest, written for tests, run in this command: it implements the
