@@ -23,7 +23,10 @@ import (
 //     nothing (the holder locking again with the same value) leaves ModifyIndex as it was;
 //   - consistent session reads;
 //   - blocking queries answer once the index is above the one asked for (blockingAnswers);
-//   - unavailability (leader election, restart): every request fails.
+//   - unavailability (leader election, restart): every request fails;
+//   - for the scoped watch layout (consulkeys.go): member keys held by the node's session and
+//     released in the same step that ends it, inbox keys written with check-and-set, and
+//     blocking queries on one key that answer only when that key changes.
 type consul struct {
 	now       time.Time
 	index     uint64
@@ -37,6 +40,13 @@ type consul struct {
 	changed func(kv bool)
 	// granted is called for every lock granted: whether the key was freed by a lost session.
 	granted func(s failover.SliceID, invalidated bool)
+
+	// The scoped layout's keys (consulkeys.go).
+	memberKeys  map[string]*memberPair
+	inboxKeys   map[string]*inboxPair
+	memberDelay map[string]time.Time // lock-delay of member keys released by an ended session
+	// keyChanged is called after every change of one key (nil: nobody watches single keys).
+	keyChanged func(k kvKey)
 }
 
 type pair struct {
@@ -47,6 +57,7 @@ type pair struct {
 	value       failover.LockValue
 	modify      uint64
 	lock        uint64
+	size        int // bytes of the pair in a KV answer (pairBytes)
 }
 
 type session struct {
@@ -70,7 +81,8 @@ type memberMeta struct {
 
 func newConsul(start time.Time, changed func(bool)) *consul {
 	return &consul{now: start, index: 10, kv: map[failover.SliceID]*pair{}, sessions: map[string]*session{},
-		checks: map[string]*check{}, lockDelay: map[failover.SliceID]time.Time{}, changed: changed}
+		checks: map[string]*check{}, lockDelay: map[failover.SliceID]time.Time{}, changed: changed,
+		memberKeys: map[string]*memberPair{}, inboxKeys: map[string]*inboxPair{}}
 }
 
 func (c *consul) up() bool { return !c.now.Before(c.downUntil) }
@@ -105,10 +117,13 @@ func (c *consul) invalidate(id string) {
 		if p.session == id {
 			c.index++
 			p.session, p.modify, p.invalidated = "", c.index, true
+			p.size = pairBytes(sliceKey(k), p.value, false, p.modify, p.lock)
 			c.lockDelay[k] = c.now.Add(s.lockDelay)
 			changed = true
+			c.notify(kvKey{kind: keySlice, slice: k})
 		}
 	}
+	c.releaseMemberKeys(id, s.lockDelay)
 	if changed {
 		c.changed(true)
 	}
@@ -186,7 +201,9 @@ func (c *consul) acquireWhy(req failover.AcquireReq) (res failover.EvAcquireResu
 	}
 	p.invalidated = false
 	p.session, p.value, p.modify = req.Session, req.Value, c.index
+	p.size = pairBytes(sliceKey(k), p.value, true, p.modify, p.lock)
 	res.Granted, res.Token, res.LockIndex = true, p.modify, p.lock
+	c.notify(kvKey{kind: keySlice, slice: k})
 	c.changed(true)
 	return res, ""
 }
@@ -207,7 +224,9 @@ func (c *consul) release(req failover.ReleaseReq) (res failover.EvReleaseResult)
 	}
 	c.index++
 	p.session, p.value, p.modify, p.invalidated = "", req.Value, c.index, false
+	p.size = pairBytes(sliceKey(req.Slice), p.value, false, p.modify, p.lock)
 	res.Index = p.modify
+	c.notify(kvKey{kind: keySlice, slice: req.Slice})
 	c.changed(true)
 	return res
 }
@@ -244,10 +263,15 @@ func (c *consul) members() []failover.MemberInfo {
 // KV and lock-delays are gone and the index starts again lower. Registrations live in the
 // agents and survive; their checks are passing again once re-synced.
 func (c *consul) loseState() {
+	gone := c.allKeys()
 	c.sessions = map[string]*session{}
 	c.kv = map[failover.SliceID]*pair{}
 	c.lockDelay = map[failover.SliceID]time.Time{}
+	c.memberKeys, c.inboxKeys, c.memberDelay = map[string]*memberPair{}, map[string]*inboxPair{}, nil
 	c.index = 2
+	for _, k := range gone {
+		c.notify(k)
+	}
 	c.changed(true)
 	c.changed(false)
 }

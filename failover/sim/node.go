@@ -12,6 +12,7 @@ import (
 type node struct {
 	w     *world
 	id    string
+	ord   int     // its place in w.nodes
 	drift float64 // its clock runs at 1+drift
 
 	run     int // process generation: events of a crashed run are dropped
@@ -52,6 +53,10 @@ type node struct {
 	adoptLiveSince time.Time
 	adopted        bool // this run adopted its previous run's session
 	startedAt      time.Time
+
+	// the scoped watch layout (scoped.go); nil in the prefix layout
+	sc      *scoped
+	traffic traffic
 }
 
 type liveRec struct{ publishedAt, since time.Time }
@@ -135,6 +140,10 @@ func (n *node) start(after time.Duration) {
 	n.m = failover.NewMachine(failover.MachineConfig{Self: n.id, Queues: n.w.cfg.Queues, TTL: n.w.cfg.TTL, LockDelay: n.w.cfg.LockDelay,
 		HoldDown: n.w.cfg.HoldDown, RenewInterval: n.w.cfg.RenewInterval, DrainTimeout: time.Minute, Backoff: noJitter}, logger, nil)
 	n.event(after, n.keeperRound)
+	if n.isScoped() {
+		n.scopedStart(after)
+		return
+	}
 	n.event(after, n.resendWatches)
 }
 
@@ -251,6 +260,9 @@ func (n *node) keeperRound() {
 				n.destroyStale(id)
 			}
 		}
+		if n.sc != nil {
+			n.writeMember(meta, d)
+		}
 		session, deadline := n.session, failover.LeaseDeadline(n.ttlSent, n.confirmSent, w.cfg.TTL, w.cfg.LockDelay, w.cfg.LeaseMargin)
 		if !deadline.IsZero() {
 			deadline = deadline.Add(w.cfg.BrokenLease)
@@ -282,7 +294,7 @@ func (n *node) destroyStale(current string) {
 // watchChanged: Consul's state changed; a blocking query answers (at most one per
 // WatchMinInterval) and the answer reaches the node after the network delay.
 func (n *node) watchChanged(kv bool) {
-	if n.crashed {
+	if n.crashed || n.sc != nil {
 		return
 	}
 	if kv {
@@ -294,6 +306,10 @@ func (n *node) watchChanged(kv bool) {
 }
 
 func (n *node) resendWatches() {
+	if n.sc != nil {
+		n.scopedResend()
+		return
+	}
 	n.answer(true)
 	n.answer(false)
 }
@@ -445,6 +461,9 @@ func (n *node) round() {
 		for _, s := range sets {
 			m.Step(failover.EvAssigned{Now: n.local(w.now), Gen: s.gen, Pending: s.pending})
 		}
+	}
+	if n.sc != nil {
+		n.updateScope()
 	}
 	n.scheduleTick()
 }

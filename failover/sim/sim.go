@@ -68,6 +68,12 @@ type Config struct {
 	// NoAdopt: a restarted process never adopts its previous session (restart in place off),
 	// so tests can show that the restart checks catch a restart that moves slices.
 	NoAdopt bool
+	// Layout is what the nodes watch: failover.LayoutPrefix (the default: the whole KV and the
+	// membership) or failover.LayoutScoped (single keys, member and inbox keys; scoped.go).
+	Layout string
+	// FullReadInterval: in the scoped layout, how often each node reads every slice and member
+	// key (default 3 TTLs: short, so that runs cover it; production's is minutes).
+	FullReadInterval time.Duration
 }
 
 // Fault kinds.
@@ -112,6 +118,7 @@ func (f Fault) String() string {
 // Result is what a run found.
 type Result struct {
 	Seed       uint64
+	Layout     string
 	Schedule   []Fault
 	Drift      map[string]float64
 	Violations []string
@@ -134,6 +141,9 @@ func (r Result) Failed() bool { return len(r.Violations) > 0 }
 // Report prints the seed, the schedule and the violations.
 func (r Result) Report() string {
 	var b strings.Builder
+	if r.Layout != failover.LayoutPrefix {
+		fmt.Fprintf(&b, "layout %s: ", r.Layout)
+	}
 	fmt.Fprintf(&b, "seed %d: %d events, %.1fs virtual, %d moves (budget %d)\n", r.Seed, r.Events, r.Virtual.Seconds(), r.Moves, r.MoveBudget)
 	for _, n := range sortStrings(mapsKeys(r.Drift)) {
 		fmt.Fprintf(&b, "  clock %s %+.0f ppm\n", n, r.Drift[n]*1e6)
@@ -213,6 +223,8 @@ type world struct {
 	restart *restartCheck
 	// grants counts the acquisitions of each slice
 	grants map[failover.SliceID]int
+	// keyWatchers: the nodes watching each single key (scoped layout), in w.nodes order
+	keyWatchers map[kvKey][]*node
 }
 
 // restartCheck: a node restarted in place must move nothing and resume every slice it held.
@@ -280,6 +292,12 @@ func (c Config) withDefaults() Config {
 	if len(c.Kinds) == 0 {
 		c.Kinds = AllKinds
 	}
+	if c.Layout == "" {
+		c.Layout = failover.LayoutPrefix
+	}
+	if c.FullReadInterval == 0 {
+		c.FullReadInterval = 3 * c.TTL
+	}
 	return c
 }
 
@@ -295,17 +313,21 @@ func (c Config) Bound() time.Duration {
 func Run(cfg Config) Result {
 	cfg = cfg.withDefaults()
 	w := &world{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)), start: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
-		byID: map[string]*node{}, res: &Result{Seed: cfg.Seed, Drift: map[string]float64{}},
+		byID: map[string]*node{}, res: &Result{Seed: cfg.Seed, Layout: cfg.Layout, Drift: map[string]float64{}},
 		cur: map[failover.SliceID]string{}, lastEnd: map[failover.SliceID]procEnd{}, faultFrom: map[string]time.Time{},
-		takenOver: map[failover.SliceID]bool{}, pending: map[failover.SliceID]pendingTakeover{}, grants: map[failover.SliceID]int{}}
+		takenOver: map[failover.SliceID]bool{}, pending: map[failover.SliceID]pendingTakeover{}, grants: map[failover.SliceID]int{},
+		keyWatchers: map[kvKey][]*node{}}
 	w.now = w.start
 	w.consul = newConsul(w.now, w.consulChanged)
+	if cfg.Layout == failover.LayoutScoped {
+		w.consul.keyChanged = w.keyChanged
+	}
 	w.consul.granted = func(s failover.SliceID, invalidated bool) { w.takenOver[s] = invalidated }
 	var ids []string
 	for i := 0; i < cfg.Nodes; i++ {
 		id := fmt.Sprintf("n%d", i+1)
 		ids = append(ids, id)
-		n := &node{w: w, id: id, drift: (w.rng.Float64()*2 - 1) * cfg.MaxDrift}
+		n := &node{w: w, id: id, ord: i, drift: (w.rng.Float64()*2 - 1) * cfg.MaxDrift}
 		w.res.Drift[id] = n.drift
 		w.nodes = append(w.nodes, n)
 		w.byID[id] = n

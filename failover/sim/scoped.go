@@ -1,0 +1,456 @@
+package sim
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/qslice/qslice/failover"
+)
+
+// The node's driver in the scoped watch layout (Config.Layout failover.LayoutScoped), as the
+// Consul driver does it:
+//
+//   - a failover.ScopedView is the node's knowledge of the cluster: a full read (every slice
+//     key and member key) at start, after Consul's index went backwards, and every
+//     FullReadInterval; single-key answers in between;
+//   - the keeper writes the node's member key (failover.MemberValue) with its session whenever
+//     the value changes or the session is new;
+//   - after each round the node computes Machine.WatchScope, starts and stops single-key
+//     watches for the difference (each rate-limited to one answer per WatchMinInterval, as the
+//     prefix layout's watches), and writes failover.Pokes into the peers' inbox keys
+//     (check-and-set add);
+//   - an inbox answer makes it read the member keys it lists, then delete the inbox with
+//     check-and-set;
+//   - the Machine gets EvKV{view.Snapshot()} and EvMembers{view.Members()} after every answer.
+type scoped struct {
+	view    *failover.ScopedView
+	scope   failover.WatchScope // what the watches and pokes were last set for
+	watches map[kvKey]*keyWatch
+	// epoch counts the resets: an answer sent before the last reset is dropped (it may show
+	// keys of the lost state with indexes above the new ones).
+	epoch         int
+	reset         bool   // Consul's index went backwards: a full read is due
+	fullIndex     uint64 // index of the last full read (a lower one: the index went backwards)
+	fullAsked     bool
+	member        failover.MemberValue // written with memberSession
+	memberSession string
+}
+
+// keyWatch is one single-key blocking query.
+type keyWatch struct {
+	index  uint64 // the query's index: it answers once the key's index is above it (0: at once)
+	prev   uint64 // the last answer's index: a lower one means Consul's index went backwards
+	asked  bool   // an answer is on its way
+	missed bool   // the key changed since the last answer
+	last   time.Time
+}
+
+func newScoped() *scoped {
+	return &scoped{view: failover.NewScopedView(), watches: map[kvKey]*keyWatch{}}
+}
+
+func (n *node) isScoped() bool { return n.w.cfg.Layout == failover.LayoutScoped }
+
+// scopedStart starts a new process: a full read, the inbox watch, periodic full reads.
+func (n *node) scopedStart(after time.Duration) {
+	if n.sc != nil {
+		for k := range n.sc.watches {
+			n.w.unwatch(k, n)
+		}
+	}
+	n.sc = newScoped()
+	n.event(after, func() {
+		n.fullRead()
+		n.startWatch(inboxKey(n.id), 0)
+	})
+	var periodic func()
+	periodic = func() {
+		n.fullRead()
+		n.event(n.w.cfg.FullReadInterval, periodic)
+	}
+	n.event(after+n.w.cfg.FullReadInterval, periodic)
+}
+
+// scopedResend: the node's requests failed (partition, Consul unavailable): every watch reads
+// afresh, and the full read is asked again if it is due.
+func (n *node) scopedResend() {
+	sc := n.sc
+	if !sc.view.Known() || sc.reset {
+		n.fullRead()
+	}
+	for _, k := range sortedWatchKeys(sc.watches) {
+		kw := sc.watches[k]
+		kw.index, kw.missed = 0, true
+		n.fireKey(k)
+	}
+}
+
+// fullRead reads every slice and member key.
+func (n *node) fullRead() {
+	sc := n.sc
+	if sc.fullAsked || n.crashed {
+		return
+	}
+	sc.fullAsked = true
+	w := n.w
+	run, epoch := n.run, sc.epoch
+	d := n.delay + w.cfg.NetDelay
+	w.after(d, func() { // the request reaches Consul
+		if n.run != run {
+			return
+		}
+		if n.cut || !w.consul.up() {
+			sc.fullAsked = false // asked again when the node reconnects or Consul is back
+			return
+		}
+		index, entries, members, bytes := w.consul.fullRead()
+		n.traffic.fullReads++
+		n.traffic.fullBytes += int64(bytes)
+		n.event(d, func() {
+			sc.fullAsked = false
+			if sc.epoch != epoch {
+				n.fullRead() // sent before a reset: read again
+				return
+			}
+			reset := index < sc.fullIndex
+			if reset {
+				n.scopedReset(false)
+			}
+			rearm := sc.reset || reset
+			sc.reset, sc.fullIndex = false, index
+			sc.view.Full(index, entries, members)
+			if rearm {
+				// The watches ask from the full read's index: they answer at once if the key
+				// changed since.
+				for _, k := range sortedWatchKeys(sc.watches) {
+					kw := sc.watches[k]
+					kw.index, kw.prev, kw.missed = index, 0, true
+					n.fireKey(k)
+				}
+			}
+			n.stepView(true, true)
+		})
+	})
+}
+
+// scopedReset: Consul's index went backwards (its state was lost or restored). The view
+// forgets everything, answers in flight are dropped, the Machine quarantines acquisitions at
+// once (EvKV with Reset and no snapshot: it keeps deciding on what it knew), and a full read
+// is due (read: ask for it; else the full read under way showed the reset); the watches
+// wait for it.
+func (n *node) scopedReset(read bool) {
+	sc := n.sc
+	sc.epoch++
+	sc.reset = true
+	sc.view.Reset()
+	for _, kw := range sc.watches {
+		kw.index, kw.prev, kw.missed = 0, 0, false
+	}
+	n.m.Step(failover.EvKV{Now: n.local(n.w.now), Reset: true})
+	if read {
+		n.fullRead()
+	}
+}
+
+// stepView gives the Machine what the view knows (nothing before the first full read).
+func (n *node) stepView(kv, members bool) {
+	sc := n.sc
+	if !sc.view.Known() || sc.reset {
+		return
+	}
+	now := n.local(n.w.now)
+	if kv {
+		n.m.Step(failover.EvKV{Now: now, Snap: sc.view.Snapshot()})
+	}
+	if members {
+		n.m.Step(failover.EvMembers{Now: now, Members: sc.view.Members()})
+	}
+	n.round()
+}
+
+// startWatch starts a blocking query on k from index (0: read it at once).
+func (n *node) startWatch(k kvKey, index uint64) {
+	if _, ok := n.sc.watches[k]; ok {
+		return
+	}
+	n.sc.watches[k] = &keyWatch{index: index, missed: true}
+	n.w.watch(k, n)
+	n.fireKey(k)
+}
+
+func (n *node) stopWatch(k kvKey) {
+	delete(n.sc.watches, k)
+	n.w.unwatch(k, n)
+}
+
+// keyNotify: k changed in Consul.
+func (n *node) keyNotify(k kvKey) {
+	if kw := n.sc.watches[k]; kw != nil && !n.crashed {
+		kw.missed = true
+		n.fireKey(k)
+	}
+}
+
+// fireKey lets the blocking query on k answer, at most once per WatchMinInterval; the answer
+// reaches the node after the network delay.
+func (n *node) fireKey(k kvKey) {
+	sc := n.sc
+	kw := sc.watches[k]
+	if kw == nil || kw.asked || !kw.missed || n.crashed {
+		return
+	}
+	w := n.w
+	wait := max(kw.last.Add(w.cfg.WatchMinInterval).Sub(w.now), 0)
+	kw.asked = true
+	run := n.run
+	w.after(wait, func() {
+		if n.run != run || sc.watches[k] != kw {
+			return
+		}
+		kw.asked = false
+		if n.cut || !w.consul.up() {
+			return // the query fails; read afresh when the node reconnects or Consul is back
+		}
+		a := w.consul.get(k)
+		if kw.index != 0 && a.index <= kw.index {
+			kw.missed = false // nothing above the query's index: it goes on waiting
+			return
+		}
+		back := a.index < kw.prev
+		kw.missed, kw.last, kw.index, kw.prev = false, w.now, a.index, a.index
+		n.traffic.answers++
+		n.traffic.answerBytes += int64(a.bytes)
+		epoch := sc.epoch
+		n.event(n.delay+w.cfg.NetDelay, func() {
+			if sc.epoch != epoch {
+				return
+			}
+			if back {
+				n.scopedReset(true)
+				return
+			}
+			n.applyKey(k, a)
+			n.fireKey(k) // a change during the rate limit
+		})
+	})
+}
+
+// applyKey applies one answer to the view and tells the Machine.
+func (n *node) applyKey(k kvKey, a keyAnswer) {
+	sc := n.sc
+	switch k.kind {
+	case keySlice:
+		sc.view.Slice(k.slice, a.slice, a.exists, a.index)
+		n.stepView(true, false)
+	case keyMember:
+		sc.view.Member(a.member, a.exists)
+		n.stepView(false, true)
+	case keyInbox:
+		if a.exists && len(a.inbox.Read) > 0 {
+			n.readInbox(a.inbox.Read, a.modify)
+		}
+	}
+}
+
+// readInbox reads the member keys a poke names, then deletes the inbox with check-and-set
+// (a poke written meanwhile fails it, and the inbox watch answers again).
+func (n *node) readInbox(nodes []string, modify uint64) {
+	w := n.w
+	sc := n.sc
+	run, epoch := n.run, sc.epoch
+	d := n.delay + w.cfg.NetDelay
+	w.after(d, func() {
+		if n.run != run || n.cut || !w.consul.up() {
+			return // the inbox stays; its watch reads it afresh at the reconnection
+		}
+		var got []keyAnswer
+		for _, o := range nodes {
+			if o == n.id {
+				continue
+			}
+			a := w.consul.get(memberKey(o))
+			n.traffic.answers++
+			n.traffic.answerBytes += int64(a.bytes)
+			got = append(got, a)
+		}
+		w.consul.deleteInbox(n.id, modify)
+		n.event(d, func() {
+			if sc.epoch != epoch {
+				return
+			}
+			for _, a := range got {
+				sc.view.Member(a.member, a.exists)
+			}
+			n.stepView(false, true)
+		})
+	})
+}
+
+// updateScope (after each round): watch what Machine.WatchScope says, and poke the entrants.
+func (n *node) updateScope() {
+	sc := n.sc
+	if !sc.view.Known() || sc.reset || n.crashed {
+		return
+	}
+	next := n.m.WatchScope()
+	if next.Equal(sc.scope) {
+		return
+	}
+	pokes := failover.Pokes(n.id, sc.scope, next)
+	want := map[kvKey]bool{inboxKey(n.id): true}
+	for s := range next.Slices {
+		want[sliceKey(s)] = true
+	}
+	for _, m := range next.Members {
+		want[memberKey(m)] = true
+	}
+	for _, k := range sortedWatchKeys(sc.watches) {
+		if !want[k] {
+			n.stopWatch(k)
+		}
+	}
+	snap := sc.view.Snapshot()
+	for _, k := range slices.SortedFunc(maps.Keys(want), compareKeys) {
+		if _, ok := sc.watches[k]; ok {
+			continue
+		}
+		// Ask from the index the view knows the key at: the query answers at once if it
+		// changed since.
+		from := snap.Index
+		switch k.kind {
+		case keySlice:
+			if a := snap.AsOf[k.slice]; a > from {
+				from = a
+			}
+		case keyMember:
+			from = max(from, sc.view.MemberIndex(k.node))
+		}
+		n.startWatch(k, from)
+	}
+	sc.scope = next
+	for _, to := range slices.Sorted(maps.Keys(pokes)) {
+		n.poke(to, pokes[to], 0)
+	}
+}
+
+// poke adds nodes to the inbox of to: read it, then write it with check-and-set; a failed
+// check reads it again. A node that cannot reach Consul tries again a renew interval later.
+func (n *node) poke(to string, nodes []string, attempt int) {
+	const attempts = 10
+	w := n.w
+	run := n.run
+	d := n.delay + w.cfg.NetDelay
+	again := func() {
+		if attempt+1 < attempts {
+			n.event(w.cfg.RenewInterval, func() { n.poke(to, nodes, attempt+1) })
+		}
+	}
+	w.after(d, func() { // the read reaches Consul
+		if n.run != run {
+			return
+		}
+		if n.cut || !w.consul.up() {
+			again()
+			return
+		}
+		a := w.consul.get(inboxKey(to))
+		n.traffic.pokeReads++
+		n.traffic.answerBytes += int64(a.bytes)
+		merged := slices.Clone(a.inbox.Read)
+		for _, o := range nodes {
+			if !slices.Contains(merged, o) {
+				merged = append(merged, o)
+			}
+		}
+		if a.exists && len(merged) == len(a.inbox.Read) {
+			return // it says so already
+		}
+		slices.Sort(merged)
+		cas := a.modify
+		n.event(d, func() { // the answer is back: write
+			w.after(d, func() {
+				if n.run != run {
+					return
+				}
+				if n.cut || !w.consul.up() {
+					again()
+					return
+				}
+				n.traffic.writes++
+				if !w.consul.casInbox(to, cas, failover.InboxValue{Read: merged}) {
+					n.event(d, func() { n.poke(to, nodes, attempt) }) // written meanwhile: read again
+				}
+			})
+		})
+	})
+}
+
+// writeMember is the keeper's member key write (at Consul, in the keeper's round): with the
+// session, whenever the value changed or the session is new. The answer feeds the view.
+func (n *node) writeMember(meta memberMeta, d time.Duration) {
+	sc := n.sc
+	if n.session == "" {
+		return
+	}
+	v := failover.MemberValue{LiveSince: meta.liveSince.UnixMilli(), Draining: meta.draining, Unavailable: meta.unavailable}
+	if v == sc.member && n.session == sc.memberSession {
+		return
+	}
+	idx, ok := n.w.consul.lockMember(n.id, n.session, v)
+	if !ok {
+		return // refused (lock-delay of the previous session): the next round tries again
+	}
+	n.traffic.writes++
+	sc.member, sc.memberSession = v, n.session
+	rec := failover.MemberRecord{Info: v.Info(n.id, true), ModifyIndex: idx}
+	epoch := sc.epoch
+	n.event(d, func() {
+		if sc.epoch == epoch {
+			sc.view.Member(rec, true)
+			n.stepView(false, true)
+		}
+	})
+}
+
+func sortedWatchKeys(m map[kvKey]*keyWatch) []kvKey {
+	return slices.SortedFunc(maps.Keys(m), compareKeys)
+}
+
+// traffic counts what a node read from Consul (the scoped layout's bench).
+type traffic struct {
+	answers     int   // single-key answers (watches, member keys a poke names)
+	pokeReads   int   // inbox reads before a poke
+	answerBytes int64 // their bytes
+	fullReads   int
+	fullBytes   int64
+	writes      int // member key and inbox writes
+}
+
+// watch registers n as a watcher of k (the model notifies it of k's changes).
+func (w *world) watch(k kvKey, n *node) {
+	l := w.keyWatchers[k]
+	i, found := slices.BinarySearchFunc(l, n, func(a, b *node) int { return a.ord - b.ord })
+	if !found {
+		w.keyWatchers[k] = slices.Insert(l, i, n)
+	}
+}
+
+func (w *world) unwatch(k kvKey, n *node) {
+	l := w.keyWatchers[k]
+	if i, found := slices.BinarySearchFunc(l, n, func(a, b *node) int { return a.ord - b.ord }); found {
+		l = slices.Delete(l, i, i+1)
+		if len(l) == 0 {
+			delete(w.keyWatchers, k)
+		} else {
+			w.keyWatchers[k] = l
+		}
+	}
+}
+
+// keyChanged: the model changed k; its watchers' queries may answer.
+func (w *world) keyChanged(k kvKey) {
+	for _, n := range slices.Clone(w.keyWatchers[k]) {
+		n.keyNotify(k)
+	}
+}
