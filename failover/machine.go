@@ -378,6 +378,9 @@ func (m *Machine) Step(ev Event) {
 		m.stepLease(e)
 	case EvKV:
 		if e.Reset {
+			// Indexes start again lower: a stale mark from before would match a later snapshot's
+			// index by chance and hold the acquisition back until the key changes.
+			clear(m.staleAt)
 			m.quarantine = now.Add(max(m.cfg.TTL, m.cfg.LockDelay))
 			m.log.Warn("consul KV index went backwards (state lost or restored): no acquisitions for one lease",
 				"until", m.quarantine.Format(time.RFC3339))

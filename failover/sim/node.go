@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -57,6 +58,7 @@ type node struct {
 	// the scoped watch layout (scoped.go); nil in the prefix layout
 	sc      *scoped
 	traffic traffic
+	log     *slog.Logger
 }
 
 type liveRec struct{ publishedAt, since time.Time }
@@ -135,8 +137,16 @@ func (n *node) start(after time.Duration) {
 	n.releasedGens = map[uint64]bool{}
 	logger := discardLogger
 	if n.w.cfg.Log != nil {
-		logger = slog.New(slog.NewTextHandler(n.w.cfg.Log, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", n.id, "run", n.run)
+		w := n.w
+		virtual := func(_ []string, a slog.Attr) slog.Attr { // the virtual time, not the wall clock
+			if a.Key == slog.TimeKey {
+				return slog.String("t", fmt.Sprintf("%.3fs", w.now.Sub(w.start).Seconds()))
+			}
+			return a
+		}
+		logger = slog.New(slog.NewTextHandler(n.w.cfg.Log, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: virtual})).With("node", n.id, "run", n.run)
 	}
+	n.log = logger
 	n.m = failover.NewMachine(failover.MachineConfig{Self: n.id, Queues: n.w.cfg.Queues, TTL: n.w.cfg.TTL, LockDelay: n.w.cfg.LockDelay,
 		HoldDown: n.w.cfg.HoldDown, RenewInterval: n.w.cfg.RenewInterval, DrainTimeout: time.Minute, Backoff: noJitter}, logger, nil)
 	n.event(after, n.keeperRound)
@@ -506,7 +516,7 @@ func (n *node) checkFailback(r failover.ReleaseReq) {
 	}
 	for _, o := range w.nodes {
 		ch := w.consul.checks[o.id]
-		if o != to && !o.crashed && ch != nil && ch.passing && o.settledWithin(0, slack) {
+		if o != to && !o.crashed && ch != nil && ch.passing && o.settledWithin(0, -slack) {
 			w.violation("slice %s handed back to %s %.3fs after it became live, before the hold-down %s, while %s was settled",
 				r.Slice, to.id, w.now.Sub(to.trueOf(to.live.Since())).Seconds(), w.cfg.HoldDown, o.id)
 			return

@@ -142,8 +142,11 @@ func (n *node) fullRead() {
 func (n *node) scopedReset(read bool) {
 	sc := n.sc
 	sc.epoch++
-	sc.reset = true
+	sc.reset, sc.fullIndex = true, 0
 	sc.view.Reset()
+	// Every member writes its member key again (the state is gone): like a node that joins,
+	// this one announces itself to its groups once it knows them (Pokes from an empty scope).
+	sc.scope = failover.WatchScope{}
 	for _, kw := range sc.watches {
 		kw.index, kw.prev, kw.missed = 0, 0, false
 	}
@@ -151,6 +154,14 @@ func (n *node) scopedReset(read bool) {
 	if read {
 		n.fullRead()
 	}
+	// The members write their keys again while the Machine's quarantine lasts: the full read
+	// now may see only some of them, so one more when it ends.
+	epoch := sc.epoch
+	n.event(max(n.w.cfg.TTL, n.w.cfg.LockDelay), func() {
+		if sc.epoch == epoch {
+			n.fullRead()
+		}
+	})
 }
 
 // stepView gives the Machine what the view knows (nothing before the first full read).
@@ -402,11 +413,19 @@ func (n *node) writeMember(meta memberMeta, d time.Duration) {
 		return // refused (lock-delay of the previous session): the next round tries again
 	}
 	n.traffic.writes++
+	back := n.session != sc.memberSession
 	sc.member, sc.memberSession = v, n.session
 	rec := failover.MemberRecord{Info: v.Info(n.id, true), ModifyIndex: idx}
 	epoch := sc.epoch
 	n.event(d, func() {
 		if sc.epoch == epoch {
+			if back {
+				// A new session: the peers saw the member key released and dropped this node
+				// from their groups (and stopped watching its key), while its own groups may
+				// look unchanged to it. Like a node that joins, it announces itself to every
+				// member of its groups (Pokes from an empty scope).
+				sc.scope = failover.WatchScope{}
+			}
 			sc.view.Member(rec, true)
 			n.stepView(false, true)
 		}

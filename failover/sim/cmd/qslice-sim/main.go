@@ -3,6 +3,7 @@
 //
 //	qslice-sim -seeds 1000                 # seeds 1..1000, 6 faults each; failing seeds print their schedule
 //	qslice-sim -seed 169 -v                # replay one seed with every node's log
+//	qslice-sim -layout scoped -seeds 1000  # the same with the scoped watch layout
 //	qslice-sim -bench scale                # 1,000 nodes x 16 queues x 256 slices: plan time, allocations, moves
 //	qslice-sim -bench watch                # Consul load of one failover per watch layout at 50, 200, 1,000 nodes
 package main
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/failover/sim"
 )
 
@@ -42,6 +44,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	verbose := fs.Bool("v", false, "print every node's log (with -seed)")
 	bench := fs.String("bench", "", `"scale": planner and watch figures at 1,000 nodes x 16 queues x 256 slices; "watch": Consul load of one failover per watch layout at 50, 200, 1,000 nodes`)
 	benchNodes := fs.Int("bench-nodes", 1000, "nodes for -bench scale")
+	layout := fs.String("layout", failover.LayoutPrefix, `what the nodes watch: "prefix" (the whole KV and membership) or "scoped" (single keys, member and inbox keys)`)
+	fullRead := fs.Duration("full-read", 0, "with -layout scoped: how often each node reads every key (default 3 TTLs)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,7 +58,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("-bench %q: \"scale\" or \"watch\"", *bench)
 	}
-	cfg := sim.Config{Nodes: *nodes, Faults: *faults}
+	if *layout != failover.LayoutPrefix && *layout != failover.LayoutScoped {
+		return fmt.Errorf("-layout %q: %q or %q", *layout, failover.LayoutPrefix, failover.LayoutScoped)
+	}
+	cfg := sim.Config{Nodes: *nodes, Faults: *faults, Layout: *layout, FullReadInterval: *fullRead}
 	if *kinds != "" {
 		for _, k := range strings.Split(*kinds, ",") {
 			if !slices.Contains(sim.AllKinds, k) {
