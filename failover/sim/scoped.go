@@ -33,6 +33,8 @@ type scoped struct {
 	reset         bool   // Consul's index went backwards: a full read is due
 	fullIndex     uint64 // index of the last full read (a lower one: the index went backwards)
 	fullAsked     bool
+	holdMembers   bool // after a reset: the Machine keeps its membership until holdEnding's full read
+	holdEnding    bool
 	member        failover.MemberValue // written with memberSession
 	memberSession string
 }
@@ -119,6 +121,9 @@ func (n *node) fullRead() {
 			}
 			rearm := sc.reset || reset
 			sc.reset, sc.fullIndex = false, index
+			if sc.holdEnding {
+				sc.holdMembers, sc.holdEnding = false, false
+			}
 			sc.view.Full(index, entries, members)
 			if rearm {
 				// The watches ask from the full read's index: they answer at once if the key
@@ -155,10 +160,15 @@ func (n *node) scopedReset(read bool) {
 		n.fullRead()
 	}
 	// The members write their keys again while the Machine's quarantine lasts: the full read
-	// now may see only some of them, so one more when it ends.
+	// now may see only some of them, so the Machine keeps the membership it had (as the
+	// service health, which a state loss does not erase, keeps it in the prefix layout) until
+	// one more full read when the quarantine ends. Without it, a peer whose key is not written
+	// yet looks gone, nobody looks settled, and slices go back to unsettled nodes.
+	sc.holdMembers = true
 	epoch := sc.epoch
 	n.event(max(n.w.cfg.TTL, n.w.cfg.LockDelay), func() {
 		if sc.epoch == epoch {
+			sc.holdEnding = true
 			n.fullRead()
 		}
 	})
@@ -174,7 +184,7 @@ func (n *node) stepView(kv, members bool) {
 	if kv {
 		n.m.Step(failover.EvKV{Now: now, Snap: sc.view.Snapshot()})
 	}
-	if members {
+	if members && !sc.holdMembers {
 		n.m.Step(failover.EvMembers{Now: now, Members: sc.view.Members()})
 	}
 	n.round()
