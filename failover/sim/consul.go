@@ -47,6 +47,8 @@ type consul struct {
 	memberDelay map[string]time.Time // lock-delay of member keys released by an ended session
 	// keyChanged is called after every change of one key (nil: nobody watches single keys).
 	keyChanged func(k kvKey)
+	// sizes of the answers in bytes (for the watch bench)
+	sizes sizes
 }
 
 type pair struct {

@@ -129,27 +129,28 @@ func (c *consul) releaseMemberKeys(id string, lockDelay time.Duration) {
 // lockMember is the keeper's write of its member key: acquire with its session. Refused (ok
 // false) when the session does not exist, another session holds the key, or within the
 // lock-delay of the session that last held it. The holder writing the same value again writes
-// nothing. index is the key's ModifyIndex.
-func (c *consul) lockMember(node, session string, v failover.MemberValue) (index uint64, ok bool) {
+// nothing. index is the key's ModifyIndex; fresh: the session did not hold it before.
+func (c *consul) lockMember(node, session string, v failover.MemberValue) (index uint64, fresh, ok bool) {
 	p := c.memberKeys[node]
 	switch {
 	case c.sessions[session] == nil, p != nil && p.session != "" && p.session != session, c.now.Before(c.memberDelay[node]):
-		return 0, false
+		return 0, false, false
 	case p != nil && p.session == session && p.value == v:
-		return p.modify, true
+		return p.modify, false, true
 	}
 	if p == nil {
 		p = &memberPair{}
 		c.memberKeys[node] = p
 	}
+	fresh = p.session != session
 	c.index++
-	if p.session != session {
+	if fresh {
 		p.lock++
 	}
 	p.session, p.value, p.modify = session, v, c.index
 	p.size = pairBytes(memberKey(node), v, true, p.modify, p.lock)
 	c.notify(memberKey(node))
-	return p.modify, true
+	return p.modify, fresh, true
 }
 
 // keyAnswer is one answer of a single-key read.
@@ -220,6 +221,19 @@ func (c *consul) fullRead() (index uint64, entries map[failover.SliceID]failover
 		members = append(members, failover.MemberRecord{Info: p.value.Info(n, p.session != ""), ModifyIndex: p.modify})
 	}
 	return snap.Index, snap.Entries, members, bytes
+}
+
+// prefixBytes is the size of the prefix layout's answers: the recursive read of every slice
+// key, and the service's health (one entry per instance).
+func (c *consul) prefixBytes(kv bool) int {
+	if !kv {
+		return c.sizes.prefixOverhead + len(c.checks)*c.sizes.healthEntry
+	}
+	b := 2 + max(len(c.kv)-1, 0)
+	for _, p := range c.kv {
+		b += p.size
+	}
+	return b
 }
 
 // casInbox writes node's inbox if its ModifyIndex is still cas (0: only if it does not exist).

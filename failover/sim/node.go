@@ -345,6 +345,8 @@ func (n *node) answer(kv bool) {
 			return // the query fails; asked again when the node reconnects or Consul is back
 		}
 		*missed, *last = false, w.now
+		n.traffic.answers++
+		n.traffic.answerBytes += int64(w.consul.prefixBytes(kv))
 		var ev func() failover.Event
 		if kv {
 			snap := w.consul.snapshot()

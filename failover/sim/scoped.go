@@ -33,8 +33,11 @@ type scoped struct {
 	reset         bool   // Consul's index went backwards: a full read is due
 	fullIndex     uint64 // index of the last full read (a lower one: the index went backwards)
 	fullAsked     bool
+	fullDue       bool // a full read failed: asked again when the requests go through
 	holdMembers   bool // after a reset: the Machine keeps its membership until holdEnding's full read
 	holdEnding    bool
+	warm          bool // a new session: the Machine does not see this node until warmEnding's full read
+	warmEnding    bool
 	member        failover.MemberValue // written with memberSession
 	memberSession string
 }
@@ -78,7 +81,7 @@ func (n *node) scopedStart(after time.Duration) {
 // afresh, and the full read is asked again if it is due.
 func (n *node) scopedResend() {
 	sc := n.sc
-	if !sc.view.Known() || sc.reset {
+	if !sc.view.Known() || sc.reset || sc.fullDue {
 		n.fullRead()
 	}
 	for _, k := range sortedWatchKeys(sc.watches) {
@@ -103,7 +106,7 @@ func (n *node) fullRead() {
 			return
 		}
 		if n.cut || !w.consul.up() {
-			sc.fullAsked = false // asked again when the node reconnects or Consul is back
+			sc.fullAsked, sc.fullDue = false, true // asked again when the node reconnects or Consul is back
 			return
 		}
 		index, entries, members, bytes := w.consul.fullRead()
@@ -120,9 +123,12 @@ func (n *node) fullRead() {
 				n.scopedReset(false)
 			}
 			rearm := sc.reset || reset
-			sc.reset, sc.fullIndex = false, index
+			sc.reset, sc.fullIndex, sc.fullDue = false, index, false
 			if sc.holdEnding {
 				sc.holdMembers, sc.holdEnding = false, false
+			}
+			if sc.warmEnding {
+				sc.warm, sc.warmEnding = false, false
 			}
 			sc.view.Full(index, entries, members)
 			if rearm {
@@ -185,7 +191,11 @@ func (n *node) stepView(kv, members bool) {
 		n.m.Step(failover.EvKV{Now: now, Snap: sc.view.Snapshot()})
 	}
 	if members && !sc.holdMembers {
-		n.m.Step(failover.EvMembers{Now: now, Members: sc.view.Members()})
+		ms := sc.view.Members()
+		if sc.warm {
+			ms = slices.DeleteFunc(ms, func(m failover.MemberInfo) bool { return m.Node == n.id })
+		}
+		n.m.Step(failover.EvMembers{Now: now, Members: ms})
 	}
 	n.round()
 }
@@ -409,6 +419,15 @@ func (n *node) poke(to string, nodes []string, attempt int) {
 
 // writeMember is the keeper's member key write (at Consul, in the keeper's round): with the
 // session, whenever the value changed or the session is new. The answer feeds the view.
+//
+// A node that takes its member key with a new session (a new process, or back after its
+// session ended) has been gone from its peers' groups, and they stopped watching its key,
+// while its own groups may look unchanged to it. So, like a node that joins, it announces
+// itself to every member of its groups (Pokes from an empty scope), and it leaves itself out
+// of the Machine's membership until a full read one watch interval later (as the prefix
+// layout's node sees itself only in a later answer of its rate-limited membership watch): the
+// peers starting or coming back with it have written their keys by then. Deciding at once,
+// alone in its view, it would take every free slice and hand most of them back.
 func (n *node) writeMember(meta memberMeta, d time.Duration) {
 	sc := n.sc
 	if n.session == "" {
@@ -418,27 +437,27 @@ func (n *node) writeMember(meta memberMeta, d time.Duration) {
 	if v == sc.member && n.session == sc.memberSession {
 		return
 	}
-	idx, ok := n.w.consul.lockMember(n.id, n.session, v)
+	idx, fresh, ok := n.w.consul.lockMember(n.id, n.session, v)
 	if !ok {
 		return // refused (lock-delay of the previous session): the next round tries again
 	}
 	n.traffic.writes++
-	back := n.session != sc.memberSession
 	sc.member, sc.memberSession = v, n.session
 	rec := failover.MemberRecord{Info: v.Info(n.id, true), ModifyIndex: idx}
 	epoch := sc.epoch
 	n.event(d, func() {
-		if sc.epoch == epoch {
-			if back {
-				// A new session: the peers saw the member key released and dropped this node
-				// from their groups (and stopped watching its key), while its own groups may
-				// look unchanged to it. Like a node that joins, it announces itself to every
-				// member of its groups (Pokes from an empty scope).
-				sc.scope = failover.WatchScope{}
-			}
-			sc.view.Member(rec, true)
-			n.stepView(false, true)
+		if sc.epoch != epoch {
+			return
 		}
+		if fresh {
+			sc.scope, sc.warm = failover.WatchScope{}, true
+			n.event(n.w.cfg.WatchMinInterval, func() {
+				sc.warmEnding = true
+				n.fullRead()
+			})
+		}
+		sc.view.Member(rec, true)
+		n.stepView(false, true)
 	})
 }
 

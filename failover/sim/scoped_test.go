@@ -1,15 +1,20 @@
 package sim
 
 import (
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/qslice/qslice/failover"
 )
 
-func TestScopedTry(t *testing.T) {
+// runSeeds runs seeds from..to with cfg and reports each failing seed's schedule (the first three).
+func runSeeds(t *testing.T, cfg Config, from, to uint64) {
+	t.Helper()
 	failed := 0
-	for seed := uint64(1); seed <= 20; seed++ {
-		r := Run(Config{Seed: seed, Faults: 6, Layout: failover.LayoutScoped})
+	for seed := from; seed <= to; seed++ {
+		cfg.Seed = seed
+		r := Run(cfg)
 		if r.Failed() {
 			failed++
 			if failed <= 3 {
@@ -17,5 +22,116 @@ func TestScopedTry(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("failed %d", failed)
+	t.Logf("seeds %d..%d: %d failed", from, to, failed)
+}
+
+// TestScopedLayoutWithoutFullReads: the scoped layout keeps every invariant when the periodic
+// full read never comes (only the one at start and after a reset): watches and pokes alone
+// carry what the Machine must see.
+func TestScopedLayoutWithoutFullReads(t *testing.T) {
+	runSeeds(t, Config{Faults: 6, Layout: failover.LayoutScoped, FullReadInterval: time.Hour}, 1, 30)
+}
+
+// TestScopedLayoutNineNodes: with 9 nodes most slices have candidates outside their watch
+// group of three, so entrants and pokes matter.
+func TestScopedLayoutNineNodes(t *testing.T) {
+	runSeeds(t, Config{Nodes: 9, Faults: 6, Layout: failover.LayoutScoped}, 1, 20)
+}
+
+// TestScopedFailureWakesOnlyItsGroups: one node fails in a cluster of 16; in the scoped layout
+// only the nodes sharing a watch group with it (and the entrants) read anything, each a few
+// single keys, while in the prefix layout every survivor reads the whole prefix and health.
+func TestScopedFailureWakesOnlyItsGroups(t *testing.T) {
+	queues := []failover.QueueSpec{{Name: "in", Slices: 32}, {Name: "out", Slices: 16}}
+	cfg := Config{Seed: 1, Nodes: 16, Queues: queues}
+	prefix := MeasureFailure(cfg, "n3")
+	cfg.Layout = failover.LayoutScoped
+	scoped := MeasureFailure(cfg, "n3")
+	for _, f := range []FailureTraffic{prefix, scoped} {
+		if len(f.Violations) > 0 {
+			t.Fatalf("%s: %v", f.Layout, f.Violations)
+		}
+		t.Logf("%s: woken %d of %d, %d answers, %d bytes, at most %d per node, %d writes", f.Layout, f.Woken, f.Nodes-1, f.Answers, f.Bytes, f.MaxNodeBytes, f.Writes)
+	}
+	if prefix.Woken != prefix.Nodes-1 {
+		t.Errorf("prefix layout: %d nodes woken, want every survivor (%d)", prefix.Woken, prefix.Nodes-1)
+	}
+	if scoped.Woken == 0 || scoped.Woken >= scoped.Nodes-1 {
+		t.Errorf("scoped layout: %d nodes woken, want some but not every survivor (%d)", scoped.Woken, scoped.Nodes-1)
+	}
+	if scoped.MaxNodeBytes >= prefix.Bytes/int64(prefix.Woken) {
+		t.Errorf("scoped layout: a node read %d bytes, not less than a prefix node's mean %d", scoped.MaxNodeBytes, prefix.Bytes/int64(prefix.Woken))
+	}
+}
+
+// TestModelSingleKeyQueries: the model's scoped-layout keys behave as Consul's: a change wakes
+// only that key's watchers; a missing key answers with the KV table's index; the member key is
+// released in the step that ends its session and keeps the lock-delay; inbox writes and deletes
+// check their index; a state loss takes every key and the index back.
+func TestModelSingleKeyQueries(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := newConsul(now, func(bool) {})
+	var woke []kvKey
+	c.keyChanged = func(k kvKey) { woke = append(woke, k) }
+	c.pass("a", 2*time.Second, memberMeta{})
+	sa, _ := c.createSession("a", time.Second)
+	s0 := failover.SliceID{Queue: "in", Index: 0}
+
+	missing := c.get(sliceKey(s0))
+	if missing.exists || missing.index != c.index || missing.bytes != 0 {
+		t.Fatalf("missing key: %+v, want absent at the KV index %d", missing, c.index)
+	}
+	mv := failover.MemberValue{LiveSince: 1}
+	idx, fresh, ok := c.lockMember("a", sa, mv)
+	if !ok || !fresh || idx != c.index || !slices.Equal(woke, []kvKey{memberKey("a")}) {
+		t.Fatalf("member write: %d %v, woke %v", idx, ok, woke)
+	}
+	if again, fresh, ok := c.lockMember("a", sa, mv); !ok || fresh || again != idx {
+		t.Fatalf("the same value again: index %d %v, want %d unchanged", again, ok, idx)
+	}
+	if got := c.get(sliceKey(s0)); got.index != idx {
+		t.Fatalf("a missing key answers with the KV table's index %d, got %d", idx, got.index)
+	}
+	woke = nil
+	res := c.acquire(failover.AcquireReq{Move: failover.Move{Slice: s0}, Session: sa, Value: failover.LockValue{Node: "a"}})
+	if !res.Granted || !slices.Equal(woke, []kvKey{sliceKey(s0)}) {
+		t.Fatalf("acquire: %+v woke %v, want only the slice key", res, woke)
+	}
+	woke = nil
+	c.invalidate(sa)
+	if !slices.Equal(woke, []kvKey{sliceKey(s0), memberKey("a")}) {
+		t.Fatalf("session end woke %v, want the slice key and the member key", woke)
+	}
+	m := c.get(memberKey("a"))
+	if !m.exists || m.member.Info.Live || m.member.ModifyIndex != c.index {
+		t.Fatalf("member key after the session ended: %+v, want present, not live, at %d", m, c.index)
+	}
+	c.pass("a", 2*time.Second, memberMeta{})
+	sb, _ := c.createSession("a", time.Second)
+	if _, _, ok := c.lockMember("a", sb, mv); ok {
+		t.Fatal("member key locked again within the lock-delay")
+	}
+	c.now = c.now.Add(time.Second)
+	if _, _, ok := c.lockMember("a", sb, mv); !ok {
+		t.Fatal("member key refused after the lock-delay")
+	}
+	if !c.casInbox("b", 0, failover.InboxValue{Read: []string{"a"}}) || c.casInbox("b", 0, failover.InboxValue{Read: []string{"c"}}) {
+		t.Fatal("cas=0 must create the inbox once and only once")
+	}
+	in := c.get(inboxKey("b"))
+	if c.casInbox("b", in.modify-1, failover.InboxValue{}) || c.deleteInbox("b", in.modify-1) {
+		t.Fatal("an old index must fail the check-and-set")
+	}
+	if !c.casInbox("b", in.modify, failover.InboxValue{Read: []string{"a", "c"}}) {
+		t.Fatal("the current index must pass the check-and-set")
+	}
+	if got := c.get(inboxKey("b")); !slices.Equal(got.inbox.Read, []string{"a", "c"}) || !c.deleteInbox("b", got.modify) {
+		t.Fatalf("inbox %+v, then delete with its index", got)
+	}
+	before := c.index
+	woke = nil
+	c.loseState()
+	if c.index >= before || len(c.memberKeys)+len(c.kv)+len(c.inboxKeys) != 0 || len(woke) != 2 {
+		t.Fatalf("state loss: index %d (was %d), keys left %d, woke %v", c.index, before, len(c.memberKeys)+len(c.kv), woke)
+	}
 }

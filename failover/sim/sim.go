@@ -74,6 +74,18 @@ type Config struct {
 	// FullReadInterval: in the scoped layout, how often each node reads every slice and member
 	// key (default 3 TTLs: short, so that runs cover it; production's is minutes).
 	FullReadInterval time.Duration
+
+	// For the watch bench (MeasureFailure): probes run at their time; the run stops at stopAt
+	// (from the start, 0: at its end); per-step checks run every checkEvery events (0: each).
+	probes     []probe
+	stopAt     time.Duration
+	checkEvery int
+}
+
+// probe runs fn at a point of virtual time (from the start).
+type probe struct {
+	at time.Duration
+	fn func(w *world)
 }
 
 // Fault kinds.
@@ -225,6 +237,8 @@ type world struct {
 	grants map[failover.SliceID]int
 	// keyWatchers: the nodes watching each single key (scoped layout), in w.nodes order
 	keyWatchers map[kvKey][]*node
+	// sliceIDs: every slice, sorted
+	sliceIDs []failover.SliceID
 }
 
 // restartCheck: a node restarted in place must move nothing and resume every slice it held.
@@ -333,6 +347,11 @@ func Run(cfg Config) Result {
 		w.byID[id] = n
 	}
 	w.homes = homes(cfg.Queues, ids)
+	w.sliceIDs = sortedKeys(w.homes)
+	w.consul.sizes = newSizes(len(cfg.Queues))
+	for _, p := range cfg.probes {
+		w.at(w.start.Add(p.at), func() { p.fn(w) })
+	}
 	for _, n := range w.nodes {
 		n.start(time.Duration(w.rng.Int64N(int64(cfg.RenewInterval))))
 	}
@@ -360,6 +379,9 @@ func Run(cfg Config) Result {
 	}
 	w.at(w.lastFaultEnd.Add(cfg.Bound()), w.checkAllOwned)
 	w.at(w.start.Add(end), w.checkSettled)
+	if cfg.stopAt > 0 {
+		end = cfg.stopAt
+	}
 	for w.q.Len() > 0 {
 		e := heap.Pop(&w.q).(*event)
 		if e.at.After(w.start.Add(end)) {
@@ -370,7 +392,9 @@ func Run(cfg Config) Result {
 		w.consul.expire()
 		e.fn()
 		w.res.Events++
-		w.checkStep()
+		if cfg.checkEvery == 0 || w.res.Events%cfg.checkEvery == 0 {
+			w.checkStep()
+		}
 		w.checkRestart()
 	}
 	w.res.Virtual = w.now.Sub(w.start)
@@ -485,7 +509,7 @@ func (w *world) restartBegins(n *node) *restartCheck {
 	if n.session == "" || w.consul.sessions[n.session] == nil {
 		return rc // no session to adopt (Consul lost it, say): a fresh start, as after a crash
 	}
-	for _, s := range sortedKeys(w.homes) {
+	for _, s := range w.sliceIDs {
 		// Its home slices: one it holds for another node may go back to it meanwhile (the
 		// fail-back of an earlier fault), a move the restart did not cause.
 		if n.processing(s) && w.homes[s] == n.id {
@@ -557,7 +581,7 @@ func (w *world) faultBegins(n *node) {
 	w.anotherFault()
 	w.faultFrom[n.id] = w.now
 	w.heldAtFault += len(n.assigned)
-	for _, s := range sortedKeys(w.homes) {
+	for _, s := range w.sliceIDs {
 		if n.processing(s) {
 			w.pending[s] = pendingTakeover{node: n.id, from: w.now}
 		}
@@ -618,13 +642,9 @@ func (w *world) moveBudget() int {
 // checkStep runs after every event: at most one node processes each slice, a new owner starts
 // LeaseMargin after the last one's end at the earliest.
 func (w *world) checkStep() {
-	for _, s := range sortedKeys(w.homes) {
-		var who []string
-		for _, n := range w.nodes {
-			if n.processing(s) {
-				who = append(who, n.id)
-			}
-		}
+	procs := w.processors()
+	for _, s := range w.sliceIDs {
+		who := procs[s]
 		prev := w.cur[s]
 		if len(who) > 1 {
 			w.violation("slice %s processed by %v at once", s, who)
@@ -670,9 +690,25 @@ func (w *world) checkStep() {
 	}
 }
 
+// processors lists, per slice, the nodes processing it (in w.nodes order).
+func (w *world) processors() map[failover.SliceID][]string {
+	out := map[failover.SliceID][]string{}
+	for _, n := range w.nodes {
+		if n.crashed || n.paused || len(n.assigned) == 0 || !n.local(w.now).Before(n.deadline) {
+			continue
+		}
+		for s, ok := range n.assigned {
+			if ok {
+				out[s] = append(out[s], n.id)
+			}
+		}
+	}
+	return out
+}
+
 // checkAllOwned: Bound after the last fault, every slice is processed by one node.
 func (w *world) checkAllOwned() {
-	for _, s := range sortedKeys(w.homes) {
+	for _, s := range w.sliceIDs {
 		if w.cur[s] == "" {
 			w.violation("slice %s not processed by any node %s after the last fault ended (bound TTL + lock-delay + 2 renew intervals + watch interval + drain + margin)", s, w.cfg.Bound())
 		}
@@ -681,7 +717,7 @@ func (w *world) checkAllOwned() {
 
 // checkSettled: at the end, every slice is at its home.
 func (w *world) checkSettled() {
-	for _, s := range sortedKeys(w.homes) {
+	for _, s := range w.sliceIDs {
 		if w.cur[s] != w.homes[s] {
 			w.violation("slice %s settled on %q, not on its home %s", s, w.cur[s], w.homes[s])
 		}

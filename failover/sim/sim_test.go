@@ -7,13 +7,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qslice/qslice/failover"
 )
 
 var seeds = flag.Int("sim.seeds", 60, "number of seeds TestSimulatedFaults runs")
 
-// TestSimulatedFaults runs a bounded number of seeds (QSLICE_SIM_SEEDS or -sim.seeds); every
-// invariant is checked after every event. A failing seed prints its schedule; replay it with
-// go run ./failover/sim/cmd/qslice-sim -seed N -v.
+// TestSimulatedFaults runs a bounded number of seeds (QSLICE_SIM_SEEDS or -sim.seeds) for each
+// watch layout; every invariant is checked after every event. A failing seed prints its
+// schedule; replay it with go run ./failover/sim/cmd/qslice-sim -layout L -seed N -v.
 func TestSimulatedFaults(t *testing.T) {
 	n := *seeds
 	if s := os.Getenv("QSLICE_SIM_SEEDS"); s != "" {
@@ -22,30 +24,36 @@ func TestSimulatedFaults(t *testing.T) {
 	if testing.Short() {
 		n = min(n, 10)
 	}
-	start := time.Now()
-	failed := 0
-	var reowned []time.Duration
-	for seed := uint64(1); seed <= uint64(n); seed++ {
-		r := Run(Config{Seed: seed, Faults: 6})
-		reowned = append(reowned, r.ReownedAfter...)
-		if r.Failed() {
-			failed++
-			if failed <= 3 {
-				t.Errorf("%s", r.Report())
+	for _, layout := range []string{failover.LayoutPrefix, failover.LayoutScoped} {
+		t.Run(layout, func(t *testing.T) {
+			start := time.Now()
+			failed := 0
+			var reowned []time.Duration
+			for seed := uint64(1); seed <= uint64(n); seed++ {
+				r := Run(Config{Seed: seed, Faults: 6, Layout: layout})
+				reowned = append(reowned, r.ReownedAfter...)
+				if r.Failed() {
+					failed++
+					if failed <= 3 {
+						t.Errorf("%s", r.Report())
+					}
+				}
 			}
-		}
+			t.Logf("%d seeds, %d failed, %d takeovers, in %s", n, failed, len(reowned), time.Since(start).Round(time.Millisecond))
+		})
 	}
-	t.Logf("%d seeds, %d failed, %d takeovers, in %s", n, failed, len(reowned), time.Since(start).Round(time.Millisecond))
 }
 
-// TestSimulatorIsDeterministic: one seed, one run.
+// TestSimulatorIsDeterministic: one seed, one run, in each layout.
 func TestSimulatorIsDeterministic(t *testing.T) {
-	a, b := Run(Config{Seed: 42, Faults: 5}), Run(Config{Seed: 42, Faults: 5})
-	if a.Report() != b.Report() || a.Events != b.Events || a.Moves != b.Moves {
-		t.Fatalf("seed 42 ran twice differently:\n%s\n%s", a.Report(), b.Report())
-	}
-	if a.Events < 1000 || a.Moves < 12 {
-		t.Fatalf("the run did almost nothing: %s", a.Report())
+	for _, layout := range []string{failover.LayoutPrefix, failover.LayoutScoped} {
+		a, b := Run(Config{Seed: 42, Faults: 5, Layout: layout}), Run(Config{Seed: 42, Faults: 5, Layout: layout})
+		if a.Report() != b.Report() || a.Events != b.Events || a.Moves != b.Moves {
+			t.Fatalf("%s: seed 42 ran twice differently:\n%s\n%s", layout, a.Report(), b.Report())
+		}
+		if a.Events < 1000 || a.Moves < 12 {
+			t.Fatalf("%s: the run did almost nothing: %s", layout, a.Report())
+		}
 	}
 }
 
