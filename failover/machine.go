@@ -303,6 +303,10 @@ type AcquireReq struct {
 	Exists     bool
 	CheckIndex uint64
 	Value      LockValue
+	// Relock: the snapshot shows the key held by Session already, for this node, but the
+	// Machine does not know it as its own (see Machine.relocks). The transaction is the same;
+	// Consul grants a lock its holder asks for again without raising LockIndex.
+	Relock bool
 }
 
 // ReleaseReq is one unlock transaction: unlock(Slice, Session, Value) + get(Slice).
@@ -552,7 +556,8 @@ func (m *Machine) CountChange(s SliceID, from, to, reason string) { m.changed(s,
 // have applied it), or (b) the first snapshot on a session adopted from this node's previous
 // process (EvAdopt). A snapshot may be older than our own release of the key (its answer lost,
 // the retry found the key gone), and the next owner may hold it already: adopting from it
-// would make two nodes process the slice until the next snapshot.
+// would make two nodes process the slice until the next snapshot. A key our session holds for
+// no such reason is re-locked instead (relocks): Consul, not the snapshot, then says it is ours.
 func (m *Machine) reconcileKV() {
 	for _, s := range m.ownedSorted() {
 		h := m.owned[s]
@@ -737,9 +742,13 @@ func (m *Machine) Ready() Ready {
 	rd.Assign = m.assignments()
 	rd.Release = m.releases()
 	// Acquire only with a valid lease and a first KV snapshot (it carries the previous holder,
-	// hence the reason, and the avoid list to carry over).
-	if m.leaseValid && m.kv != nil && !m.draining && !m.stopping && !now.Before(m.notBefore) && !now.Before(m.quarantine) {
-		rd.Acquire = m.acquisitions()
+	// hence the reason, and the avoid list to carry over). Re-locks go first (they give back
+	// slices nobody else can take), and also while draining: a re-locked slice is handed off.
+	if m.leaseValid && m.kv != nil && !m.stopping && !now.Before(m.notBefore) && !now.Before(m.quarantine) {
+		rd.Acquire = m.relocks()
+		if !m.draining {
+			rd.Acquire = append(rd.Acquire, m.acquisitions()...)
+		}
 	}
 	rd.DestroySessions = slices.Clone(m.toDestroy)
 	rd.ResetConnections = m.resetConns
@@ -749,7 +758,9 @@ func (m *Machine) Ready() Ready {
 	} else {
 		rd.Status, rd.Processing, rd.Meta = m.last.Status, m.last.Processing, m.last.Meta
 	}
-	rd.DrainDone = (m.draining || m.stopping) && len(m.owned) == 0 && len(m.releasing) == 0
+	// Draining, keys our session holds for nobody are re-locked and handed off first; stopping,
+	// they go with the session.
+	rd.DrainDone = (m.draining || m.stopping) && len(m.owned) == 0 && len(m.releasing) == 0 && (m.stopping || !m.holdsUnknown())
 	return rd
 }
 
@@ -903,11 +914,70 @@ func (m *Machine) acquisitions() []AcquireReq {
 	return out
 }
 
+// relocks lists the re-lock transactions of keys the snapshot shows held by our current
+// session, for this node, that the Machine does not know as its own. Such a key stays locked
+// until the session ends, and nobody processes its slice: the planner sees it as ours and plans
+// no move, and a snapshot alone never makes the Machine adopt a lock (see reconcileKV). It
+// happens after Consul lost its state: an acquisition granted at once by the restarted Consul
+// is dropped on a snapshot from before the reset, whose index, from the old Consul, is above
+// the new token, so the stale-snapshot guard cannot tell it is older.
+//
+// A re-lock is check-index on the entry's ModifyIndex + lock with our session: granted only if
+// the key is still exactly as the snapshot shows it, held by our session, so it is as safe as
+// an acquisition (a key released or taken since has another ModifyIndex; the check fails). The
+// fencing token is the ModifyIndex the transaction returns: the entry's own when the value is
+// unchanged (Consul writes nothing then), no other holder having been in between, or the new
+// one. A lost answer is not remembered as unsure: the snapshot showed our session before the
+// re-lock, so it cannot tell whether it was applied; the re-lock is tried again (a retry after
+// one applied finds the ModifyIndex changed, and the next snapshot's is re-locked).
+func (m *Machine) relocks() []AcquireReq {
+	var keys []SliceID
+	for s, e := range m.kv.Entries {
+		if m.heldUnknown(s, e) && !m.now.Before(m.retryAt[s]) {
+			keys = append(keys, s)
+		}
+	}
+	sortSlices(keys)
+	out := make([]AcquireReq, 0, len(keys))
+	for _, s := range keys {
+		e := m.kv.Entries[s]
+		out = append(out, AcquireReq{Move: Move{Slice: s, From: m.cfg.Self, To: m.cfg.Self, Reason: ReasonAcquired}, Session: m.session,
+			Exists: true, CheckIndex: e.ModifyIndex, Value: LockValue{Node: m.cfg.Self, Avoid: liveAvoid(e.Value.Avoid, m.now)}, Relock: true})
+	}
+	return out
+}
+
+// heldUnknown: the snapshot shows our current session holding s for this node, the Machine
+// does not know it as its own, and no re-lock of it failed its check on this snapshot.
+func (m *Machine) heldUnknown(s SliceID, e KVEntry) bool {
+	if e.Session == "" || e.Session != m.session || e.Value.Node != m.cfg.Self || m.owned[s] != nil {
+		return false
+	}
+	if _, releasing := m.releasing[s]; releasing || e.ModifyIndex <= m.releasedAt[s] || !m.known(s) {
+		return false // releasedAt: the snapshot is older than our release; a check would fail
+	}
+	idx, stale := m.staleAt[s]
+	return !stale || idx != m.kv.asOf(s) // else the key changed after this snapshot: wait for the next
+}
+
+// holdsUnknown reports whether some key is heldUnknown: a drain is not done while one is.
+func (m *Machine) holdsUnknown() bool {
+	if m.kv == nil || m.session == "" {
+		return false
+	}
+	for s, e := range m.kv.Entries {
+		if m.heldUnknown(s, e) {
+			return true
+		}
+	}
+	return false
+}
+
 func (m *Machine) stepAcquired(e EvAcquireResult) {
 	s := e.Req.Move.Slice
 	if e.Err {
 		m.notBefore = m.now.Add(m.acqBackoff.NextBackOff())
-		if e.Req.Session == m.session && m.owned[s] == nil {
+		if e.Req.Session == m.session && m.owned[s] == nil && !e.Req.Relock {
 			m.unsure[s] = e.Req // Consul may have applied it: a later snapshot tells
 		}
 		return
@@ -928,6 +998,10 @@ func (m *Machine) stepAcquired(e EvAcquireResult) {
 		delete(m.staleAt, s)
 		delete(m.unsure, s)
 		m.owned[s] = &held{session: e.Req.Session, token: e.Token, lockIndex: e.LockIndex, since: m.now, value: e.Req.Value}
+		if e.Req.Relock {
+			m.log.Warn("slice re-locked: our session held it without the Machine knowing (dropped on a snapshot older than its acquisition, as after a Consul state reset)",
+				"slice", s.String(), "fencing_token", e.Token)
+		}
 		m.traceAcquire(e.Req.Move, e.Start, m.now, e.Token)
 		m.changed(s, e.Req.Move.From, m.cfg.Self, e.Req.Move.Reason)
 	}

@@ -109,9 +109,11 @@ func ownBoth(t *testing.T, m *Machine, now time.Time) {
 }
 
 // TestMachineSnapshotAloneNeverAdopts: a KV snapshot that shows our session on a key we have
-// no acquisition pending for (it predates our own release, say) adopts nothing; an acquisition
-// whose answer was lost is adopted from the first snapshot that shows it applied, counted once
-// under its move's reason.
+// no acquisition pending for (it predates our own release, say) adopts nothing: the Machine asks
+// Consul with a re-lock (check-index on the entry it saw), and the key is ours only if Consul
+// grants that; a re-lock whose answer was lost is never adopted. An acquisition whose answer
+// was lost is adopted from the first snapshot that shows it applied, counted once under its
+// move's reason.
 func TestMachineSnapshotAloneNeverAdopts(t *testing.T) {
 	m, now := testMachine(t)
 	s0, s1 := SliceID{"in", 0}, SliceID{"in", 1}
@@ -123,13 +125,14 @@ func TestMachineSnapshotAloneNeverAdopts(t *testing.T) {
 	if m.owned[s0] != nil {
 		t.Fatal("adopted a key from a snapshot alone")
 	}
-	// s1 is free: the Machine tries it, and the answer is lost.
+	// s1 is free: the Machine tries it; s0 it re-locks. Both answers are lost.
 	lost := func(a AcquireReq) EvAcquireResult { return EvAcquireResult{Req: a, Err: true} }
 	rd := carry(m, now, lost, nil)
-	if len(rd.Acquire) != 1 || rd.Acquire[0].Move.Slice != s1 {
-		t.Fatalf("acquisitions %+v, want s1 only (s0 shows held)", rd.Acquire)
+	if len(rd.Acquire) != 2 || rd.Acquire[0].Move.Slice != s0 || !rd.Acquire[0].Relock || rd.Acquire[0].CheckIndex != 40 ||
+		rd.Acquire[1].Move.Slice != s1 || rd.Acquire[1].Relock {
+		t.Fatalf("acquisitions %+v, want a re-lock of s0 with check-index 40, then s1", rd.Acquire)
 	}
-	// Consul applied it: the next snapshot shows s1 with our session.
+	// Consul applied s1's: the next snapshot shows s1 with our session, s0 as before.
 	later := now.Add(time.Second)
 	m.Step(EvLease{Now: later, Session: "sa", Deadline: later.Add(800 * time.Millisecond)})
 	m.Step(EvKV{Now: later, Snap: &KVSnapshot{Index: 60, Entries: map[SliceID]KVEntry{
@@ -140,13 +143,20 @@ func TestMachineSnapshotAloneNeverAdopts(t *testing.T) {
 		t.Fatalf("s1 after its lost acquisition applied: %+v, want adopted with token 55", h)
 	}
 	if m.owned[s0] != nil {
-		t.Fatal("adopted s0 from a snapshot alone")
+		t.Fatal("adopted s0 from a snapshot alone (its re-lock's answer was lost)")
 	}
 	if got := m.Changes(); got[ReasonFailback] != 1 || len(got) != 1 {
 		t.Fatalf("changes %v: want the adoption counted once, as the failback it was", got)
 	}
-	if rd := carry(m, later, granted(100), nil); len(rd.Assign) != 1 || len(rd.Assign[0].Slices) != 1 || rd.Assign[0].Slices[0] != 1 {
-		t.Fatalf("assignments %+v: want s1 only", rd.Assign)
+	// Consul says s0 is not as the snapshot shows it (our release was applied since, say): its
+	// re-lock's check fails and s0 stays not ours, not tried again on this snapshot.
+	stale := func(a AcquireReq) EvAcquireResult { return EvAcquireResult{Req: a, Stale: true} }
+	if rd := carry(m, later, stale, nil); len(rd.Assign) != 1 || len(rd.Assign[0].Slices) != 1 || rd.Assign[0].Slices[0] != 1 ||
+		len(rd.Acquire) != 1 || rd.Acquire[0].Move.Slice != s0 {
+		t.Fatalf("ready %+v: want s1 assigned and s0 re-locked", rd)
+	}
+	if rd := carry(m, later, stale, nil); m.owned[s0] != nil || len(rd.Acquire) != 0 {
+		t.Fatalf("s0 owned %v, acquire %+v: want s0 not ours and not tried again on the same snapshot", m.owned[s0], rd.Acquire)
 	}
 }
 
@@ -382,5 +392,132 @@ func TestMachineAdoptedSliceBeingHandedOffIsReleasedNotProcessed(t *testing.T) {
 	}
 	if got := m.Changes(); got[ReasonLeaseLost] != 0 || got[ReasonReleased] != 1 {
 		t.Fatalf("changes %v: the release found gone was the previous process's: released, not lease_lost", got)
+	}
+}
+
+// stuckAfterStateLoss brings m (self "a", alone, session "sa") to the state Consul's loss of its
+// state can leave behind: the restarted Consul granted both slices at once (tokens 21 and 22,
+// below the index of the old Consul's last snapshot, which still stood and did not show them),
+// the Machine dropped them on that snapshot (the stale-snapshot guard cannot tell it is older),
+// and the restarted Consul's first snapshot, returned, shows both keys held by our session.
+// It returns that snapshot and the end of the quarantine.
+func stuckAfterStateLoss(t *testing.T, m *Machine, now time.Time) (*KVSnapshot, time.Time) {
+	t.Helper()
+	m.Step(EvMembers{Now: now, Members: []MemberInfo{{Node: "a", Live: true}}})
+	m.Step(EvKV{Now: now, Snap: &KVSnapshot{Index: 312, Entries: map[SliceID]KVEntry{}}})
+	if rd := carry(m, now, granted(20), nil); len(rd.Acquire) != 2 || len(m.owned) != 0 {
+		t.Fatalf("setup: acquisitions %+v, owned %v; want both granted and dropped on the old snapshot", rd.Acquire, m.owned)
+	}
+	fresh := &KVSnapshot{Index: 30, Entries: map[SliceID]KVEntry{
+		{"in", 0}: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 21, LockIndex: 1},
+		{"in", 1}: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 22, LockIndex: 1},
+	}}
+	m.Step(EvKV{Now: now, Snap: fresh, Reset: true})
+	return fresh, now.Add(2 * time.Second) // max(TTL, LockDelay)
+}
+
+// relockAnswer answers like Consul with the keys of snap: check-index, then a lock its holder
+// asks for again with the same value writes nothing (the token is the entry's ModifyIndex, the
+// LockIndex stays).
+func relockAnswer(snap *KVSnapshot) func(AcquireReq) EvAcquireResult {
+	return func(a AcquireReq) EvAcquireResult {
+		e, ok := snap.Entries[a.Move.Slice]
+		if !ok || !a.Exists || a.CheckIndex != e.ModifyIndex || e.Session != a.Session {
+			return EvAcquireResult{Req: a, Stale: ok != a.Exists || a.CheckIndex != e.ModifyIndex}
+		}
+		return EvAcquireResult{Req: a, Granted: true, Token: e.ModifyIndex, LockIndex: e.LockIndex}
+	}
+}
+
+// TestMachineRelocksKeysItsSessionHolds: after Consul lost its state, slices dropped on a
+// snapshot from before the reset stay locked by our session; the planner sees them as ours and
+// plans nothing, and the snapshot alone adopts nothing. Once the quarantine is over the Machine
+// re-locks them with a check-index on the entries it saw, and processes them again under the
+// tokens Consul returns. A re-lock whose answer was lost is tried again, never adopted from a
+// snapshot; one whose check fails waits for a newer snapshot.
+func TestMachineRelocksKeysItsSessionHolds(t *testing.T) {
+	m, now := testMachine(t)
+	s0, s1 := SliceID{"in", 0}, SliceID{"in", 1}
+	fresh, after := stuckAfterStateLoss(t, m, now)
+	if rd := m.Ready(); len(rd.Acquire) != 0 || len(m.owned) != 0 {
+		t.Fatalf("in the quarantine: acquire %+v, owned %v; want nothing", rd.Acquire, m.owned)
+	}
+	m.Step(EvLease{Now: after, Session: "sa", Deadline: after.Add(800 * time.Millisecond)})
+
+	// The first re-locks' answers are lost: not adopted from a snapshot that shows our session
+	// (it did before the re-lock), tried again after the backoff.
+	lost := func(a AcquireReq) EvAcquireResult { return EvAcquireResult{Req: a, Err: true} }
+	rd := carry(m, after, lost, nil)
+	if len(rd.Acquire) != 2 {
+		t.Fatalf("after the quarantine: acquire %+v; want both keys re-locked", rd.Acquire)
+	}
+	for _, a := range rd.Acquire {
+		e := fresh.Entries[a.Move.Slice]
+		if !a.Relock || !a.Exists || a.CheckIndex != e.ModifyIndex || a.Session != "sa" || a.Value.Node != "a" {
+			t.Errorf("re-lock %+v: want check-index %d with our session", a, e.ModifyIndex)
+		}
+	}
+	m.Step(EvKV{Now: after, Snap: fresh})
+	if len(m.owned) != 0 || len(m.unsure) != 0 {
+		t.Fatalf("owned %v, unsure %v after lost re-locks: a snapshot alone must not adopt", m.owned, m.unsure)
+	}
+
+	// s1 changed meanwhile (the lost re-lock was applied with a new value): its check fails,
+	// and it waits for a snapshot that shows it.
+	later := after.Add(time.Second)
+	m.Step(EvLease{Now: later, Session: "sa", Deadline: later.Add(800 * time.Millisecond)})
+	now1 := &KVSnapshot{Index: 40, Entries: map[SliceID]KVEntry{
+		s0: fresh.Entries[s0],
+		s1: {Session: "sa", Value: LockValue{Node: "a"}, ModifyIndex: 35, LockIndex: 1},
+	}}
+	rd = carry(m, later, relockAnswer(now1), nil)
+	if len(rd.Acquire) != 2 || m.owned[s0] == nil || m.owned[s1] != nil {
+		t.Fatalf("acquire %+v, owned %v: want both re-locks tried, s0 granted, s1 refused by its check", rd.Acquire, m.owned)
+	}
+	if rd := carry(m, later, relockAnswer(now1), nil); len(rd.Acquire) != 0 {
+		t.Fatalf("re-locked again on the same snapshot: %+v", rd.Acquire)
+	}
+	m.Step(EvKV{Now: later, Snap: now1})
+	carry(m, later, relockAnswer(now1), nil)
+	rd = carry(m, later, relockAnswer(now1), nil)
+	if !m.assigned["in"][0] || !m.assigned["in"][1] || rd.Tokens[s0] != 21 || rd.Tokens[s1] != 35 {
+		t.Fatalf("assigned %v, tokens %v: want both processed, with tokens 21 and 35", m.assigned["in"], rd.Tokens)
+	}
+	if got := m.Changes(); got[ReasonLeaseLost] != 2 || got[ReasonAcquired] != 4 || len(got) != 2 {
+		t.Fatalf("changes %v: want 2 acquired, 2 lost, 2 re-locked (acquired)", got)
+	}
+	if rd := m.Ready(); rd.HasWork() {
+		t.Fatalf("nothing left to do, got %+v", rd)
+	}
+}
+
+// TestMachineRelocksToHandOffWhenDraining: a node that drains re-locks such keys too, then
+// hands them off, so its drain does not end with keys its session holds for nobody.
+func TestMachineRelocksToHandOffWhenDraining(t *testing.T) {
+	m, now := testMachine(t)
+	fresh, after := stuckAfterStateLoss(t, m, now)
+	m.Step(EvLease{Now: after, Session: "sa", Deadline: after.Add(800 * time.Millisecond)})
+	m.Step(EvDrain{Now: after})
+	if rd := m.Ready(); rd.DrainDone {
+		t.Fatal("drain done while our session holds two keys")
+	}
+	var released []SliceID
+	release := func(r ReleaseReq) EvReleaseResult {
+		released = append(released, r.Slice)
+		return EvReleaseResult{Req: r, Index: 50}
+	}
+	for i := 0; i < 3; i++ {
+		rd := carry(m, after, relockAnswer(fresh), release)
+		for _, a := range rd.Assign {
+			if len(a.Slices) > 0 {
+				t.Fatalf("assigned %+v while draining", a)
+			}
+		}
+	}
+	if len(released) != 2 || !m.Ready().DrainDone {
+		t.Fatalf("released %v, drain done %v: want both keys re-locked and handed off", released, m.Ready().DrainDone)
+	}
+	if got := m.Changes(); got[ReasonDrain] != 2 {
+		t.Fatalf("changes %v: want two drain hand-offs", got)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -719,23 +718,95 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 	}
 }
 
+// TestRelockConfirmsOurOwnLock: the re-lock of a key our session holds unknown to the Machine
+// (failover.Machine.relocks), against a real Consul: granted with the LockIndex unchanged and
+// the key's ModifyIndex as the fencing token (a new one when the value changed, the same when
+// it did not: Consul writes nothing then), and refused by its check once the key was released.
+func TestRelockConfirmsOurOwnLock(t *testing.T) {
+	srv := consultest.Start(t)
+	cl := srv.Client("")
+	c, err := New(testConfig(srv, "b"), failovertest.NewAssignee("b", failovertest.NewLedger()), nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	session, _, err := cl.Session().Create(&api.SessionEntry{Name: "test-b", LockDelay: time.Millisecond, Behavior: api.SessionBehaviorRelease}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := failover.SliceID{Queue: "out", Index: 2}
+	key := c.sliceKey(s)
+	expired := []failover.Avoid{{Node: "c", Until: time.Now().Add(-time.Hour).Round(0)}}
+	body, _ := json.Marshal(failover.LockValue{Node: "b", Avoid: expired})
+	if ok, _, err := cl.KV().Acquire(&api.KVPair{Key: key, Value: body, Session: session}, nil); err != nil || !ok {
+		t.Fatalf("lock %s: %v %v", key, ok, err)
+	}
+	p, _, err := cl.KV().Get(key, nil)
+	if err != nil || p == nil || p.Session != session {
+		t.Fatalf("get %s: %+v %v", key, p, err)
+	}
+
+	m := failover.NewMachine(c.machineConfig(), nil, nil)
+	now := time.Now()
+	m.Step(failover.EvLease{Now: now, Session: session, Deadline: now.Add(time.Hour)})
+	m.Step(failover.EvMembers{Now: now, Members: []failover.MemberInfo{{Node: "b", Live: true}}})
+	m.Step(failover.EvKV{Now: now, Snap: &failover.KVSnapshot{Index: p.ModifyIndex, Entries: map[failover.SliceID]failover.KVEntry{
+		s: {Session: session, Value: failover.LockValue{Node: "b", Avoid: expired}, ModifyIndex: p.ModifyIndex, LockIndex: p.LockIndex}}}})
+	var relock *failover.AcquireReq
+	for _, a := range m.Ready().Acquire {
+		if a.Move.Slice == s {
+			relock = &a
+		}
+	}
+	if relock == nil || !relock.Relock || relock.CheckIndex != p.ModifyIndex {
+		t.Fatalf("re-lock of %s: %+v, want one with check-index %d", s, relock, p.ModifyIndex)
+	}
+	// The expired avoid entry is dropped: the value changes, so does the ModifyIndex.
+	res := c.acquireTxn(context.Background(), *relock)
+	if !res.Granted || res.Token <= p.ModifyIndex || res.LockIndex != p.LockIndex {
+		t.Fatalf("re-lock: %+v; want granted with a new ModifyIndex above %d and LockIndex %d", res, p.ModifyIndex, p.LockIndex)
+	}
+	// Again with the value unchanged: Consul writes nothing, the token is the key's ModifyIndex.
+	again := *relock
+	again.CheckIndex, again.Value = res.Token, failover.LockValue{Node: "b"}
+	if res2 := c.acquireTxn(context.Background(), again); !res2.Granted || res2.Token != res.Token || res2.LockIndex != p.LockIndex {
+		t.Fatalf("re-lock with the same value: %+v; want granted, token %d, LockIndex %d", res2, res.Token, p.LockIndex)
+	}
+	// Released since the snapshot: the check fails and the key stays free.
+	if ok, _, err := cl.KV().Release(&api.KVPair{Key: key, Session: session}, nil); err != nil || !ok {
+		t.Fatalf("release: %v %v", ok, err)
+	}
+	if res3 := c.acquireTxn(context.Background(), again); res3.Granted || !res3.Stale {
+		t.Fatalf("re-lock of a released key: %+v; want refused by its check", res3)
+	}
+	if p, _, err := cl.KV().Get(key, nil); err != nil || p == nil || p.Session != "" {
+		t.Fatalf("the released key after a re-lock: %+v %v; want free", p, err)
+	}
+}
+
 // TestConsulRestartLosingState: Consul restarts without its state (a -dev agent): keys,
 // sessions and the registration are gone and its index starts again lower. A blocking query
 // from an index Consul no longer reaches answers only when its wait ends (watchWait, 5
 // minutes; failover/sim's TestModelMatchesConsul/consul/state-loss shows it), so the watches
 // must read afresh after their failed request to see the reset. The node then owns its slices
-// again within the outage plus one lease of quarantine plus a few renew intervals, not minutes.
+// again within the outage plus one lease of quarantine plus a few renew intervals, not minutes,
+// including slices it acquired at once from the restarted Consul and dropped on the old
+// Consul's last snapshot (whose index is above their tokens): their keys stay locked by its
+// session, and it re-locks them (failover.Machine.relocks).
 func TestConsulRestartLosingState(t *testing.T) {
-	// KNOWN BUG, open (issue 14's notes): after Consul loses its state, a slice the node
-	// acquired at once and then dropped on a snapshot from before the acquisition (the index
-	// went backwards) can stay locked by the node's own session but unprocessed: the planner
-	// sees it as the node's and plans no move, and the Machine never adopts from a snapshot
-	// alone. The test shows it in about one run of three; it is skipped (CI allows this skip
-	// by name, .ci/allowed-skips.txt) until a check-index re-lock of such keys is built. Set
-	// QSLICE_RUN_KNOWN_BUGS=1 to run it.
-	if os.Getenv("QSLICE_RUN_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: a slice can stay locked by the node's own session but unprocessed after Consul loses its state (QSLICE_RUN_KNOWN_BUGS=1 runs it)")
+	for _, tc := range []struct {
+		name     string
+		watchMin time.Duration
+	}{
+		{"watch_min_50ms", 50 * time.Millisecond},
+		// The default: the node's last KV answer before the outage is likely to miss its latest
+		// acquisitions, so grants of the restarted Consul are likely dropped on it and re-locked.
+		{"watch_min_default", failover.DefaultWatchMinInterval},
+	} {
+		t.Run(tc.name, func(t *testing.T) { restartLosingState(t, tc.watchMin) })
 	}
+}
+
+func restartLosingState(t *testing.T, watchMin time.Duration) {
 	srv := consultest.Start(t)
 	// A Consul in production has an index in the millions when it loses its state; a fresh test
 	// Consul is at a few dozen, which the restarted one passes within a second (its own writes
@@ -748,7 +819,7 @@ func TestConsulRestartLosingState(t *testing.T) {
 		}
 	}
 	l := failovertest.NewLedger()
-	a := startNode(t, srv, l, "a", nil)
+	a := startNode(t, srv, l, "a", func(c *failover.ConsulConfig) { c.WatchMinInterval = watchMin })
 	waitSplit(t, 15*time.Second, "a owns everything", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
 
 	if err := srv.Stop(); err != nil {
@@ -763,7 +834,8 @@ func TestConsulRestartLosingState(t *testing.T) {
 	srv.RestartLosingState()
 	back := time.Now()
 	waitSplit(t, 30*time.Second, "a owns everything again after the state loss", map[*testNode][]failover.SliceID{a: allTestSlices()}, a)
-	t.Logf("slices owned again %s after Consul was back", time.Since(back).Round(time.Millisecond))
+	t.Logf("slices owned again %s after Consul was back; %d re-locked after a snapshot from before the reset dropped them",
+		time.Since(back).Round(time.Millisecond), a.logs.count("slice re-locked"))
 	if n := a.logs.count("consul KV index went backwards"); n < 1 {
 		t.Error("the reset of Consul's index was not noticed")
 	}
