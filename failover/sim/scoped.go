@@ -38,6 +38,8 @@ type scoped struct {
 	holdEnding    bool
 	warm          bool // a new session: the Machine does not see this node until warmEnding's full read
 	warmEnding    bool
+	scopeDirty    bool      // the Machine got something since WatchScope was last computed
+	scopeAt       time.Time // when it was
 	member        failover.MemberValue // written with memberSession
 	memberSession string
 }
@@ -186,6 +188,7 @@ func (n *node) stepView(kv, members bool) {
 	if !sc.view.Known() || sc.reset {
 		return
 	}
+	sc.scopeDirty = true
 	now := n.local(n.w.now)
 	if kv {
 		n.m.Step(failover.EvKV{Now: now, Snap: sc.view.Snapshot()})
@@ -324,6 +327,13 @@ func (n *node) updateScope() {
 	if !sc.view.Known() || sc.reset || n.crashed {
 		return
 	}
+	// WatchScope depends on the members, the snapshot, the plan and what the node holds: after
+	// a tick alone it changes only through the plan's clock (a hold-down ending), so it is
+	// computed again then at most once per watch interval.
+	if !sc.scopeDirty && n.w.now.Sub(sc.scopeAt) < n.w.cfg.WatchMinInterval {
+		return
+	}
+	sc.scopeDirty, sc.scopeAt = false, n.w.now
 	next := n.m.WatchScope()
 	if next.Equal(sc.scope) {
 		return
