@@ -38,8 +38,8 @@ type scoped struct {
 	holdEnding    bool
 	warm          bool // a new session: the Machine does not see this node until warmEnding's full read
 	warmEnding    bool
-	scopeDirty    bool      // the Machine got something since WatchScope was last computed
-	scopeAt       time.Time // when it was
+	scopeDirty    bool                 // the Machine got something since WatchScope was last computed
+	scopeAt       time.Time            // when it was
 	member        failover.MemberValue // written with memberSession
 	memberSession string
 }

@@ -5,7 +5,8 @@
 //	qslice-sim -seed 169 -v                # replay one seed with every node's log
 //	qslice-sim -layout scoped -seeds 1000  # the same with the scoped watch layout
 //	qslice-sim -bench scale                # 1,000 nodes x 16 queues x 256 slices: plan time, allocations, moves
-//	qslice-sim -bench watch                # Consul load of one failover per watch layout at 50, 200, 1,000 nodes
+//	qslice-sim -bench watch                # Consul load of one failover per watch layout at 50, 200, 1,000 nodes (model),
+//	                                       # and simulated at 50 (-sim-nodes 50,200 adds 200: minutes)
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,6 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	bench := fs.String("bench", "", `"scale": planner and watch figures at 1,000 nodes x 16 queues x 256 slices; "watch": Consul load of one failover per watch layout at 50, 200, 1,000 nodes`)
 	benchNodes := fs.Int("bench-nodes", 1000, "nodes for -bench scale")
 	layout := fs.String("layout", failover.LayoutPrefix, `what the nodes watch: "prefix" (the whole KV and membership) or "scoped" (single keys, member and inbox keys)`)
+	simNodes := fs.String("sim-nodes", "50", "with -bench watch: cluster sizes to simulate, comma-separated (200 takes minutes)")
 	fullRead := fs.Duration("full-read", 0, "with -layout scoped: how often each node reads every key (default 3 TTLs)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -54,7 +57,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "scale":
 		return sim.BenchScale(ctx, stdout, *benchNodes)
 	case "watch":
-		return sim.BenchWatch(stdout)
+		if err := sim.BenchWatch(stdout); err != nil {
+			return err
+		}
+		var sizes []int
+		for _, f := range strings.Split(*simNodes, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 4 {
+				return fmt.Errorf("-sim-nodes: %q is not a node count >= 4", f)
+			}
+			sizes = append(sizes, n)
+		}
+		return sim.BenchSimWatch(ctx, stdout, sizes)
 	default:
 		return fmt.Errorf("-bench %q: \"scale\" or \"watch\"", *bench)
 	}
