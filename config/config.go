@@ -60,6 +60,9 @@ type Consul struct {
 	HoldDown     time.Duration `yaml:"hold_down"`
 	StuckHandoff bool          `yaml:"stuck_handoff"`
 	StuckAfter   time.Duration `yaml:"stuck_after"`
+	// WatchLayout: "prefix" (default) or "scoped" (single keys; for hundreds of nodes).
+	WatchLayout      string        `yaml:"watch_layout"`
+	FullReadInterval time.Duration `yaml:"full_read_interval"` // scoped layout: how often every key is read
 }
 
 // DefaultControlSocket is where the agent serves state changes, and where the CLI finds it.
@@ -672,6 +675,7 @@ func (c *Config) FailoverConfig() (failover.ConsulConfig, error) {
 		TLS: failover.TLSConfig{CAFile: k.CAFile, CertFile: k.CertFile, KeyFile: k.KeyFile, ServerName: k.ServerName},
 		TTL: k.TTL, LockDelay: k.LockDelay, HoldDown: k.HoldDown,
 		StuckHandoff: k.StuckHandoff, StuckAfter: k.StuckAfter,
+		WatchLayout: k.WatchLayout, FullReadInterval: k.FullReadInterval,
 		Queues: c.QueueSpecs(),
 	}
 	if k.TokenFile != "" {

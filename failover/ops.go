@@ -19,19 +19,23 @@ const (
 	OpAcquire        ConsulOp = "acquire"         // lock transaction of one slice
 	OpRelease        ConsulOp = "release"         // unlock transaction of one slice
 	OpDeregister     ConsulOp = "deregister"      // remove the service on stop
+	OpMemberKey      ConsulOp = "member_key"      // write the node's member key (held with its session)
+	OpInbox          ConsulOp = "inbox"           // scoped layout: tell a peer which member keys to read, or clear our inbox
+	OpFullRead       ConsulOp = "full_read"       // scoped layout: read every slice and member key (or the ones a peer named)
 )
 
 var opDescriptions = map[ConsulOp]string{
 	OpRegister: "register service", OpCheckTTL: "update TTL check", OpSessionCreate: "create session",
 	OpSessionInfo: "confirm session", OpSessionDestroy: "destroy session", OpSessionCleanup: "list stale sessions",
 	OpKVWatch: "watch slice locks", OpMemberWatch: "watch members", OpAcquire: "acquire slice lock",
-	OpRelease: "release slice lock", OpDeregister: "deregister service",
+	OpRelease: "release slice lock", OpDeregister: "deregister service", OpMemberKey: "write member key",
+	OpInbox: "write inbox key", OpFullRead: "read all keys",
 }
 
 // ConsulOps lists every operation, for collectors that export a zero for each.
 func ConsulOps() []ConsulOp {
 	return []ConsulOp{OpRegister, OpCheckTTL, OpSessionCreate, OpSessionInfo, OpSessionDestroy, OpSessionCleanup,
-		OpKVWatch, OpMemberWatch, OpAcquire, OpRelease, OpDeregister}
+		OpKVWatch, OpMemberWatch, OpAcquire, OpRelease, OpDeregister, OpMemberKey, OpInbox, OpFullRead}
 }
 
 func (o ConsulOp) String() string { return string(o) }

@@ -43,6 +43,9 @@ func NewScopedView() *ScopedView {
 	return &ScopedView{slices: map[SliceID]viewSlice{}, members: map[string]viewMember{}, asOf: map[SliceID]uint64{}}
 }
 
+// Index is the index of the last full read (0 before the first).
+func (v *ScopedView) Index() uint64 { return v.base }
+
 // Known reports whether a full read has been applied since the view was made or reset.
 func (v *ScopedView) Known() bool { return v.base != 0 }
 

@@ -73,6 +73,10 @@ type Coordinator struct {
 	pub   atomic.Pointer[published]  // published by the loop
 	// members is the membership watch's last answer, for MemberEntries (the status page).
 	members atomic.Pointer[memberAnswer]
+	// memberHeld is the session the keeper last wrote the member key with (memberkey.go).
+	memberHeld atomic.Pointer[string]
+	// sc runs the scoped layout's watches (scoped.go); nil in the prefix layout.
+	sc *scoped
 
 	mu       sync.Mutex // guards the fields below (Consul request bookkeeping) and watchGen
 	errCount map[string]uint64

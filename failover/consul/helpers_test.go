@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -97,8 +98,17 @@ func testConfig(srv *consultest.Server, id string) failover.ConsulConfig {
 		Cluster: "test", NodeID: id, Address: srv.HTTPAddr, Token: srv.ManagementToken,
 		TTL: 2 * time.Second, LockDelay: time.Second, HoldDown: 3 * time.Second,
 		Queues: testQueues, WatchMinInterval: 50 * time.Millisecond, DrainTimeout: 5 * time.Second,
-		Version: "test",
+		Version: "test", WatchLayout: testLayout(),
 	}
+}
+
+// testLayout is the watch layout the tests run with: QSLICE_TEST_WATCH_LAYOUT=scoped runs the
+// whole package on the scoped layout (scripts/test.sh runs it both ways).
+func testLayout() string {
+	if l := os.Getenv("QSLICE_TEST_WATCH_LAYOUT"); l != "" {
+		return l
+	}
+	return failover.LayoutPrefix
 }
 
 func startNode(t *testing.T, srv *consultest.Server, l *failovertest.Ledger, id string, mutate func(*failover.ConsulConfig)) *testNode {

@@ -52,6 +52,11 @@ type keeper struct {
 	// adopting: session is the previous process's (Coordinator.SetRestart), not confirmed yet;
 	// the lease names it only once it is, and the loop's Machine then adopts its locks.
 	adopting bool
+	// The member key (memberkey.go): the session and value last written, why the node is out.
+	memberSession string
+	memberWritten failover.MemberValue
+	memberOut     string
+	memberRefused bool
 }
 
 func (k *keeper) run(ctx context.Context) {
@@ -90,6 +95,7 @@ func (k *keeper) run(ctx context.Context) {
 					if !maps.Equal(meta, k.regMeta) {
 						_ = k.register(ctx, meta, true)
 					}
+					_ = k.writeMemberKey(ctx, meta, k.memberOut) // draining shows at once
 				}
 			}
 		}
@@ -206,6 +212,11 @@ func (k *keeper) round(ctx context.Context) error {
 			k.session, k.confirmSent = id, sent
 			c.log.Info("session created", "session", id, "lock_delay", c.cfg.LockDelay)
 			k.destroyStaleSessions(ctx, id)
+		}
+	}
+	if k.session != "" && healthErr == nil {
+		if err := k.writeMemberKey(ctx, meta, k.outReason(ctx)); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	k.saveRun()

@@ -42,10 +42,17 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	}
 	defer stop()
 	k := &keeper{c: c}
-	wg.Add(3)
+	wg.Add(1)
 	go func() { defer wg.Done(); k.run(inner) }()
-	go func() { defer wg.Done(); c.watchKV(inner) }()
-	go func() { defer wg.Done(); c.watchMembers(inner) }()
+	if c.cfg.WatchLayout == failover.LayoutScoped {
+		c.sc = newScoped(c, inner)
+		wg.Add(1)
+		go func() { defer wg.Done(); c.sc.run(inner) }()
+	} else {
+		wg.Add(2)
+		go func() { defer wg.Done(); c.watchKV(inner) }()
+		go func() { defer wg.Done(); c.watchMembers(inner) }()
+	}
 
 	m := failover.NewMachine(c.machineConfig(), c.log, c.tp)
 	if c.prev != nil {
@@ -128,6 +135,11 @@ func (d *driver) round() {
 		d.lease = *l
 		m.Step(failover.EvLease{Now: now, Session: l.session, Deadline: l.deadline, CriticalSince: l.criticalSince})
 	}
+	if c.sc != nil {
+		for _, ev := range c.sc.take(now) {
+			m.Step(ev)
+		}
+	}
 	for _, ev := range c.inbox.take(now) {
 		m.Step(ev)
 	}
@@ -142,6 +154,9 @@ func (d *driver) round() {
 		rd := m.Ready()
 		if !rd.HasWork() || i == maxRounds {
 			d.finishRound(rd)
+			if c.sc != nil {
+				c.sc.update(m)
+			}
 			return
 		}
 		c.publishTokens(rd.Tokens) // before SetSlices: a handler of a new slice asks for its token at once

@@ -1,0 +1,424 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/internal/clock"
+)
+
+// The scoped watch layout (ConsulConfig.WatchLayout "scoped"; failover/scope.go has the rules).
+// Instead of the whole KV prefix and the service's health, the node watches single keys: the
+// slices and member keys of its watch groups (failover.Machine.WatchScope) and its own inbox.
+// A full read (every slice and member key, and the service's health) at start, after a reset
+// and every FullReadInterval corrects what the watches do not cover. All of it feeds a
+// failover.ScopedView, which the loop turns into the Machine's KV snapshot and membership.
+//
+// Mixed versions: a node of a version without member keys is invisible to this layout. While a
+// full read shows a live instance of the service without a held member key, the node runs the
+// prefix layout's two watches instead (and says so in its log), until a full read shows every
+// member with its key.
+
+// pokeAttempts bounds the check-and-set retries of one inbox write.
+const pokeAttempts = 4
+
+type scoped struct {
+	c *Coordinator
+
+	mu      sync.Mutex
+	view    *failover.ScopedView
+	reset   bool // an answer's index went backwards since the loop last took the view
+	dirty   bool // the view changed since the loop last took it
+	legacy  bool // prefix watches run (a member without a member key)
+	fullNow chan struct{}
+
+	// Owned by the loop goroutine (update):
+	watches   map[string]context.CancelFunc
+	announced failover.WatchScope // the scope the last pokes were computed against
+	annSess   string              // the session the member key was held with when announced
+	pokes     chan map[string][]string
+
+	ctx context.Context
+	wg  sync.WaitGroup
+}
+
+// newScoped prepares the layout's watches; ctx bounds every watch it will start.
+func newScoped(c *Coordinator, ctx context.Context) *scoped {
+	return &scoped{c: c, ctx: ctx, view: failover.NewScopedView(), fullNow: make(chan struct{}, 1), watches: map[string]context.CancelFunc{},
+		pokes: make(chan map[string][]string, 1)}
+}
+
+// run does the full reads and the inbox; the loop (update) starts the key watches. It returns
+// once ctx ends and every watch it started has stopped.
+func (s *scoped) run(ctx context.Context) {
+	c := s.c
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.watchInbox(ctx) }()
+	go func() { defer s.wg.Done(); s.poker(ctx) }()
+	var stopLegacy context.CancelFunc
+	var legacyWG sync.WaitGroup
+	b := c.newBackoff(c.cfg.WatchMinInterval, c.cfg.TTL)
+	for ctx.Err() == nil {
+		legacy, err := s.fullRead(ctx)
+		wait := c.cfg.FullReadInterval
+		if err != nil {
+			wait = b.NextBackOff()
+		} else {
+			b.Reset()
+			// Spread the nodes' full reads: each comes at a random point of [3/4, 5/4] of the interval.
+			wait = time.Duration(float64(wait) * (0.75 + rand.Float64()/2))
+			switch {
+			case legacy && stopLegacy == nil:
+				c.log.Warn("scoped watch layout: a member has no member key (an older qslice); watching the whole prefix until every member has one")
+				lctx, cancel := context.WithCancel(ctx)
+				stopLegacy = cancel
+				legacyWG.Add(2)
+				go func() { defer legacyWG.Done(); c.watchKV(lctx) }()
+				go func() { defer legacyWG.Done(); c.watchMembers(lctx) }()
+			case !legacy && stopLegacy != nil:
+				c.log.Info("scoped watch layout: every member has a member key; watching single keys again")
+				stopLegacy()
+				legacyWG.Wait()
+				stopLegacy = nil
+				s.mu.Lock()
+				s.dirty = true
+				s.mu.Unlock()
+				c.wakeLoop()
+			}
+			s.mu.Lock()
+			s.legacy = legacy
+			s.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+		case <-s.fullNow:
+		case <-clock.After(c.clk, wait):
+		}
+	}
+	if stopLegacy != nil {
+		stopLegacy()
+	}
+	legacyWG.Wait()
+	s.wg.Wait()
+}
+
+// fullRead reads every key under the prefix and the service's health, applies them to the
+// view, and reports whether a live member has no member key.
+func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
+	c := s.c
+	var pairs api.KVPairs
+	var index uint64
+	err = c.call(ctx, failover.OpFullRead, func(ctx context.Context) error {
+		var meta *api.QueryMeta
+		var err error
+		pairs, meta, err = c.client.KV().List(c.prefix, (&api.QueryOptions{}).WithContext(ctx))
+		if err == nil {
+			index = meta.LastIndex
+		}
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	var entries []*api.ServiceEntry
+	err = c.call(ctx, failover.OpFullRead, func(ctx context.Context) error {
+		var err error
+		entries, _, err = c.client.Health().Service(ServiceName, "", false, (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	c.members.Store(&memberAnswer{entries: entries, read: true})
+	slicesRead := map[failover.SliceID]failover.KVEntry{}
+	var members []failover.MemberRecord
+	held := map[string]bool{}
+	for _, p := range pairs {
+		if id, ok := c.parseKey(p.Key); ok {
+			slicesRead[id] = failover.KVEntry{Session: p.Session, Value: parseLockValue(p.Value), ModifyIndex: p.ModifyIndex, LockIndex: p.LockIndex}
+		} else if n := c.memberNode(p.Key); n != "" {
+			r, _ := c.parseMember(n, p, index)
+			members = append(members, r)
+			held[n] = p.Session != ""
+		}
+	}
+	for _, e := range entries {
+		if e.Service != nil && e.Service.Meta["cluster"] == c.cfg.Cluster && e.Service.Meta["node"] != "" &&
+			entryLive(e) && !held[e.Service.Meta["node"]] && e.Service.Meta["node"] != c.cfg.NodeID {
+			legacy = true
+		}
+	}
+	s.mu.Lock()
+	if s.view.Known() && index < s.view.Index() {
+		s.view.Reset()
+		s.reset = true
+	}
+	s.view.Full(index, slicesRead, members)
+	s.dirty = true
+	s.mu.Unlock()
+	c.wakeLoop()
+	return legacy, nil
+}
+
+// take gives the loop the view's snapshot and membership when they changed (nil while the
+// prefix watches stand in for the layout, or before the first full read).
+func (s *scoped) take(now time.Time) []failover.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.dirty || s.legacy || !s.view.Known() {
+		return nil
+	}
+	s.dirty = false
+	evs := []failover.Event{failover.EvKV{Now: now, Snap: s.view.Snapshot(), Reset: s.reset}, failover.EvMembers{Now: now, Members: s.view.Members()}}
+	s.reset = false
+	return evs
+}
+
+// changed records an answer's effect on the view; reset: its index went backwards.
+func (s *scoped) changed(reset bool) {
+	if reset {
+		s.view.Reset()
+		s.reset = true
+		select {
+		case s.fullNow <- struct{}{}:
+		default:
+		}
+	}
+	s.dirty = true
+}
+
+// update watches the keys the Machine's scope names (starting and stopping single-key watches)
+// and sends the pokes its change calls for. It runs in the loop goroutine after each round.
+func (s *scoped) update(m *failover.Machine) {
+	c := s.c
+	s.mu.Lock()
+	known, legacy := s.view.Known(), s.legacy
+	s.mu.Unlock()
+	if !known {
+		return
+	}
+	want := map[string]func(ctx context.Context){}
+	var scope failover.WatchScope
+	if !legacy {
+		scope = m.WatchScope()
+		for id := range scope.Slices {
+			id := id
+			want[c.sliceKey(id)] = func(ctx context.Context) { s.watchSlice(ctx, id) }
+		}
+		// Our own member key too: the Machine sees this node as its peers do.
+		for _, n := range append(scope.Members, c.cfg.NodeID) {
+			n := n
+			want[c.memberKey(n)] = func(ctx context.Context) { s.watchMember(ctx, n) }
+		}
+	}
+	for k, stop := range s.watches {
+		if want[k] == nil {
+			stop()
+			delete(s.watches, k)
+		}
+	}
+	for k, run := range want {
+		if _, ok := s.watches[k]; ok {
+			continue
+		}
+		wctx, cancel := context.WithCancel(s.ctx)
+		s.watches[k] = cancel
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); run(wctx) }()
+	}
+	// Pokes only once peers can read our member key with the current session: before that
+	// they would read nothing, and after a new session they have forgotten us.
+	held := c.memberHeld.Load()
+	if legacy || held == nil || *held == "" || *held != c.lease.Load().session {
+		return
+	}
+	if *held != s.annSess {
+		s.announced, s.annSess = failover.WatchScope{}, *held
+	}
+	if p := failover.Pokes(c.cfg.NodeID, s.announced, scope); len(p) > 0 {
+		s.send(p)
+	}
+	s.announced = scope
+}
+
+// send queues pokes for the poker, merged with any not sent yet.
+func (s *scoped) send(p map[string][]string) {
+	for {
+		select {
+		case s.pokes <- p:
+			return
+		case old := <-s.pokes:
+			for to, read := range old {
+				p[to] = mergeSorted(p[to], read)
+			}
+		}
+	}
+}
+
+func mergeSorted(a, b []string) []string {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// poker writes the pokes into the peers' inbox keys, adding to what is there with
+// check-and-set.
+func (s *scoped) poker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p := <-s.pokes:
+			for _, to := range slices.Sorted(maps.Keys(p)) {
+				s.poke(ctx, to, p[to])
+			}
+		}
+	}
+}
+
+func (s *scoped) poke(ctx context.Context, to string, read []string) {
+	c := s.c
+	key := c.inboxKey(to)
+	for i := 0; i < pokeAttempts && ctx.Err() == nil; i++ {
+		var done bool
+		err := c.call(ctx, failover.OpInbox, func(ctx context.Context) error {
+			p, _, err := c.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+			if err != nil {
+				return err
+			}
+			v := failover.InboxValue{}
+			var cas uint64
+			if p != nil {
+				_ = json.Unmarshal(p.Value, &v) // a damaged inbox is overwritten
+				cas = p.ModifyIndex
+			}
+			v.Read = mergeSorted(v.Read, read)
+			body, _ := json.Marshal(v)
+			done, _, err = c.client.KV().CAS(&api.KVPair{Key: key, Value: body, ModifyIndex: cas}, (&api.WriteOptions{}).WithContext(ctx))
+			return err
+		})
+		if err == nil && done {
+			return
+		}
+	}
+	c.log.Debug("inbox write gave up (the full read covers it)", "to", to)
+}
+
+// watchInbox watches our inbox key: peers name the member keys we must read (a member entered
+// one of our watch groups, or left it). We read them, feed them to the view and clear the
+// inbox with check-and-set (a poke written meanwhile stays for the next answer).
+func (s *scoped) watchInbox(ctx context.Context) {
+	c := s.c
+	key := c.inboxKey(c.cfg.NodeID)
+	var pair *api.KVPair
+	c.blockingLoop(ctx, failover.OpKVWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+		p, meta, err := c.client.KV().Get(key, q)
+		if err != nil {
+			return 0, err
+		}
+		pair = p
+		return meta.LastIndex, nil
+	}, func(reset bool) {
+		if reset {
+			s.mu.Lock()
+			s.changed(true)
+			s.mu.Unlock()
+		}
+		if pair == nil {
+			return
+		}
+		var v failover.InboxValue
+		_ = json.Unmarshal(pair.Value, &v)
+		for _, n := range v.Read {
+			if n == c.cfg.NodeID || n == "" {
+				continue
+			}
+			var p *api.KVPair
+			var index uint64
+			err := c.call(ctx, failover.OpFullRead, func(ctx context.Context) error {
+				var meta *api.QueryMeta
+				var err error
+				p, meta, err = c.client.KV().Get(c.memberKey(n), (&api.QueryOptions{}).WithContext(ctx))
+				if err == nil {
+					index = meta.LastIndex
+				}
+				return err
+			})
+			if err != nil {
+				return // the inbox stays: read again at the next answer
+			}
+			r, ok := c.parseMember(n, p, index)
+			s.mu.Lock()
+			s.view.Member(r, ok)
+			s.changed(false)
+			s.mu.Unlock()
+		}
+		_ = c.call(ctx, failover.OpInbox, func(ctx context.Context) error {
+			_, _, err := c.client.KV().DeleteCAS(&api.KVPair{Key: key, ModifyIndex: pair.ModifyIndex}, (&api.WriteOptions{}).WithContext(ctx))
+			return err
+		})
+		c.wakeLoop()
+	})
+}
+
+// watchSlice watches one slice key until ctx ends.
+func (s *scoped) watchSlice(ctx context.Context, id failover.SliceID) {
+	c := s.c
+	key := c.sliceKey(id)
+	var pair *api.KVPair
+	var index uint64
+	c.blockingLoop(ctx, failover.OpKVWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+		p, meta, err := c.client.KV().Get(key, q)
+		if err != nil {
+			return 0, err
+		}
+		pair, index = p, meta.LastIndex
+		return index, nil
+	}, func(reset bool) {
+		s.mu.Lock()
+		if reset {
+			s.changed(true)
+		} else if pair == nil {
+			s.view.Slice(id, failover.KVEntry{}, false, index)
+		} else {
+			s.view.Slice(id, failover.KVEntry{Session: pair.Session, Value: parseLockValue(pair.Value), ModifyIndex: pair.ModifyIndex, LockIndex: pair.LockIndex}, true, index)
+		}
+		s.changed(false)
+		s.mu.Unlock()
+		c.wakeLoop()
+	})
+}
+
+// watchMember watches one member key until ctx ends.
+func (s *scoped) watchMember(ctx context.Context, node string) {
+	c := s.c
+	key := c.memberKey(node)
+	var pair *api.KVPair
+	var index uint64
+	c.blockingLoop(ctx, failover.OpMemberWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+		p, meta, err := c.client.KV().Get(key, q)
+		if err != nil {
+			return 0, err
+		}
+		pair, index = p, meta.LastIndex
+		return index, nil
+	}, func(reset bool) {
+		s.mu.Lock()
+		if reset {
+			s.changed(true)
+		} else {
+			r, ok := c.parseMember(node, pair, index)
+			s.view.Member(r, ok)
+		}
+		s.changed(false)
+		s.mu.Unlock()
+		c.wakeLoop()
+	})
+}
