@@ -258,9 +258,11 @@ func rankedBefore(aPos int, aW uint64, aNode string, bPos int, bW uint64, bNode 
 // Pokes says whom this node (self) must tell about a change of its watch groups from prev to
 // next, and which member keys each must read: for each slice of next whose highest-ranked
 // member that was already in the group before is self, every entrant (in next's group, not in
-// prev's) learns of the members that left the group and of self. A slice self just started to
-// watch (it joined, came back or entered the group) has no such member: self tells every other
-// member of the group about itself. The answer maps node -> member keys to read, sorted.
+// prev's) learns of the members that left the group and of self. An empty prev is an
+// announcement (self joined, came back, or its member key changed: undrained, a queue
+// available again, a new live_since): self tells every other member of each of its groups about
+// itself, since they may have stopped watching its member key. The answer maps node -> member
+// keys to read, sorted.
 func Pokes(self string, prev, next WatchScope) map[string][]string {
 	out := map[string]map[string]bool{}
 	add := func(to string, nodes ...string) {
@@ -279,7 +281,9 @@ func Pokes(self string, prev, next WatchScope) map[string][]string {
 	for s, g := range next.Slices {
 		old, watched := prev.Slices[s]
 		if !watched {
-			if slices.Contains(g, self) {
+			// A slice newly watched because self entered its group: its first survivor tells self
+			// (above), and the others know self already. Only an announcement tells them.
+			if len(prev.Slices) == 0 && slices.Contains(g, self) {
 				for _, n := range g {
 					add(n, self)
 				}

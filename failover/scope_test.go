@@ -220,3 +220,19 @@ func TestMachineComparesFreshnessPerKey(t *testing.T) {
 		t.Fatalf("slice 0 still owned although a key answer at 31 shows it gone: %v", m.owned)
 	}
 }
+
+// BenchmarkWatchScope1000x16x256: what the driver pays after a membership change to know which
+// keys to watch, on one node of 1,000 with 16 queues of 256 slices.
+func BenchmarkWatchScope1000x16x256(b *testing.B) {
+	var queues []QueueSpec
+	for q := range 16 {
+		queues = append(queues, QueueSpec{Name: fmt.Sprintf("q%02d", q), Slices: 256})
+	}
+	m := scopeMachine("node-007", queues, nodeNames(1000))
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		n = len(m.WatchScope().Slices)
+	}
+	b.ReportMetric(float64(n), "slices-watched")
+}

@@ -73,8 +73,8 @@ type Coordinator struct {
 	pub   atomic.Pointer[published]  // published by the loop
 	// members is the membership watch's last answer, for MemberEntries (the status page).
 	members atomic.Pointer[memberAnswer]
-	// memberHeld is the session the keeper last wrote the member key with (memberkey.go).
-	memberHeld atomic.Pointer[string]
+	// memberHeld is the keeper's last write of the member key (memberkey.go).
+	memberHeld atomic.Pointer[memberWrite]
 	// sc runs the scoped layout's watches (scoped.go); nil in the prefix layout.
 	sc *scoped
 

@@ -87,8 +87,15 @@ func (k *keeper) writeMemberKey(ctx context.Context, meta map[string]string, out
 	}
 	k.memberRefused = false
 	k.memberSession, k.memberWritten = k.session, v
-	c.memberHeld.Store(&k.session)
+	c.memberHeld.Store(&memberWrite{session: k.session, value: v})
 	return nil
+}
+
+// memberWrite is one write of the member key: a new one makes the scoped layout announce this
+// node to its watch groups again (scoped.update).
+type memberWrite struct {
+	session string
+	value   failover.MemberValue
 }
 
 // parseMember reads a member key's pair (nil: the key does not exist).

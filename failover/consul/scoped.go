@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -42,8 +43,10 @@ type scoped struct {
 	// Owned by the loop goroutine (update):
 	watches   map[string]context.CancelFunc
 	announced failover.WatchScope // the scope the last pokes were computed against
-	annSess   string              // the session the member key was held with when announced
+	annWrite  *memberWrite        // the member key's write last announced
 	pokes     chan map[string][]string
+	// watchedMembers: the member keys watched now (the inbox skips them: the watch has them).
+	watchedMembers atomic.Pointer[map[string]bool]
 
 	ctx context.Context
 	wg  sync.WaitGroup
@@ -218,6 +221,11 @@ func (s *scoped) update(m *failover.Machine) {
 			want[c.memberKey(n)] = func(ctx context.Context) { s.watchMember(ctx, n) }
 		}
 	}
+	wm := map[string]bool{}
+	for _, n := range scope.Members {
+		wm[n] = true
+	}
+	s.watchedMembers.Store(&wm)
 	for k, stop := range s.watches {
 		if want[k] == nil {
 			stop()
@@ -235,12 +243,12 @@ func (s *scoped) update(m *failover.Machine) {
 	}
 	// Pokes only once peers can read our member key with the current session: before that
 	// they would read nothing, and after a new session they have forgotten us.
-	held := c.memberHeld.Load()
-	if legacy || held == nil || *held == "" || *held != c.lease.Load().session {
+	w := c.memberHeld.Load()
+	if legacy || w == nil || w.session != c.lease.Load().session {
 		return
 	}
-	if *held != s.annSess {
-		s.announced, s.annSess = failover.WatchScope{}, *held
+	if w != s.annWrite {
+		s.announced, s.annWrite = failover.WatchScope{}, w
 	}
 	if p := failover.Pokes(c.cfg.NodeID, s.announced, scope); len(p) > 0 {
 		s.send(p)
@@ -289,18 +297,21 @@ func (s *scoped) poke(ctx context.Context, to string, read []string) {
 	for i := 0; i < pokeAttempts && ctx.Err() == nil; i++ {
 		var done bool
 		err := c.call(ctx, failover.OpInbox, func(ctx context.Context) error {
-			p, _, err := c.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
-			if err != nil {
-				return err
-			}
 			v := failover.InboxValue{}
 			var cas uint64
-			if p != nil {
-				_ = json.Unmarshal(p.Value, &v) // a damaged inbox is overwritten
-				cas = p.ModifyIndex
+			if i > 0 { // the first try creates the inbox (usually empty), later ones add to it
+				p, _, err := c.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+				if err != nil {
+					return err
+				}
+				if p != nil {
+					_ = json.Unmarshal(p.Value, &v) // a damaged inbox is overwritten
+					cas = p.ModifyIndex
+				}
 			}
 			v.Read = mergeSorted(v.Read, read)
 			body, _ := json.Marshal(v)
+			var err error
 			done, _, err = c.client.KV().CAS(&api.KVPair{Key: key, Value: body, ModifyIndex: cas}, (&api.WriteOptions{}).WithContext(ctx))
 			return err
 		})
@@ -336,9 +347,13 @@ func (s *scoped) watchInbox(ctx context.Context) {
 		}
 		var v failover.InboxValue
 		_ = json.Unmarshal(pair.Value, &v)
+		watched := map[string]bool{}
+		if p := s.watchedMembers.Load(); p != nil {
+			watched = *p
+		}
 		for _, n := range v.Read {
-			if n == c.cfg.NodeID || n == "" {
-				continue
+			if n == c.cfg.NodeID || n == "" || watched[n] {
+				continue // a watched member key is as fresh as the poke
 			}
 			var p *api.KVPair
 			var index uint64

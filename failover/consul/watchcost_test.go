@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/failover/failovertest"
 	"github.com/qslice/qslice/failover/sim"
@@ -28,6 +29,8 @@ type countingProxy struct {
 	n   map[string]int   // answers by watch ("kv", "health")
 	b   map[string]int64 // bytes by watch
 	idx map[string]uint64
+	// paths: the single-key answers, in order (for the log).
+	paths []string
 }
 
 func newCountingProxy(t *testing.T, consulAddr string) *countingProxy {
@@ -43,12 +46,15 @@ func newCountingProxy(t *testing.T, consulAddr string) *countingProxy {
 		r := resp.Request
 		kind := ""
 		switch {
+		case r.Method != http.MethodGet:
 		case strings.HasPrefix(r.URL.Path, "/v1/kv/") && r.URL.Query().Has("recurse"):
 			kind = "kv"
+		case strings.HasPrefix(r.URL.Path, "/v1/kv/"):
+			kind = "key" // one key (scoped layout); a missing key answers 404 with no body
 		case strings.HasPrefix(r.URL.Path, "/v1/health/service/"):
 			kind = "health"
 		}
-		if kind == "" || resp.StatusCode != http.StatusOK {
+		if kind == "" || (resp.StatusCode != http.StatusOK && !(kind == "key" && resp.StatusCode == http.StatusNotFound)) {
 			return nil
 		}
 		body, err := io.ReadAll(resp.Body)
@@ -59,6 +65,9 @@ func newCountingProxy(t *testing.T, consulAddr string) *countingProxy {
 		resp.Body = io.NopCloser(strings.NewReader(string(body)))
 		idx, _ := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
 		p.mu.Lock()
+		if kind == "key" {
+			p.paths = append(p.paths, r.URL.Path+"?"+r.URL.RawQuery+" "+strconv.Itoa(len(body)))
+		}
 		p.n[kind]++
 		p.b[kind] += int64(len(body))
 		p.idx[kind] = idx
@@ -77,7 +86,7 @@ func newCountingProxy(t *testing.T, consulAddr string) *countingProxy {
 func (p *countingProxy) reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.n, p.b, p.idx = map[string]int{}, map[string]int64{}, map[string]uint64{}
+	p.n, p.b, p.idx, p.paths = map[string]int{}, map[string]int64{}, map[string]uint64{}, nil
 }
 
 func (p *countingProxy) snapshot() (n map[string]int, b map[string]int64, idx map[string]uint64) {
@@ -110,7 +119,7 @@ func TestWatchLoadPerFailoverMatchesModel(t *testing.T) {
 	for _, id := range ids {
 		p := newCountingProxy(t, srv.HTTPAddr)
 		proxies[id] = p
-		nodes = append(nodes, startNode(t, srv, l, id, func(c *failover.ConsulConfig) { c.Address = p.URL }))
+		nodes = append(nodes, startNode(t, srv, l, id, func(c *failover.ConsulConfig) { c.Address, c.WatchLayout = p.URL, failover.LayoutPrefix }))
 	}
 	for _, n := range nodes {
 		waitSettled(t, n)
@@ -185,5 +194,110 @@ func TestWatchLoadPerFailoverMatchesModel(t *testing.T) {
 	if perNode < 0.8*least || perNode > 1.2*most {
 		t.Errorf("a survivor read %.0f bytes, the model counts %.0f to %.0f: the model no longer describes the driver", perNode, least, most)
 	}
+	l.Check(t)
+}
+
+// TestScopedWatchLoadPerFailover measures what one crash costs the watches of the scoped layout
+// on a real Consul (5 nodes, 12 slices): survivors read single keys only (no answer of the
+// whole prefix or of the service's health), each less than one answer of the prefix layout,
+// and every slice is owned again by the survivors.
+func TestScopedWatchLoadPerFailover(t *testing.T) {
+	srv := consultest.Start(t)
+	l := failovertest.NewLedger()
+	ids := []string{"a", "b", "c", "d", "e"}
+	var nodes []*testNode
+	proxies := map[string]*countingProxy{}
+	for _, id := range ids {
+		p := newCountingProxy(t, srv.HTTPAddr)
+		proxies[id] = p
+		nodes = append(nodes, startNode(t, srv, l, id, func(c *failover.ConsulConfig) { c.Address, c.WatchLayout = p.URL, failover.LayoutScoped }))
+	}
+	for _, n := range nodes {
+		waitSettled(t, n)
+	}
+	waitSplit(t, 20*time.Second, "the five nodes share the slices", rendezvousSplit(nodes...), nodes...)
+	quiet := func(what string) {
+		t.Helper()
+		last := -1
+		consultest.WaitFor(t, 20*time.Second, what, func() error {
+			total := 0
+			for _, p := range proxies {
+				n, _, _ := p.snapshot()
+				for _, v := range n {
+					total += v
+				}
+			}
+			if total != last {
+				last = total
+				time.Sleep(1500 * time.Millisecond)
+				return fmt.Errorf("%d answers so far", total)
+			}
+			return nil
+		})
+	}
+	quiet("the watches are quiet before the crash")
+	for _, p := range proxies {
+		p.reset()
+	}
+	cl := srv.Client("")
+	_, before, err := cl.KV().List("qslice/test/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, survivors := nodes[0], nodes[1:]
+	dead.crash(t)
+	waitSplit(t, 15*time.Second, "the survivors take the dead node's slices", rendezvousSplit(survivors...), survivors...)
+	quiet("the watches are quiet after the failover")
+	// What changed: the slice and member keys written since the crash (the inbox keys are the
+	// layout's own traffic, counted in what the survivors read).
+	pairs, _, err := cl.KV().List("qslice/test/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := 0
+	for _, p := range pairs {
+		if p.ModifyIndex > before.LastIndex && !strings.Contains(p.Key, "/inbox/") {
+			changed++
+		}
+	}
+	const keyAnswer = 250 // bytes of one single-key answer, at most (slice keys ~170, member keys ~210)
+	bound := int64(4 * changed * keyAnswer)
+
+	prefixAnswer := int64(0) // what one answer of the prefix layout's KV watch costs now
+	{
+		p := newCountingProxy(t, srv.HTTPAddr)
+		cl, err := api.NewClient(&api.Config{Address: strings.TrimPrefix(p.URL, "http://"), Token: srv.ManagementToken})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := cl.KV().List("qslice/test/", nil); err != nil {
+			t.Fatal(err)
+		}
+		_, b, _ := p.snapshot()
+		prefixAnswer = b["kv"]
+	}
+	woken := 0
+	for _, n := range survivors {
+		cnt, b, _ := proxies[n.id].snapshot()
+		t.Logf("%s read %d single-key answers (%d bytes); full reads: %d KV (%d bytes), %d health", n.id, cnt["key"], b["key"], cnt["kv"], b["kv"], cnt["health"])
+		if testing.Verbose() {
+			proxies[n.id].mu.Lock()
+			t.Logf("%s single-key answers:\n%s", n.id, strings.Join(proxies[n.id].paths, "\n"))
+			proxies[n.id].mu.Unlock()
+		}
+		if cnt["kv"] != 0 || cnt["health"] != 0 {
+			t.Errorf("%s read the whole prefix or the service's health during a failover: the scoped layout must not", n.id)
+		}
+		if b["key"] > bound {
+			t.Errorf("%s read %d bytes for %d changed keys, more than 4 single-key answers each (%d bytes): not bounded by what changed", n.id, b["key"], changed, bound)
+		}
+		if cnt["key"] > 0 {
+			woken++
+		}
+	}
+	if woken == 0 {
+		t.Error("no survivor read anything: the failover cannot have been seen through the watches")
+	}
+	t.Logf("%d keys changed; one answer of the prefix layout's KV watch: %d bytes; %d of %d survivors woken", changed, prefixAnswer, woken, len(survivors))
 	l.Check(t)
 }
