@@ -59,6 +59,8 @@ type Coordinator struct {
 	// the process died: nothing is renewed any more.
 	crashOnCancel bool
 	registered    atomic.Bool // the service was registered at least once
+	// noMemberKey (tests only) makes the node behave as a qslice from before member keys.
+	noMemberKey bool
 
 	// Restart in place (restart.go); set before Run.
 	prev  *failover.PreviousRun // the previous process's session to adopt, nil: start fresh

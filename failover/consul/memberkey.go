@@ -59,7 +59,7 @@ func (k *keeper) outReason(ctx context.Context) string {
 // at the next round.
 func (k *keeper) writeMemberKey(ctx context.Context, meta map[string]string, out string) error {
 	c := k.c
-	if k.session == "" || k.adopting {
+	if k.session == "" || k.adopting || c.noMemberKey {
 		return nil
 	}
 	v := k.memberValue(meta, out)
