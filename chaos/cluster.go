@@ -94,7 +94,9 @@ type ClusterConfig struct {
 	ConsulAddr string
 	// Name is the nodes' cluster: name (default "chaos").
 	Name string
-	Log  *slog.Logger // the harness's own log; nil discards
+	// WatchLayout is every node's consul.watch_layout ("": qslice's default, prefix).
+	WatchLayout string
+	Log         *slog.Logger // the harness's own log; nil discards
 }
 
 // FSBed cuts and heals one node's mount of the shared filesystem.
@@ -306,7 +308,7 @@ func (c *Cluster) writeConfig(n *Node) error {
 		"state_dir": filepath.Join(c.cfg.Dir, "state-"+n.Name),
 		"consul": map[string]any{
 			"address": n.proxy.Addr(), "ttl": c.cfg.TTL.String(), "lock_delay": c.cfg.LockDelay.String(),
-			"hold_down": c.cfg.HoldDown.String(),
+			"hold_down": c.cfg.HoldDown.String(), "watch_layout": c.cfg.WatchLayout,
 		},
 		"probes": map[string]any{"interval": "1s", "budget": "1s"},
 		"queues": []any{map[string]any{

@@ -47,6 +47,9 @@ if [ "${QSLICE_ALLOW_SKIPS:-}" = 1 ]; then
 fi
 go test -count=1 -timeout 40m -json ./... "$@" | "$reporter" "${allow[@]}"
 
+echo "the Consul driver's tests again, on the scoped watch layout:"
+QSLICE_TEST_WATCH_LAYOUT=scoped go test -count=1 -timeout 20m -json ./failover/consul/ | "$reporter" "${allow[@]}"
+
 echo "fuzz targets, a few seconds each:"
 scripts/fuzz.sh
 

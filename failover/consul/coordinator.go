@@ -75,6 +75,7 @@ type Coordinator struct {
 	pub   atomic.Pointer[published]  // published by the loop
 	// members is the membership watch's last answer, for MemberEntries (the status page).
 	members atomic.Pointer[memberAnswer]
+	memberRefresh sync.Mutex // one MemberEntries read at a time (scoped layout)
 	// memberHeld is the keeper's last write of the member key (memberkey.go).
 	memberHeld atomic.Pointer[memberWrite]
 	// sc runs the scoped layout's watches (scoped.go); nil in the prefix layout.
@@ -293,16 +294,49 @@ type memberAnswer struct {
 	entries []*api.ServiceEntry
 	read    bool
 	err     error
+	at      time.Time // when it was read (scoped layout: see MemberEntries)
 }
+
+// memberEntriesMaxAge: in the scoped layout nothing watches the service's health, so
+// MemberEntries reads it again when its last answer is older than this (at most once per
+// this interval, however many readers ask).
+const memberEntriesMaxAge = 2 * time.Second
 
 // MemberEntries returns the last answer of the membership watch (every instance of the qslice
 // service, of every cluster, with its checks), whether one has arrived, and the watch's error
 // while its requests fail (the entries are then the last ones read). The status page reads the
 // members from here instead of watching Consul a second time: each watch answer is the whole
 // service health, and a failover changes it several times.
+//
+// In the scoped layout no watch reads the service's health (a full read does, every
+// FullReadInterval): MemberEntries then reads it itself when the last answer is older than
+// memberEntriesMaxAge, so the status page and `qslice members` show the present.
 func (c *Coordinator) MemberEntries() (entries []*api.ServiceEntry, read bool, err error) {
 	a := c.members.Load()
+	if c.cfg.WatchLayout == failover.LayoutScoped && c.running.Load() && c.clk.Now().Sub(a.at) > memberEntriesMaxAge && c.memberRefresh.TryLock() {
+		if a = c.members.Load(); c.clk.Now().Sub(a.at) > memberEntriesMaxAge {
+			c.readMemberEntries(context.Background())
+		}
+		c.memberRefresh.Unlock()
+		a = c.members.Load()
+	}
 	return a.entries, a.read, a.err
+}
+
+// readMemberEntries reads the service's health once for MemberEntries.
+func (c *Coordinator) readMemberEntries(ctx context.Context) {
+	var entries []*api.ServiceEntry
+	err := c.call(ctx, failover.OpFullRead, func(ctx context.Context) error {
+		var err error
+		entries, _, err = c.client.Health().Service(ServiceName, "", false, (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
+	last := c.members.Load()
+	if err != nil {
+		c.members.Store(&memberAnswer{entries: last.entries, read: last.read, err: err, at: c.clk.Now()})
+		return
+	}
+	c.members.Store(&memberAnswer{entries: entries, read: true, at: c.clk.Now()})
 }
 
 func (c *Coordinator) sessionID() string { return c.lease.Load().session }

@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -18,14 +19,14 @@ import (
 // The scoped watch layout (ConsulConfig.WatchLayout "scoped"; failover/scope.go has the rules).
 // Instead of the whole KV prefix and the service's health, the node watches single keys: the
 // slices and member keys of its watch groups (failover.Machine.WatchScope) and its own inbox.
-// A full read (every slice and member key, and the service's health) at start, after a reset
-// and every FullReadInterval corrects what the watches do not cover. All of it feeds a
+// A full read (every key under the prefix, and the catalog's instances of the service) at start,
+// after a reset and every FullReadInterval corrects what the watches do not cover. All of it feeds a
 // failover.ScopedView, which the loop turns into the Machine's KV snapshot and membership.
 //
 // Mixed versions: a node of a version without member keys is invisible to this layout. While a
-// full read shows a live instance of the service without a held member key, the node runs the
-// prefix layout's two watches instead (and says so in its log), until a full read shows every
-// member with its key.
+// full read shows an instance of the service in the catalog without a held member key, and the
+// service's health shows it live, the node runs the prefix layout's two watches instead (and
+// says so in its log), until a full read shows every member with its key.
 
 // pokeAttempts bounds the check-and-set retries of one inbox write.
 const pokeAttempts = 4
@@ -68,6 +69,7 @@ func (s *scoped) run(ctx context.Context) {
 	var stopLegacy context.CancelFunc
 	var legacyWG sync.WaitGroup
 	b := c.newBackoff(c.cfg.WatchMinInterval, c.cfg.TTL)
+	suspected := false // the last full read found a live member without a member key
 	for ctx.Err() == nil {
 		legacy, err := s.fullRead(ctx)
 		wait := c.cfg.FullReadInterval
@@ -77,6 +79,13 @@ func (s *scoped) run(ctx context.Context) {
 			b.Reset()
 			// Spread the nodes' full reads: each comes at a random point of [3/4, 5/4] of the interval.
 			wait = time.Duration(float64(wait) * (0.75 + rand.Float64()/2))
+			if legacy && stopLegacy == nil && !suspected {
+				// A node writes its member key a round after it registers: a node starting now
+				// looks old for a moment. Believe it after a second read, one TTL later.
+				suspected, legacy, wait = true, false, c.cfg.TTL
+			} else {
+				suspected = false
+			}
 			switch {
 			case legacy && stopLegacy == nil:
 				c.log.Warn("scoped watch layout: a member has no member key (an older qslice); watching the whole prefix until every member has one")
@@ -112,8 +121,8 @@ func (s *scoped) run(ctx context.Context) {
 	s.wg.Wait()
 }
 
-// fullRead reads every key under the prefix and the service's health, applies them to the
-// view, and reports whether a live member has no member key.
+// fullRead reads every key under the prefix and the catalog's instances of the service, applies
+// them to the view, and reports whether a live member has no member key.
 func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 	c := s.c
 	var pairs api.KVPairs
@@ -130,32 +139,50 @@ func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	var entries []*api.ServiceEntry
+	// Nodes registered in our cluster: a catalog read (about 1 KB per node, without the checks
+	// the health answer carries).
+	var registered []*api.CatalogService
 	err = c.call(ctx, failover.OpFullRead, func(ctx context.Context) error {
 		var err error
-		entries, _, err = c.client.Health().Service(ServiceName, "", false, (&api.QueryOptions{}).WithContext(ctx))
+		q := &api.QueryOptions{Filter: fmt.Sprintf("ServiceMeta.cluster == %q", c.cfg.Cluster)}
+		registered, _, err = c.client.Catalog().Service(ServiceName, "", q.WithContext(ctx))
 		return err
 	})
 	if err != nil {
 		return false, err
 	}
-	c.members.Store(&memberAnswer{entries: entries, read: true})
 	slicesRead := map[failover.SliceID]failover.KVEntry{}
 	var members []failover.MemberRecord
-	held := map[string]bool{}
+	hasKey := map[string]bool{}
 	for _, p := range pairs {
 		if id, ok := c.parseKey(p.Key); ok {
 			slicesRead[id] = failover.KVEntry{Session: p.Session, Value: parseLockValue(p.Value), ModifyIndex: p.ModifyIndex, LockIndex: p.LockIndex}
 		} else if n := c.memberNode(p.Key); n != "" {
 			r, _ := c.parseMember(n, p, index)
 			members = append(members, r)
-			held[n] = p.Session != ""
+			hasKey[n] = true
 		}
 	}
-	for _, e := range entries {
-		if e.Service != nil && e.Service.Meta["cluster"] == c.cfg.Cluster && e.Service.Meta["node"] != "" &&
-			entryLive(e) && !held[e.Service.Meta["node"]] && e.Service.Meta["node"] != c.cfg.NodeID {
-			legacy = true
+	// A registered node that never wrote a member key may run an older qslice (a released key
+	// shows a current one, dead or between sessions); only then is the service's health read,
+	// to see whether it is live.
+	suspect := false
+	for _, r := range registered {
+		if n := r.ServiceMeta["node"]; n != "" && n != c.cfg.NodeID && !hasKey[n] {
+			suspect = true
+		}
+	}
+	if suspect {
+		c.readMemberEntries(ctx)
+		ma := c.members.Load()
+		if ma.err != nil {
+			return false, ma.err
+		}
+		for _, e := range ma.entries {
+			if e.Service != nil && e.Service.Meta["cluster"] == c.cfg.Cluster && e.Service.Meta["node"] != "" &&
+				entryLive(e) && !hasKey[e.Service.Meta["node"]] && e.Service.Meta["node"] != c.cfg.NodeID {
+				legacy = true
+			}
 		}
 	}
 	s.mu.Lock()

@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ttl       = fs.Duration("ttl", 2*time.Second, "consul.ttl of every node")
 		lockDelay = fs.Duration("lock-delay", time.Second, "consul.lock_delay of every node")
 		holdDown  = fs.Duration("hold-down", 3*time.Second, "consul.hold_down of every node (>= ttl)")
+		layout    = fs.String("watch-layout", "", `consul.watch_layout of every node: "prefix" or "scoped" (default: qslice's, prefix)`)
 		shipped   = fs.Bool("shipped", false, "use qslice's shipped ttl, lock_delay and hold_down instead of -ttl, -lock-delay and -hold-down")
 		work      = fs.Duration("work", 5*time.Millisecond, "how long the handler works per message")
 		worker    = fs.Bool("worker", false, "run the ledger handler as persistent workers (handler.worker) instead of one exec per message")
@@ -124,7 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			tb.Fatalf("%v", err)
 		}
 		ccfg := chaos.ClusterConfig{Nodes: *nodes, Slices: *slices, TTL: *ttl, LockDelay: *lockDelay,
-			HoldDown: *holdDown, Work: *work, Worker: *worker, Bin: bin, Dir: dir, ConsulAddr: consul.HTTPAddr, Log: log,
+			HoldDown: *holdDown, Work: *work, Worker: *worker, Bin: bin, Dir: dir, ConsulAddr: consul.HTTPAddr, Log: log, WatchLayout: *layout,
 			FSHealth: chaos.FSHealthConfig{Interval: *fsEvery, Timeout: *fsTimeout, RecoverAfter: *fsRecover}}
 		if *gluster {
 			bed := glustertest.New(tb, glustertest.Options{Clients: *nodes + 1}) // the last mount is the harness's
