@@ -74,7 +74,7 @@ type Coordinator struct {
 	lease atomic.Pointer[leaseState] // published by the keeper
 	pub   atomic.Pointer[published]  // published by the loop
 	// members is the membership watch's last answer, for MemberEntries (the status page).
-	members atomic.Pointer[memberAnswer]
+	members       atomic.Pointer[memberAnswer]
 	memberRefresh sync.Mutex // one MemberEntries read at a time (scoped layout)
 	// memberHeld is the keeper's last write of the member key (memberkey.go).
 	memberHeld atomic.Pointer[memberWrite]
