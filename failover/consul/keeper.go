@@ -57,6 +57,7 @@ type keeper struct {
 	memberWritten failover.MemberValue
 	memberOut     string
 	memberRefused bool
+	created       string // the last session this process created (not adopted)
 }
 
 func (k *keeper) run(ctx context.Context) {
@@ -209,7 +210,7 @@ func (k *keeper) round(ctx context.Context) error {
 		if err != nil {
 			errs = append(errs, err)
 		} else {
-			k.session, k.confirmSent = id, sent
+			k.session, k.confirmSent, k.created = id, sent, id
 			c.log.Info("session created", "session", id, "lock_delay", c.cfg.LockDelay)
 			k.destroyStaleSessions(ctx, id)
 		}

@@ -55,8 +55,9 @@ func (c *Coordinator) watchKV(ctx context.Context) {
 			}
 		}
 		return meta.LastIndex, nil
-	}, func(reset bool) {
+	}, func(reset bool) bool {
 		c.inbox.putKV(snap, reset)
 		c.wakeLoop()
+		return true
 	})
 }

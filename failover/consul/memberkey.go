@@ -86,8 +86,9 @@ func (k *keeper) writeMemberKey(ctx context.Context, meta map[string]string, out
 		return nil
 	}
 	k.memberRefused = false
+	fresh := k.memberSession != k.session && k.session == k.created
 	k.memberSession, k.memberWritten = k.session, v
-	c.memberHeld.Store(&memberWrite{session: k.session, value: v})
+	c.memberHeld.Store(&memberWrite{session: k.session, value: v, fresh: fresh})
 	return nil
 }
 
@@ -96,6 +97,9 @@ func (k *keeper) writeMemberKey(ctx context.Context, meta map[string]string, out
 type memberWrite struct {
 	session string
 	value   failover.MemberValue
+	// fresh: the first write with a session this process created (not one it adopted): the
+	// node's peers forgot it, and it holds nothing.
+	fresh bool
 }
 
 // parseMember reads a member key's pair (nil: the key does not exist).

@@ -34,9 +34,10 @@ func (c *Coordinator) watchMembers(ctx context.Context) {
 				Unavailable: parseQueueList(e.Service.Meta["unavailable"]), LiveSince: parseUnixMilli(e.Service.Meta["live_since"])})
 		}
 		return meta.LastIndex, nil
-	}, func(bool) {
+	}, func(bool) bool {
 		c.inbox.putMembers(ms)
 		c.wakeLoop()
+		return true
 	})
 }
 

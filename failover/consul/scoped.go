@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -34,20 +33,38 @@ const pokeAttempts = 4
 type scoped struct {
 	c *Coordinator
 
-	mu      sync.Mutex
-	view    *failover.ScopedView
-	reset   bool // an answer's index went backwards since the loop last took the view
-	dirty   bool // the view changed since the loop last took it
-	legacy  bool // prefix watches run (a member without a member key)
-	fullNow chan struct{}
+	mu     sync.Mutex
+	view   *failover.ScopedView
+	reset  bool // Consul's index went backwards: the Machine has not been told yet
+	dirty  bool // the view changed since the loop last took it
+	legacy bool // prefix watches run (a member without a member key)
+	// epoch counts the resets: an answer to a request sent before the last one is dropped (it
+	// may show keys of the lost state, with indexes above the new ones).
+	epoch int
+	// holdMembers: after a reset every member writes its key again, and a full read during the
+	// quarantine may see only some of them: the Machine keeps the membership it had (as the
+	// service's health, which a state loss does not erase, keeps it in the prefix layout) until
+	// a full read sent after holdMembers. Else a peer whose key is not written yet looks gone,
+	// nobody looks settled, and slices go back to unsettled nodes.
+	holdMembers time.Time
+	// warmFrom: the node took its member key with a new session; the Machine does not see this
+	// node among the members until a full read sent after warmFrom (one watch interval later),
+	// as the prefix layout's node sees itself only in a later answer of its membership watch:
+	// the peers starting or coming back with it have written their keys by then. Deciding at
+	// once, alone in its view, it would take every free slice and hand most of them back.
+	warmFrom time.Time
+	warm     bool
+	fullNow  chan struct{}
 
 	// Owned by the loop goroutine (update):
 	watches   map[string]context.CancelFunc
 	announced failover.WatchScope // the scope the last pokes were computed against
 	annWrite  *memberWrite        // the member key's write last announced
+	annEpoch  int                 // the reset epoch announced in
 	pokes     chan map[string][]string
-	// watchedMembers: the member keys watched now (the inbox skips them: the watch has them).
-	watchedMembers atomic.Pointer[map[string]bool]
+	// watchedMembers: the member keys watched now (the inbox skips them: the watch has them);
+	// replaced, never changed, under mu.
+	watchedMembers map[string]bool
 
 	ctx context.Context
 	wg  sync.WaitGroup
@@ -125,6 +142,9 @@ func (s *scoped) run(ctx context.Context) {
 // them to the view, and reports whether a live member has no member key.
 func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 	c := s.c
+	s.mu.Lock()
+	epoch, sent := s.epoch, c.clk.Now()
+	s.mu.Unlock()
 	var pairs api.KVPairs
 	var index uint64
 	err = c.call(ctx, failover.OpFullRead, func(ctx context.Context) error {
@@ -186,15 +206,62 @@ func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 		}
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.epoch != epoch {
+		s.askFull() // sent before a reset: read again
+		return legacy, nil
+	}
 	if s.view.Known() && index < s.view.Index() {
-		s.view.Reset()
-		s.reset = true
+		s.resetLocked()
+		s.askFull()
+		return legacy, nil
+	}
+	if !s.holdMembers.IsZero() && !sent.Before(s.holdMembers) {
+		s.holdMembers = time.Time{}
+	}
+	if s.warm && !sent.Before(s.warmFrom) {
+		s.warm = false
 	}
 	s.view.Full(index, slicesRead, members)
 	s.dirty = true
-	s.mu.Unlock()
 	c.wakeLoop()
 	return legacy, nil
+}
+
+// askFull asks run for a full read now.
+func (s *scoped) askFull() {
+	select {
+	case s.fullNow <- struct{}{}:
+	default:
+	}
+}
+
+// askFullAt asks run for a full read at t (a goroutine of run's; ends with ctx).
+func (s *scoped) askFullAt(t time.Time) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-s.ctx.Done():
+		case <-clock.After(s.c.clk, max(t.Sub(s.c.clk.Now()), 0)+time.Millisecond):
+			s.askFull()
+		}
+	}()
+}
+
+// resetLocked: Consul's index went backwards (its state was lost or restored). The view
+// forgets everything, answers to requests sent before are dropped (epoch), the watches' requests
+// are sent again without an index, the Machine quarantines acquisitions at once (EvKV with Reset
+// and no snapshot: it keeps deciding on what it knew), and a full read is due, with one more
+// when the quarantine ends (holdMembers). s.mu is held.
+func (s *scoped) resetLocked() {
+	c := s.c
+	s.epoch++
+	s.view.Reset()
+	s.reset, s.dirty = true, true
+	s.holdMembers = c.clk.Now().Add(max(c.cfg.TTL, c.cfg.LockDelay))
+	s.askFullAt(s.holdMembers)
+	go c.resetConnections() // not under s.mu: the watches' goroutines take it
 }
 
 // take gives the loop the view's snapshot and membership when they changed (nil while the
@@ -202,26 +269,56 @@ func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 func (s *scoped) take(now time.Time) []failover.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var evs []failover.Event
+	if s.reset {
+		evs = append(evs, failover.EvKV{Now: now, Reset: true})
+		s.reset = false
+	}
 	if !s.dirty || s.legacy || !s.view.Known() {
-		return nil
+		return evs
 	}
 	s.dirty = false
-	evs := []failover.Event{failover.EvKV{Now: now, Snap: s.view.Snapshot(), Reset: s.reset}, failover.EvMembers{Now: now, Members: s.view.Members()}}
-	s.reset = false
+	evs = append(evs, failover.EvKV{Now: now, Snap: s.view.Snapshot()})
+	if s.holdMembers.IsZero() {
+		ms := s.view.Members()
+		if s.warm {
+			ms = slices.DeleteFunc(ms, func(m failover.MemberInfo) bool { return m.Node == s.c.cfg.NodeID })
+		}
+		evs = append(evs, failover.EvMembers{Now: now, Members: ms})
+	}
 	return evs
 }
 
-// changed records an answer's effect on the view; reset: its index went backwards.
-func (s *scoped) changed(reset bool) {
-	if reset {
-		s.view.Reset()
-		s.reset = true
-		select {
-		case s.fullNow <- struct{}{}:
-		default:
-		}
+// keyWatch is the state of one single-key watch shared by its fetch and publish.
+type keyWatch struct {
+	sent, last int // the reset epoch its request was sent in, and its last answer's
+}
+
+// fetched records the epoch a request is sent in.
+func (s *scoped) fetched(w *keyWatch) {
+	s.mu.Lock()
+	w.sent = s.epoch
+	s.mu.Unlock()
+}
+
+// answer decides what to do with a watch's answer, s.mu held: false drops it (sent before a
+// reset, or a reset is being handled and a full read is due). reset (its index went backwards)
+// is a new reset only if its last answer was in the current epoch.
+func (s *scoped) answer(w *keyWatch, reset bool) bool {
+	if w.sent != s.epoch {
+		return false
+	}
+	if reset && w.last == s.epoch {
+		s.resetLocked()
+		s.askFull()
+		return false
+	}
+	w.last = s.epoch
+	if !s.view.Known() {
+		return false // the full read will have it
 	}
 	s.dirty = true
+	return true
 }
 
 // update watches the keys the Machine's scope names (starting and stopping single-key watches)
@@ -252,7 +349,9 @@ func (s *scoped) update(m *failover.Machine) {
 	for _, n := range scope.Members {
 		wm[n] = true
 	}
-	s.watchedMembers.Store(&wm)
+	s.mu.Lock()
+	s.watchedMembers = wm
+	s.mu.Unlock()
 	for k, stop := range s.watches {
 		if want[k] == nil {
 			stop()
@@ -274,8 +373,17 @@ func (s *scoped) update(m *failover.Machine) {
 	if legacy || w == nil || w.session != c.lease.Load().session {
 		return
 	}
-	if w != s.annWrite {
-		s.announced, s.annWrite = failover.WatchScope{}, w
+	s.mu.Lock()
+	epoch := s.epoch
+	if w != s.annWrite && w.fresh {
+		s.warm, s.warmFrom = true, c.clk.Now().Add(c.cfg.WatchMinInterval)
+		s.askFullAt(s.warmFrom)
+	}
+	s.mu.Unlock()
+	if w != s.annWrite || epoch != s.annEpoch {
+		// A new write of our member key, or a reset (every member writes its key again):
+		// announce ourselves to every member of our groups.
+		s.announced, s.annWrite, s.annEpoch = failover.WatchScope{}, w, epoch
 	}
 	if p := failover.Pokes(c.cfg.NodeID, s.announced, scope); len(p) > 0 {
 		s.send(p)
@@ -356,28 +464,28 @@ func (s *scoped) watchInbox(ctx context.Context) {
 	c := s.c
 	key := c.inboxKey(c.cfg.NodeID)
 	var pair *api.KVPair
+	w := &keyWatch{}
 	c.blockingLoop(ctx, failover.OpKVWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+		s.fetched(w)
 		p, meta, err := c.client.KV().Get(key, q)
 		if err != nil {
 			return 0, err
 		}
 		pair = p
 		return meta.LastIndex, nil
-	}, func(reset bool) {
-		if reset {
-			s.mu.Lock()
-			s.changed(true)
-			s.mu.Unlock()
+	}, func(reset bool) bool {
+		s.mu.Lock()
+		ok := s.answer(w, reset)
+		watched := s.watchedMembers
+		s.mu.Unlock()
+		if !ok {
+			return false
 		}
 		if pair == nil {
-			return
+			return true
 		}
 		var v failover.InboxValue
 		_ = json.Unmarshal(pair.Value, &v)
-		watched := map[string]bool{}
-		if p := s.watchedMembers.Load(); p != nil {
-			watched = *p
-		}
 		for _, n := range v.Read {
 			if n == c.cfg.NodeID || n == "" || watched[n] {
 				continue // a watched member key is as fresh as the poke
@@ -394,12 +502,14 @@ func (s *scoped) watchInbox(ctx context.Context) {
 				return err
 			})
 			if err != nil {
-				return // the inbox stays: read again at the next answer
+				return false // the inbox stays: read again
 			}
-			r, ok := c.parseMember(n, p, index)
+			r, present := c.parseMember(n, p, index)
 			s.mu.Lock()
-			s.view.Member(r, ok)
-			s.changed(false)
+			if w.sent == s.epoch && s.view.Known() {
+				s.view.Member(r, present)
+				s.dirty = true
+			}
 			s.mu.Unlock()
 		}
 		_ = c.call(ctx, failover.OpInbox, func(ctx context.Context) error {
@@ -407,6 +517,7 @@ func (s *scoped) watchInbox(ctx context.Context) {
 			return err
 		})
 		c.wakeLoop()
+		return true
 	})
 }
 
@@ -416,25 +527,28 @@ func (s *scoped) watchSlice(ctx context.Context, id failover.SliceID) {
 	key := c.sliceKey(id)
 	var pair *api.KVPair
 	var index uint64
+	w := &keyWatch{}
 	c.blockingLoop(ctx, failover.OpKVWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+		s.fetched(w)
 		p, meta, err := c.client.KV().Get(key, q)
 		if err != nil {
 			return 0, err
 		}
 		pair, index = p, meta.LastIndex
 		return index, nil
-	}, func(reset bool) {
+	}, func(reset bool) bool {
 		s.mu.Lock()
-		if reset {
-			s.changed(true)
-		} else if pair == nil {
-			s.view.Slice(id, failover.KVEntry{}, false, index)
-		} else {
-			s.view.Slice(id, failover.KVEntry{Session: pair.Session, Value: parseLockValue(pair.Value), ModifyIndex: pair.ModifyIndex, LockIndex: pair.LockIndex}, true, index)
+		ok := s.answer(w, reset)
+		if ok {
+			if pair == nil {
+				s.view.Slice(id, failover.KVEntry{}, false, index)
+			} else {
+				s.view.Slice(id, failover.KVEntry{Session: pair.Session, Value: parseLockValue(pair.Value), ModifyIndex: pair.ModifyIndex, LockIndex: pair.LockIndex}, true, index)
+			}
 		}
-		s.changed(false)
 		s.mu.Unlock()
 		c.wakeLoop()
+		return ok
 	})
 }
 
@@ -444,23 +558,24 @@ func (s *scoped) watchMember(ctx context.Context, node string) {
 	key := c.memberKey(node)
 	var pair *api.KVPair
 	var index uint64
+	w := &keyWatch{}
 	c.blockingLoop(ctx, failover.OpMemberWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+		s.fetched(w)
 		p, meta, err := c.client.KV().Get(key, q)
 		if err != nil {
 			return 0, err
 		}
 		pair, index = p, meta.LastIndex
 		return index, nil
-	}, func(reset bool) {
+	}, func(reset bool) bool {
 		s.mu.Lock()
-		if reset {
-			s.changed(true)
-		} else {
-			r, ok := c.parseMember(node, pair, index)
-			s.view.Member(r, ok)
+		ok := s.answer(w, reset)
+		if ok {
+			r, present := c.parseMember(node, pair, index)
+			s.view.Member(r, present)
 		}
-		s.changed(false)
 		s.mu.Unlock()
 		c.wakeLoop()
+		return ok
 	})
 }

@@ -56,7 +56,10 @@ func (c *Coordinator) resetConnections() {
 // no longer reaches only when the wait ends (watchWait), however it changes meanwhile
 // (failover/sim's cross-check shows it on a real Consul). The fresh answer's index, lower than
 // the last, shows the reset.
-func (c *Coordinator) blockingLoop(ctx context.Context, op failover.ConsulOp, fetch func(ctx context.Context, q *api.QueryOptions) (uint64, error), publish func(reset bool)) {
+//
+// publish returns false when it dropped the answer (the scoped layout drops an answer sent
+// before a reset it learnt of meanwhile): the next request then reads without an index.
+func (c *Coordinator) blockingLoop(ctx context.Context, op failover.ConsulOp, fetch func(ctx context.Context, q *api.QueryOptions) (uint64, error), publish func(reset bool) bool) {
 	var index uint64
 	fresh := false // the last request failed or was abandoned: read without an index
 	// Backoff tops out at one TTL: after an outage the watches are back within a TTL of the keeper.
@@ -113,7 +116,9 @@ func (c *Coordinator) blockingLoop(ctx context.Context, op failover.ConsulOp, fe
 		default:
 			index = newIndex
 		}
-		publish(reset)
+		if !publish(reset) {
+			fresh = true
+		}
 	}
 }
 
