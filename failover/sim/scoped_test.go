@@ -5,7 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/qslice/qslice/failover"
+	"github.com/qslice/qslice/internal/consultest"
 )
 
 // runSeeds runs seeds from..to with cfg and reports each failing seed's schedule (the first three).
@@ -133,5 +136,64 @@ func TestModelSingleKeyQueries(t *testing.T) {
 	c.loseState()
 	if c.index >= before || len(c.memberKeys)+len(c.kv)+len(c.inboxKeys) != 0 || len(woke) != 2 {
 		t.Fatalf("state loss: index %d (was %d), keys left %d, woke %v", c.index, before, len(c.memberKeys)+len(c.kv), woke)
+	}
+}
+
+// TestSingleKeyQueriesMatchConsul anchors the model's single-key blocking queries on a real
+// Consul: a read of a missing key answers with the KV table's index (the last KV write's); a
+// blocking query on a missing key is not answered when a sibling key changes (it waits out its
+// wait) and is answered when the key is created, with the key's ModifyIndex. The model's
+// answers to the same sequence: TestModelSingleKeyQueries.
+func TestSingleKeyQueriesMatchConsul(t *testing.T) {
+	srv := consultest.Start(t, consultest.WithLogLevel("warn"))
+	cl := srv.Client("")
+	put := func(k string) uint64 {
+		t.Helper()
+		if _, err := cl.KV().Put(&api.KVPair{Key: k, Value: []byte(`{"read":["node-0003"]}`)}, nil); err != nil {
+			t.Fatal(err)
+		}
+		p, _, err := cl.KV().Get(k, nil)
+		if err != nil || p == nil {
+			t.Fatalf("get %s: %v %v", k, p, err)
+		}
+		return p.ModifyIndex
+	}
+	const missing = "qslice/prod/inbox/node-0002"
+	last := put("qslice/prod/inbox/node-0001")
+	if p, m, err := cl.KV().Get(missing, nil); err != nil || p != nil || m.LastIndex != last {
+		t.Fatalf("missing key: %v, index %d, %v; want absent at the last KV write's index %d", p, m.LastIndex, err, last)
+	}
+	const wait = 2 * time.Second
+	block := func() <-chan time.Duration {
+		_, m, err := cl.KV().Get(missing, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan time.Duration, 1)
+		go func() {
+			start := time.Now()
+			_, _, _ = cl.KV().Get(missing, &api.QueryOptions{WaitIndex: m.LastIndex, WaitTime: wait})
+			done <- time.Since(start)
+		}()
+		time.Sleep(300 * time.Millisecond) // the query is sent before the write (an answer at once would be one the write woke)
+		return done
+	}
+	for attempt := 1; ; attempt++ {
+		done := block()
+		put("qslice/prod/inbox/node-0001")
+		if d := <-done; d >= wait*9/10 {
+			break
+		} else if attempt == 3 {
+			t.Errorf("the query on a missing key was answered after %s when a sibling key changed, three times: it must wait out its wait", d)
+			break
+		}
+	}
+	done := block()
+	created := put(missing)
+	if d := <-done; d >= wait {
+		t.Errorf("the query on a missing key was not answered when the key was created (after %s)", d)
+	}
+	if _, m, err := cl.KV().Get(missing, nil); err != nil || m.LastIndex != created {
+		t.Errorf("the created key answers with index %d (%v), want its ModifyIndex %d", m.LastIndex, err, created)
 	}
 }
