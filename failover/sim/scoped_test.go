@@ -21,7 +21,9 @@ func runSeeds(t *testing.T, cfg Config, from, to uint64) {
 		if r.Failed() {
 			failed++
 			if failed <= 3 {
-				t.Errorf("%s", r.Report())
+				c := cfg.withDefaults()
+				t.Errorf("%s  replay: go run ./failover/sim/cmd/qslice-sim -layout %s -nodes %d -full-read %s -seed %d -v",
+					r.Report(), c.Layout, c.Nodes, c.FullReadInterval, seed)
 			}
 		}
 	}
