@@ -332,6 +332,10 @@ func Run(cfg Config) Result {
 		takenOver: map[failover.SliceID]bool{}, pending: map[failover.SliceID]pendingTakeover{}, grants: map[failover.SliceID]int{},
 		keyWatchers: map[kvKey][]*node{}}
 	w.now = w.start
+	if cfg.Layout != failover.LayoutPrefix && cfg.Layout != failover.LayoutScoped {
+		w.violation("unknown layout %q: %q or %q", cfg.Layout, failover.LayoutPrefix, failover.LayoutScoped)
+		return *w.res
+	}
 	w.consul = newConsul(w.now, w.consulChanged)
 	if cfg.Layout == failover.LayoutScoped {
 		w.consul.keyChanged = w.keyChanged
