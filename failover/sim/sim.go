@@ -3,6 +3,10 @@
 // rounds, the watches, the transactions, the assignee), against a model of the Consul semantics
 // qslice relies on (consul.go), on virtual time, with injected faults.
 //
+// The nodes watch Consul in one of the two watch layouts (Config.Layout): the whole KV prefix
+// and membership (prefix), or single keys with member and inbox keys, a failover.ScopedView
+// and periodic full reads (scoped, scoped.go); the invariants are the same.
+//
 // Faults: a node crashes (and restarts as a new process, which adopts the previous run's
 // session if Consul still has it: restart in place), restarts at once after a crash or after a
 // clean stop that keeps its locks (SIGTERM), pauses past its lease, is cut off
