@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -197,5 +198,26 @@ func TestSingleKeyQueriesMatchConsul(t *testing.T) {
 	}
 	if _, m, err := cl.KV().Get(missing, nil); err != nil || m.LastIndex != created {
 		t.Errorf("the created key answers with index %d (%v), want its ModifyIndex %d", m.LastIndex, err, created)
+	}
+}
+
+// TestScopedLayoutKnownWholeGroupFailure: the three nodes of one slice's watch group (its first
+// ScopeDepth candidates) crash at once, in a cluster of 40 where the fourth candidate shares no
+// other group with them. Nobody who watches their member keys takes the slice, nobody pokes the
+// fourth candidate, and it learns of the failure only at its next full read (FullReadInterval,
+// an hour here, minutes in production): the slice is not processed again within the failover
+// bound. In the prefix layout, and with the simulator's default full read of 3 TTLs, it is.
+// Open (a design gap of the scoped layout's pure part): skipped unless QSLICE_RUN_KNOWN_BUGS=1.
+func TestScopedLayoutKnownWholeGroupFailure(t *testing.T) {
+	if os.Getenv("QSLICE_RUN_KNOWN_BUGS") == "" {
+		t.Skip("known open gap (a whole watch group failing at once waits for a full read, scoped layout); QSLICE_RUN_KNOWN_BUGS=1 runs it")
+	}
+	var sched []Fault
+	for _, n := range []string{"n31", "n9", "n7"} { // the group of in/0 at 40 nodes
+		sched = append(sched, Fault{Kind: FaultCrash, Node: n, At: 8 * time.Second, For: 12 * time.Second})
+	}
+	r := Run(Config{Seed: 1, Nodes: 40, Layout: failover.LayoutScoped, FullReadInterval: time.Hour, Schedule: sched})
+	if r.Failed() {
+		t.Errorf("%s", r.Report())
 	}
 }
