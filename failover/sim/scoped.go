@@ -377,6 +377,7 @@ func (n *node) updateScope() {
 
 // poke adds nodes to the inbox of to: read it, then write it with check-and-set; a failed
 // check reads it again. A node that cannot reach Consul tries again a renew interval later.
+// After attempts tries it gives up: the next full read shows what the poke would have.
 func (n *node) poke(to string, nodes []string, attempt int) {
 	const attempts = 10
 	w := n.w
@@ -420,7 +421,14 @@ func (n *node) poke(to string, nodes []string, attempt int) {
 				}
 				n.traffic.writes++
 				if !w.consul.casInbox(to, cas, failover.InboxValue{Read: merged}) {
-					n.event(d, func() { n.poke(to, nodes, attempt) }) // written meanwhile: read again
+					// Written meanwhile: read again, after a random part of a renew interval,
+					// so that the peers poking the same inbox at once (a cold start) do not all
+					// read and fail again together.
+					n.traffic.casFailed++
+					if attempt+1 < attempts {
+						backoff := time.Duration(w.rng.Int64N(int64(w.cfg.RenewInterval)))
+						n.event(d+backoff, func() { n.poke(to, nodes, attempt+1) })
+					}
 				}
 			})
 		})
@@ -483,6 +491,7 @@ type traffic struct {
 	fullReads   int
 	fullBytes   int64
 	writes      int // member key and inbox writes
+	casFailed   int // inbox writes that failed their check-and-set
 }
 
 // watch registers n as a watcher of k (the model notifies it of k's changes).

@@ -91,7 +91,7 @@ func measureFailure(cfg Config, failed string, checkEvery int) FailureTraffic {
 // of sizes (50: 50 nodes x 8 queues x 64 slices, both layouts; larger: x 16 x 256, the scoped
 // layout only: the prefix layout's answers are the model's, and simulating them costs minutes),
 // next to the model's figures (BenchWatch). Each size is one simulated run per failure; the
-// invariants are checked every 100 events.
+// per-step invariants are checked every 100 events (every 1,000 above 200 nodes).
 func BenchSimWatch(ctx context.Context, w io.Writer, sizes []int) error {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Simulated (failover/sim: the real Machine, WatchScope, Pokes and ScopedView against the model of Consul, answers sized")
@@ -103,9 +103,12 @@ func BenchSimWatch(ctx context.Context, w io.Writer, sizes []int) error {
 		if nodes <= 50 {
 			queuesN, slicesN, layouts = 8, 64, []string{failover.LayoutPrefix, failover.LayoutScoped}
 		}
-		runs := 1
+		runs, checkEvery := 1, 100
 		if nodes <= 50 {
 			runs = 3
+		}
+		if nodes > 200 {
+			checkEvery = 1000
 		}
 		var queues []failover.QueueSpec
 		for q := 0; q < queuesN; q++ {
@@ -120,7 +123,7 @@ func BenchSimWatch(ctx context.Context, w io.Writer, sizes []int) error {
 			viol := 0
 			for i := 0; i < runs; i++ {
 				failed := fmt.Sprintf("n%d", 1+i*nodes/runs)
-				f := measureFailure(Config{Seed: uint64(i + 1), Nodes: nodes, Queues: queues, Layout: layout}, failed, 100)
+				f := measureFailure(Config{Seed: uint64(i + 1), Nodes: nodes, Queues: queues, Layout: layout}, failed, checkEvery)
 				sum.Woken += f.Woken
 				sum.Answers += f.Answers
 				sum.Writes += f.Writes
