@@ -11,7 +11,7 @@ const (
 	OpRegister       ConsulOp = "register"        // register the service and its checks (also: list, remove stale checks)
 	OpCheckTTL       ConsulOp = "check_ttl"       // pass the alive check or a queue check
 	OpSessionCreate  ConsulOp = "session_create"  // create the node's session
-	OpSessionInfo    ConsulOp = "session_info"    // confirm the session with a consistent read
+	OpSessionInfo    ConsulOp = "session_info"    // confirm the session with a consistent read (adopting one: also read the local agent's checks, for its node name)
 	OpSessionDestroy ConsulOp = "session_destroy" // destroy a session (ours on stop, or a previous run's)
 	OpSessionCleanup ConsulOp = "session_cleanup" // list the sessions of our agent's node
 	OpKVWatch        ConsulOp = "kv_watch"        // blocking query on the slice locks

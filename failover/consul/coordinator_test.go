@@ -479,6 +479,31 @@ session_prefix "" { policy = "write" }
 			t.Errorf("a request was refused with the documented policy: %v (%s)\n%s", st.ConsulErrors, st.ConsulError, logs)
 		}
 	})
+
+	// Adopting reads the local agent's node name from its checks: the documented policy must
+	// allow it (agent/self would need agent:read).
+	t.Run("documented policy, restart in place", func(t *testing.T) {
+		tok := srv.Token("qslice-restart", qsliceRules)
+		withToken := func(c *failover.ConsulConfig) { c.Token = tok }
+		store := &memStore{}
+		n := startNodeAs(t, srv, l, "kept", "kept", withToken, func(c *Coordinator) { c.SetRestart(nil, store) })
+		waitSplit(t, 15*time.Second, "node kept owns everything", map[*testNode][]failover.SliceID{n: allTestSlices()}, n)
+		session := n.c.sessionID()
+		consultest.WaitFor(t, 5*time.Second, "the session recorded", func() error {
+			if r := store.load(); r == nil || r.Session != session {
+				return fmt.Errorf("recorded %+v, want session %s", r, session)
+			}
+			return nil
+		})
+		if err := n.stop(t); err != nil {
+			t.Fatalf("stop for a restart: %v", err)
+		}
+		n2 := startNodeAs(t, srv, l, "kept", "kept-restarted", withToken, func(c *Coordinator) { c.SetRestart(store.load(), store) })
+		waitSplit(t, 15*time.Second, "the restarted process owns everything", map[*testNode][]failover.SliceID{n2: allTestSlices()}, n2)
+		if got := n2.c.sessionID(); got != session || n2.logs.count("restart in place: adopted the previous process's session") != 1 {
+			t.Errorf("session %s after the restart, want the adopted %s:\n%s", got, session, n2.logs.String())
+		}
+	})
 	l.Check(t)
 }
 

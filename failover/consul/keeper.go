@@ -130,7 +130,14 @@ func (k *keeper) round(ctx context.Context) error {
 			se, _, err = c.client.Session().Info(k.session, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 			return err
 		})
-		if why := k.notAdoptable(err, se); why != "" {
+		var agentNode string
+		var agentErr error
+		if k.adopting && err == nil && se != nil {
+			if agentNode, agentErr = k.localAgentNode(ctx); ctx.Err() != nil {
+				err = ctx.Err() // stopping: decide nothing
+			}
+		}
+		if why := k.notAdoptable(err, se, agentNode, agentErr); why != "" {
 			c.log.Info("restart in place: starting with a new session", "why", why, "previous_session", k.session)
 			k.session, k.adopting = "", false
 			k.live.Lost()

@@ -13,7 +13,8 @@ import (
 // Restart in place (docs/failover.md). A stop for a restart (Run's context ends, with a store)
 // narrows the assignee and keeps the session, its slice locks and the service registration; the
 // next process of the node adopts the session if the keeper's first round confirms it (a
-// consistent read finds it, named for this node and bound to its alive check), and steps the
+// consistent read finds it, named for this node, bound to its alive check and on the Consul node
+// of the local agent), and steps the
 // Machine's EvAdopt; its first KV snapshot then makes the locks ours with their tokens. The
 // keeper passes the alive check from its first round on, so the session lives on if it was
 // still valid. Leave is the stop that hands everything off.
@@ -59,8 +60,12 @@ func (c *Coordinator) Leave(ctx context.Context) error {
 }
 
 // notAdoptable says why the previous process's session, which the keeper is adopting, cannot be
-// (err and se are the first confirmation's outcome), or "": adopt it, or (err) ask again.
-func (k *keeper) notAdoptable(err error, se *api.SessionEntry) string {
+// (err and se are the first confirmation's outcome; agentNode and agentErr the local agent's
+// node name, read when se was found), or "": adopt it, or (err) ask again. A session on another
+// Consul node is bound to that agent's serfHealth and to the alive check registered there,
+// which this process does not pass: a state directory copied to another machine, or an agent
+// renamed.
+func (k *keeper) notAdoptable(err error, se *api.SessionEntry, agentNode string, agentErr error) string {
 	c := k.c
 	switch {
 	case !k.adopting || err != nil:
@@ -71,8 +76,34 @@ func (k *keeper) notAdoptable(err error, se *api.SessionEntry) string {
 		return fmt.Sprintf("session %s is named %q, not %q: not this node's", se.ID, se.Name, c.sessionName)
 	case !slices.ContainsFunc(se.ServiceChecks, func(sc api.ServiceCheck) bool { return sc.ID == c.aliveCheckID }):
 		return fmt.Sprintf("session %s is not bound to this node's check %s", se.ID, c.aliveCheckID)
+	case agentErr != nil:
+		return fmt.Sprintf("cannot tell whether session %s is on the local Consul agent's node: %v", se.ID, agentErr)
+	case se.Node != agentNode:
+		return fmt.Sprintf("session %s is on Consul node %q, not on the local agent's %q: the state directory comes from another machine, or the agent was renamed", se.ID, se.Node, agentNode)
 	}
 	return ""
+}
+
+// localAgentNode reads, once per adoption, the node name of the local Consul agent: the node its
+// copy of this node's alive check names. (agent/self names it too, but needs agent:read, which
+// the documented ACL policy does not grant; the checks need only service "qslice" read.) A stop
+// for a restart keeps the registration, so the check is there whenever the session can be
+// adopted: an agent without it never had it, or lost it, and then the session ended.
+func (k *keeper) localAgentNode(ctx context.Context) (string, error) {
+	c := k.c
+	var checks map[string]*api.AgentCheck
+	err := c.call(ctx, failover.OpSessionInfo, func(ctx context.Context) error {
+		var err error
+		checks, err = c.client.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("read the local agent's checks: %w", err)
+	case checks[c.aliveCheckID] == nil || checks[c.aliveCheckID].Node == "":
+		return "", fmt.Errorf("the local agent does not hold check %s: this node was not registered there", c.aliveCheckID)
+	}
+	return checks[c.aliveCheckID].Node, nil
 }
 
 // runRecord is what the store holds for the next process; the keeper (session, live_since)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/qslice/qslice/failover"
 	"github.com/qslice/qslice/failover/failovertest"
 	"github.com/qslice/qslice/internal/consultest"
@@ -218,5 +219,95 @@ func TestConsulRestartInPlaceReleasesWhatWasBeingHandedOff(t *testing.T) {
 		}
 		return nil
 	})
+	l.Check(t)
+}
+
+// TestConsulRestartInPlaceRefusedWhenSessionOnAnotherAgent: the recorded session exists, is
+// named for this node and is bound to a check with this node's alive check ID, but on another
+// Consul node: it is bound to that agent's serfHealth and check, which this process does not
+// pass. First the state directory comes from another machine (this agent never held node a's
+// checks); then node a ran here and stopped for a restart, and the record names a session on the
+// other machine's agent (the comparison of the node names). Each time the new process says why,
+// starts with a new session, destroys the earlier session of this node that holds locks, and
+// acquires the slices with larger fencing tokens, never under the foreign session.
+func TestConsulRestartInPlaceRefusedWhenSessionOnAnotherAgent(t *testing.T) {
+	srv := consultest.Start(t)
+	cl := srv.Client("")
+	l := failovertest.NewLedger()
+	// The other machine: a node whose agent holds node a's alive check.
+	const elsewhere = "elsewhere"
+	passing := func(id string) *api.HealthCheck {
+		return &api.HealthCheck{Node: elsewhere, CheckID: id, Name: id, Status: api.HealthPassing}
+	}
+	if _, err := cl.Catalog().Register(&api.CatalogRegistration{
+		Node: elsewhere, Address: "127.0.0.2",
+		Checks: api.HealthChecks{passing("serfHealth"), passing("qslice-test-a:alive")},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	foreignSession := func() string {
+		t.Helper()
+		id, _, err := cl.Session().Create(&api.SessionEntry{
+			Name: "qslice/test/a", Node: elsewhere, LockDelay: time.Second, Behavior: api.SessionBehaviorRelease,
+			NodeChecks: []string{"serfHealth"}, ServiceChecks: []api.ServiceCheck{{ID: "qslice-test-a:alive"}},
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	// restart starts a process of node a that finds foreign recorded, checks it says why (want,
+	// as the text log quotes it) and did not adopt, and that every slice was acquired anew; it returns the process.
+	restart := func(ledgerName, foreign, want string, tokens map[failover.SliceID]uint64) *testNode {
+		t.Helper()
+		store := &memStore{}
+		prev := &failover.PreviousRun{Session: foreign, LiveSince: time.Now().Add(-time.Minute)}
+		a := startAdopting(t, srv, l, ledgerName, prev, store, ledgerName+" owns everything")
+		if got := a.c.sessionID(); got == foreign || got == "" {
+			t.Errorf("%s: session %q, want a new one, not the recorded %s", ledgerName, got, foreign)
+		}
+		if a.logs.count("restart in place: starting with a new session") != 1 || a.logs.count(want) != 1 {
+			t.Errorf("%s: no log line saying %q:\n%s", ledgerName, want, a.logs.String())
+		}
+		if a.logs.count("slice adopted from the previous process of this node") != 0 {
+			t.Errorf("%s: slices adopted under a session bound to another agent's checks", ledgerName)
+		}
+		for s, tok := range tokensOf(a.c.Status()) {
+			if tok <= tokens[s] {
+				t.Errorf("%s: %s: fencing token %d, want a new acquisition's, larger than %d", ledgerName, s, tok, tokens[s])
+			}
+		}
+		if r := store.load(); r == nil || r.Session != a.c.sessionID() {
+			t.Errorf("%s: recorded %+v, want the new session", ledgerName, r)
+		}
+		return a
+	}
+
+	// A state directory copied from the other machine, whose run held every slice.
+	copied := foreignSession()
+	tokens := map[failover.SliceID]uint64{}
+	for _, s := range allTestSlices() {
+		key := fmt.Sprintf("qslice/test/slices/%s/%d", s.Queue, s.Index)
+		ok, _, err := cl.KV().Acquire(&api.KVPair{Key: key, Value: []byte(`{"node":"a"}`), Session: copied}, nil)
+		if err != nil || !ok {
+			t.Fatalf("lock %s with the copied run's session: %v %v", key, ok, err)
+		}
+		p, _, err := cl.KV().Get(key, nil)
+		if err != nil || p == nil {
+			t.Fatalf("read %s: %v %v", key, p, err)
+		}
+		tokens[s] = p.ModifyIndex
+	}
+	a := restart("a", copied, "the local agent does not hold check qslice-test-a:alive", tokens)
+	if se, _, err := cl.Session().Info(copied, nil); err != nil || se != nil {
+		t.Errorf("the copied run's session after the start: %v %v, want it destroyed (it held locks naming this node)", se, err)
+	}
+
+	// Node a's checks are on this agent now; the record names a session on the other one.
+	tokens = tokensOf(a.c.Status())
+	if err := a.stop(t); err != nil {
+		t.Fatalf("stop for a restart: %v", err)
+	}
+	restart("a-restarted", foreignSession(), fmt.Sprintf(`is on Consul node \"%s\", not on the local agent's \"%s\"`, elsewhere, srv.NodeName), tokens)
 	l.Check(t)
 }
