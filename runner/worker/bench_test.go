@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -167,6 +169,23 @@ func workerCPU(b *testing.B, pool *Pool) time.Duration {
 	return sum
 }
 
+// buildGoWorker compiles examples/workers/goworker (the Go reference library's example, a no-op
+// without $WORKER_LEDGER) into a temporary directory.
+func buildGoWorker(b *testing.B) string {
+	b.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(b.TempDir(), "goworker")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/qslice/qslice/examples/workers/goworker").CombinedOutput(); err != nil {
+		b.Fatalf("build the Go worker: %v\n%s", err, out)
+	}
+	return bin
+}
+
 func rusage(who int) time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(who, &ru); err != nil {
@@ -177,9 +196,10 @@ func rusage(who int) time.Duration {
 
 // BenchmarkHandlerKinds measures, in one run, on tmpfs and on disk, the messages per second of
 // the engine with: a no-op Go handler (in process), a no-op Python persistent worker
-// (sdk/python/qslice_worker.py), a no-op Python exec handler, and the exec handler `true`. All
-// use concurrency 2 (the worker: 2 processes with in_flight 16). Reported per file system:
-// <kind>_msgs/s, the ratios pyworker/go and pyworker/pyexec, and the CPU time per message of
+// (sdk/python/qslice_worker.py), the example Go persistent worker (examples/workers/goworker on
+// sdk/go/qsworker, built by the benchmark), a no-op Python exec handler, and the exec handler
+// `true`. All use concurrency 2 (the workers: 2 processes with in_flight 16). Reported per file
+// system: <kind>_msgs/s, the ratios pyworker/go, goworker/go and pyworker/pyexec, and the CPU time per message of
 // qslice's process (<kind>_qslice_cpu_us/msg: the engine, and the Go handler) and of the handler
 // processes (<kind>_handler_cpu_us/msg: the workers from the start of the drain, so without their
 // start-up; the exec handlers whole). QSLICE_BENCH_FILES sets the message count of the fast kinds
@@ -204,10 +224,19 @@ func BenchmarkHandlerKinds(b *testing.B) {
 		cmd = strings.Fields(s)
 	}
 	poolCfg := Config{Queue: "bench", Command: cmd, Workers: 2, InFlight: 16}
+	goCfg := poolCfg
+	goCfg.Command = []string{buildGoWorker(b)}
 	kinds := []kind{
 		{"go", n, 2, func(*testing.B) (runner.Handler, *Pool) { return noop, nil }},
 		{"pyworker", n, poolCfg.RunnerConcurrency(), func(b *testing.B) (runner.Handler, *Pool) {
 			p, err := New(poolCfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return p, p
+		}},
+		{"goworker", n, goCfg.RunnerConcurrency(), func(b *testing.B) (runner.Handler, *Pool) {
+			p, err := New(goCfg)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -244,9 +273,9 @@ func BenchmarkHandlerKinds(b *testing.B) {
 				b.ReportMetric(engineCPU[k.name], k.name+"_qslice_cpu_us/msg")
 				b.ReportMetric(handlerCPU[k.name], k.name+"_handler_cpu_us/msg")
 			}
-			for _, over := range []string{"go", "pyexec"} {
-				if rate["pyworker"] > 0 && rate[over] > 0 {
-					b.ReportMetric(rate["pyworker"]/rate[over], "pyworker/"+over)
+			for _, r := range [][2]string{{"pyworker", "go"}, {"goworker", "go"}, {"pyworker", "pyexec"}} {
+				if rate[r[0]] > 0 && rate[r[1]] > 0 {
+					b.ReportMetric(rate[r[0]]/rate[r[1]], r[0]+"/"+r[1])
 				}
 			}
 		})
