@@ -292,20 +292,24 @@ func Analyze(in Input) Report {
 			}
 		}
 	}
+	// handledWhileCut counts the handlings on f's node that started after from, when the node
+	// must have stopped, and before f was healed; cut says what cut the node off.
+	handledWhileCut := func(f FaultRecord, from time.Time, cut string) {
+		for _, h := range in.Handlings {
+			if h.Node == f.NodeName && h.Start.After(from) && h.Start.Before(f.End) {
+				r.HandledWhileCut++
+				addDetail(&r.PartitionDetails, fmt.Sprintf("%s: handled on %s at %s, %s, healed %s",
+					h.ID, h.Node, stamp(h.Start), cut, stamp(f.End)))
+			}
+		}
+	}
 	// A node cut off Consul stops: its lease lapses within Lease of the cut, its runner says so,
 	// and it starts no handler until it is healed.
 	for _, f := range in.Faults {
 		if (f.Kind != KindPartition && f.Kind != KindBlackhole && f.Kind != KindBlip) || f.Done.IsZero() || f.End.IsZero() {
 			continue
 		}
-		fenced := f.Done.Add(in.Lease + fenceSlack)
-		for _, h := range in.Handlings {
-			if h.Node == f.NodeName && h.Start.After(fenced) && h.Start.Before(f.End) {
-				r.HandledWhileCut++
-				addDetail(&r.PartitionDetails, fmt.Sprintf("%s: handled on %s at %s, cut off Consul since %s (lease %s), healed %s",
-					h.ID, h.Node, stamp(h.Start), stamp(f.Done), in.Lease, stamp(f.End)))
-			}
-		}
+		handledWhileCut(f, f.Done.Add(in.Lease+fenceSlack), fmt.Sprintf("cut off Consul since %s (lease %s)", stamp(f.Done), in.Lease))
 		if f.End.Sub(f.Done) <= in.Lease+lapseWithin {
 			continue
 		}
@@ -325,14 +329,7 @@ func Analyze(in Input) Report {
 		if f.Kind != KindFSCut || f.Done.IsZero() || f.End.IsZero() {
 			continue
 		}
-		noticed := f.Done.Add(in.FSTimeout + lapseWithin)
-		for _, h := range in.Handlings {
-			if h.Node == f.NodeName && h.Start.After(noticed) && h.Start.Before(f.End) {
-				r.HandledWhileCut++
-				addDetail(&r.PartitionDetails, fmt.Sprintf("%s: handled on %s at %s, its filesystem cut since %s (timeout %s), healed %s",
-					h.ID, h.Node, stamp(h.Start), stamp(f.Done), in.FSTimeout, stamp(f.End)))
-			}
-		}
+		handledWhileCut(f, f.Done.Add(in.FSTimeout+lapseWithin), fmt.Sprintf("its filesystem cut since %s (timeout %s)", stamp(f.Done), in.FSTimeout))
 		d := func(x time.Duration) string {
 			if x == 0 {
 				return "not reached"

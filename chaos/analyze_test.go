@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"fmt"
 	"github.com/qslice/qslice/runner/queue"
 	"os"
 	"path/filepath"
@@ -304,6 +305,23 @@ func TestAnalyze(t *testing.T) {
 			if err := r.Err(); err == nil || !strings.Contains(err.Error(), "1 handlings while cut off") {
 				t.Fatalf("Err = %v", err)
 			}
+			want := fmt.Sprintf("a: handled on n1 at %s, cut off Consul since %s (lease 800ms), healed %s", stamp(at(950)), stamp(at(10)), stamp(at(5000)))
+			if len(r.PartitionDetails) != 1 || r.PartitionDetails[0] != want {
+				t.Fatalf("details %q, want %q", r.PartitionDetails, want)
+			}
+		}},
+		{"filesystem cut: a node handling once it must have noticed did not stop", Input{
+			// n1's filesystem cut at 10, timeout 2 s: it must have noticed by 3010 (lapseWithin
+			// 1 s). A handling at 2900 is fine, one at 3100 is not, one after the healing is.
+			Enqueued:  []string{"a", "b", "c"},
+			Handlings: []Handling{h("a", "n1", 2900, 2950), h("b", "n1", 3100, 3150), h("c", "n1", 9001, 9010)},
+			Faults:    []FaultRecord{fault(KindFSCut, "n1", 5, 10, 9000)},
+			FSTimeout: 2 * time.Second,
+		}, func(t *testing.T, r Report) {
+			want := fmt.Sprintf("b: handled on n1 at %s, its filesystem cut since %s (timeout 2s), healed %s", stamp(at(3100)), stamp(at(10)), stamp(at(9000)))
+			if r.HandledWhileCut != 1 || len(r.PartitionDetails) != 1 || r.PartitionDetails[0] != want {
+				t.Fatalf("handled while cut %d, details %q; want 1, %q", r.HandledWhileCut, r.PartitionDetails, want)
+			}
 		}},
 		{"partition: handling just before the lease ends, and after healing, are fine", Input{
 			Enqueued:  []string{"a", "b"},
@@ -407,6 +425,21 @@ func TestSummarize(t *testing.T) {
 	}
 	if s := Summarize(nil); s.N != 0 || s.String() != "no samples" {
 		t.Fatalf("no samples: %s", s)
+	}
+}
+
+// TestFormatCounts: the report writes the scraped counters (float64) as %g and the counted log
+// lines (int) as %d, sorted by reason.
+func TestFormatCounts(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{formatCounts(map[string]float64{"failover": 2, "acquired": 12, "drain": 0.5, "big": 1e21}), "acquired=12 big=1e+21 drain=0.5 failover=2"},
+		{formatCounts(map[string]int{"failover": 2, "acquired": 12}), "acquired=12 failover=2"},
+		{formatCounts(map[string]float64{}), "none"},
+		{formatCounts[int](nil), "none"},
+	} {
+		if c.got != c.want {
+			t.Errorf("formatCounts = %q, want %q", c.got, c.want)
+		}
 	}
 }
 

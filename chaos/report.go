@@ -40,7 +40,7 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "late after fence:         %d filesystem operations returned after their queue was fenced\n", r.LateAfterFence)
 	}
 	fmt.Fprintf(w, "ownership changes:        metrics %s (last scrape of each process); log lines %s (all)\n",
-		formatCounts(r.OwnershipChanges), formatIntCounts(r.LoggedChanges))
+		formatCounts(r.OwnershipChanges), formatCounts(r.LoggedChanges))
 	fmt.Fprintf(w, "counters vs log lines:    %d mismatches\n", len(r.MetricMismatches))
 	r.Churn.Print(w, r.Faults)
 	if r.MalformedLedgerLine > 0 {
@@ -67,21 +67,11 @@ func (r *Report) Print(w io.Writer) {
 	}
 }
 
-func formatCounts(m map[string]float64) string {
+// formatCounts writes counts by key, sorted by key ("acquired=3 failover=2"), or "none".
+func formatCounts[V int | float64](m map[string]V) string {
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, fmt.Sprintf("%s=%g", k, m[k]))
-	}
-	if len(parts) == 0 {
-		return "none"
-	}
-	return strings.Join(parts, " ")
-}
-
-func formatIntCounts(m map[string]int) string {
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+		parts = append(parts, fmt.Sprintf("%s=%v", k, m[k])) // %v: %g for a float64, %d for an int
 	}
 	if len(parts) == 0 {
 		return "none"
