@@ -199,13 +199,14 @@ func rusage(who int) time.Duration {
 // (sdk/python/qslice_worker.py), the example Go persistent worker (examples/workers/goworker on
 // sdk/go/qsworker, built by the benchmark), a no-op Python exec handler, and the exec handler
 // `true`. All use concurrency 2 (the workers: 2 processes with in_flight 16). Reported per file
-// system: <kind>_msgs/s, the ratios pyworker/go, goworker/go and pyworker/pyexec, and the CPU time per message of
-// qslice's process (<kind>_qslice_cpu_us/msg: the engine, and the Go handler) and of the handler
-// processes (<kind>_handler_cpu_us/msg: the workers from the start of the drain, so without their
-// start-up; the exec handlers whole). QSLICE_BENCH_FILES sets the message count of the fast kinds
-// (default 50000); the exec kinds get 1/2500 (python3 starts ~30 times a second here) and 1/50 of
-// it. QSLICE_BENCH_KINDS=go,pyworker runs only the named kinds (to profile one);
-// QSLICE_BENCH_PYWORKER replaces the worker's command (a Python profiling wrapper, say).
+// system: <kind>_msgs/s, the ratios pyworker/go, goworker/go and pyworker/pyexec, and the CPU
+// time per message of qslice's process (<kind>_qslice_cpu_us/msg: the engine, and the Go handler)
+// and of the handler processes (<kind>_handler_cpu_us/msg: the workers from the start of the
+// drain, so without their start-up; the exec handlers whole). QSLICE_BENCH_FILES sets the message
+// count of the fast kinds (default 50000); the exec kinds get 1/2500 (python3 starts ~30 times a
+// second here) and 1/50 of it. QSLICE_BENCH_KINDS=go,pyworker runs only the named kinds (to
+// profile one); QSLICE_BENCH_PYWORKER replaces the Python worker's command (a profiling wrapper,
+// say).
 //
 //	QSLICE_BENCH_FILES=20000 go test -run '^$' -bench HandlerKinds -benchtime 1x ./runner/worker/
 func BenchmarkHandlerKinds(b *testing.B) {
