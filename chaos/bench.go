@@ -295,25 +295,11 @@ func RunBench(ctx context.Context, cl *Cluster, o BenchOptions) (*BenchReport, e
 	if err := feed.stop(); err != nil {
 		problem("feeder: %v", err)
 	}
-	enqueued := feeder.Enqueued()
-	if err := waitHandled(ctx, cl, enqueued, 2*time.Minute); err != nil {
-		problem("final drain: %v", err)
-	}
-	scr.scrape(ctx)
-	if err := cl.StopAll(time.Minute); err != nil {
-		problem("stop nodes: %v", err)
-	}
-	check, err := Collect(cl, enqueued, records)
+	check, err := run.finish(ctx, cl, scr, feeder.Enqueued(), records, 2*time.Minute, began)
 	if err != nil {
 		return nil, err
 	}
-	check.Seed, check.Nodes, check.Duration = o.Seed, len(cl.Nodes), time.Since(began)
-	rep.Problems = run.problems
-	check.Problems = rep.Problems
-	check.OwnershipChanges = scr.total()
-	if check.MetricMismatches, err = scr.crossCheck(); err != nil {
-		return nil, err
-	}
-	rep.Check = check
+	check.Seed = o.Seed
+	rep.Problems, rep.Check = run.problems, check
 	return rep, nil
 }

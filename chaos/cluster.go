@@ -470,26 +470,20 @@ func (n *Node) WaitBusy(timeout time.Duration) bool {
 // Kill SIGKILLs every process of the node's session and waits until they are gone. It returns
 // when the kill has taken effect.
 func (n *Node) Kill() error {
-	n.mu.Lock()
-	p := n.proc
-	n.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("kill %s: not running", n.Name)
+	p, err := n.running("kill")
+	if err != nil {
+		return err
 	}
-	err := signalSession(p.pid, syscall.SIGKILL)
-	err = errors.Join(err, n.reap(p, 10*time.Second))
-	return err
+	return errors.Join(signalSession(p.pid, syscall.SIGKILL), n.reap(p, 10*time.Second))
 }
 
 // Crash SIGKILLs the node's qslice process alone, as the OOM killer does: its handlers'
 // processes may outlive it until the next process of the node kills them at its start
 // (proctree.KillOrphans), or until their own Pdeathsig. It returns once qslice exited.
 func (n *Node) Crash() error {
-	n.mu.Lock()
-	p := n.proc
-	n.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("crash %s: not running", n.Name)
+	p, err := n.running("crash")
+	if err != nil {
+		return err
 	}
 	if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("crash %s: %w", n.Name, err)
@@ -499,12 +493,27 @@ func (n *Node) Crash() error {
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("crash %s: pid %d did not exit within 10s of SIGKILL", n.Name, p.pid)
 	}
+	n.forget(p)
+	return nil
+}
+
+// running returns the node's process, or an error saying that op found none.
+func (n *Node) running(op string) (*process, error) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proc == nil {
+		return nil, fmt.Errorf("%s %s: not running", op, n.Name)
+	}
+	return n.proc, nil
+}
+
+// forget records that p, the node's process unless another was started since, has exited.
+func (n *Node) forget(p *process) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.proc == p {
 		n.proc, n.paused = nil, false
 	}
-	n.mu.Unlock()
-	return nil
 }
 
 // reap waits for the process to exit and its session to empty (handlers killed too).
@@ -516,11 +525,7 @@ func (n *Node) reap(p *process, timeout time.Duration) error {
 		err = fmt.Errorf("%s (pid %d) did not exit within %s", n.Name, p.pid, timeout)
 	}
 	err = errors.Join(err, waitSessionGone(p.pid, 5*time.Second))
-	n.mu.Lock()
-	if n.proc == p {
-		n.proc, n.paused = nil, false
-	}
-	n.mu.Unlock()
+	n.forget(p)
 	return err
 }
 

@@ -133,24 +133,11 @@ func RunSoak(ctx context.Context, cl *Cluster, consul Consul, o SoakOptions) (*R
 	}
 	enqueued := feeder.Enqueued()
 	log.Info("feeding stopped; waiting for the queue to drain", "messages", len(enqueued))
-	if err := waitHandled(ctx, cl, enqueued, o.DrainTimeout); err != nil {
-		problem("final drain: %v", err)
-	}
-	scr.scrape(ctx)
-	if err := cl.StopAll(time.Minute); err != nil {
-		problem("stop nodes: %v", err)
-	}
-
-	rep, err := Collect(cl, enqueued, records)
+	rep, err := run.finish(ctx, cl, scr, enqueued, records, o.DrainTimeout, began)
 	if err != nil {
 		return nil, err
 	}
-	rep.Seed, rep.Nodes, rep.Duration = o.Seed, len(cl.Nodes), time.Since(began)
-	rep.OwnershipChanges = scr.total()
-	if rep.MetricMismatches, err = scr.crossCheck(); err != nil {
-		return nil, err
-	}
-	rep.Problems = run.problems
+	rep.Seed = o.Seed
 	return rep, nil
 }
 

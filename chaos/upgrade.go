@@ -138,18 +138,10 @@ func RunRollingUpgrade(ctx context.Context, cl *Cluster, o UpgradeOptions) (*Upg
 	if err := feed.stop(); err != nil {
 		problem("feeder: %v", err)
 	}
-	enqueued := feeder.Enqueued()
-	if err := waitHandled(ctx, cl, enqueued, 2*time.Minute); err != nil {
-		problem("final drain: %v", err)
-	}
-	if err := cl.StopAll(time.Minute); err != nil {
-		problem("stop nodes: %v", err)
-	}
-	check, err := Collect(cl, enqueued, records)
+	check, err := run.finish(ctx, cl, nil, feeder.Enqueued(), records, 2*time.Minute, began)
 	if err != nil {
 		return nil, err
 	}
-	check.Nodes, check.Duration, check.Problems = len(cl.Nodes), time.Since(began), run.problems
 	rep.Check = check
 	return rep, nil
 }
