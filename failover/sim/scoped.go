@@ -38,6 +38,7 @@ type scoped struct {
 	holdEnding    bool
 	warm          bool // a new session: the Machine does not see this node until warmEnding's full read
 	warmEnding    bool
+	announce      bool                 // the member key was written: tell the groups (Pokes from an empty scope)
 	scopeDirty    bool                 // the Machine got something since WatchScope was last computed
 	scopeAt       time.Time            // when it was
 	member        failover.MemberValue // written with memberSession
@@ -159,7 +160,7 @@ func (n *node) scopedReset(read bool) {
 	sc.view.Reset()
 	// Every member writes its member key again (the state is gone): like a node that joins,
 	// this one announces itself to its groups once it knows them (Pokes from an empty scope).
-	sc.scope = failover.WatchScope{}
+	sc.announce = true
 	for _, kw := range sc.watches {
 		kw.index, kw.prev, kw.missed = 0, 0, false
 	}
@@ -300,8 +301,8 @@ func (n *node) readInbox(nodes []string, modify uint64) {
 		}
 		var got []keyAnswer
 		for _, o := range nodes {
-			if o == n.id {
-				continue
+			if _, watched := sc.watches[memberKey(o)]; watched || o == n.id {
+				continue // its watch answers when it changes
 			}
 			a := w.consul.get(memberKey(o))
 			n.traffic.answers++
@@ -324,7 +325,7 @@ func (n *node) readInbox(nodes []string, modify uint64) {
 // updateScope (after each round): watch what Machine.WatchScope says, and poke the entrants.
 func (n *node) updateScope() {
 	sc := n.sc
-	if !sc.view.Known() || sc.reset || n.crashed {
+	if !sc.view.Known() || sc.reset || n.crashed || sc.warm {
 		return
 	}
 	// WatchScope depends on the members, the snapshot, the plan and what the node holds: after
@@ -335,10 +336,16 @@ func (n *node) updateScope() {
 	}
 	sc.scopeDirty, sc.scopeAt = false, n.w.now
 	next := n.m.WatchScope()
-	if next.Equal(sc.scope) {
+	if next.Equal(sc.scope) && !sc.announce {
 		return
 	}
-	pokes := failover.Pokes(n.id, sc.scope, next)
+	prev := sc.scope
+	if sc.announce {
+		// Its member key changed (a new session, live_since, draining, a queue): Pokes from an
+		// empty scope tells every other member of its groups, who may have stopped watching it.
+		prev, sc.announce = failover.WatchScope{}, false
+	}
+	pokes := failover.Pokes(n.id, prev, next)
 	want := map[kvKey]bool{inboxKey(n.id): true}
 	for s := range next.Slices {
 		want[sliceKey(s)] = true
@@ -375,8 +382,8 @@ func (n *node) updateScope() {
 	}
 }
 
-// poke adds nodes to the inbox of to: read it, then write it with check-and-set; a failed
-// check reads it again. A node that cannot reach Consul tries again a renew interval later.
+// poke adds nodes to the inbox of to: create it (check-and-set 0), or if it exists read it and
+// write the union with check-and-set; a failed check reads it again. A node that cannot reach Consul tries again a renew interval later.
 // After attempts tries it gives up: the next full read shows what the poke would have.
 func (n *node) poke(to string, nodes []string, attempt int) {
 	const attempts = 10
@@ -387,6 +394,23 @@ func (n *node) poke(to string, nodes []string, attempt int) {
 		if attempt+1 < attempts {
 			n.event(w.cfg.RenewInterval, func() { n.poke(to, nodes, attempt+1) })
 		}
+	}
+	if attempt == 0 { // create the inbox without reading it (check-and-set 0); merge if it exists
+		w.after(d, func() {
+			if n.run != run {
+				return
+			}
+			if n.cut || !w.consul.up() {
+				again()
+				return
+			}
+			n.traffic.writes++
+			if !w.consul.casInbox(to, 0, failover.InboxValue{Read: slices.Sorted(slices.Values(nodes))}) {
+				n.traffic.casFailed++
+				n.event(d, func() { n.poke(to, nodes, 1) })
+			}
+		})
+		return
 	}
 	w.after(d, func() { // the read reaches Consul
 		if n.run != run {
@@ -438,10 +462,10 @@ func (n *node) poke(to string, nodes []string, attempt int) {
 // writeMember is the keeper's member key write (at Consul, in the keeper's round): with the
 // session, whenever the value changed or the session is new. The answer feeds the view.
 //
-// A node that takes its member key with a new session (a new process, or back after its
-// session ended) has been gone from its peers' groups, and they stopped watching its key,
-// while its own groups may look unchanged to it. So, like a node that joins, it announces
-// itself to every member of its groups (Pokes from an empty scope), and it leaves itself out
+// Every write is announced to every member of the node's groups (Pokes from an empty scope):
+// its peers may have stopped watching its key (it was gone, draining, or could not work a
+// queue), while its own groups may look unchanged to it. A node that takes its member key
+// with a new session (a new process, or back after its session ended) also leaves itself out
 // of the Machine's membership until a full read one watch interval later (as the prefix
 // layout's node sees itself only in a later answer of its rate-limited membership watch): the
 // peers starting or coming back with it have written their keys by then. Deciding at once,
@@ -467,8 +491,9 @@ func (n *node) writeMember(meta memberMeta, d time.Duration) {
 		if sc.epoch != epoch {
 			return
 		}
+		sc.announce = true
 		if fresh {
-			sc.scope, sc.warm = failover.WatchScope{}, true
+			sc.warm = true
 			n.event(n.w.cfg.WatchMinInterval, func() {
 				sc.warmEnding = true
 				n.fullRead()
