@@ -15,7 +15,9 @@ import (
 // Invariants:
 //   - a node watches the key of every slice it holds, is acquiring (unsure), is the planner's
 //     target of, or ranks among the first ScopeDepth eligible candidates of (its watch group);
-//   - it watches the member key of every other member of those groups and of their holders;
+//   - it watches the member key of every other member of those groups and of their holders,
+//     and of the members of the groups it is the next entrant of (ranked ScopeDepth+1), so that
+//     a whole group failing at once is seen by the node that enters it;
 //   - when a group changes, its highest-ranked member that was in it before tells each entrant
 //     (Pokes) which member keys to read; an entrant that knows nothing of the group yet then
 //     reads them, recomputes its scope and watches the slice.
@@ -70,7 +72,9 @@ type WatchScope struct {
 	// order, as the planner ranks them. A slice watched only because the node holds it or is
 	// its target may have a group without the node.
 	Slices map[SliceID][]string
-	// Members are the member keys to watch (sorted, without the node itself).
+	// Members are the member keys to watch (sorted, without the node itself): the other
+	// members of the groups in Slices, their holders, and the members of the groups the node
+	// would enter next.
 	Members []string
 }
 
@@ -118,6 +122,7 @@ func (m *Machine) WatchScope() WatchScope {
 	selfIdx := slices.IndexFunc(elig, func(e scopeMember) bool { return e.node == m.cfg.Self })
 
 	out := WatchScope{Slices: map[SliceID][]string{}}
+	standby := map[string]bool{} // members of the groups this node is the next entrant of
 	watch := func(s SliceID, qi int) {
 		if _, ok := out.Slices[s]; !ok {
 			out.Slices[s] = group(m.cfg.Queues[qi], s, elig, ScopeDepth)
@@ -131,8 +136,15 @@ func (m *Machine) WatchScope() WatchScope {
 		}
 		for i := 0; i < q.Slices; i++ {
 			s := SliceID{q.Name, i}
-			if ranksWithin(q, s, elig, selfIdx, ScopeDepth) {
+			switch {
+			case ranksWithin(q, s, elig, selfIdx, ScopeDepth):
 				watch(s, qi)
+			case ranksWithin(q, s, elig, selfIdx, ScopeDepth+1):
+				// The next entrant watches the group's member keys (not the slice): if the whole
+				// group fails at once, no survivor is left to poke it, and it must see them go.
+				for _, n := range group(q, s, elig, ScopeDepth) {
+					standby[n] = true
+				}
 			}
 		}
 	}
@@ -155,7 +167,7 @@ func (m *Machine) WatchScope() WatchScope {
 			extra(s)
 		}
 	}
-	nodes := map[string]bool{}
+	nodes := standby
 	for s, g := range out.Slices {
 		for _, n := range g {
 			nodes[n] = true
@@ -260,9 +272,9 @@ func rankedBefore(aPos int, aW uint64, aNode string, bPos int, bW uint64, bNode 
 // member that was already in the group before is self, every entrant (in next's group, not in
 // prev's) learns of the members that left the group and of self. An empty prev is an
 // announcement (self joined, came back, or its member key changed: undrained, a queue
-// available again, a new live_since): self tells every other member of each of its groups about
-// itself, since they may have stopped watching its member key. The answer maps node -> member
-// keys to read, sorted.
+// available again, a new live_since): self tells every node whose member key it watches (the
+// members of its groups and the holders of its slices) about itself, since they may have
+// stopped watching its member key. The answer maps node -> member keys to read, sorted.
 func Pokes(self string, prev, next WatchScope) map[string][]string {
 	out := map[string]map[string]bool{}
 	add := func(to string, nodes ...string) {
@@ -278,16 +290,19 @@ func Pokes(self string, prev, next WatchScope) map[string][]string {
 			}
 		}
 	}
+	if len(prev.Slices) == 0 {
+		// An announcement: every member key self watches belongs to a node that must know self
+		// is here (its groups' members, the holders of its slices, who hand them back after the
+		// hold-down, and the groups it would enter next).
+		for _, n := range next.Members {
+			add(n, self)
+		}
+	}
 	for s, g := range next.Slices {
 		old, watched := prev.Slices[s]
 		if !watched {
 			// A slice newly watched because self entered its group: its first survivor tells self
-			// (above), and the others know self already. Only an announcement tells them.
-			if len(prev.Slices) == 0 && slices.Contains(g, self) {
-				for _, n := range g {
-					add(n, self)
-				}
-			}
+			// (below), and the others know self already. Only an announcement tells them.
 			continue
 		}
 		first := ""

@@ -230,9 +230,11 @@ func BenchmarkWatchScope1000x16x256(b *testing.B) {
 	}
 	m := scopeMachine("node-007", queues, nodeNames(1000))
 	b.ReportAllocs()
-	n := 0
+	n, k := 0, 0
 	for b.Loop() {
-		n = len(m.WatchScope().Slices)
+		sc := m.WatchScope()
+		n, k = len(sc.Slices), len(sc.Members)
 	}
 	b.ReportMetric(float64(n), "slices-watched")
+	b.ReportMetric(float64(k), "members-watched")
 }
