@@ -72,7 +72,8 @@ type check struct {
 	lastPass   time.Time // when the last pass arrived
 	passing    bool
 	meta       memberMeta
-	generation int // bumps on every status or meta change
+	generation int       // bumps on every status or meta change
+	expiredAt  time.Time // when the TTL last ran out
 }
 
 type memberMeta struct {
@@ -94,7 +95,7 @@ func (c *consul) expire() {
 	for _, node := range slices.Sorted(maps.Keys(c.checks)) {
 		ch := c.checks[node]
 		if ch.passing && !c.now.Before(ch.lastPass.Add(ch.ttl)) {
-			ch.passing = false
+			ch.passing, ch.expiredAt = false, c.now
 			ch.generation++
 			c.changed(false)
 			for _, id := range slices.Sorted(maps.Keys(c.sessions)) {

@@ -53,7 +53,10 @@ type node struct {
 	adoptFrom      string
 	adoptLiveSince time.Time
 	adopted        bool // this run adopted its previous run's session
-	startedAt      time.Time
+	// sessionExpiredInRestart: the previous run's session ran out of TTL before this run's
+	// first round reached Consul: nothing to adopt (the restart check does not apply).
+	sessionExpiredInRestart bool
+	startedAt               time.Time
 
 	// the scoped watch layout (scoped.go); nil in the prefix layout
 	sc      *scoped
@@ -129,6 +132,7 @@ func (n *node) start(after time.Duration) {
 	n.run++
 	n.crashed, n.paused, n.defer_ = false, false, nil
 	n.adoptFrom, n.adoptLiveSince, n.adopted, n.startedAt = n.session, n.live.Since(), false, n.w.now.Add(after)
+	n.sessionExpiredInRestart = false
 	n.session, n.ttlSent, n.confirmSent, n.deadline = "", time.Time{}, time.Time{}, time.Time{}
 	n.kvLast, n.memLast = time.Time{}, time.Time{} // a new process has not asked yet
 	n.setLiveSince(n.local(n.w.now.Add(after)))
@@ -240,6 +244,13 @@ func (n *node) keeperRound() {
 			if se := c.sessions[n.adoptFrom]; se != nil && se.node == n.id {
 				n.session, adopt = n.adoptFrom, n.adoptFrom
 				n.setLiveSince(n.adoptLiveSince) // its live stretch goes on
+			} else if ch := c.checks[n.id]; ch != nil && !ch.expiredAt.IsZero() && !ch.expiredAt.Before(w.faultFrom[n.id]) &&
+				!c.downUntil.Before(w.faultFrom[n.id].Add(-w.cfg.TTL)) {
+				// The session ended before this first round could confirm it: its TTL ran out
+				// while the process was down, and Consul was down less than a TTL before the
+				// restart, so the last pass was older than the restart. A fresh start, as after
+				// a crash.
+				n.sessionExpiredInRestart = true
 			}
 			n.adoptFrom = ""
 		}

@@ -542,6 +542,14 @@ func (w *world) checkRestart() {
 	if rc == nil {
 		return
 	}
+	if rc.node.sessionExpiredInRestart {
+		// Its session ran out of TTL before the new process's first round reached Consul
+		// (Consul was down just before the restart, so the last pass was old): nothing to
+		// adopt, a fresh start; its slices fail over as after a crash, which the failover
+		// checks cover.
+		w.restart = nil
+		return
+	}
 	grants := 0
 	for _, s := range rc.held {
 		grants += w.grants[s]
