@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -347,13 +348,22 @@ func (c *Cluster) socketPath(n *Node) string {
 	return p
 }
 
+// freePort picks a loopback port for a node's HTTP listener, which every incarnation of the node
+// binds again. It is taken below Linux's ephemeral range (32768-60999 by default): a port the
+// kernel handed out for :0 goes back to that range once closed, and the next outgoing
+// connection of any process (a Consul client of a test running beside this one) may take it as
+// its local port and keep it for minutes, so that the node's bind fails.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
+	for range 200 {
+		p := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue // in use: try another
+		}
+		l.Close()
+		return p, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("free port: none found in 20000-31999")
 }
 
 // nodeEnv is the environment of a qslice process: nothing from the harness's own environment
