@@ -533,43 +533,31 @@ func (s *scoped) watchInbox(ctx context.Context) {
 
 // watchSlice watches one slice key until ctx ends.
 func (s *scoped) watchSlice(ctx context.Context, id failover.SliceID) {
-	c := s.c
-	key := c.sliceKey(id)
-	var pair *api.KVPair
-	var index uint64
-	w := &keyWatch{}
-	c.blockingLoop(ctx, failover.OpKVWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
-		s.fetched(w)
-		p, meta, err := c.client.KV().Get(key, q)
-		if err != nil {
-			return 0, err
+	s.watchKey(ctx, s.c.sliceKey(id), failover.OpKVWatch, func(p *api.KVPair, index uint64) {
+		if p == nil {
+			s.view.Slice(id, failover.KVEntry{}, false, index)
+			return
 		}
-		pair, index = p, meta.LastIndex
-		return index, nil
-	}, func(reset bool) bool {
-		s.mu.Lock()
-		ok := s.answer(w, reset)
-		if ok {
-			if pair == nil {
-				s.view.Slice(id, failover.KVEntry{}, false, index)
-			} else {
-				s.view.Slice(id, failover.KVEntry{Session: pair.Session, Value: parseLockValue(pair.Value), ModifyIndex: pair.ModifyIndex, LockIndex: pair.LockIndex}, true, index)
-			}
-		}
-		s.mu.Unlock()
-		c.wakeLoop()
-		return ok
+		s.view.Slice(id, failover.KVEntry{Session: p.Session, Value: parseLockValue(p.Value), ModifyIndex: p.ModifyIndex, LockIndex: p.LockIndex}, true, index)
 	})
 }
 
 // watchMember watches one member key until ctx ends.
 func (s *scoped) watchMember(ctx context.Context, node string) {
+	s.watchKey(ctx, s.c.memberKey(node), failover.OpMemberWatch, func(p *api.KVPair, index uint64) {
+		r, present := s.c.parseMember(node, p, index)
+		s.view.Member(r, present)
+	})
+}
+
+// watchKey runs a blocking query on one key until ctx ends; apply records each answer it keeps
+// in the view (s.mu held; p nil: the key does not exist).
+func (s *scoped) watchKey(ctx context.Context, key string, op failover.ConsulOp, apply func(p *api.KVPair, index uint64)) {
 	c := s.c
-	key := c.memberKey(node)
 	var pair *api.KVPair
 	var index uint64
 	w := &keyWatch{}
-	c.blockingLoop(ctx, failover.OpMemberWatch, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
+	c.blockingLoop(ctx, op, func(ctx context.Context, q *api.QueryOptions) (uint64, error) {
 		s.fetched(w)
 		p, meta, err := c.client.KV().Get(key, q)
 		if err != nil {
@@ -581,8 +569,7 @@ func (s *scoped) watchMember(ctx context.Context, node string) {
 		s.mu.Lock()
 		ok := s.answer(w, reset)
 		if ok {
-			r, present := c.parseMember(node, pair, index)
-			s.view.Member(r, present)
+			apply(pair, index)
 		}
 		s.mu.Unlock()
 		c.wakeLoop()
