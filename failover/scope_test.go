@@ -160,6 +160,11 @@ func TestScopedViewIsOrderIndependent(t *testing.T) {
 		func(v *ScopedView) { v.Slice(s1, KVEntry{Value: LockValue{Node: "a"}, ModifyIndex: 12}, true, 12) },
 		func(v *ScopedView) { v.Slice(s2, KVEntry{}, false, 14) },
 		func(v *ScopedView) { v.Member(MemberRecord{Info: MemberInfo{Node: "b"}, ModifyIndex: 12}, true) },
+		// Older single-key answers, which may arrive last: they must not undo the newer ones.
+		func(v *ScopedView) {
+			v.Slice(s1, KVEntry{Session: "x", Value: LockValue{Node: "a"}, ModifyIndex: 9}, true, 9)
+		},
+		func(v *ScopedView) { v.Member(MemberRecord{Info: MemberInfo{Node: "b", Live: true}, ModifyIndex: 6}, true) },
 	}
 	var want *KVSnapshot
 	var wantMembers []MemberInfo
