@@ -164,7 +164,9 @@ func TestScopedViewIsOrderIndependent(t *testing.T) {
 		func(v *ScopedView) {
 			v.Slice(s1, KVEntry{Session: "x", Value: LockValue{Node: "a"}, ModifyIndex: 9}, true, 9)
 		},
-		func(v *ScopedView) { v.Member(MemberRecord{Info: MemberInfo{Node: "b", Live: true}, ModifyIndex: 6}, true) },
+		func(v *ScopedView) {
+			v.Member(MemberRecord{Info: MemberInfo{Node: "b", Live: true}, ModifyIndex: 6}, true)
+		},
 	}
 	var want *KVSnapshot
 	var wantMembers []MemberInfo

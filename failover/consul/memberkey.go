@@ -31,12 +31,7 @@ func (k *keeper) memberValue(meta map[string]string, out string) failover.Member
 // the last answer.
 func (k *keeper) outReason(ctx context.Context) string {
 	c := k.c
-	var checks map[string]*api.AgentCheck
-	err := c.call(ctx, failover.OpMemberKey, func(ctx context.Context) error {
-		var err error
-		checks, err = c.client.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
-		return err
-	})
+	checks, err := c.agentChecks(ctx, failover.OpMemberKey, "")
 	if err != nil {
 		return k.memberOut
 	}
@@ -100,6 +95,18 @@ type memberWrite struct {
 	// fresh: the first write with a session this process created (not one it adopted): the
 	// node's peers forgot it, and it holds nothing.
 	fresh bool
+}
+
+// agentChecks lists the checks of the local Consul agent (filter: a Consul filter expression,
+// "" for all), as Consul request op.
+func (c *Coordinator) agentChecks(ctx context.Context, op failover.ConsulOp, filter string) (map[string]*api.AgentCheck, error) {
+	var checks map[string]*api.AgentCheck
+	err := c.call(ctx, op, func(ctx context.Context) error {
+		var err error
+		checks, err = c.client.Agent().ChecksWithFilterOpts(filter, (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
+	return checks, err
 }
 
 // parseMember reads a member key's pair (nil: the key does not exist).

@@ -91,12 +91,7 @@ func (k *keeper) notAdoptable(err error, se *api.SessionEntry, agentNode string,
 // adopted: an agent without it never had it, or lost it, and then the session ended.
 func (k *keeper) localAgentNode(ctx context.Context) (string, error) {
 	c := k.c
-	var checks map[string]*api.AgentCheck
-	err := c.call(ctx, failover.OpSessionInfo, func(ctx context.Context) error {
-		var err error
-		checks, err = c.client.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
-		return err
-	})
+	checks, err := c.agentChecks(ctx, failover.OpSessionInfo, "")
 	switch {
 	case err != nil:
 		return "", fmt.Errorf("read the local agent's checks: %w", err)

@@ -70,12 +70,8 @@ func (k *keeper) register(ctx context.Context, meta map[string]string, healthy b
 // earlier run with another configuration). Best effort: a stale check only shows in the UI.
 func (k *keeper) removeStaleQueueChecks(ctx context.Context) {
 	c := k.c
-	var checks map[string]*api.AgentCheck
-	if err := c.call(ctx, failover.OpRegister, func(ctx context.Context) error {
-		var err error
-		checks, err = c.client.Agent().ChecksWithFilterOpts(fmt.Sprintf("ServiceID == %q", c.serviceID), (&api.QueryOptions{}).WithContext(ctx))
-		return err
-	}); err != nil {
+	checks, err := c.agentChecks(ctx, failover.OpRegister, fmt.Sprintf("ServiceID == %q", c.serviceID))
+	if err != nil {
 		return
 	}
 	want := map[string]bool{c.aliveCheckID: true}
