@@ -17,13 +17,9 @@ import (
 // which the Machine's stale-snapshot guards compare per key.
 type ScopedView struct {
 	base    uint64 // index of the last full read
-	slices  map[SliceID]viewSlice
+	slices  map[SliceID]KVEntry
 	members map[string]viewMember
 	asOf    map[SliceID]uint64 // single-key answers newer than base, present or not
-}
-
-type viewSlice struct {
-	e KVEntry
 }
 
 type viewMember struct {
@@ -40,7 +36,7 @@ type MemberRecord struct {
 
 // NewScopedView returns an empty view: nothing is known before the first full read.
 func NewScopedView() *ScopedView {
-	return &ScopedView{slices: map[SliceID]viewSlice{}, members: map[string]viewMember{}, asOf: map[SliceID]uint64{}}
+	return &ScopedView{slices: map[SliceID]KVEntry{}, members: map[string]viewMember{}, asOf: map[SliceID]uint64{}}
 }
 
 // Index is the index of the last full read (0 before the first).
@@ -60,14 +56,14 @@ func (v *ScopedView) Reset() {
 // Full applies a full read at index: every slice key and member key there was.
 func (v *ScopedView) Full(index uint64, entries map[SliceID]KVEntry, members []MemberRecord) {
 	for s, old := range v.slices {
-		if _, ok := entries[s]; !ok && old.e.ModifyIndex <= index && v.asOf[s] <= index {
+		if _, ok := entries[s]; !ok && old.ModifyIndex <= index && v.asOf[s] <= index {
 			delete(v.slices, s)
 		}
 	}
 	for s, e := range entries {
-		if old, ok := v.slices[s]; !ok || old.e.ModifyIndex <= e.ModifyIndex {
+		if old, ok := v.slices[s]; !ok || old.ModifyIndex <= e.ModifyIndex {
 			if ok || v.asOf[s] <= index {
-				v.slices[s] = viewSlice{e}
+				v.slices[s] = e
 			}
 		}
 	}
@@ -93,9 +89,9 @@ func (v *ScopedView) Full(index uint64, entries map[SliceID]KVEntry, members []M
 func (v *ScopedView) Slice(s SliceID, e KVEntry, ok bool, index uint64) {
 	old, had := v.slices[s]
 	switch {
-	case ok && (!had || old.e.ModifyIndex <= e.ModifyIndex):
-		v.slices[s] = viewSlice{e}
-	case !ok && had && old.e.ModifyIndex <= index:
+	case ok && (!had || old.ModifyIndex <= e.ModifyIndex):
+		v.slices[s] = e
+	case !ok && had && old.ModifyIndex <= index:
 		delete(v.slices, s)
 	}
 	if index > v.base && index > v.asOf[s] {
@@ -120,7 +116,7 @@ func (v *ScopedView) Member(r MemberRecord, ok bool) {
 func (v *ScopedView) Snapshot() *KVSnapshot {
 	s := &KVSnapshot{Index: v.base, Entries: make(map[SliceID]KVEntry, len(v.slices))}
 	for id, e := range v.slices {
-		s.Entries[id] = e.e
+		s.Entries[id] = e
 	}
 	if len(v.asOf) > 0 {
 		s.AsOf = maps.Clone(v.asOf)
