@@ -114,10 +114,7 @@ func (v *ScopedView) Member(r MemberRecord, ok bool) {
 // Snapshot is the view as the Machine's KV snapshot: Index is the last full read's, AsOf
 // holds the keys known current at a later index.
 func (v *ScopedView) Snapshot() *KVSnapshot {
-	s := &KVSnapshot{Index: v.base, Entries: make(map[SliceID]KVEntry, len(v.slices))}
-	for id, e := range v.slices {
-		s.Entries[id] = e
-	}
+	s := &KVSnapshot{Index: v.base, Entries: maps.Clone(v.slices)}
 	if len(v.asOf) > 0 {
 		s.AsOf = maps.Clone(v.asOf)
 	}

@@ -662,11 +662,10 @@ func TestConsulDrainWithoutRun(t *testing.T) {
 	}
 }
 
-// TestAcquireRefusesStaleSnapshot: the previous owner, reason and avoid list of an acquisition
-// come from the KV snapshot, so the lock is taken only while the key is as the snapshot saw it.
-// Against a real Consul: a key changed after the snapshot is not taken (and not retried until a
-// newer snapshot), and taken at once with the newer one, carrying its avoid list over.
-func TestAcquireRefusesStaleSnapshot(t *testing.T) {
+// txnBench is a real Consul with a coordinator of node b that does not run (its transactions
+// are called directly) and a session of b's, with a lock-delay of 1 ms.
+func txnBench(t *testing.T) (*api.Client, *Coordinator, string) {
+	t.Helper()
 	srv := consultest.Start(t)
 	cl := srv.Client("")
 	c, err := New(testConfig(srv, "b"), failovertest.NewAssignee("b", failovertest.NewLedger()), nil, nil, nil)
@@ -677,6 +676,15 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cl, c, session
+}
+
+// TestAcquireRefusesStaleSnapshot: the previous owner, reason and avoid list of an acquisition
+// come from the KV snapshot, so the lock is taken only while the key is as the snapshot saw it.
+// Against a real Consul: a key changed after the snapshot is not taken (and not retried until a
+// newer snapshot), and taken at once with the newer one, carrying its avoid list over.
+func TestAcquireRefusesStaleSnapshot(t *testing.T) {
+	cl, c, session := txnBench(t)
 	s := failover.SliceID{Queue: "out", Index: 3}
 	key := c.sliceKey(s)
 	put := func(v failover.LockValue) uint64 {
@@ -754,16 +762,7 @@ func TestAcquireRefusesStaleSnapshot(t *testing.T) {
 // the key's ModifyIndex as the fencing token (a new one when the value changed, the same when
 // it did not: Consul writes nothing then), and refused by its check once the key was released.
 func TestRelockConfirmsOurOwnLock(t *testing.T) {
-	srv := consultest.Start(t)
-	cl := srv.Client("")
-	c, err := New(testConfig(srv, "b"), failovertest.NewAssignee("b", failovertest.NewLedger()), nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	session, _, err := cl.Session().Create(&api.SessionEntry{Name: "test-b", LockDelay: time.Millisecond, Behavior: api.SessionBehaviorRelease}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl, c, session := txnBench(t)
 	s := failover.SliceID{Queue: "out", Index: 2}
 	key := c.sliceKey(s)
 	expired := []failover.Avoid{{Node: "c", Until: time.Now().Add(-time.Hour).Round(0)}}

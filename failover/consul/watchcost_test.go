@@ -105,6 +105,24 @@ func (p *countingProxy) snapshot() (n map[string]int, b map[string]int64, idx ma
 	return n, b, idx
 }
 
+// startCounted starts nodes ids on layout, each behind a counting proxy, and waits until they
+// are settled and share the slices at their homes.
+func startCounted(t *testing.T, srv *consultest.Server, l *failovertest.Ledger, layout string, ids []string) ([]*testNode, map[string]*countingProxy) {
+	t.Helper()
+	var nodes []*testNode
+	proxies := map[string]*countingProxy{}
+	for _, id := range ids {
+		p := newCountingProxy(t, srv.HTTPAddr)
+		proxies[id] = p
+		nodes = append(nodes, startNode(t, srv, l, id, func(c *failover.ConsulConfig) { c.Address, c.WatchLayout = p.URL, layout }))
+	}
+	for _, n := range nodes {
+		waitSettled(t, n)
+	}
+	waitSplit(t, 20*time.Second, fmt.Sprintf("the %d nodes share the slices", len(nodes)), rendezvousSplit(nodes...), nodes...)
+	return nodes, proxies
+}
+
 // TestWatchLoadPerFailoverMatchesModel measures what one crash costs the watches of the layout
 // as built on a real Consul (4 nodes, 12 slices), and checks the watch-cost model of
 // failover/sim (qslice-sim -bench watch) against it: every survivor is woken, and reads about
@@ -114,17 +132,7 @@ func TestWatchLoadPerFailoverMatchesModel(t *testing.T) {
 	cl := srv.Client("")
 	l := failovertest.NewLedger()
 	ids := []string{"a", "b", "c", "d"}
-	var nodes []*testNode
-	proxies := map[string]*countingProxy{}
-	for _, id := range ids {
-		p := newCountingProxy(t, srv.HTTPAddr)
-		proxies[id] = p
-		nodes = append(nodes, startNode(t, srv, l, id, func(c *failover.ConsulConfig) { c.Address, c.WatchLayout = p.URL, failover.LayoutPrefix }))
-	}
-	for _, n := range nodes {
-		waitSettled(t, n)
-	}
-	waitSplit(t, 20*time.Second, "the four nodes share the slices", rendezvousSplit(nodes...), nodes...)
+	nodes, proxies := startCounted(t, srv, l, failover.LayoutPrefix, ids)
 
 	for _, p := range proxies {
 		p.reset()
@@ -199,23 +207,13 @@ func TestWatchLoadPerFailoverMatchesModel(t *testing.T) {
 
 // TestScopedWatchLoadPerFailover measures what one crash costs the watches of the scoped layout
 // on a real Consul (5 nodes, 12 slices): survivors read single keys only (no answer of the
-// whole prefix or of the service's health), each less than one answer of the prefix layout,
-// and every slice is owned again by the survivors.
+// whole prefix or of the service's health), at most four answers per key that changed, and
+// every slice is owned again by the survivors.
 func TestScopedWatchLoadPerFailover(t *testing.T) {
 	srv := consultest.Start(t)
 	l := failovertest.NewLedger()
 	ids := []string{"a", "b", "c", "d", "e"}
-	var nodes []*testNode
-	proxies := map[string]*countingProxy{}
-	for _, id := range ids {
-		p := newCountingProxy(t, srv.HTTPAddr)
-		proxies[id] = p
-		nodes = append(nodes, startNode(t, srv, l, id, func(c *failover.ConsulConfig) { c.Address, c.WatchLayout = p.URL, failover.LayoutScoped }))
-	}
-	for _, n := range nodes {
-		waitSettled(t, n)
-	}
-	waitSplit(t, 20*time.Second, "the five nodes share the slices", rendezvousSplit(nodes...), nodes...)
+	nodes, proxies := startCounted(t, srv, l, failover.LayoutScoped, ids)
 	quiet := func(what string) {
 		t.Helper()
 		last := -1
