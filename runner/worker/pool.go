@@ -341,10 +341,14 @@ func (p *Pool) streakOver(why string) {
 	p.streak = 0
 	was := p.critical
 	p.critical = false
+	if was {
+		// Under the lock, as at the loop's onset: a reader that sees the health passing must see
+		// the gauge at 0 too (TestCrashLoopEndsOnceAWorkerRuns caught them apart).
+		p.cfg.Metrics.crashLoop(p.cfg.Queue, false)
+	}
 	p.mu.Unlock()
 	if was {
 		p.log.Info("worker crash loop over: " + why)
-		p.cfg.Metrics.crashLoop(p.cfg.Queue, false)
 	}
 }
 
