@@ -5,9 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/qslice/qslice/internal/testenv"
 	"maps"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/testenv"
+
 	"gopkg.in/yaml.v3"
 
+	"github.com/qslice/qslice/internal/consultest"
 	"github.com/qslice/qslice/runner/queue"
 )
 
@@ -94,17 +95,6 @@ func shortenedRules(t *testing.T, dir string) string {
 	return path
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // lockedBuffer collects a process's output for the failure message.
 type lockedBuffer struct {
 	mu  sync.Mutex
@@ -150,7 +140,11 @@ func startPrometheusWith(t *testing.T, bin, cfg string) string {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ports, err := consultest.FreePorts(1) // below the ephemeral range: no outgoing connection takes it
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin,
 		"--config.file="+cfgPath,

@@ -3,7 +3,7 @@ package exporters
 import (
 	"crypto/tls"
 	"errors"
-	"github.com/qslice/qslice/internal/testenv"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/consultest"
+	"github.com/qslice/qslice/internal/testenv"
 )
 
 // startServer runs a Server on 127.0.0.1:0 until the test ends and returns its base URL.
@@ -134,12 +136,18 @@ func TestServerConfigErrors(t *testing.T) {
 			t.Errorf("NewServer(%+v) succeeded", cfg)
 		}
 	}
-	// A server that never runs releases its port on Close, and Close is idempotent.
-	s, err := NewServer(ServerConfig{Registry: NewRegistry("t", "abc123"), ListenAddresses: []string{"127.0.0.1:0"}})
+	// A server that never runs releases its port on Close, and Close is idempotent. The port is
+	// below the ephemeral range: a port from :0, once released, may go at once to any process's
+	// outgoing connection.
+	ports, err := consultest.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := s.Addrs()[0].String()
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	s, err := NewServer(ServerConfig{Registry: NewRegistry("t", "abc123"), ListenAddresses: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

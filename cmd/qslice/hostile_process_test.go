@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qslice/qslice/internal/consultest"
 	"github.com/qslice/qslice/internal/queuetest"
 	"github.com/qslice/qslice/runner/queue"
 )
@@ -114,7 +114,7 @@ queues:
     handler:
       exec: ["sh", "-c", %q]
       env: {NODE: %s, LEDGER: %s}
-`, node, freePort(t), locks, in, shunt, bad, hostileGrace, handler, node, ledger))
+`, node, freePorts(t, 1)[0], locks, in, shunt, bad, hostileGrace, handler, node, ledger))
 	}
 	handled := func() int {
 		b, _ := os.ReadFile(ledger)
@@ -258,13 +258,15 @@ func peakRSS(t *testing.T, pid int) int64 {
 	return 0
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// freePorts returns n distinct loopback ports, free a moment ago, for a process started next to
+// bind: below the kernel's ephemeral range, so that no outgoing connection takes one meanwhile.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports, err := consultest.FreePorts(n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {

@@ -95,16 +95,6 @@ func (s *smtpSink) received(sub string) bool {
 	return false
 }
 
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // runnerProcs returns, for processes whose command line names cfg, their --runner= specs.
 func runnerProcs(cfg string) map[string]bool {
 	out := map[string]bool{}
@@ -141,6 +131,7 @@ func TestMailmanImportRunsEveryRunner(t *testing.T) {
 	dir := t.TempDir()
 	sink := startSMTPSink(t)
 	cfg := filepath.Join(dir, "mailman.cfg")
+	ports := freePorts(t, 3) // Mailman's REST and LMTP runners, qslice's listener
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`[mailman]
 layout: qslicetest
 site_owner: owner@example.com
@@ -166,7 +157,7 @@ sleep_time: 0.1s
 [runner.out]
 instances: 2
 sleep_time: 0.1s
-`, dir, freeTCPPort(t), sink.ln.Addr().(*net.TCPAddr).Port, freeTCPPort(t))), 0o644)
+`, dir, ports[0], sink.ln.Addr().(*net.TCPAddr).Port, ports[1])), 0o644)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
@@ -209,7 +200,7 @@ sleep_time: 0.1s
 	done := make(chan int, 1)
 	go func() {
 		w := writerFunc(func(p []byte) (int, error) { logMu.Lock(); defer logMu.Unlock(); return logs.Write(p) })
-		done <- run(runCtx, []string{"run", "--config", qcfg, "--listen", fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))}, strings.NewReader(""), w, w)
+		done <- run(runCtx, []string{"run", "--config", qcfg, "--listen", fmt.Sprintf("127.0.0.1:%d", ports[2])}, strings.NewReader(""), w, w)
 	}()
 	t.Cleanup(func() {
 		stop()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -204,8 +205,14 @@ func (s *Server) startOnFreePorts(o options) error {
 	return s.start()
 }
 
-// FreePorts asks the kernel for n free loopback ports (TCP and UDP: serf uses both). Another
-// process may bind one before the caller does: retry with new ports on "address already in use".
+// FreePorts picks n free loopback ports (free for TCP and UDP: serf uses both) for a process
+// started next to bind. They are taken below Linux's ephemeral range (32768-60999 by default),
+// in 20000-31999, never from the kernel's :0: a port the kernel handed out for :0 goes back to
+// that range once closed, and the next outgoing connection of any process (a Consul client of a
+// test running beside this one) may take it as its local port and keep it for minutes, so that
+// the bind fails. A port below the range is only taken by a process binding it by number.
+// Another process may still bind one before the caller does: retry with new ports on "address
+// already in use".
 func FreePorts(n int) ([]int, error) {
 	var ports []int
 	var closers []func()
@@ -214,25 +221,29 @@ func FreePorts(n int) ([]int, error) {
 			c()
 		}
 	}()
-	for attempts := 0; len(ports) < n && attempts < 50; attempts++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for attempts := 0; len(ports) < n && attempts < 200; attempts++ {
+		p := freePortLow + rand.IntN(freePortHigh-freePortLow+1)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
+			continue // in use: try another
 		}
-		p := l.Addr().(*net.TCPAddr).Port
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
 			l.Close()
 			continue
 		}
+		// Held until all n are chosen, so that no port is chosen twice.
 		closers = append(closers, func() { l.Close(); u.Close() })
 		ports = append(ports, p)
 	}
 	if len(ports) < n {
-		return nil, errors.New("free port: none found")
+		return nil, fmt.Errorf("free port: %d of %d found in %d-%d", len(ports), n, freePortLow, freePortHigh)
 	}
 	return ports, nil
 }
+
+// FreePorts' range: below the ephemeral range, above the registered ports most services use.
+const freePortLow, freePortHigh = 20000, 31999
 
 func (s *Server) start() error {
 	s.mu.Lock()

@@ -2,6 +2,8 @@ package consultest
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,5 +113,42 @@ func TestWaitForPolls(t *testing.T) {
 	})
 	if n != 3 || time.Since(start) > 2*time.Second {
 		t.Fatalf("WaitFor: %d calls in %s", n, time.Since(start))
+	}
+}
+
+// FreePorts' ports are distinct, bindable for TCP and UDP once returned, and outside the kernel's
+// ephemeral range, from which any process's outgoing connection may take a port at any time.
+func TestFreePortsAreBelowTheEphemeralRange(t *testing.T) {
+	lo, hi := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+			t.Fatalf("ip_local_port_range %q: %v", b, err)
+		}
+	}
+	ports, err := FreePorts(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] {
+			t.Errorf("port %d chosen twice in %v", p, ports)
+		}
+		seen[p] = true
+		if p < freePortLow || p > freePortHigh || (p >= lo && p <= hi) {
+			t.Errorf("port %d: want %d-%d, outside the ephemeral range %d-%d", p, freePortLow, freePortHigh, lo, hi)
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			t.Errorf("tcp %d: %v", p, err)
+			continue
+		}
+		l.Close()
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			t.Errorf("udp %d: %v", p, err)
+			continue
+		}
+		u.Close()
 	}
 }
