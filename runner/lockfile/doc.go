@@ -31,6 +31,17 @@
 //     base name in L's directory: content pointing elsewhere is never followed (flufl.lock
 //     unlinks whatever path the content names), and hosts may mount the directory at different
 //     places.
+//   - Breakers take turns: a waiter that judged L expired first links its claim to "L|break"
+//     (failing that, it waits as for a held lock), then looks at L again, and breaks only the
+//     inode it judged expired. Without turns, a breaker slowed down between its look and its
+//     rename would move away a lock that a faster breaker's waiter had just taken, and a third
+//     waiter linking L in the instant it is away would make two holders. The turn is a link to
+//     the breaker's claim, so it carries that claim's expiry: a turn left by a breaker that died
+//     in it is removed like an expired lock (moved, checked, unlinked), its claim left for
+//     inspection to report as orphaned. flufl.lock and Mailman 2.1 never look at it.
+//   - A holder that finds L missing while its claim still has a second name (a breaker that
+//     takes no turns, such as an older qslice, has moved it to look at it) waits, at most a
+//     second, for the put-back before it reports the lock lost.
 //   - Unlock likewise renames L to "L|...|release", removes it if it is ours and puts it back if
 //     it is not, so it never removes another holder's lock, even after our own expired.
 //   - A waiting Lock re-stamps its claim every Lifetime/2, so inspection can tell a long wait
@@ -66,8 +77,10 @@
 //
 //   - No lock-file scheme can make breaking fully atomic: a third process that links L in the
 //     instant a lock moved by a break or release is being put back makes two holders, until the
-//     displaced one's next Refresh reports ErrNotLocked (and an error is logged). flufl.lock's own
-//     blind unlink has a wider window of the same kind.
+//     displaced one's next Refresh reports ErrNotLocked (and an error is logged). With turns
+//     this needs a holder past its expiry by more than the slop to release or refresh in the
+//     instant a breaker moves its lock, or a breaker that takes no turns (flufl.lock, Mailman
+//     2.1, whose blind unlink has a wider window of the same kind).
 //   - NFS clients cache attributes (acregmin, 3s by default). A stale view only delays an
 //     acquisition (only link(2), which the server decides, grants the lock), but a waiter that
 //     sees a stale mtime can break a lock refreshed within the cache time, as flufl.lock can:

@@ -102,12 +102,16 @@ type Lock struct {
 	claim           string // our claim file (absolute path); also its content
 	content         []byte
 	tmpBreak        string // where we move a lock we break, before looking at it
+	breakTurn       string // "<lock>|break": held (a link to a breaker's claim) while breaking
 	tmpRelease      string // where we move our lock when releasing it
 	lifetime        time.Duration
 	slop            time.Duration
 	retryMax        time.Duration
 	clock           Clock
 	log             *slog.Logger
+
+	// afterLook, when set (tests only), runs between judging the lock expired and breaking it.
+	afterLook func()
 
 	mu       sync.Mutex
 	held     bool
@@ -174,6 +178,7 @@ func New(path string, opts Options) (*Lock, error) {
 		claim:      claim,
 		content:    []byte(claim),
 		tmpBreak:   filepath.Join(dir, cn.tempName(opBreak)),
+		breakTurn:  filepath.Join(dir, base+fluflSep+opBreak),
 		tmpRelease: filepath.Join(dir, cn.tempName(opRelease)),
 		lifetime:   opts.Lifetime,
 		slop:       opts.Slop,
@@ -298,6 +303,9 @@ func (l *Lock) Refresh(lifetime time.Duration) error {
 		return l.lostErr("refresh")
 	}
 	ok, err := l.holds()
+	if err == nil && !ok && l.awaitPutBack() {
+		ok, err = l.holds()
+	}
 	if err != nil {
 		return fmt.Errorf("lock %s: refresh: check ownership: %w", l.path, err)
 	}
@@ -328,7 +336,11 @@ func (l *Lock) Unlock() error {
 		}
 		return nil
 	}
-	if err := syscall.Rename(l.path, l.tmpRelease); err != nil {
+	err := syscall.Rename(l.path, l.tmpRelease)
+	if err != nil && isGone(err) && l.awaitPutBack() {
+		err = syscall.Rename(l.path, l.tmpRelease)
+	}
+	if err != nil {
 		if isGone(err) {
 			l.held = false
 			l.dropClaim()
@@ -430,12 +442,97 @@ func (l *Lock) attempt(acq *Acquired) (outcome, error) {
 	if !now.After(cur.mtime.Add(l.slop)) {
 		return wait, nil
 	}
+	if l.afterLook != nil {
+		l.afterLook()
+	}
+	turn, err := l.takeBreakTurn()
+	if err != nil || turn != won {
+		return turn, err
+	}
+	defer l.releaseBreakTurn()
+	// Under the turn, only the expired holder itself can still move the lock: look again, since
+	// another breaker may have broken it (and a new holder linked it) since our first look.
+	if cur2, err := lstat(l.path); err != nil || !sameFile(cur2, cur) || !l.clock.Now().After(cur2.mtime.Add(l.slop)) {
+		if err != nil && !isGone(err) {
+			return 0, fmt.Errorf("lock %s: stat: %w", l.path, err)
+		}
+		return again, nil
+	}
 	broke, err := l.breakExpired(cur)
 	if err != nil {
 		return 0, err
 	}
 	acq.Broke = acq.Broke || broke
 	return again, nil
+}
+
+// takeBreakTurn links our claim to "<lock>|break", so that breakers of one lock take turns: it
+// returns won when we may break now, wait when another breaker is at it (the lock will be free,
+// or fresh, in an instant) and again when it removed a turn left by a breaker that died in it.
+// Without turns, a breaker slowed down after judging the lock expired would move away the lock a
+// faster breaker's waiter had just taken, and a third waiter could link the lock in the instant
+// it is away: two holders. The turn is a link to the breaker's claim, so it carries that claim's
+// expiry and breaks like a lock; flufl.lock and Mailman 2.1 never look at it.
+func (l *Lock) takeBreakTurn() (outcome, error) {
+	err := syscall.Link(l.claim, l.breakTurn)
+	if err == nil {
+		return won, nil
+	}
+	switch {
+	case errors.Is(err, syscall.EEXIST):
+	case isGone(err):
+		if err := l.writeClaim(l.clock.Now()); err != nil {
+			return 0, err
+		}
+		return again, nil
+	default:
+		return 0, fmt.Errorf("lock %s: expired; take the turn to break it: link claim %s to %s: %w (the directory must be writable)", l.path, l.claim, l.breakTurn, err)
+	}
+	cur, err := lstat(l.breakTurn)
+	switch {
+	case err != nil && isGone(err):
+		return again, nil // the other breaker just finished
+	case err != nil:
+		return 0, fmt.Errorf("lock %s: stat %s: %w", l.path, l.breakTurn, err)
+	case !cur.regular:
+		return 0, fmt.Errorf("lock %s: breaking it: %w (remove it by hand; no lock program makes one)", l.path, &safefile.NotRegularError{Path: l.breakTurn, Kind: "special file"})
+	case sameFile(cur, l.claimSt):
+		return won, nil // our link's reply was lost and retransmitted (NFS)
+	case !l.clock.Now().After(cur.mtime.Add(l.slop)):
+		return wait, nil
+	}
+	// The turn of a breaker that died or hung in it: remove it the way an expired lock is
+	// removed (move, check it is that inode and still expired, then unlink), keeping its claim,
+	// which is that breaker's and which inspection reports as orphaned.
+	if err := syscall.Rename(l.breakTurn, l.tmpBreak); err != nil {
+		if isGone(err) {
+			return again, nil
+		}
+		return 0, fmt.Errorf("lock %s: remove a stale turn to break it: rename %s to %s: %w", l.path, l.breakTurn, l.tmpBreak, err)
+	}
+	moved, err := lstat(l.tmpBreak)
+	if err == nil && (!sameFile(moved, cur) || !l.clock.Now().After(moved.mtime.Add(l.slop))) {
+		if err := syscall.Link(l.tmpBreak, l.breakTurn); err != nil {
+			l.log.Warn("could not put back a turn to break the lock; two breakers may take turns at once", "err", err)
+		}
+	} else if err == nil {
+		l.log.Warn("removed a stale turn to break the lock", "turn", describeFile(l.tmpBreak))
+	}
+	if err := removeFile(l.tmpBreak); err != nil {
+		l.log.Error("could not remove temporary lock name", "name", l.tmpBreak, "err", err)
+	}
+	return again, nil
+}
+
+// releaseBreakTurn ends our turn to break: it unlinks "<lock>|break" if that is still our link.
+func (l *Lock) releaseBreakTurn() {
+	cur, err := lstat(l.breakTurn)
+	if err != nil || !sameFile(cur, l.claimSt) {
+		return // removed as stale meanwhile: we were slower than the lifetime plus the slop
+	}
+	if err := removeFile(l.breakTurn); err != nil {
+		l.log.Error("could not end the turn to break the lock; others may break it only once the turn expires", "turn", l.breakTurn, "err", err)
+	}
 }
 
 // breakExpired removes the lock observed as seen (expired beyond the slop). It renames the lock
@@ -475,6 +572,30 @@ func (l *Lock) breakExpired(seen fileStat) (bool, error) {
 	l.log.Warn("broke expired lock", "holder_host", hname.Host, "holder_pid", hname.PID,
 		"expired", moved.mtime, "slop", l.slop)
 	return true, nil
+}
+
+// putBackWait bounds how long a holder that finds its lock's name missing waits for it to be
+// put back (see awaitPutBack). A put-back is a rename, a stat and a link: microseconds on a
+// local disk, a few round trips to a file server.
+var putBackWait = time.Second
+
+// awaitPutBack is for a holder that finds the lock's name missing: while our claim's inode still
+// has a second name, a breaker or releaser (a qslice without turns, or one whose turn expired)
+// has moved our lock to its temporary name to look at it, and is about to link it back. It waits
+// for that, in real time since it waits on another process's system calls, at most putBackWait,
+// and reports whether the lock's name exists again.
+func (l *Lock) awaitPutBack() bool {
+	deadline := time.Now().Add(putBackWait)
+	for pause := 50 * time.Microsecond; ; pause = min(2*pause, 20*time.Millisecond) {
+		if _, err := lstat(l.path); err == nil || !isGone(err) {
+			return err == nil
+		}
+		mine, err := lstat(l.claim)
+		if err != nil || mine.nlink < 2 || !time.Now().Before(deadline) {
+			return false
+		}
+		time.Sleep(pause)
+	}
 }
 
 // restore puts a lock we moved to tmp (by break or unlock) back in place and removes tmp.
