@@ -81,7 +81,9 @@ qslice_worker.run(handle)
 	const n = 300
 	queues := map[string][]string{"py": {py, script}, "go": {goworker}}
 	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "listen: 127.0.0.1:0\nqueues:\n")
+	// No control socket: the default path is one per machine, and another qslice (a test of
+	// another package) may serve it.
+	fmt.Fprintf(&cfg, "listen: 127.0.0.1:0\ncontrol: {socket: \"\"}\nqueues:\n")
 	for name, cmd := range queues {
 		fmt.Fprintf(&cfg, "  - name: %s\n    dir: %s\n    slices: 4\n    concurrency: 2\n    poll_interval: 20ms\n    handler:\n      worker: [%s]\n      in_flight: 8\n      env: {QSLICE_WORKER_LIB: %q, WORKER_LEDGER: %q}\n",
 			name, filepath.Join(root, name, "in"), strings.Join(cmd, ", "), lib, filepath.Join(root, name+".ledger"))
@@ -125,6 +127,11 @@ qslice_worker.run(handle)
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("queue %s: %d of %d messages handled in 60 s", name, len(ids), n)
+			}
+			select {
+			case err := <-exited:
+				t.Fatalf("qslice exited (%v) with %d of %d messages of queue %s handled", err, len(ids), n, name)
+			default:
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -204,6 +211,7 @@ with open(os.path.join(sys.argv[1], "1700000000.5+" + "0" * 40 + ".pck"), "wb") 
 	archives := filepath.Join(root, "archives")
 	cfgPath := filepath.Join(root, "qslice.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`listen: 127.0.0.1:0
+control: {socket: ""}  # the default path is one per machine
 queues:
   - name: archive
     dir: %s

@@ -100,6 +100,7 @@ func TestHostileDirectoryRealProcess(t *testing.T) {
 		handler := `IFS= read -r b; case "$b" in *SECRET*) exit 3;; esac; printf '%s %s\n' "$NODE" "$QSLICE_MESSAGE_ID" >> "$LEDGER"`
 		return writeConfig(t, t.TempDir(), fmt.Sprintf(`node: %s
 listen: 127.0.0.1:%d
+control: {socket: ""}  # the default path is one per machine: another test's qslice may serve it
 probes: {interval: 1s, budget: 1s, lock_dirs: [%s]}
 queues:
   - name: in

@@ -194,6 +194,19 @@ sleep_time: 0.1s
 		t.Fatalf("imported runner slices %v", want)
 	}
 
+	// No control socket: the default path is one per machine, and another test's qslice may
+	// serve it.
+	f, err := os.OpenFile(qcfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("\ncontrol: {socket: \"\"}\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
 	var logs strings.Builder
 	var logMu sync.Mutex
 	runCtx, stop := context.WithCancel(ctx)
