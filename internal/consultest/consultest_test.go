@@ -104,14 +104,17 @@ func TestBinaryLookupOrder(t *testing.T) {
 func TestWaitForPolls(t *testing.T) {
 	start := time.Now()
 	n := 0
-	WaitFor(t, 5*time.Second, "third call", func() error {
+	// A long timeout: WaitFor returns when the condition holds, far earlier (20 ms apart, a
+	// loaded machine may take seconds), not at the timeout.
+	const timeout = 2 * time.Minute
+	WaitFor(t, timeout, "third call", func() error {
 		n++
 		if n < 3 {
 			return errors.New("not yet")
 		}
 		return nil
 	})
-	if n != 3 || time.Since(start) > 2*time.Second {
+	if n != 3 || time.Since(start) > timeout/2 {
 		t.Fatalf("WaitFor: %d calls in %s", n, time.Since(start))
 	}
 }
