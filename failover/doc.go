@@ -11,6 +11,10 @@
 //	lease.go       LeaseDeadline, the lease formula the timing argument rests on
 //	config.go      ConsulConfig: defaults, validation, the timing constants and their reasoning
 //	ops.go         ConsulOp, the typed Consul operation names shared by code, metrics and rules
+//	scope.go       the scoped watch layout: WatchScope (which keys a node watches), Pokes
+//	scopedview.go  ScopedView, what a node knows from full reads and single-key answers
+//	scopedtrust.go ScopedTrust, when to believe the view: reset epochs, the membership hold
+//	               after a reset, a new session's warm-up, an older peer's confirmation
 //	standalone.go  Standalone: every slice of every queue, no Consul
 //	tracing.go     the Machine's spans
 //

@@ -22,10 +22,15 @@ import (
 // after a reset and every FullReadInterval corrects what the watches do not cover. All of it feeds a
 // failover.ScopedView, which the loop turns into the Machine's KV snapshot and membership.
 //
+// When to believe what the view shows (the reset epochs, the membership hold after a reset, a
+// new session's warm-up, an older peer's confirmation) is decided by failover.ScopedTrust, which
+// the simulator's driver calls too; this driver does the reads it asks for.
+//
 // Mixed versions: a node of a version without member keys is invisible to this layout. While a
 // full read shows an instance of the service in the catalog without a held member key, and the
-// service's health shows it live, the node runs the prefix layout's two watches instead (and
-// says so in its log), until a full read shows every member with its key.
+// service's health shows it live (confirmed by a second read a TTL later:
+// ScopedTrust.OlderPeer), the node runs the prefix layout's two watches instead (and says so in
+// its log), until a full read shows every member with its key.
 
 // pokeAttempts bounds the check-and-set retries of one inbox write; a failed one is tried again
 // after a random part of a renew interval (peers poking one inbox at a cold start would fail
@@ -38,32 +43,18 @@ type scoped struct {
 
 	mu     sync.Mutex
 	view   *failover.ScopedView
-	reset  bool // Consul's index went backwards: the Machine has not been told yet
-	dirty  bool // the view changed since the loop last took it
-	legacy bool // prefix watches run (a member without a member key)
-	// epoch counts the resets: an answer to a request sent before the last one is dropped (it
-	// may show keys of the lost state, with indexes above the new ones).
-	epoch int
-	// holdMembers: after a reset every member writes its key again, and a full read during the
-	// quarantine may see only some of them: the Machine keeps the membership it had (as the
-	// service's health, which a state loss does not erase, keeps it in the prefix layout) until
-	// a full read sent after holdMembers. Else a peer whose key is not written yet looks gone,
-	// nobody looks settled, and slices go back to unsettled nodes.
-	holdMembers time.Time
-	// warmFrom: the node took its member key with a new session; the Machine does not see this
-	// node among the members until a full read sent after warmFrom (one watch interval later),
-	// as the prefix layout's node sees itself only in a later answer of its membership watch:
-	// the peers starting or coming back with it have written their keys by then. Deciding at
-	// once, alone in its view, it would take every free slice and hand most of them back.
-	warmFrom time.Time
-	warm     bool
-	fullNow  chan struct{}
+	trust  *failover.ScopedTrust // epochs, hold, warm-up, older peer: what of the view to believe
+	reset  bool                  // Consul's index went backwards: the Machine has not been told yet
+	dirty  bool                  // the view changed since the loop last took it
+	legacy bool                  // prefix watches run (a member without a member key)
+
+	fullNow chan struct{}
 
 	// Owned by the loop goroutine (update):
 	watches   map[string]context.CancelFunc
 	announced failover.WatchScope // the scope the last pokes were computed against
 	annWrite  *memberWrite        // the member key's write last announced
-	annEpoch  int                 // the reset epoch announced in
+	annEpoch  uint64              // the reset epoch announced in
 	pokes     chan map[string][]string
 	// watchedMembers: the member keys watched now (the inbox skips them: the watch has them);
 	// replaced, never changed, under mu.
@@ -75,8 +66,10 @@ type scoped struct {
 
 // newScoped prepares the layout's watches; ctx bounds every watch it will start.
 func newScoped(c *Coordinator, ctx context.Context) *scoped {
-	return &scoped{c: c, ctx: ctx, view: failover.NewScopedView(), fullNow: make(chan struct{}, 1), watches: map[string]context.CancelFunc{},
-		pokes: make(chan map[string][]string, 1)}
+	trust := failover.NewScopedTrust(failover.ScopedTrustConfig{Self: c.cfg.NodeID, TTL: c.cfg.TTL, LockDelay: c.cfg.LockDelay,
+		WatchInterval: c.cfg.WatchMinInterval})
+	return &scoped{c: c, ctx: ctx, view: failover.NewScopedView(), trust: trust, fullNow: make(chan struct{}, 1),
+		watches: map[string]context.CancelFunc{}, pokes: make(chan map[string][]string, 1)}
 }
 
 // run does the full reads and the inbox; the loop (update) starts the key watches. It returns
@@ -89,9 +82,8 @@ func (s *scoped) run(ctx context.Context) {
 	var stopLegacy context.CancelFunc
 	var legacyWG sync.WaitGroup
 	b := c.newBackoff(c.cfg.WatchMinInterval, c.cfg.TTL)
-	suspected := false // the last full read found a live member without a member key
 	for ctx.Err() == nil {
-		legacy, err := s.fullRead(ctx)
+		found, sent, err := s.fullRead(ctx)
 		wait := c.cfg.FullReadInterval
 		if err != nil {
 			wait = b.NextBackOff()
@@ -99,12 +91,11 @@ func (s *scoped) run(ctx context.Context) {
 			b.Reset()
 			// Spread the nodes' full reads: each comes at a random point of [3/4, 5/4] of the interval.
 			wait = time.Duration(float64(wait) * (0.75 + rand.Float64()/2))
-			if legacy && stopLegacy == nil && !suspected {
-				// A node writes its member key a round after it registers: a node starting now
-				// looks old for a moment. Believe it after a second read, one TTL later.
-				suspected, legacy, wait = true, false, c.cfg.TTL
-			} else {
-				suspected = false
+			s.mu.Lock()
+			legacy, recheckAt := s.trust.OlderPeer(sent, found)
+			s.mu.Unlock()
+			if !recheckAt.IsZero() {
+				wait = max(recheckAt.Sub(c.clk.Now()), 0) // the read that may confirm an older peer
 			}
 			switch {
 			case legacy && stopLegacy == nil:
@@ -142,11 +133,12 @@ func (s *scoped) run(ctx context.Context) {
 }
 
 // fullRead reads every key under the prefix and the catalog's instances of the service, applies
-// them to the view, and reports whether a live member has no member key.
-func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
+// them to the view as s.trust says, and reports whether a live member has no member key (legacy)
+// and when the read was sent.
+func (s *scoped) fullRead(ctx context.Context) (legacy bool, sent time.Time, err error) {
 	c := s.c
 	s.mu.Lock()
-	epoch, sent := s.epoch, c.clk.Now()
+	epoch, sent := s.trust.Epoch(), c.clk.Now()
 	s.mu.Unlock()
 	var pairs api.KVPairs
 	var index uint64
@@ -160,7 +152,7 @@ func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 		return err
 	})
 	if err != nil {
-		return false, err
+		return false, sent, err
 	}
 	// Nodes registered in our cluster: a catalog read (about 1 KB per node, without the checks
 	// the health answer carries).
@@ -172,7 +164,7 @@ func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 		return err
 	})
 	if err != nil {
-		return false, err
+		return false, sent, err
 	}
 	slicesRead := map[failover.SliceID]failover.KVEntry{}
 	var members []failover.MemberRecord
@@ -199,7 +191,7 @@ func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 		c.readMemberEntries(ctx)
 		ma := c.members.Load()
 		if ma.err != nil {
-			return false, ma.err
+			return false, sent, ma.err
 		}
 		for _, e := range ma.entries {
 			if e.Service != nil && e.Service.Meta["cluster"] == c.cfg.Cluster && e.Service.Meta["node"] != "" &&
@@ -210,25 +202,19 @@ func (s *scoped) fullRead(ctx context.Context) (legacy bool, err error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.epoch != epoch {
-		s.askFull() // sent before a reset: read again
-		return legacy, nil
-	}
-	if s.view.Known() && index < s.view.Index() {
+	switch s.trust.FullRead(epoch, sent, index, s.view.Index()) {
+	case failover.FullReadStale:
+		s.askFull()
+		return legacy, sent, nil
+	case failover.FullReadReset:
 		s.resetLocked()
 		s.askFull()
-		return legacy, nil
-	}
-	if !s.holdMembers.IsZero() && !sent.Before(s.holdMembers) {
-		s.holdMembers = time.Time{}
-	}
-	if s.warm && !sent.Before(s.warmFrom) {
-		s.warm = false
+		return legacy, sent, nil
 	}
 	s.view.Full(index, slicesRead, members)
 	s.dirty = true
 	c.wakeLoop()
-	return legacy, nil
+	return legacy, sent, nil
 }
 
 // askFull asks run for a full read now.
@@ -253,17 +239,16 @@ func (s *scoped) askFullAt(t time.Time) {
 }
 
 // resetLocked: Consul's index went backwards (its state was lost or restored). The view
-// forgets everything, answers to requests sent before are dropped (epoch), the watches' requests
-// are sent again without an index, the Machine quarantines acquisitions at once (EvKV with Reset
-// and no snapshot: it keeps deciding on what it knew), and a full read is due, with one more
-// when the quarantine ends (holdMembers). s.mu is held.
+// forgets everything, answers to requests sent before are dropped (s.trust's epoch), the
+// watches' requests are sent again without an index, the Machine quarantines acquisitions at
+// once (EvKV with Reset and no snapshot: it keeps deciding on what it knew), and a full read is
+// due (the caller asks for it), with one more when the quarantine ends (the membership hold).
+// s.mu is held.
 func (s *scoped) resetLocked() {
 	c := s.c
-	s.epoch++
+	s.askFullAt(s.trust.Reset(c.clk.Now()))
 	s.view.Reset()
 	s.reset, s.dirty = true, true
-	s.holdMembers = c.clk.Now().Add(max(c.cfg.TTL, c.cfg.LockDelay))
-	s.askFullAt(s.holdMembers)
 	go c.resetConnections() // not under s.mu: the watches' goroutines take it
 }
 
@@ -282,11 +267,7 @@ func (s *scoped) take(now time.Time) []failover.Event {
 	}
 	s.dirty = false
 	evs = append(evs, failover.EvKV{Now: now, Snap: s.view.Snapshot()})
-	if s.holdMembers.IsZero() {
-		ms := s.view.Members()
-		if s.warm {
-			ms = slices.DeleteFunc(ms, func(m failover.MemberInfo) bool { return m.Node == s.c.cfg.NodeID })
-		}
+	if ms, ok := s.trust.Membership(s.view); ok {
 		evs = append(evs, failover.EvMembers{Now: now, Members: ms})
 	}
 	return evs
@@ -294,13 +275,13 @@ func (s *scoped) take(now time.Time) []failover.Event {
 
 // keyWatch is the state of one single-key watch shared by its fetch and publish.
 type keyWatch struct {
-	sent, last int // the reset epoch its request was sent in, and its last answer's
+	sent, last uint64 // the reset epoch its request was sent in, and its last answer's
 }
 
 // fetched records the epoch a request is sent in.
 func (s *scoped) fetched(w *keyWatch) {
 	s.mu.Lock()
-	w.sent = s.epoch
+	w.sent = s.trust.Epoch()
 	s.mu.Unlock()
 }
 
@@ -308,15 +289,15 @@ func (s *scoped) fetched(w *keyWatch) {
 // reset, or a reset is being handled and a full read is due). reset (its index went backwards)
 // is a new reset only if its last answer was in the current epoch.
 func (s *scoped) answer(w *keyWatch, reset bool) bool {
-	if w.sent != s.epoch {
+	if !s.trust.Current(w.sent) {
 		return false
 	}
-	if reset && w.last == s.epoch {
+	if reset && s.trust.Current(w.last) {
 		s.resetLocked()
 		s.askFull()
 		return false
 	}
-	w.last = s.epoch
+	w.last = w.sent
 	if !s.view.Known() {
 		return false // the full read will have it
 	}
@@ -377,10 +358,9 @@ func (s *scoped) update(m *failover.Machine) {
 		return
 	}
 	s.mu.Lock()
-	epoch := s.epoch
+	epoch := s.trust.Epoch()
 	if w != s.annWrite && w.fresh {
-		s.warm, s.warmFrom = true, c.clk.Now().Add(c.cfg.WatchMinInterval)
-		s.askFullAt(s.warmFrom)
+		s.askFullAt(s.trust.NewSession(c.clk.Now()))
 	}
 	s.mu.Unlock()
 	if w != s.annWrite || epoch != s.annEpoch {
@@ -516,7 +496,7 @@ func (s *scoped) watchInbox(ctx context.Context) {
 			}
 			r, present := c.parseMember(n, p, index)
 			s.mu.Lock()
-			if w.sent == s.epoch && s.view.Known() {
+			if s.trust.Current(w.sent) && s.view.Known() {
 				s.view.Member(r, present)
 				s.dirty = true
 			}

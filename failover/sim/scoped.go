@@ -22,22 +22,19 @@ import (
 //     (check-and-set add);
 //   - an inbox answer makes it read the member keys it lists, then delete the inbox with
 //     check-and-set;
-//   - the Machine gets EvKV{view.Snapshot()} and EvMembers{view.Members()} after every answer.
+//   - the Machine gets EvKV{view.Snapshot()} and EvMembers{view.Members()} after every answer,
+//     as failover.ScopedTrust allows (the reset epochs, the membership hold after a reset, a new
+//     session's warm-up: the rules the Consul driver follows too). The simulator measures their
+//     delays in true time, as it schedules its events.
 type scoped struct {
-	view    *failover.ScopedView
-	scope   failover.WatchScope // what the watches and pokes were last set for
-	watches map[kvKey]*keyWatch
-	// epoch counts the resets: an answer sent before the last reset is dropped (it may show
-	// keys of the lost state with indexes above the new ones).
-	epoch         int
-	reset         bool   // Consul's index went backwards: a full read is due
-	fullIndex     uint64 // index of the last full read (a lower one: the index went backwards)
-	fullAsked     bool
-	fullDue       bool // a full read failed: asked again when the requests go through
-	holdMembers   bool // after a reset: the Machine keeps its membership until holdEnding's full read
-	holdEnding    bool
-	warm          bool // a new session: the Machine does not see this node until warmEnding's full read
-	warmEnding    bool
+	view      *failover.ScopedView
+	trust     *failover.ScopedTrust
+	scope     failover.WatchScope // what the watches and pokes were last set for
+	watches   map[kvKey]*keyWatch
+	reset     bool // Consul's index went backwards: a full read is due
+	fullAsked bool
+	fullDue   bool // a full read failed: asked again when the requests go through
+
 	announce      bool                 // the member key was written: tell the groups (Pokes from an empty scope)
 	scopeDirty    bool                 // the Machine got something since WatchScope was last computed
 	scopeAt       time.Time            // when it was
@@ -54,8 +51,8 @@ type keyWatch struct {
 	last   time.Time
 }
 
-func newScoped() *scoped {
-	return &scoped{view: failover.NewScopedView(), watches: map[kvKey]*keyWatch{}}
+func newScoped(trust failover.ScopedTrustConfig) *scoped {
+	return &scoped{view: failover.NewScopedView(), trust: failover.NewScopedTrust(trust), watches: map[kvKey]*keyWatch{}}
 }
 
 func (n *node) isScoped() bool { return n.w.cfg.Layout == failover.LayoutScoped }
@@ -67,7 +64,8 @@ func (n *node) scopedStart(after time.Duration) {
 			n.w.unwatch(k, n)
 		}
 	}
-	n.sc = newScoped()
+	cfg := n.w.cfg
+	n.sc = newScoped(failover.ScopedTrustConfig{Self: n.id, TTL: cfg.TTL, LockDelay: cfg.LockDelay, WatchInterval: cfg.WatchMinInterval})
 	n.event(after, func() {
 		n.fullRead()
 		n.startWatch(inboxKey(n.id), 0)
@@ -102,7 +100,7 @@ func (n *node) fullRead() {
 	}
 	sc.fullAsked = true
 	w := n.w
-	run, epoch := n.run, sc.epoch
+	run, epoch, sent := n.run, sc.trust.Epoch(), w.now
 	d := n.delay + w.cfg.NetDelay
 	w.after(d, func() { // the request reaches Consul
 		if n.run != run {
@@ -117,22 +115,16 @@ func (n *node) fullRead() {
 		n.traffic.fullBytes += int64(bytes)
 		n.event(d, func() {
 			sc.fullAsked = false
-			if sc.epoch != epoch {
+			switch sc.trust.FullRead(epoch, sent, index, sc.view.Index()) {
+			case failover.FullReadStale:
 				n.fullRead() // sent before a reset: read again
 				return
+			case failover.FullReadReset:
+				n.scopedReset()
+				return
 			}
-			reset := index < sc.fullIndex
-			if reset {
-				n.scopedReset(false)
-			}
-			rearm := sc.reset || reset
-			sc.reset, sc.fullIndex, sc.fullDue = false, index, false
-			if sc.holdEnding {
-				sc.holdMembers, sc.holdEnding = false, false
-			}
-			if sc.warmEnding {
-				sc.warm, sc.warmEnding = false, false
-			}
+			rearm := sc.reset
+			sc.reset, sc.fullDue = false, false
 			sc.view.Full(index, entries, members)
 			if rearm {
 				// The watches ask from the full read's index: they answer at once if the key
@@ -144,19 +136,21 @@ func (n *node) fullRead() {
 				}
 			}
 			n.stepView(true, true)
+			if sc.trust.ReadDue(w.now) {
+				n.fullRead() // this one was on its way when the hold or the warm-up ended
+			}
 		})
 	})
 }
 
 // scopedReset: Consul's index went backwards (its state was lost or restored). The view
-// forgets everything, answers in flight are dropped, the Machine quarantines acquisitions at
-// once (EvKV with Reset and no snapshot: it keeps deciding on what it knew), and a full read
-// is due (read: ask for it; else the full read under way showed the reset); the watches
-// wait for it.
-func (n *node) scopedReset(read bool) {
+// forgets everything, answers in flight are dropped (sc.trust's epoch), the Machine quarantines
+// acquisitions at once (EvKV with Reset and no snapshot: it keeps deciding on what it knew), and
+// a full read is due; the watches wait for it.
+func (n *node) scopedReset() {
 	sc := n.sc
-	sc.epoch++
-	sc.reset, sc.fullIndex = true, 0
+	readAt := sc.trust.Reset(n.w.now)
+	sc.reset = true
 	sc.view.Reset()
 	// Every member writes its member key again (the state is gone): like a node that joins,
 	// this one announces itself to its groups once it knows them (Pokes from an empty scope).
@@ -165,19 +159,17 @@ func (n *node) scopedReset(read bool) {
 		kw.index, kw.prev, kw.missed = 0, 0, false
 	}
 	n.m.Step(failover.EvKV{Now: n.local(n.w.now), Reset: true})
-	if read {
-		n.fullRead()
-	}
-	// The members write their keys again while the Machine's quarantine lasts: the full read
-	// now may see only some of them, so the Machine keeps the membership it had (as the
-	// service health, which a state loss does not erase, keeps it in the prefix layout) until
-	// one more full read when the quarantine ends. Without it, a peer whose key is not written
-	// yet looks gone, nobody looks settled, and slices go back to unsettled nodes.
-	sc.holdMembers = true
-	epoch := sc.epoch
-	n.event(max(n.w.cfg.TTL, n.w.cfg.LockDelay), func() {
-		if sc.epoch == epoch {
-			sc.holdEnding = true
+	n.fullRead()
+	// The membership is held until a full read sent when the quarantine ends (ScopedTrust).
+	n.fullReadAt(readAt)
+}
+
+// fullReadAt does a full read at t if sc.trust still wants one then (a later reset or new
+// session moves the time on, and schedules its own).
+func (n *node) fullReadAt(t time.Time) {
+	sc := n.sc
+	n.event(t.Sub(n.w.now), func() {
+		if sc.trust.ReadDue(n.w.now) {
 			n.fullRead()
 		}
 	})
@@ -194,12 +186,10 @@ func (n *node) stepView(kv, members bool) {
 	if kv {
 		n.m.Step(failover.EvKV{Now: now, Snap: sc.view.Snapshot()})
 	}
-	if members && !sc.holdMembers {
-		ms := sc.view.Members()
-		if sc.warm {
-			ms = slices.DeleteFunc(ms, func(m failover.MemberInfo) bool { return m.Node == n.id })
+	if members {
+		if ms, ok := sc.trust.Membership(sc.view); ok {
+			n.m.Step(failover.EvMembers{Now: now, Members: ms})
 		}
-		n.m.Step(failover.EvMembers{Now: now, Members: ms})
 	}
 	n.round()
 }
@@ -256,13 +246,13 @@ func (n *node) fireKey(k kvKey) {
 		kw.missed, kw.last, kw.index, kw.prev = false, w.now, a.index, a.index
 		n.traffic.answers++
 		n.traffic.answerBytes += int64(a.bytes)
-		epoch := sc.epoch
+		epoch := sc.trust.Epoch()
 		n.event(n.delay+w.cfg.NetDelay, func() {
-			if sc.epoch != epoch {
+			if !sc.trust.Current(epoch) {
 				return
 			}
 			if back {
-				n.scopedReset(true)
+				n.scopedReset()
 				return
 			}
 			n.applyKey(k, a)
@@ -293,7 +283,7 @@ func (n *node) applyKey(k kvKey, a keyAnswer) {
 func (n *node) readInbox(nodes []string, modify uint64) {
 	w := n.w
 	sc := n.sc
-	run, epoch := n.run, sc.epoch
+	run, epoch := n.run, sc.trust.Epoch()
 	d := n.delay + w.cfg.NetDelay
 	w.after(d, func() {
 		if n.run != run || n.cut || !w.consul.up() {
@@ -311,7 +301,7 @@ func (n *node) readInbox(nodes []string, modify uint64) {
 		}
 		w.consul.deleteInbox(n.id, modify)
 		n.event(d, func() {
-			if sc.epoch != epoch {
+			if !sc.trust.Current(epoch) {
 				return
 			}
 			for _, a := range got {
@@ -325,7 +315,7 @@ func (n *node) readInbox(nodes []string, modify uint64) {
 // updateScope (after each round): watch what Machine.WatchScope says, and poke the entrants.
 func (n *node) updateScope() {
 	sc := n.sc
-	if !sc.view.Known() || sc.reset || n.crashed || sc.warm {
+	if !sc.view.Known() || sc.reset || n.crashed || sc.trust.WarmingUp() {
 		return
 	}
 	// WatchScope depends on the members, the snapshot, the plan and what the node holds: after
@@ -486,18 +476,14 @@ func (n *node) writeMember(meta memberMeta, d time.Duration) {
 	n.traffic.writes++
 	sc.member, sc.memberSession = v, n.session
 	rec := failover.MemberRecord{Info: v.Info(n.id, true), ModifyIndex: idx}
-	epoch := sc.epoch
+	epoch := sc.trust.Epoch()
 	n.event(d, func() {
-		if sc.epoch != epoch {
+		if !sc.trust.Current(epoch) {
 			return
 		}
 		sc.announce = true
 		if fresh {
-			sc.warm = true
-			n.event(n.w.cfg.WatchMinInterval, func() {
-				sc.warmEnding = true
-				n.fullRead()
-			})
+			n.fullReadAt(sc.trust.NewSession(n.w.now))
 		}
 		sc.view.Member(rec, true)
 		n.stepView(false, true)
