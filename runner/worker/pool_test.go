@@ -205,6 +205,9 @@ func (e *env) records() []map[string]any {
 // delay comes back after it, stdout noise does not break the protocol.
 func TestPythonWorkerAnswers(t *testing.T) {
 	e := start(t, pythonWorker(t), nil, nil)
+	// Both started first: the count of starts below is exact, and one worker alone may empty
+	// the queue before the other's start is counted.
+	waitFor(t, "both workers ready", 60*time.Second, func() bool { return e.pool.Ready() == 2 })
 	t0 := time.Now()
 	e.enqueue("ok", "fail:no such list", "exception:boom", "once:retry:0.4", "print", "ok")
 	waitFor(t, "queue empty", 60*time.Second, func() bool { return len(e.files(e.dir.Path, "")) == 0 })
@@ -369,9 +372,9 @@ func TestTimeoutKillsRestartsAndRetries(t *testing.T) {
 	if len(sh) != 1 || !strings.Contains(sh["sleep:30"], "ended 3 times") {
 		t.Errorf("shunted = %v; want only sleep:30, after 3 kills", sh)
 	}
-	if n := e.exits(ExitTimeout); n < 4 {
-		t.Errorf("timeout kills = %v, want at least 4 (1 + 3)", n)
-	}
+	// The last kill's exit is counted by the worker's slot when the process is gone, which may
+	// be after the message was shunted.
+	waitFor(t, "the 4 timeout kills (1 + 3) counted", 10*time.Second, func() bool { return e.exits(ExitTimeout) >= 4 })
 	pids := map[float64]bool{}
 	for _, r := range e.records() {
 		pids[r["pid"].(float64)] = true
@@ -464,6 +467,8 @@ func TestLeaseLapseStopsEveryWorker(t *testing.T) {
 	l := &fakeLease{}
 	l.until.Store(time.Now().Add(time.Hour).UnixNano())
 	e := start(t, pythonWorker(t), func(c *Config) { c.Lease = l }, nil)
+	// Both started before the lapse: the count of starts below is that of these two.
+	waitFor(t, "both workers ready", 60*time.Second, func() bool { return e.pool.Ready() == 2 })
 	e.enqueue("sleep:30")
 	waitFor(t, "the worker handling it", 60*time.Second, func() bool { return len(e.records()) == 1 })
 	pid := int(e.records()[0]["pid"].(float64))
