@@ -38,6 +38,17 @@ type Options struct {
 	Logf func(format string, args ...any)
 }
 
+// LockSafeVolumeOptions are the volume settings docs/deploy.md asks for on a volume that holds
+// lock files, and that every bed uses: these client-side caches answer a stat, an open or a
+// small read from what the client saw before another client replaced the file, and a waiter
+// that judges a lock expired on such an answer breaks a lock taken an instant earlier
+// (TestConcurrentBreakersAcrossGlusterMounts let two holders in at once without them).
+var LockSafeVolumeOptions = [][2]string{
+	{"performance.stat-prefetch", "off"},
+	{"performance.open-behind", "off"},
+	{"performance.quick-read", "off"},
+}
+
 // Bed is a running volume with its client mounts.
 type Bed struct {
 	// Dir holds everything: brick, glusterd state and logs, mount points.
@@ -251,6 +262,11 @@ exec %[2]s -N -f %[3]s -p %[1]s/glusterd.pid -l %[1]s/log/glusterd.log`, b.Dir, 
 	if b.opts.PingTimeout > 0 {
 		secs := strconv.Itoa(int((b.opts.PingTimeout + time.Second - 1) / time.Second))
 		if _, err := b.gluster(ctx, "volume", "set", b.Volume, "network.ping-timeout", secs); err != nil {
+			return err
+		}
+	}
+	for _, kv := range LockSafeVolumeOptions {
+		if _, err := b.gluster(ctx, "volume", "set", b.Volume, kv[0], kv[1]); err != nil {
 			return err
 		}
 	}

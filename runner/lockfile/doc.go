@@ -86,5 +86,9 @@
 //     sees a stale mtime can break a lock refreshed within the cache time, as flufl.lock can:
 //     keep lifetimes long against the attribute cache time (or mount lock directories with
 //     actimeo=0), and refresh well before expiry.
+//   - GlusterFS's client-side caches (performance.stat-prefetch, open-behind, quick-read) answer
+//     from what a client saw before another client replaced the file, for any timeout the mount
+//     sets: on a volume holding locks they must be off (docs/deploy.md), or a breaker can judge
+//     expired a lock another host already broke and move its new holder's lock.
 //   - Held-since is an estimate (see Info.HeldSince).
 package lockfile

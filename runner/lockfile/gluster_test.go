@@ -77,3 +77,21 @@ func TestInteropAcrossGlusterMounts(t *testing.T) {
 	p2.next("released", 10*time.Second)
 	p2.exit(10 * time.Second)
 }
+
+// TestConcurrentBreakersAcrossGlusterMounts: waiters on two FUSE mounts of one GlusterFS
+// volume (two hosts) all find an expired lock at once; breakers take turns across the mounts,
+// so each round one of them breaks it and the lock still passes one holder at a time.
+func TestConcurrentBreakersAcrossGlusterMounts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the GlusterFS bed takes a few seconds")
+	}
+	bed := glustertest.New(t, glustertest.Options{Clients: 2})
+	var paths []string
+	for _, m := range bed.Mounts {
+		if err := os.MkdirAll(filepath.Join(m, "breakers"), 0o755); err != nil && !os.IsExist(err) {
+			t.Fatal(err)
+		}
+		paths = append(paths, filepath.Join(m, "breakers", "L"))
+	}
+	breakRounds(t, paths, 10, 6)
+}

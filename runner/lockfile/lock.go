@@ -451,8 +451,10 @@ func (l *Lock) attempt(acq *Acquired) (outcome, error) {
 	}
 	defer l.releaseBreakTurn()
 	// Under the turn, only the expired holder itself can still move the lock: look again, since
-	// another breaker may have broken it (and a new holder linked it) since our first look.
-	if cur2, err := lstat(l.path); err != nil || !sameFile(cur2, cur) || !l.clock.Now().After(cur2.mtime.Add(l.slop)) {
+	// another breaker may have broken it (and a new holder linked it) since our first look, and
+	// look through an open file, since a network file system's client may still answer lstat
+	// from its cache with the lock that other breaker removed through another mount.
+	if cur2, err := freshStat(l.path); err != nil || !sameFile(cur2, cur) || !l.clock.Now().After(cur2.mtime.Add(l.slop)) {
 		if err != nil && !isGone(err) {
 			return 0, fmt.Errorf("lock %s: stat: %w", l.path, err)
 		}
@@ -628,7 +630,7 @@ func (l *Lock) holderClaim(name string, st fileStat) string {
 		return ""
 	}
 	p := filepath.Join(l.dir, base)
-	cst, err := lstat(p)
+	cst, err := freshStat(p)
 	if err != nil || !sameFile(cst, st) {
 		return ""
 	}

@@ -572,14 +572,26 @@ func TestNewValidates(t *testing.T) {
 // Many waiters find one expired lock (its holder crashed) at the same instant: they break it
 // concurrently, yet only one holds it at a time, and every one of them gets it in turn.
 func TestConcurrentBreakersExcludeEachOther(t *testing.T) {
-	const rounds, workers = 30, 8
 	dir := t.TempDir()
-	path := filepath.Join(dir, "L")
+	breakRounds(t, []string{filepath.Join(dir, "L")}, 30, 8)
+}
+
+// breakRounds runs rounds of workers Locks, worker i on paths[i%len(paths)] (one lock seen
+// through different mounts), all waiting on an expired lock planted through paths[0]: in every
+// round exactly one of them breaks it, they take the lock one at a time, nothing is left.
+func breakRounds(t *testing.T, paths []string, rounds, workers int) {
+	dir := filepath.Dir(paths[0])
 	var logs lockedBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			lines := strings.Split(logs.String(), "\n")
+			t.Logf("the last log lines:\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
 	locks := make([]*Lock, workers)
 	for i := range locks {
-		locks[i] = newTestLock(t, path, SystemClock(), func(o *Options) {
+		locks[i] = newTestLock(t, paths[i%len(paths)], SystemClock(), func(o *Options) {
 			o.Host = fmt.Sprintf("node-%d", i)
 			o.RetryInterval = 5 * time.Millisecond
 			o.Logger = logger
@@ -587,7 +599,7 @@ func TestConcurrentBreakersExcludeEachOther(t *testing.T) {
 	}
 	broke := 0
 	for round := range rounds {
-		plant(t, dir, "L|crashed|1|1", "L", time.Now().Add(-time.Hour))
+		plant(t, dir, "L|crashed|1|1", filepath.Base(paths[0]), time.Now().Add(-time.Hour))
 		var inside, maxInside atomic.Int32
 		type result struct {
 			acq Acquired

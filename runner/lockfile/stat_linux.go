@@ -15,6 +15,32 @@ func lstat(path string) (fileStat, error) {
 	if err := unix.Lstat(path, &st); err != nil {
 		return fileStat{}, &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
+	return fromStat(&st), nil
+}
+
+// freshStat stats path through a descriptor opened on it, for decisions that must not rest on
+// a network file system client's cache: opening makes an NFS client revalidate the file's
+// attributes (close-to-open consistency), and a FUSE client (GlusterFS) whose cached name still
+// points at a file removed through another mount fails the open, or looks the name up again,
+// instead of answering for the old file as lstat does until its entry timeout. It never
+// follows a link, never waits on a FIFO and reads nothing.
+func freshStat(path string) (fileStat, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if err == unix.ELOOP || err == unix.ENXIO {
+			return lstat(path) // a symbolic link or a socket: the caller refuses it as not regular
+		}
+		return fileStat{}, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fileStat{}, &os.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	return fromStat(&st), nil
+}
+
+func fromStat(st *unix.Stat_t) fileStat {
 	return fileStat{
 		dev:     uint64(st.Dev),
 		ino:     st.Ino,
@@ -23,7 +49,7 @@ func lstat(path string) (fileStat, error) {
 		regular: st.Mode&unix.S_IFMT == unix.S_IFREG,
 		mtime:   time.Unix(st.Mtim.Unix()),
 		ctime:   time.Unix(st.Ctim.Unix()),
-	}, nil
+	}
 }
 
 const statxMask = unix.STATX_TYPE | unix.STATX_NLINK | unix.STATX_INO | unix.STATX_SIZE |

@@ -20,6 +20,16 @@ func lstat(path string) (fileStat, error) {
 
 func statxPath(path string) (fileStat, error) { return lstat(path) }
 
+// freshStat: see the Linux version.
+func freshStat(path string) (fileStat, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return lstat(path)
+	}
+	defer f.Close()
+	return statxFile(f)
+}
+
 func statxFile(f *os.File) (fileStat, error) {
 	fi, err := f.Stat()
 	if err != nil {
