@@ -307,3 +307,58 @@ func TestLeftoverTmpFilesAreRemovedAndCounted(t *testing.T) {
 		t.Errorf("tmp_removed counted %d times, want 1", obs.skipped["tmp_removed"])
 	}
 }
+
+// A claimed file that its reader does not find at first (a network filesystem's client showing
+// our own rename late) is read again after a pause, and handled once; one removed for good is
+// given up after maxVanishedReads reads, nothing handled, and the runner goes on.
+func TestClaimedFileNotFoundIsReadAgain(t *testing.T) {
+	for _, back := range []bool{true, false} {
+		name := map[bool]string{true: "shown late", false: "removed for good"}[back]
+		t.Run(name, func(t *testing.T) {
+			d := newTestDir(t)
+			n := enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))[0]
+			var calls atomic.Int64
+			h := HandlerFunc(func(ctx context.Context, m *Message) error { calls.Add(1); return nil })
+			obs := newFaultObserver()
+			r, err := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Logger: testLogger(t), PollInterval: 5 * time.Millisecond,
+				Observer: obs, FaultInitial: 20 * time.Millisecond, FaultMax: 50 * time.Millisecond})
+			must(t, err)
+			inFlight := filepath.Join(d.Path, n.FileName(queue.SuffixInFlight))
+			hidden := filepath.Join(t.TempDir(), "hidden")
+			var reads atomic.Int64
+			r.beforeRead = func(m queue.Name) {
+				if m.Base != n.Base || reads.Add(1) != 1 {
+					return
+				}
+				must(t, os.Rename(inFlight, hidden))
+				if back {
+					time.AfterFunc(30*time.Millisecond, func() { _ = os.Rename(hidden, inFlight) })
+				}
+			}
+			r.SetSlices([]int{0})
+			stop := startRunner(t, r)
+			defer stop()
+			if back {
+				waitFor(t, "handled after the file showed up", 10*time.Second, func() bool { return calls.Load() == 1 })
+				waitFor(t, "removed after success", 5*time.Second, func() bool { return len(dirFiles(t, d.Path, "")) == 0 })
+			} else {
+				waitFor(t, "given up", 10*time.Second, func() bool { return reads.Load() >= maxVanishedReads })
+				later := enqueueN(t, d, 1, time.Unix(1_700_000_001, 0))[0]
+				waitFor(t, "the next message handled", 10*time.Second, func() bool { return calls.Load() == 1 })
+				if _, err := os.Lstat(filepath.Join(d.Path, later.FileName(queue.SuffixReady))); !os.IsNotExist(err) {
+					t.Errorf("the next message is still ready: %v", err)
+				}
+				if got := reads.Load(); got != maxVanishedReads {
+					t.Errorf("%d reads of the removed file, want %d", got, maxVanishedReads)
+				}
+			}
+			if k, _ := obs.get(FaultRead); k == 0 {
+				t.Error("no read fault reported while the file was not found")
+			}
+			waitFor(t, "read fault cleared", 5*time.Second, func() bool { _, a := obs.get(FaultRead); return !a })
+			if back && calls.Load() != 1 {
+				t.Errorf("handled %d times, want once", calls.Load())
+			}
+		})
+	}
+}

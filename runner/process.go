@@ -93,6 +93,9 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	n, slice := it.name, it.slice
 	start := r.cfg.Clock.Now()
 	path := filepath.Join(r.cfg.Dir.Path, n.FileName(queue.SuffixInFlight))
+	if r.beforeRead != nil {
+		r.beforeRead(n)
+	}
 	data, err := r.cfg.Dir.ReadInFlightInto(n, buf)
 	if err != nil && r.abandonedNow(n.Base) {
 		r.log.Warn("reading a claimed message failed after the queue was fenced; it is left in flight for the next owner", "file", n.Base, "slice", slice, "err", err)
@@ -100,7 +103,13 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			r.log.Error("claimed file vanished before it could be read (removed by hand?)", "file", path)
+			if it.retry == nil || it.retry.reads < maxVanishedReads-1 {
+				// Our own rename made this name: a network filesystem's client can still answer
+				// from a view older than it for a moment (GlusterFS's md-cache, open-behind and
+				// quick-read; an NFS negative lookup cache). Read again after a pause.
+				return r.readFailed(it, fmt.Errorf("%w (claimed here, so read again: a network filesystem's client may show a rename late)", err)), buf
+			}
+			r.log.Error("claimed file vanished before it could be read (removed by hand?); nothing was handled", "file", path, "reads", it.retry.reads+1)
 			r.readDone(it)
 			return true, buf
 		}
@@ -421,6 +430,10 @@ func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Dura
 // writer's late chmod lands, within that; after it the file is set aside, with `queue requeue`
 // to bring it back, instead of blocking a worker or being retried forever.
 const maxReadAttempts = 8
+
+// maxVanishedReads bounds the reads of a claimed file that is not found: our own claim made it,
+// so the first misses are a client's stale view; after these it was removed (by hand).
+const maxVanishedReads = 3
 
 // readFailed keeps a claimed file whose read failed in flight here and tries it again after a
 // backoff; after maxReadAttempts it goes to bad/. It returns whether the message is settled.

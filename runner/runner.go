@@ -234,6 +234,9 @@ type Runner struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 
+	// beforeRead, when set (tests only), runs before each read of a claimed message.
+	beforeRead func(queue.Name)
+
 	mu       sync.Mutex
 	owned    []bool         // by slice: claim from it
 	pending  map[int]bool   // widened, waiting for recovery of in-flight files
