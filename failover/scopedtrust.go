@@ -28,7 +28,9 @@ import (
 //     after one watch interval later, as the prefix layout's node sees itself only in a later
 //     answer of its rate-limited membership watch: the peers starting or coming back with it
 //     have written their keys by then. Deciding at once, alone in its view, it would take every
-//     free slice and hand most of them back.
+//     free slice and hand most of them back. The warm-up begins before that write is sent
+//     (Writing): the key may reach the view (the node's own key's watch, a full read) before
+//     the driver has Consul's answer, and a round in between would see the node alone.
 //   - Older peer: a full read that finds a live member without a member key (a node of a
 //     qslice without member keys, or one that registered and has not written its key yet: it
 //     writes it a round later) is believed only when a full read sent at least a TTL later
@@ -49,6 +51,7 @@ type ScopedTrust struct {
 	holding   bool
 	holdUntil time.Time // a full read sent at or after it ends the hold
 	warming   bool
+	writing   bool      // the new session's member key write is on its way: no warmUntil yet
 	warmUntil time.Time // a full read sent at or after it ends the warm-up
 	suspected bool      // a full read found an older peer; not believed yet
 	suspectAt time.Time // when that read was sent
@@ -89,8 +92,15 @@ func (t *ScopedTrust) Reset(now time.Time) (readAt time.Time) {
 // NewSession: at now the node took its member key with a new session. It is left out of its
 // own membership until a full read sent at or after readAt: the driver must send one then.
 func (t *ScopedTrust) NewSession(now time.Time) (readAt time.Time) {
-	t.warming, t.warmUntil = true, now.Add(t.warmUp)
+	t.warming, t.writing, t.warmUntil = true, false, now.Add(t.warmUp)
 	return t.warmUntil
+}
+
+// Writing: the node is about to send the write of its member key with a new session. It is
+// left out of its own membership from now on, and no full read ends that before NewSession
+// (the write's answer) names when the warm-up ends.
+func (t *ScopedTrust) Writing() {
+	t.warming, t.writing = true, true
 }
 
 // WarmingUp reports whether the node is left out of its own membership (NewSession).
@@ -123,7 +133,7 @@ func (t *ScopedTrust) FullRead(sentIn uint64, sentAt time.Time, index, viewIndex
 	if t.holding && !sentAt.Before(t.holdUntil) {
 		t.holding = false
 	}
-	if t.warming && !sentAt.Before(t.warmUntil) {
+	if t.warming && !t.writing && !sentAt.Before(t.warmUntil) {
 		t.warming = false
 	}
 	return FullReadApply
@@ -133,7 +143,7 @@ func (t *ScopedTrust) FullRead(sentIn uint64, sentAt time.Time, index, viewIndex
 // driver reads again when the read that answered was sent too early (it was on its way
 // already when the time came).
 func (t *ScopedTrust) ReadDue(now time.Time) bool {
-	return (t.holding && !now.Before(t.holdUntil)) || (t.warming && !now.Before(t.warmUntil))
+	return (t.holding && !now.Before(t.holdUntil)) || (t.warming && !t.writing && !now.Before(t.warmUntil))
 }
 
 // Membership is the membership the Machine may see now: none (ok false: it keeps the one it

@@ -19,7 +19,8 @@ func TestScopedTrustRules(t *testing.T) {
 	)
 	type step struct {
 		at time.Duration // the driver's clock, since the start
-		// op: "reset" (Consul's index went backwards), "session" (a new session took the member
+		// op: "reset" (Consul's index went backwards), "writing" (the member key's write with a
+		// new session is sent), "session" (that write's answer: the new session took the member
 		// key), "full" (a full read sent at `at` in the current epoch, at index 100 over a view
 		// at 100), "full-old" (sent in the epoch before), "full-back" (index 90 over a view at
 		// 100), "older" / "no-older" (a full read sent at `at` found / did not find a live
@@ -73,6 +74,16 @@ func TestScopedTrustRules(t *testing.T) {
 			{at: 2*s - ms, op: "full", verdict: FullReadApply, members: "a"},
 			{at: 2 * s, op: "check", members: "a", due: true},
 			{at: 2 * s, op: "full", verdict: FullReadApply, members: "a,self"},
+		}},
+		{"warm-up from the write's sending: no read ends it before the answer names its end", []step{
+			{at: 0, op: "full", verdict: FullReadApply, members: "a,self"},
+			{at: s, op: "writing", members: "a"},
+			{at: 3 * s, op: "full", verdict: FullReadApply, members: "a"}, // the key in the view before the answer
+			{at: 3 * s, op: "check", members: "a"},
+			{at: 4 * s, op: "session", readAt: 5 * s, members: "a"},
+			{at: 5*s - ms, op: "full", verdict: FullReadApply, members: "a"},
+			{at: 5 * s, op: "check", members: "a", due: true},
+			{at: 5 * s, op: "full", verdict: FullReadApply, members: "a,self"},
 		}},
 		{"warm-up during a hold: each ends at its own time", []step{
 			{at: 0, op: "reset", readAt: 4 * s, members: "held"},
@@ -134,6 +145,8 @@ func TestScopedTrustRules(t *testing.T) {
 					if prefix != st.prefix || got != st.recheck {
 						t.Fatalf("step %d %s at %s: prefix %v, recheck at %s; want %v, %s", i, st.op, st.at, prefix, got, st.prefix, st.recheck)
 					}
+				case "writing":
+					tr.Writing()
 				case "check":
 				default:
 					t.Fatalf("step %d: unknown op %q", i, st.op)

@@ -41,11 +41,13 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		}
 	}
 	defer stop()
+	if c.cfg.WatchLayout == failover.LayoutScoped {
+		c.sc = newScoped(c, inner) // before the keeper starts: it tells sc of its member key writes
+	}
 	k := &keeper{c: c}
 	wg.Add(1)
 	go func() { defer wg.Done(); k.run(inner) }()
-	if c.cfg.WatchLayout == failover.LayoutScoped {
-		c.sc = newScoped(c, inner)
+	if c.sc != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); c.sc.run(inner) }()
 	} else {

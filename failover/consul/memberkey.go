@@ -62,6 +62,10 @@ func (k *keeper) writeMemberKey(ctx context.Context, meta map[string]string, out
 		return nil
 	}
 	body, _ := json.Marshal(v)
+	fresh := k.memberSession != k.session && k.session == k.created
+	if fresh && c.sc != nil {
+		c.sc.freshWrite()
+	}
 	var ok bool
 	err := c.call(ctx, failover.OpMemberKey, func(ctx context.Context) error {
 		var err error
@@ -81,7 +85,6 @@ func (k *keeper) writeMemberKey(ctx context.Context, meta map[string]string, out
 		return nil
 	}
 	k.memberRefused = false
-	fresh := k.memberSession != k.session && k.session == k.created
 	k.memberSession, k.memberWritten = k.session, v
 	c.memberHeld.Store(&memberWrite{session: k.session, value: v, fresh: fresh})
 	return nil

@@ -47,6 +47,9 @@ type scoped struct {
 	reset  bool                  // Consul's index went backwards: the Machine has not been told yet
 	dirty  bool                  // the view changed since the loop last took it
 	legacy bool                  // prefix watches run (a member without a member key)
+	// written: the member key's write take last looked at (a fresh one starts the warm-up's
+	// clock, s.trust.NewSession).
+	written *memberWrite
 
 	fullNow chan struct{}
 
@@ -257,6 +260,13 @@ func (s *scoped) resetLocked() {
 func (s *scoped) take(now time.Time) []failover.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if w := s.c.memberHeld.Load(); w != nil && w != s.written {
+		s.written = w
+		if w.fresh {
+			s.askFullAt(s.trust.NewSession(now))
+			s.dirty = true
+		}
+	}
 	var evs []failover.Event
 	if s.reset {
 		evs = append(evs, failover.EvKV{Now: now, Reset: true})
@@ -271,6 +281,17 @@ func (s *scoped) take(now time.Time) []failover.Event {
 		evs = append(evs, failover.EvMembers{Now: now, Members: ms})
 	}
 	return evs
+}
+
+// freshWrite: the keeper is about to write our member key with a session this process
+// created. The warm-up begins now (s.trust.Writing); take starts its clock once the keeper has
+// the answer (memberHeld): the key may reach the view (our own key's watch, a full read) before
+// that, and a round in between would decide with this node alone in its view.
+func (s *scoped) freshWrite() {
+	s.mu.Lock()
+	s.trust.Writing()
+	s.dirty = true
+	s.mu.Unlock()
 }
 
 // keyWatch is the state of one single-key watch shared by its fetch and publish.
@@ -359,9 +380,6 @@ func (s *scoped) update(m *failover.Machine) {
 	}
 	s.mu.Lock()
 	epoch := s.trust.Epoch()
-	if w != s.annWrite && w.fresh {
-		s.askFullAt(s.trust.NewSession(c.clk.Now()))
-	}
 	s.mu.Unlock()
 	if w != s.annWrite || epoch != s.annEpoch {
 		// A new write of our member key, or a reset (every member writes its key again):
