@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -574,22 +573,18 @@ type webDriver struct {
 	client *http.Client
 }
 
-// startChromeDriver starts chromedriver on a free loopback port, in its own process group, and
-// waits until it answers. The test's cleanup stops the group (chromedriver and any browser it left).
+// startChromeDriver starts chromedriver on a loopback port it picks itself (--port=0; it prints
+// the port), in its own process group, and waits until it answers. A port chosen by the test
+// and closed before chromedriver binds it may be taken meanwhile (by another process's outgoing
+// connection, or a listener). The test's cleanup stops the group (chromedriver and any browser
+// it left).
 func startChromeDriver(t *testing.T, binary string) *webDriver {
 	t.Helper()
 	logDir := t.TempDir() // created before the cleanup below, so removed after it
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-
-	var out bytes.Buffer
+	out := &lockedBuffer{}
 	logPath := filepath.Join(logDir, "chromedriver.log")
-	cmd := exec.Command(binary, "--port="+strconv.Itoa(port), "--log-path="+logPath)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd := exec.Command(binary, "--port=0", "--log-path="+logPath)
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start chromedriver: %v", err)
@@ -616,15 +611,22 @@ func startChromeDriver(t *testing.T, binary string) *webDriver {
 		}
 	})
 
-	wd := &webDriver{base: "http://127.0.0.1:" + strconv.Itoa(port), client: &http.Client{}}
 	deadline := time.Now().Add(driverStartTimeout)
+	var wd *webDriver
 	for {
-		var status struct {
-			Ready   bool   `json:"ready"`
-			Message string `json:"message"`
+		if wd == nil {
+			if port, ok := chromeDriverPort(out.String()); ok {
+				wd = &webDriver{base: "http://127.0.0.1:" + strconv.Itoa(port), client: &http.Client{}}
+			}
 		}
-		if err := wd.do("GET", "/status", nil, &status, driverCallTimeout); err == nil && status.Ready {
-			return wd
+		if wd != nil {
+			var status struct {
+				Ready   bool   `json:"ready"`
+				Message string `json:"message"`
+			}
+			if err := wd.do("GET", "/status", nil, &status, driverCallTimeout); err == nil && status.Ready {
+				return wd
+			}
 		}
 		select {
 		case <-exited:
@@ -632,10 +634,49 @@ func startChromeDriver(t *testing.T, binary string) *webDriver {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("chromedriver not ready on port %d after %s", port, driverStartTimeout)
+			where := "it printed no port"
+			if wd != nil {
+				where = "at " + wd.base
+			}
+			t.Fatalf("chromedriver not ready after %s (%s); its output: %s", driverStartTimeout, where, out.String())
 		}
 		time.Sleep(pollEvery)
 	}
+}
+
+// chromeDriverPort reads the port from chromedriver's start-up line ("ChromeDriver was started
+// successfully on port 38047.").
+func chromeDriverPort(out string) (int, bool) {
+	const marker = "started successfully on port "
+	i := strings.Index(out, marker)
+	if i < 0 {
+		return 0, false
+	}
+	digits := out[i+len(marker):]
+	n := 0
+	for n < len(digits) && digits[n] >= '0' && digits[n] <= '9' {
+		n++
+	}
+	port, err := strconv.Atoi(digits[:n])
+	return port, err == nil && port > 0
+}
+
+// lockedBuffer is a bytes.Buffer that a process writes while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // groupGone waits until the process group has no member left and its leader was reaped.
