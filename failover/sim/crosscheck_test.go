@@ -819,7 +819,10 @@ func (b *realBackend) block(index uint64) (uint64, bool, error) {
 	if err != nil {
 		return 0, false, err
 	}
-	return meta.LastIndex, time.Since(start) < b.wait/2, nil
+	// Consul answers a query that waits out its wait after the wait plus a jitter, never
+	// before: any earlier answer woke. (Half the wait, as it was, took an immediate answer that
+	// a loaded machine delivered late for a wait-out.)
+	return meta.LastIndex, time.Since(start) < b.wait, nil
 }
 
 func (b *realBackend) loseState() { b.srv.RestartLosingState() }
