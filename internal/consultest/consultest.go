@@ -179,6 +179,13 @@ func (s *Server) startOnFreePorts(o options) error {
 		"advertise_addr":          "127.0.0.1",
 		"ports":                   map[string]int{"http": ports[0], "serf_lan": ports[1], "server": ports[2], "serf_wan": -1, "https": -1, "dns": -1, "grpc": -1},
 		"performance":             map[string]int{"raft_multiplier": 1},
+		// Tests run every node of a cluster against this one agent, all from 127.0.0.1, where each
+		// node has a local agent of its own in production: Consul's default of 200 connections
+		// per client address would count five nodes' blocking queries together, and a query its
+		// client gave up holds its connection until its wait ends (Consul 1.13 does not stop it:
+		// hashicorp/consul#8524). Five nodes of the scoped layout, one connection per watched
+		// key, got 429s (TestScopedWatchLoadPerFailover on a loaded machine).
+		"limits": map[string]int{"http_max_conns_per_client": 2000},
 		"disable_update_check":    true,
 		"log_level":               o.logLevel,
 		"ui_config":               map[string]bool{"enabled": false},
