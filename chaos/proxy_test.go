@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -162,12 +163,7 @@ func TestCutProxyBoundsConnectionsAndCloses(t *testing.T) {
 }
 
 func TestCutProxyUpstreamDown(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there now: Consul stopped
+	addr := refusingAddr(t) // nothing listens there: Consul stopped
 	p, err := newCutProxy(addr)
 	if err != nil {
 		t.Fatal(err)
@@ -177,6 +173,26 @@ func TestCutProxyUpstreamDown(t *testing.T) {
 	if _, err := roundTrip(c, r, "x"); err == nil || isTimeout(err) {
 		t.Fatalf("upstream down: err %v, want the connection closed", err)
 	}
+}
+
+// refusingAddr returns a loopback address that refuses connections for the rest of the test: a
+// socket bound to it that does not listen. (A port closed after a listen may be bound again, or
+// be given to an outgoing connection, which a dial from an ephemeral port can then meet.)
+func refusingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 // assertSilent checks that a line sent over c gets no answer, and no close or reset either,
