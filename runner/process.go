@@ -414,12 +414,9 @@ func (r *Runner) scheduleRetry(it item, msg *Message, herr error, took time.Dura
 		return true
 	}
 	e.retries++
-	e.due = r.cfg.Clock.Now().Add(d)
-	r.mu.Lock()
-	heap.Push(&r.retries, e)
-	r.mu.Unlock()
-	e.timer = time.AfterFunc(d, r.poke)
-	r.log.Info("handler asked to retry later", "file", it.name.Base, "slice", it.slice, "retry", e.retries, "in", d.Round(time.Millisecond), "err", herr)
+	n := e.retries
+	r.pushRetry(e, d)
+	r.log.Info("handler asked to retry later", "file", it.name.Base, "slice", it.slice, "retry", n, "in", d.Round(time.Millisecond), "err", herr)
 	r.cfg.Observer.Handled(r.cfg.Queue, it.slice, OutcomeRetry, took)
 	return false
 }
@@ -458,13 +455,20 @@ func (r *Runner) readFailed(it item, err error) bool {
 			e.reads, now.Sub(e.readErr).Round(time.Second), err), 0)
 		return true
 	}
-	d := e.bo.NextBackOff()
-	e.due = now.Add(d)
+	r.pushRetry(e, e.bo.NextBackOff())
+	return false
+}
+
+// pushRetry makes e due after d and puts it on the retry heap with its timer set: once on the
+// heap, e belongs to whoever pops it (a worker goroutine when it falls due; a narrowing, Fence or
+// shutdown, which stop its timer), and the caller touches it no more. The timer is set under the
+// lock, so that its poke finds e on the heap.
+func (r *Runner) pushRetry(e *retryEntry, d time.Duration) {
+	e.due = r.cfg.Clock.Now().Add(d)
 	r.mu.Lock()
+	e.timer = time.AfterFunc(d, r.poke)
 	heap.Push(&r.retries, e)
 	r.mu.Unlock()
-	e.timer = time.AfterFunc(d, r.poke)
-	return false
 }
 
 // readDone ends the read retries of it, if any; FaultRead clears when none is left.

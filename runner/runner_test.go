@@ -257,6 +257,59 @@ func TestRetryExhaustedShunts(t *testing.T) {
 	}
 }
 
+// Retries pass between the worker goroutines, and narrowings take them back while more are
+// scheduled: every message is still handled once, none is lost. Under -race this also proves
+// that a retry entry is touched only by whoever popped it off the heap (the retry and read
+// paths used to set its timer after pushing it, where another worker or a narrowing could take
+// it: a race, and a narrowing could Stop a nil timer).
+func TestRetriesChangeHandsUnderNarrowing(t *testing.T) {
+	d := newTestDir(t)
+	const n, retries = 20, 4
+	enqueueN(t, d, n, time.Unix(1_700_000_000, 0))
+	var calls atomic.Int64
+	var mu sync.Mutex
+	handled := map[string]int{}
+	h := HandlerFunc(func(ctx context.Context, m *Message) error {
+		calls.Add(1)
+		if m.Retry < retries {
+			return fmt.Errorf("busy: %w", ErrRetry)
+		}
+		mu.Lock()
+		handled[m.Name.Base]++
+		mu.Unlock()
+		return nil
+	})
+	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Concurrency: 4, Handler: h, Logger: testLogger(t), PollInterval: 5 * time.Millisecond,
+		Retry: RetryPolicy{Initial: time.Millisecond, Max: 2 * time.Millisecond, MaxElapsed: time.Minute}})
+	r.SetSlices([]int{0})
+	startRunner(t, r)
+	for range 5 {
+		// Narrow once some retries are under way, wait for the release, widen again.
+		from := calls.Load()
+		waitFor(t, "retries under way", 10*time.Second, func() bool { return calls.Load() >= from+10 || len(dirFiles(t, d.Path, "")) == 0 })
+		select {
+		case <-r.SetSlices(nil):
+		case <-time.After(10 * time.Second):
+			t.Fatal("slice never released")
+		}
+		r.SetSlices([]int{0})
+	}
+	waitFor(t, "every message handled", 30*time.Second, func() bool { return len(dirFiles(t, d.Path, "")) == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != n {
+		t.Errorf("%d messages handled, want %d", len(handled), n)
+	}
+	for name, c := range handled {
+		if c != 1 {
+			t.Errorf("%s handled %d times", name, c)
+		}
+	}
+	if got := dirFiles(t, d.ShuntDir, ""); len(got) != 0 {
+		t.Errorf("shunted %v, want none", got)
+	}
+}
+
 // TestHandlerTimeoutShunts: a handler that outlives HandlerTimeout is cancelled and its message
 // shunted with the reason, not left in flight nor deleted.
 func TestHandlerTimeoutShunts(t *testing.T) {
