@@ -151,3 +151,65 @@ func TestConsulStateLogging(t *testing.T) {
 		t.Errorf("session_info failures counted = %d, want 4", n)
 	}
 }
+
+// resetConnections gives up the watches' requests only while fewer than maxAbandoned given-up
+// ones may still run on the agent (Consul 1.13 runs a given-up blocking query, its connection
+// counted against the agent's per-client limit, until its wait ends): over the budget a request
+// is left running, once logged; the budget frees as those queries' waits end.
+func TestAbandonedWatchesStayWithinTheAgentsConnectionBudget(t *testing.T) {
+	logs := &syncBuffer{}
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	c, err := New(failover.ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:8500", TTL: 2 * time.Second},
+		failovertest.NewAssignee("n", failovertest.NewLedger()), nil, slog.New(slog.NewTextHandler(logs, nil)), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	watches := func(n int) []context.Context {
+		out := make([]context.Context, n)
+		for i := range out {
+			out[i], _ = c.watchContext(ctx)
+		}
+		return out
+	}
+	// Waits for every watch's decision: given up (cancelled) or left running.
+	given := func(ws []context.Context) int {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			n := 0
+			for _, w := range ws {
+				if w.Err() != nil {
+					n++
+				}
+			}
+			c.mu.Lock()
+			kept := c.keptOpen
+			c.mu.Unlock()
+			if n+kept == len(ws) || time.Now().After(deadline) {
+				return n
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	first := watches(60)
+	c.resetConnections()
+	if n := given(first); n != 60 {
+		t.Fatalf("first reset gave up %d of 60 requests, want all", n)
+	}
+	clk.Advance(time.Minute)
+	second := watches(60)
+	c.resetConnections()
+	if n := given(second); n != maxAbandoned-60 {
+		t.Fatalf("second reset gave up %d of 60, want %d (budget %d, 60 still running on the agent)", n, maxAbandoned-60, maxAbandoned)
+	}
+	if got := strings.Count(logs.String(), "left watch requests running"); got != 1 {
+		t.Errorf("%d warnings, want one per reset over the budget:\n%s", got, logs.String())
+	}
+	// The first 60 end on the agent watchWait (and its jitter) after they were sent.
+	clk.Advance(watchWait + watchWait/16 - time.Minute)
+	third := watches(60)
+	c.resetConnections()
+	if n := given(third); n != 60 {
+		t.Fatalf("after the first queries' waits ended, a reset gave up %d of 60, want 60", n)
+	}
+}

@@ -86,6 +86,11 @@ type Coordinator struct {
 	failing  map[failover.ConsulOp]error // op -> explained error, while failing
 	outage   *outage                     // nil unless a request failed and Consul has not been fine since
 	watchGen chan struct{}               // closed by resetConnections: the watches' requests give up
+	// abandoned holds when each blocking query given up by resetConnections ends on the agent
+	// (its send time + watchWait + jitter): Consul 1.13 keeps running a query its client gave
+	// up, its connection counted against limits.http_max_conns_per_client, until its wait ends.
+	abandoned []time.Time
+	keptOpen  int // requests resetConnections left running, over maxAbandoned, since the last log
 	lastErr  string
 }
 

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -17,20 +18,50 @@ const watchWait = 5 * time.Minute
 // rate limit, backoff, and the reset of their connections when the lease lapses. Each answer
 // goes to the loop's inbox (the latest one wins) and wakes the loop.
 
-// watchContext returns ctx, cancelled too by the next resetConnections.
+// maxAbandoned bounds the blocking queries given up by resetConnections that may still run on
+// the agent. Consul 1.13 keeps a query its client gave up running until its wait (5 minutes)
+// ends, its connection counted against the agent's limits.http_max_conns_per_client (200 by
+// default; hashicorp/consul#8524), and a node answered 429 for every request once over it
+// cannot renew its session. The scoped layout runs about 40 watches per node; each lapse of the
+// lease gives them all up twice. 100 given up, the live watches and the keeper's requests stay
+// under the default limit; a request over the budget is left running, and answers by its wait.
+const maxAbandoned = 100
+
+// watchContext returns ctx, cancelled too by the next resetConnections, within maxAbandoned.
 func (c *Coordinator) watchContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	c.mu.Lock()
 	gen := c.watchGen
 	c.mu.Unlock()
+	sent := c.clk.Now()
 	wctx, cancel := context.WithCancel(ctx)
 	go func() {
 		select {
 		case <-gen:
-			cancel()
+			if c.mayAbandon(sent) {
+				cancel()
+			}
 		case <-wctx.Done():
 		}
 	}()
 	return wctx, cancel
+}
+
+// mayAbandon reports whether a blocking query sent at sent may be given up, and counts it.
+func (c *Coordinator) mayAbandon(sent time.Time) bool {
+	now := c.clk.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.abandoned = slices.DeleteFunc(c.abandoned, func(end time.Time) bool { return !end.After(now) })
+	if len(c.abandoned) >= maxAbandoned {
+		if c.keptOpen++; c.keptOpen == 1 {
+			// Once per reset; a request left on a dead connection answers late (TCP keep-alive).
+			c.log.Warn("left watch requests running instead of giving them up: the Consul agent still runs the ones given up before until their wait ends, and counts their connections against its limits.http_max_conns_per_client",
+				"given_up_still_running", len(c.abandoned), "budget", maxAbandoned)
+		}
+		return false
+	}
+	c.abandoned = append(c.abandoned, sent.Add(watchWait+watchWait/16))
+	return true
 }
 
 // resetConnections runs when the lease lapses (Consul stopped answering in time) and when it is
@@ -43,6 +74,7 @@ func (c *Coordinator) resetConnections() {
 	c.mu.Lock()
 	close(c.watchGen)
 	c.watchGen = make(chan struct{})
+	c.keptOpen = 0
 	c.mu.Unlock()
 	c.transport.CloseIdleConnections()
 }
