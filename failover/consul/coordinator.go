@@ -91,7 +91,7 @@ type Coordinator struct {
 	// up, its connection counted against limits.http_max_conns_per_client, until its wait ends.
 	abandoned []time.Time
 	keptOpen  int // requests resetConnections left running, over maxAbandoned, since the last log
-	lastErr  string
+	lastErr   string
 }
 
 // published is what the loop publishes after every round: immutable once stored.
