@@ -161,6 +161,18 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 		tokenBefore[s] = tok
 	}
 
+	// On a loaded machine a renewal may come late at start-up (a lapse of its own): the failure
+	// starts from a valid lease and no outage in progress, and its lines are counted from there.
+	consultest.WaitFor(t, 20*time.Second, "a valid lease and no Consul outage in progress before the failure", func() error {
+		a.c.mu.Lock()
+		inOutage := a.c.outage != nil
+		a.c.mu.Unlock()
+		if inOutage || !time.Now().Before(a.c.ValidUntil()) {
+			return fmt.Errorf("outage in progress %v, lease valid until %s", inOutage, a.c.ValidUntil().Format("15:04:05.000"))
+		}
+		return nil
+	})
+	mark := len(a.logs.String())
 	failedAt := time.Now()
 	a.h.set(errors.New("shared disk unreachable"))
 	waitSplit(t, 15*time.Second, "b takes over everything", map[*testNode][]failover.SliceID{a: {}, b: allTestSlices()}, a, b)
@@ -175,8 +187,8 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 	// a passed its TTL at most one renew interval before failing: the check lapses no earlier
 	// than failedAt - renew + TTL, and lock-delay comes on top.
 	checkFirstStarts(t, l, "b", want[a], failedAt, "a's check stopped passing", 2*time.Second+time.Second-200*time.Millisecond, "TTL + lock-delay")
-	if a.logs.count("node unhealthy") != 1 || a.logs.count("lease lapsed") != 1 {
-		t.Errorf("want one 'node unhealthy' and one 'lease lapsed' line on a:\n%s", a.logs.String())
+	if since := a.logs.String()[mark:]; strings.Count(since, "node unhealthy") != 1 || strings.Count(since, "lease lapsed") != 1 {
+		t.Errorf("want one 'node unhealthy' and one 'lease lapsed' line on a since the failure:\n%s", since)
 	}
 	waitChanges(t, a, failover.ReasonLeaseLost, len(want[a]))
 	waitChanges(t, b, failover.ReasonFailover, len(want[a]))
@@ -461,8 +473,16 @@ func TestConsulACL(t *testing.T) {
 		if calls := n.a.CallCount(); calls != 0 {
 			t.Errorf("assignee called %d times without any lock", calls)
 		}
-		if c := n.logs.count("consul request failing"); c != 1 {
-			t.Errorf("%d error lines for one persistent problem, want 1", c)
+		// Counted among the lines about this problem: on a loaded machine a request may also
+		// time out at start-up, a problem of its own with its own line.
+		denied := 0
+		for _, line := range strings.Split(n.logs.String(), "\n") {
+			if strings.Contains(line, "consul request failing") && strings.Contains(line, "permission denied") {
+				denied++
+			}
+		}
+		if denied != 1 {
+			t.Errorf("%d error lines for one persistent problem, want 1:\n%s", denied, n.logs.String())
 		}
 	})
 
