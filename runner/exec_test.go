@@ -207,7 +207,11 @@ func TestExecHandlerTreeRecordedWhileRunning(t *testing.T) {
 	d := newTestDir(t)
 	enqueueN(t, d, 1, time.Unix(1_700_000_000, 0))
 	out := filepath.Join(t.TempDir(), "record")
-	h := &ExecHandler{Command: []string{"sh", "-c", `cat "$QDIR/$QSLICE_MESSAGE_ID.procs.json" > "$OUT.tmp"; echo $$ >> "$OUT.tmp"; mv "$OUT.tmp" "$OUT"`},
+	// The record's first line (the marker) is written before the start, its second (the group)
+	// just after: the handler may run before it, so it waits for it (at most 10 s).
+	h := &ExecHandler{Command: []string{"sh", "-c", `f="$QDIR/$QSLICE_MESSAGE_ID.procs.json"; i=0; ` +
+		`while [ "$(wc -l < "$f")" -lt 2 ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; ` +
+		`cat "$f" > "$OUT.tmp"; echo $$ >> "$OUT.tmp"; mv "$OUT.tmp" "$OUT"`},
 		Env: []string{"QDIR=" + d.Path, "OUT=" + out}}
 	r, _ := New(Config{Queue: "in", Dir: d, Slices: 1, Handler: h, Logger: testLogger(t), PollInterval: 10 * time.Millisecond})
 	r.SetSlices([]int{0})
