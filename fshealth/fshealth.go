@@ -7,7 +7,8 @@
 // trip to the file server on NFS or GlusterFS. A probe that has not returned is never waited
 // for: the watcher starts no second probe while one is outstanding (so a hung mount costs one
 // goroutine per directory, blocked in the kernel, not one per interval), and when the process
-// stops it is abandoned, not joined.
+// stops it is waited for at most a second (a healthy filesystem's probe then removes its
+// canary), then abandoned, not joined.
 //
 // The verdict (Judge, a pure function of the observations and the clock) is:
 //   - unavailable once no probe has succeeded within Timeout for longer than Timeout: a hang
@@ -277,8 +278,12 @@ type result struct {
 	err        error
 }
 
-// Run probes every Interval until ctx ends, then returns nil at once, leaving a probe stuck in
-// the filesystem behind (it ends when its system call returns; its result is dropped).
+// stopWait is how long Run, once stopped, waits for a probe in flight: a healthy filesystem
+// answers in milliseconds, and the probe then removes its canary; a hung one is left behind.
+const stopWait = time.Second
+
+// Run probes every Interval until ctx ends, then returns nil within stopWait, leaving a probe
+// stuck in the filesystem behind (it ends when its system call returns; its result is dropped).
 func (w *Watcher) Run(ctx context.Context) error {
 	results := make(chan result, 1) // buffered: a probe finishing after Run returned never blocks
 	pending := false
@@ -287,6 +292,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if pending {
+				// Real time, not the Clock: this waits on the filesystem, not on a schedule.
+				t := time.NewTimer(stopWait)
+				select {
+				case <-results:
+				case <-t.C:
+				}
+				t.Stop()
+			}
 			return nil
 		case r := <-results:
 			w.beat()

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -159,7 +160,7 @@ func TestWatcherHangAndRecovery(t *testing.T) {
 		t.Fatalf("not available %s after the heal: %+v", clk.Now().Sub(healAt), st)
 	}
 
-	// Run returns at once even with a probe stuck in the filesystem.
+	// Run returns within stopWait even with a probe stuck in the filesystem.
 	g.cut()
 	step()
 	time.Sleep(10 * time.Millisecond) // the probe goroutine parks in the gate; nothing asserted on it
@@ -169,10 +170,46 @@ func TestWatcherHangAndRecovery(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(2 * time.Second):
+	case <-time.After(stopWait + 10*time.Second):
 		t.Fatal("Run did not return while a probe was stuck")
 	}
 	g.heal()
+}
+
+// A probe in flight when Run stops, on a filesystem that answers, is waited for, so that its
+// canary does not stay in the queue directory.
+func TestStopWaitsForAProbeInFlight(t *testing.T) {
+	dir := t.TempDir()
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	g := newGate()
+	g.cut()
+	var finished atomic.Bool
+	probe := func(dir, canary string) error {
+		g.probe(dir, canary)
+		err := Probe(dir, canary)
+		finished.Store(true)
+		return err
+	}
+	w, err := New(Config{Name: "in", Dir: dir, Node: "n1", Clock: clk, probe: probe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	<-clk.Created() // the first tick: a probe is in flight, parked in the gate
+	waitFor(t, "the probe to start", func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.calls == 1 })
+	cancel()
+	time.AfterFunc(50*time.Millisecond, g.heal)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !finished.Load() {
+		t.Error("Run returned before the probe in flight finished")
+	}
+	if names, _ := os.ReadDir(dir); len(names) != 0 {
+		t.Errorf("left in the directory: %v", names)
+	}
 }
 
 // TestProbeRealDirectory: the probe succeeds on a directory, leaves no canary, and fails on a
