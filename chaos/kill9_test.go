@@ -50,8 +50,11 @@ func TestNoOverlapAfterKill9(t *testing.T) {
 	}
 	ledger := filepath.Join(dir, "ledger")
 	cfg := filepath.Join(dir, "qslice.yaml")
+	// No control socket: the default one is one per machine, and another package's test may run
+	// a qslice on it meanwhile.
 	err = os.WriteFile(cfg, []byte(fmt.Sprintf(`node: n1
 listen: 127.0.0.1:0
+control: {socket: ""}
 queues:
   - name: in
     dir: %s
