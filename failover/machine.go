@@ -89,6 +89,13 @@ type Machine struct {
 	changes    map[string]uint64
 	toDestroy  []string // sessions decided to destroy, not yet handed out
 	resetConns bool
+	// scopeGen changes whenever something WatchScope reads may have changed (WatchScopeGen);
+	// scopeHolders are the holders of the slices the last WatchScope watched, as it read them,
+	// and scopeTargets the slices the last plan targets at this node: an EvKV or a plan changes
+	// the scope only through these.
+	scopeGen     uint64
+	scopeHolders map[SliceID]string
+	scopeTargets []SliceID
 }
 
 // MachineConfig is what a Machine needs to know; ConsulConfig.MachineConfig derives it.
@@ -360,6 +367,7 @@ func NewMachine(cfg MachineConfig, logger *slog.Logger, tp trace.TracerProvider)
 		owned: map[SliceID]*held{}, assigned: map[string]map[int]bool{}, releasing: map[SliceID]uint64{},
 		releasedAt: map[SliceID]uint64{}, destroyed: map[string]bool{}, retryAt: map[SliceID]time.Time{}, staleAt: map[SliceID]uint64{},
 		changes: map[string]uint64{}, unsure: map[SliceID]AcquireReq{},
+		scopeGen: 1,
 	}
 	m.acqBackoff = cfg.Backoff(cfg.RenewInterval/4, 4*cfg.RenewInterval)
 	for _, q := range cfg.Queues {
@@ -391,25 +399,37 @@ func (m *Machine) Step(ev Event) {
 		}
 		if e.Snap != nil {
 			m.kv = e.Snap
+			if m.scopeHoldersChanged() {
+				m.scopeChanged()
+			}
 		}
 	case EvMembers:
+		if !sameScopeMembers(m.members, e.Members) {
+			m.scopeChanged()
+		}
 		m.members = e.Members
 	case EvUnavailable:
 		if !maps.Equal(e.Queues, m.unavailable) {
 			m.log.Warn("queues this node cannot work changed: their slices go to other nodes", "unavailable", strings.Join(slices.Sorted(maps.Keys(e.Queues)), ","))
 			m.unavailable = e.Queues
+			m.scopeChanged()
 		}
 	case EvDrain:
 		if !m.draining {
 			m.log.Info("drain: handing every slice to other nodes")
+			m.scopeChanged()
 		}
 		m.draining = true
 	case EvUndrain:
 		if m.draining {
 			m.log.Info("undrain: taking slices again")
+			m.scopeChanged()
 		}
 		m.draining = false
 	case EvStop:
+		if !m.stopping {
+			m.scopeChanged()
+		}
 		switch {
 		case !m.stopping && e.KeepLocks:
 			m.stopping, m.keepLocks, m.stopBy = true, true, now.Add(m.cfg.DrainTimeout)
@@ -448,6 +468,7 @@ func (m *Machine) clearReleasing(gen uint64) {
 	for s, g := range m.releasing {
 		if g == gen {
 			delete(m.releasing, s)
+			m.scopeChanged()
 		}
 	}
 }
@@ -459,6 +480,7 @@ func (m *Machine) stepLease(e EvLease) {
 		return
 	}
 	// A new session means every lock of the old one is gone.
+	m.scopeChanged() // the unsure acquisitions and the locks of the old one go
 	m.adopting = e.Session != "" && e.Session == m.adoptSession
 	clear(m.unsure) // attempts of the old session: whatever they got is gone with it
 	if m.session != "" {
@@ -580,10 +602,12 @@ func (m *Machine) reconcileKV() {
 		switch {
 		case req.Session != m.session:
 			delete(m.unsure, s)
+			m.scopeChanged()
 		case ok && e.Session == m.session:
 			// applied: adopted below
 		case ok != req.Exists || (ok && e.ModifyIndex != req.CheckIndex):
 			delete(m.unsure, s)
+			m.scopeChanged()
 		}
 	}
 	var keys []SliceID // the entries to act on, sorted so that logs and destroys are deterministic
@@ -598,6 +622,7 @@ func (m *Machine) reconcileKV() {
 		switch {
 		case m.adoptable(s, e):
 			m.owned[s] = &held{session: e.Session, token: e.ModifyIndex, lockIndex: e.LockIndex, since: m.now, value: e.Value}
+			m.scopeChanged()
 			if req, ok := m.unsure[s]; ok {
 				delete(m.unsure, s)
 				m.log.Info("an acquisition whose answer was lost was applied: slice adopted", "slice", s.String(), "fencing_token", e.ModifyIndex)
@@ -651,6 +676,7 @@ func (m *Machine) known(s SliceID) bool {
 
 func (m *Machine) lost(s SliceID, to, why string) {
 	delete(m.owned, s)
+	m.scopeChanged()
 	m.traceLost(s, m.now, why)
 	m.log.Warn("slice lock lost", "slice", s.String(), "why", why)
 	m.changed(s, m.cfg.Self, to, ReasonLeaseLost)
@@ -715,6 +741,9 @@ func (m *Machine) Ready() Ready {
 		}
 	}
 	m.plan = m.planner.Plan(in)
+	if m.scopeTargetsChanged() {
+		m.scopeChanged()
+	}
 	for _, mv := range m.plan.Release {
 		if m.keepLocks {
 			break // a restart keeps every lock for the next process
@@ -777,6 +806,7 @@ func (m *Machine) Advance(rd Ready) {
 		m.assigned[a.Queue] = next
 		for _, s := range a.Removed {
 			m.releasing[s] = a.Gen
+			m.scopeChanged()
 		}
 		m.gen = max(m.gen, a.Gen)
 	}
@@ -852,6 +882,7 @@ func (m *Machine) stepReleased(e EvReleaseResult) {
 		return
 	}
 	delete(m.owned, s)
+	m.scopeChanged()
 	if e.Gone && h.releaseErr {
 		// An earlier attempt of this hand-off got no answer and Consul most likely applied it:
 		// the hand-off happened, under its own reason (the next owner may hold the key already).
@@ -979,6 +1010,7 @@ func (m *Machine) stepAcquired(e EvAcquireResult) {
 		m.notBefore = m.now.Add(m.acqBackoff.NextBackOff())
 		if e.Req.Session == m.session && m.owned[s] == nil && !e.Req.Relock {
 			m.unsure[s] = e.Req // Consul may have applied it: a later snapshot tells
+			m.scopeChanged()
 		}
 		return
 	}
@@ -998,6 +1030,7 @@ func (m *Machine) stepAcquired(e EvAcquireResult) {
 		delete(m.staleAt, s)
 		delete(m.unsure, s)
 		m.owned[s] = &held{session: e.Req.Session, token: e.Token, lockIndex: e.LockIndex, since: m.now, value: e.Req.Value}
+		m.scopeChanged()
 		if e.Req.Relock {
 			m.log.Warn("slice re-locked: our session held it without the Machine knowing (dropped on a snapshot older than its acquisition, as after a Consul state reset)",
 				"slice", s.String(), "fencing_token", e.Token)

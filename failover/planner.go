@@ -93,8 +93,10 @@ type Plan struct {
 	// Target is the node that should own each slice now ("" when nobody can).
 	Target map[SliceID]string
 	// Home is the node each slice belongs to when every member is up and settled.
-	// Target and Home from a Planner are its own: valid until its next Plan call.
 	Home map[SliceID]string
+	// SelfTargets lists the slices whose Target is Self, in queue order then by index.
+	// Target, Home and SelfTargets from a Planner are its own: valid until its next Plan call.
+	SelfTargets []SliceID
 }
 
 // ComputePlan decides, for Self, which slices to acquire and which to hand off.
@@ -146,6 +148,7 @@ type Planner struct {
 	target    map[SliceID]string
 	homes     map[SliceID]string
 	overrides []override // Target entries that hold a per-plan value, put back next plan
+	self      []SliceID  // Plan.SelfTargets, reused
 	// buffers: the members diff, its part that moves homes, the next modes, candidates
 	changes, homeChanges []change
 	modesNext            []queueMode
@@ -196,6 +199,7 @@ func (pl *Planner) Plan(in PlanInput) Plan {
 	}
 	pl.valid = in.Weight == nil
 
+	pl.self = pl.self[:0]
 	p := Plan{Target: pl.target, Home: pl.homes}
 	for qi, q := range in.Queues {
 		mode, off := pl.modes[qi], pl.offset[qi]
@@ -221,6 +225,9 @@ func (pl *Planner) Plan(in PlanInput) Plan {
 				p.Target[s] = target
 				pl.overrides = append(pl.overrides, override{off + i, s})
 			}
+			if target == in.Self {
+				pl.self = append(pl.self, s)
+			}
 			switch {
 			case st.Owner == in.Self:
 				switch {
@@ -239,6 +246,9 @@ func (pl *Planner) Plan(in PlanInput) Plan {
 				p.Acquire = append(p.Acquire, Move{Slice: s, From: st.Prev, To: in.Self, Reason: acquireReason(in.Self, st)})
 			}
 		}
+	}
+	if len(pl.self) > 0 { // nil when none, as from a new Planner
+		p.SelfTargets = pl.self
 	}
 	pl.prev, pl.cur = pl.cur, pl.prev
 	return p

@@ -934,6 +934,17 @@ func TestIncrementalPlannerMatchesFullPlanning(t *testing.T) {
 					t.Fatalf("seed %d step %d self %s: incremental plan differs:\nfull        acquire %v release %v\nincremental acquire %v release %v",
 						seed, step, self, moves(want.Acquire), moves(want.Release), moves(got.Acquire), moves(got.Release))
 				}
+				var targets []SliceID // SelfTargets: every slice whose Target is self, in queue order
+				for _, q := range queues {
+					for i := range q.Slices {
+						if s := (SliceID{q.Name, i}); got.Target[s] == self {
+							targets = append(targets, s)
+						}
+					}
+				}
+				if !slices.Equal(got.SelfTargets, targets) {
+					t.Fatalf("seed %d step %d self %s: SelfTargets %v, want %v", seed, step, self, got.SelfTargets, targets)
+				}
 			}
 		}
 		if incremental < 150 {

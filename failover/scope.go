@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -101,8 +102,17 @@ type scopeMember struct {
 
 // WatchScope computes the keys this node must watch now (see the package's scoped layout).
 // It reads the Machine's members, last snapshot, plan and owned slices; the driver calls it
-// after Ready and watches the difference.
+// after Ready and watches the difference. It costs milliseconds at a thousand nodes: the driver
+// computes it again only when WatchScopeGen changed.
 func (m *Machine) WatchScope() WatchScope {
+	out, holders := m.computeScope()
+	m.scopeHolders = holders
+	return out
+}
+
+// computeScope is WatchScope without side effects: the scope, and the holders of its slices it
+// read (which WatchScope records for WatchScopeGen).
+func (m *Machine) computeScope() (WatchScope, map[SliceID]string) {
 	var elig []scopeMember
 	for _, mem := range m.members {
 		if !mem.Live || mem.Draining || mem.Node == "" {
@@ -162,20 +172,19 @@ func (m *Machine) WatchScope() WatchScope {
 	for s := range m.unsure {
 		extra(s)
 	}
-	for s, t := range m.plan.Target {
-		if t == m.cfg.Self {
-			extra(s)
-		}
+	for _, s := range m.plan.SelfTargets {
+		extra(s)
 	}
 	nodes := standby
+	holders := make(map[SliceID]string, len(out.Slices))
 	for s, g := range out.Slices {
 		for _, n := range g {
 			nodes[n] = true
 		}
-		if m.kv != nil {
-			if e, ok := m.kv.Entries[s]; ok && e.Session != "" && e.Value.Node != "" {
-				nodes[e.Value.Node] = true
-			}
+		h := m.holder(s)
+		holders[s] = h
+		if h != "" {
+			nodes[h] = true
 		}
 	}
 	delete(nodes, m.cfg.Self)
@@ -183,7 +192,72 @@ func (m *Machine) WatchScope() WatchScope {
 		out.Members = append(out.Members, n)
 	}
 	slices.Sort(out.Members)
-	return out
+	return out, holders
+}
+
+// WatchScopeGen is a generation number (never 0) that changes whenever something WatchScope
+// reads may have changed: the members' liveness, draining and queues, this node's draining,
+// stopping and queues, the slices it holds, releases, is unsure of or is the plan's target of,
+// and who holds the slices the last WatchScope watched. A tick, a lease renewal, a snapshot or
+// a membership answer that changes none of these leaves it as it is.
+//
+// Invariant: while WatchScopeGen returns the value it returned when WatchScope was last
+// computed, WatchScope returns an equal scope (TestWatchScopeGenCoversEveryChange, and the
+// simulator checks it at every step). A driver keeps the generation it computed the scope at
+// and computes it again only when it differs.
+func (m *Machine) WatchScopeGen() uint64 { return m.scopeGen }
+
+// scopeChanged: something WatchScope reads changed (or may have).
+func (m *Machine) scopeChanged() { m.scopeGen++ }
+
+// holder is the node holding s in the last snapshot ("" when free or unknown), as WatchScope
+// reads it.
+func (m *Machine) holder(s SliceID) string {
+	if m.kv == nil {
+		return ""
+	}
+	if e, ok := m.kv.Entries[s]; ok && e.Session != "" {
+		return e.Value.Node
+	}
+	return ""
+}
+
+// scopeHoldersChanged reports whether the snapshot changed who holds a slice the last
+// WatchScope watched (true before the first WatchScope: it read nothing yet).
+func (m *Machine) scopeHoldersChanged() bool {
+	if m.scopeHolders == nil {
+		return true
+	}
+	for s, h := range m.scopeHolders {
+		if m.holder(s) != h {
+			return true
+		}
+	}
+	return false
+}
+
+// scopeTargetsChanged records the slices the new plan targets at this node and reports whether
+// they changed (the plan's clock moves them too: a hold-down ending).
+func (m *Machine) scopeTargetsChanged() bool {
+	if slices.Equal(m.plan.SelfTargets, m.scopeTargets) {
+		return false
+	}
+	m.scopeTargets = append(m.scopeTargets[:0], m.plan.SelfTargets...)
+	return true
+}
+
+// sameScopeMembers reports whether two membership answers agree on what WatchScope reads of
+// them: each member's node, liveness, draining and unavailable queues, in order.
+func sameScopeMembers(a, b []MemberInfo) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Node != b[i].Node || a[i].Live != b[i].Live || a[i].Draining != b[i].Draining || !maps.Equal(a[i].Unavailable, b[i].Unavailable) {
+			return false
+		}
+	}
+	return true
 }
 
 // eligibleFor: m can take slices of queue q.

@@ -55,6 +55,8 @@ type scoped struct {
 
 	// Owned by the loop goroutine (update):
 	watches   map[string]context.CancelFunc
+	scope     failover.WatchScope // the Machine's scope, computed at its WatchScopeGen scopeGen
+	scopeGen  uint64              // 0: never computed
 	announced failover.WatchScope // the scope the last pokes were computed against
 	annWrite  *memberWrite        // the member key's write last announced
 	annEpoch  uint64              // the reset epoch announced in
@@ -339,7 +341,12 @@ func (s *scoped) update(m *failover.Machine) {
 	want := map[string]func(ctx context.Context){}
 	var scope failover.WatchScope
 	if !legacy {
-		scope = m.WatchScope()
+		// WatchScope costs milliseconds at a thousand nodes: computed again only when
+		// something it reads changed.
+		if gen := m.WatchScopeGen(); gen != s.scopeGen {
+			s.scope, s.scopeGen = m.WatchScope(), gen
+		}
+		scope = s.scope
 		for id := range scope.Slices {
 			id := id
 			want[c.sliceKey(id)] = func(ctx context.Context) { s.watchSlice(ctx, id) }

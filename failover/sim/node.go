@@ -398,9 +398,6 @@ func (n *node) round() {
 		rd := m.Ready()
 		if !rd.HasWork() || i == maxRounds {
 			n.meta = rd.Meta
-			if i > 0 && n.sc != nil {
-				n.sc.scopeDirty = true
-			}
 			break
 		}
 		type set struct {

@@ -16,8 +16,8 @@ import (
 //     FullReadInterval; single-key answers in between;
 //   - the keeper writes the node's member key (failover.MemberValue) with its session whenever
 //     the value changes or the session is new;
-//   - after each round the node computes Machine.WatchScope, starts and stops single-key
-//     watches for the difference (each rate-limited to one answer per WatchMinInterval, as the
+//   - after each round the node computes Machine.WatchScope (again only when
+//     Machine.WatchScopeGen changed), starts and stops single-key watches for the difference (each rate-limited to one answer per WatchMinInterval, as the
 //     prefix layout's watches), and writes failover.Pokes into the peers' inbox keys
 //     (check-and-set add);
 //   - an inbox answer makes it read the member keys it lists, then delete the inbox with
@@ -36,8 +36,7 @@ type scoped struct {
 	fullDue   bool // a full read failed: asked again when the requests go through
 
 	announce      bool                 // the member key was written: tell the groups (Pokes from an empty scope)
-	scopeDirty    bool                 // the Machine got something since WatchScope was last computed
-	scopeAt       time.Time            // when it was
+	scopeGen      uint64               // the Machine's WatchScopeGen when scope was computed (0: never)
 	member        failover.MemberValue // written with memberSession
 	memberSession string
 }
@@ -181,7 +180,6 @@ func (n *node) stepView(kv, members bool) {
 	if !sc.view.Known() || sc.reset {
 		return
 	}
-	sc.scopeDirty = true
 	now := n.local(n.w.now)
 	if kv {
 		n.m.Step(failover.EvKV{Now: now, Snap: sc.view.Snapshot()})
@@ -318,14 +316,18 @@ func (n *node) updateScope() {
 	if !sc.view.Known() || sc.reset || n.crashed || sc.trust.WarmingUp() {
 		return
 	}
-	// WatchScope depends on the members, the snapshot, the plan and what the node holds: after
-	// a tick alone it changes only through the plan's clock (a hold-down ending), so it is
-	// computed again then at most once per watch interval.
-	if !sc.scopeDirty && n.w.now.Sub(sc.scopeAt) < n.w.cfg.WatchMinInterval {
-		return
+	// WatchScope costs milliseconds at a thousand nodes: it is computed again only when the
+	// Machine's WatchScopeGen says something it reads changed. With the per-step checks on,
+	// the simulator also checks that an unchanged generation means an unchanged scope.
+	next := sc.scope
+	if gen := n.m.WatchScopeGen(); gen != sc.scopeGen {
+		next, sc.scopeGen = n.m.WatchScope(), gen
+	} else if n.w.cfg.checkEvery == 0 {
+		if got := n.m.WatchScope(); !got.Equal(sc.scope) {
+			n.w.violation("%s: WatchScopeGen %d unchanged since the scope was computed, but the scope changed: was %+v, now %+v",
+				n.id, gen, sc.scope, got)
+		}
 	}
-	sc.scopeDirty, sc.scopeAt = false, n.w.now
-	next := n.m.WatchScope()
 	if next.Equal(sc.scope) && !sc.announce {
 		return
 	}
