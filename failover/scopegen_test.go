@@ -5,6 +5,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -260,18 +261,21 @@ func TestWatchScopeGenStaysOnQuietRounds(t *testing.T) {
 	}
 	m.Step(EvMembers{Now: now, Members: slices.Clone(members)})
 	quiet("the same membership again")
-	var unwatched, watched SliceID
-	for s, e := range snap.Entries {
+	var unwatched, watched []SliceID // slices held by peers, sorted: the test is the same every run
+	for _, s := range slices.SortedFunc(maps.Keys(snap.Entries), func(a, b SliceID) int { return strings.Compare(a.String(), b.String()) }) {
 		if _, ok := scope.Slices[s]; ok {
-			watched = s
-		} else if e.Session != "" {
-			unwatched = s
+			watched = append(watched, s)
+		} else {
+			unwatched = append(unwatched, s)
 		}
 	}
+	if len(watched) == 0 || len(unwatched) == 0 {
+		t.Fatalf("node-003 watches %d and does not watch %d of the slices its peers hold: want some of each", len(watched), len(unwatched))
+	}
 	next := &KVSnapshot{Index: 200, Entries: maps.Clone(snap.Entries)}
-	e := next.Entries[unwatched]
+	e := next.Entries[unwatched[0]]
 	e.ModifyIndex = 150 // a new index, the same holder
-	next.Entries[unwatched] = e
+	next.Entries[unwatched[0]] = e
 	m.Step(EvKV{Now: now, Snap: next})
 	quiet("a snapshot with new indexes and the same holders")
 
@@ -294,7 +298,11 @@ func TestWatchScopeGenStaysOnQuietRounds(t *testing.T) {
 	}
 	moved("the holder of a watched slice changed", func() {
 		next = &KVSnapshot{Index: 201, Entries: maps.Clone(next.Entries)}
-		next.Entries[watched] = KVEntry{Session: "s-node-011", Value: LockValue{Node: "node-011"}, ModifyIndex: 201, LockIndex: 2}
+		holder := "node-011" // another node than the one holding it
+		if next.Entries[watched[0]].Value.Node == holder {
+			holder = "node-010"
+		}
+		next.Entries[watched[0]] = KVEntry{Session: "s-" + holder, Value: LockValue{Node: holder}, ModifyIndex: 201, LockIndex: 2}
 		m.Step(EvKV{Now: now, Snap: next})
 	})
 	moved("a member drains", func() {
