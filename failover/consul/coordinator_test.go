@@ -163,15 +163,7 @@ func TestConsulTTLFailureFailoverThenFailback(t *testing.T) {
 
 	// On a loaded machine a renewal may come late at start-up (a lapse of its own): the failure
 	// starts from a valid lease and no outage in progress, and its lines are counted from there.
-	consultest.WaitFor(t, 20*time.Second, "a valid lease and no Consul outage in progress before the failure", func() error {
-		a.c.mu.Lock()
-		inOutage := a.c.outage != nil
-		a.c.mu.Unlock()
-		if inOutage || !time.Now().Before(a.c.ValidUntil()) {
-			return fmt.Errorf("outage in progress %v, lease valid until %s", inOutage, a.c.ValidUntil().Format("15:04:05.000"))
-		}
-		return nil
-	})
+	waitSteadyLease(t, a, "the failure")
 	mark := len(a.logs.String())
 	failedAt := time.Now()
 	a.h.set(errors.New("shared disk unreachable"))
@@ -326,15 +318,7 @@ func TestConsulRestart(t *testing.T) {
 	// On a loaded machine a renewal may come late before the outage (a lapse and failing
 	// requests of their own, at start-up): the outage starts from a valid lease and no outage
 	// in progress, and what it logs and traces is counted from there on.
-	consultest.WaitFor(t, 20*time.Second, "a valid lease and no Consul outage in progress before Consul stops", func() error {
-		a.c.mu.Lock()
-		inOutage := a.c.outage != nil
-		a.c.mu.Unlock()
-		if inOutage || !time.Now().Before(a.c.ValidUntil()) {
-			return fmt.Errorf("outage in progress %v, lease valid until %s", inOutage, a.c.ValidUntil().Format("15:04:05.000"))
-		}
-		return nil
-	})
+	waitSteadyLease(t, a, "Consul stops")
 	mark := len(a.logs.String())
 	logSince := func() string { return a.logs.String()[mark:] }
 	spansBefore := len(a.endedSpans("qslice.lease.lapsed")[""])
@@ -930,4 +914,20 @@ func restartLosingState(t *testing.T, watchMin time.Duration) {
 		t.Errorf("Run after the state loss: %v", err)
 	}
 	l.Check(t)
+}
+
+// waitSteadyLease waits until n holds a valid lease with no Consul outage in progress, so that
+// what a test counts from then on (log lines, spans) is the fault's doing, not a late renewal's
+// at start-up on a loaded machine.
+func waitSteadyLease(t *testing.T, n *testNode, before string) {
+	t.Helper()
+	consultest.WaitFor(t, 20*time.Second, "a valid lease and no Consul outage in progress before "+before, func() error {
+		n.c.mu.Lock()
+		inOutage := n.c.outage != nil
+		n.c.mu.Unlock()
+		if inOutage || !time.Now().Before(n.c.ValidUntil()) {
+			return fmt.Errorf("outage in progress %v, lease valid until %s", inOutage, n.c.ValidUntil().Format("15:04:05.000"))
+		}
+		return nil
+	})
 }

@@ -389,21 +389,8 @@ const (
 // attempt is one link(2) of our claim to the lock and, if it fails, one look at the lock.
 func (l *Lock) attempt(acq *Acquired) (outcome, error) {
 	acq.Attempts++
-	err := syscall.Link(l.claim, l.path)
-	if err == nil {
-		return won, nil
-	}
-	switch {
-	case errors.Is(err, syscall.EEXIST):
-	case isGone(err):
-		// Our claim vanished (flufl.lock has seen this on some NFS clients) or the directory
-		// did. Re-create the claim; if the directory is gone that fails and says so.
-		if err := l.writeClaim(l.clock.Now()); err != nil {
-			return 0, err
-		}
-		return again, nil
-	default:
-		return 0, fmt.Errorf("lock %s: link claim %s: %w (the directory must be writable and its file system must support hard links)", l.path, l.claim, err)
+	if out, taken, err := l.linkClaim(l.path, "take it"); !taken {
+		return out, err
 	}
 	cur, err := lstat(l.path)
 	if err != nil {
@@ -468,6 +455,28 @@ func (l *Lock) attempt(acq *Acquired) (outcome, error) {
 	return again, nil
 }
 
+// linkClaim links our claim to name (the lock, or the turn to break it). taken reports that
+// name exists already; otherwise it returns won when the link was made, again when our claim
+// had vanished and was re-created, or an error saying what we were doing.
+func (l *Lock) linkClaim(name, doing string) (out outcome, taken bool, _ error) {
+	err := syscall.Link(l.claim, name)
+	switch {
+	case err == nil:
+		return won, false, nil
+	case errors.Is(err, syscall.EEXIST):
+		return 0, true, nil
+	case isGone(err):
+		// Our claim vanished (flufl.lock has seen this on some NFS clients) or the directory
+		// did. Re-create the claim; if the directory is gone that fails and says so.
+		if err := l.writeClaim(l.clock.Now()); err != nil {
+			return 0, false, err
+		}
+		return again, false, nil
+	default:
+		return 0, false, fmt.Errorf("lock %s: %s: link claim %s to %s: %w (the directory must be writable and its file system must support hard links)", l.path, doing, l.claim, name, err)
+	}
+}
+
 // takeBreakTurn links our claim to "<lock>|break", so that breakers of one lock take turns: it
 // returns won when we may break now, wait when another breaker is at it (the lock will be free,
 // or fresh, in an instant) and again when it removed a turn left by a breaker that died in it.
@@ -476,19 +485,8 @@ func (l *Lock) attempt(acq *Acquired) (outcome, error) {
 // it is away: two holders. The turn is a link to the breaker's claim, so it carries that claim's
 // expiry and breaks like a lock; flufl.lock and Mailman 2.1 never look at it.
 func (l *Lock) takeBreakTurn() (outcome, error) {
-	err := syscall.Link(l.claim, l.breakTurn)
-	if err == nil {
-		return won, nil
-	}
-	switch {
-	case errors.Is(err, syscall.EEXIST):
-	case isGone(err):
-		if err := l.writeClaim(l.clock.Now()); err != nil {
-			return 0, err
-		}
-		return again, nil
-	default:
-		return 0, fmt.Errorf("lock %s: expired; take the turn to break it: link claim %s to %s: %w (the directory must be writable)", l.path, l.claim, l.breakTurn, err)
+	if out, taken, err := l.linkClaim(l.breakTurn, "expired; take the turn to break it"); !taken {
+		return out, err
 	}
 	cur, err := lstat(l.breakTurn)
 	switch {
