@@ -103,13 +103,17 @@ func (r *Runner) handle(shutdownCtx context.Context, lease *leaseGen, it item, b
 	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			if it.retry == nil || it.retry.reads < maxVanishedReads-1 {
+			reads := 1 // this one
+			if it.retry != nil {
+				reads += it.retry.reads
+			}
+			if reads < maxVanishedReads {
 				// Our own rename made this name: a network filesystem's client can still answer
 				// from a view older than it for a moment (GlusterFS's md-cache, open-behind and
 				// quick-read; an NFS negative lookup cache). Read again after a pause.
 				return r.readFailed(it, fmt.Errorf("%w (claimed here, so read again: a network filesystem's client may show a rename late)", err)), buf
 			}
-			r.log.Error("claimed file vanished before it could be read (removed by hand?); nothing was handled", "file", path, "reads", it.retry.reads+1)
+			r.log.Error("claimed file vanished before it could be read (removed by hand?); nothing was handled", "file", path, "reads", reads)
 			r.readDone(it)
 			return true, buf
 		}
