@@ -79,13 +79,7 @@ func TestNewConsulAddressAndTLS(t *testing.T) {
 // operator must read one "failing" line per distinct problem and one "answers again" line,
 // once Consul has been fine for a TTL.
 func TestConsulStateLogging(t *testing.T) {
-	logs := &syncBuffer{}
-	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
-	c, err := New(failover.ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:8500", TTL: 2 * time.Second},
-		failovertest.NewAssignee("n", failovertest.NewLedger()), nil, slog.New(slog.NewTextHandler(logs, nil)), clk)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, logs, clk := newIdleCoordinator(t)
 	refused := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}
 	timeout := fmt.Errorf("get: %w", context.DeadlineExceeded)
 	ok := func(context.Context) error { return nil }
@@ -157,13 +151,7 @@ func TestConsulStateLogging(t *testing.T) {
 // counted against the agent's per-client limit, until its wait ends): over the budget a request
 // is left running, once logged; the budget frees as those queries' waits end.
 func TestAbandonedWatchesStayWithinTheAgentsConnectionBudget(t *testing.T) {
-	logs := &syncBuffer{}
-	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
-	c, err := New(failover.ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:8500", TTL: 2 * time.Second},
-		failovertest.NewAssignee("n", failovertest.NewLedger()), nil, slog.New(slog.NewTextHandler(logs, nil)), clk)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, logs, clk := newIdleCoordinator(t)
 	ctx := context.Background()
 	watches := func(n int) []context.Context {
 		out := make([]context.Context, n)
@@ -212,4 +200,18 @@ func TestAbandonedWatchesStayWithinTheAgentsConnectionBudget(t *testing.T) {
 	if n := given(third); n != 60 {
 		t.Fatalf("after the first queries' waits ended, a reset gave up %d of 60, want 60", n)
 	}
+}
+
+// newIdleCoordinator is a Coordinator that is never run, on a fake clock, logging into logs:
+// for tests of its request bookkeeping, which need no Consul.
+func newIdleCoordinator(t *testing.T) (*Coordinator, *syncBuffer, *clock.Fake) {
+	t.Helper()
+	logs := &syncBuffer{}
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	c, err := New(failover.ConsulConfig{Cluster: "c", NodeID: "n", Queues: testQueues, Address: "127.0.0.1:8500", TTL: 2 * time.Second},
+		failovertest.NewAssignee("n", failovertest.NewLedger()), nil, slog.New(slog.NewTextHandler(logs, nil)), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, logs, clk
 }
